@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv with camtool and its dependencies. `scripts/setup.sh` for users, `scripts/setup.sh test`
+# for the test suite (test-only packages as well). Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+extras=""
+[ "${1:-}" = "test" ] && extras="[test]"
+pip install -c constraints.txt -e ".${extras}"
+if [ "${1:-}" = "test" ]; then
+  # foolbox ships 20 labelled ImageNet photos; its own dependencies (jax/tf adapters) are not needed.
+  pip install --no-deps "foolbox==3.3.4"
+fi
