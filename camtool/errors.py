@@ -1,0 +1,73 @@
+"""Typed errors raised by camtool. Each carries the exit code the CLI uses for it.
+
+Every message is one line that names the input it is about (a file, a model, a class) and what is
+wrong with it, so the CLI can print ``Error: <subject>: <problem>`` and nothing else.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+
+
+class CamtoolError(Exception):
+    """Base class of every error camtool raises on purpose.
+
+    Args:
+        subject: what the error is about (a path, a model name, a class name), or ``None``.
+        problem: what is wrong, as a short lower-case phrase.
+    """
+
+    exit_code: int = EXIT_ERROR
+
+    def __init__(self, subject: object | None, problem: str) -> None:
+        self.subject = None if subject is None else str(subject)
+        self.problem = problem
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.problem}" if self.subject else self.problem
+
+
+class ImageReadError(CamtoolError):
+    """An input could not be read as an image (missing, empty, truncated, not an image, ...)."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image has more pixels than the configured limit (see ``camtool.io.MAX_PIXELS``)."""
+
+
+class OutputWriteError(CamtoolError):
+    """An output file could not be written."""
+
+
+class ModelLoadError(CamtoolError):
+    """A model could not be built or its weights could not be loaded."""
+
+
+class UnknownModelError(ModelLoadError):
+    """A model name that is neither a built-in card, a user card nor a card file."""
+
+    exit_code = EXIT_USAGE
+
+
+class WeightsHashError(ModelLoadError):
+    """A weights file whose sha256 differs from the one its model card promises."""
+
+
+class UnsupportedModelError(CamtoolError):
+    """A network for which Class Activation Mapping is not exact (or no CAM head was found)."""
+
+
+class ClassSelectionError(CamtoolError):
+    """An unknown class name or an out-of-range class index."""
+
+    exit_code = EXIT_USAGE
+
+
+class InvalidArgumentError(CamtoolError):
+    """An argument with a value camtool cannot use (an unknown colour map, alpha outside [0, 1])."""
+
+    exit_code = EXIT_USAGE

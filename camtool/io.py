@@ -1,0 +1,281 @@
+"""Files <-> tensors. The only module where OpenCV's BGR, HWC arrays exist.
+
+Images cross the module boundary as ``Tensor[3, H, W]`` of dtype ``uint8`` in RGB order, shown
+the way a photo viewer shows them (EXIF orientation applied).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from camtool.errors import ImageReadError, ImageTooLargeError, OutputWriteError
+
+#: Images with more pixels than this are refused before they are decoded, instead of exhausting
+#: memory (100 megapixels: a 300 MB image, plus heatmaps of the same size). Override with the
+#: environment variable ``CAMTOOL_MAX_PIXELS`` or the ``max_pixels`` argument.
+MAX_PIXELS = 100_000_000
+
+#: File name suffixes treated as images when a folder is searched.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pbm", ".pgm", ".ppm"}
+)
+
+ImageSource = str | os.PathLike[str] | Tensor | np.ndarray[Any, Any] | Any
+"""Anything :func:`load_image` accepts: a path, a ``Tensor[3,H,W]``, an RGB numpy array, a PIL image."""
+
+
+def max_pixels_limit() -> int:
+    """Return the pixel limit in force: ``CAMTOOL_MAX_PIXELS`` if set, else :data:`MAX_PIXELS`."""
+    value = os.environ.get("CAMTOOL_MAX_PIXELS")
+    return int(value) if value and value.isdigit() else MAX_PIXELS
+
+
+def source_name(source: ImageSource) -> str:
+    """Return a short name for an image source: the path for files, else its type in brackets."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return f"<{type(source).__name__}>"
+
+
+def load_image(source: ImageSource, max_pixels: int | None = None) -> Tensor:
+    """Load an image from a path, a tensor, a numpy array or a PIL image.
+
+    Args:
+        source: a file path; a ``Tensor[3,H,W]`` or ``Tensor[H,W]`` (uint8, or float in [0, 1]);
+            a numpy array ``[H,W,3]`` RGB or ``[H,W]`` gray (uint8, uint16 or float in [0, 1]);
+            or a PIL image of any mode.
+        max_pixels: refuse images with more pixels (default: :func:`max_pixels_limit`).
+
+    Returns:
+        ``Tensor[3,H,W]`` uint8, RGB.
+
+    Raises:
+        ImageReadError: the source is missing, empty, truncated, not an image, or of an
+            unsupported layout; :class:`ImageTooLargeError` above the pixel limit.
+    """
+    limit = max_pixels_limit() if max_pixels is None else max_pixels
+    name = source_name(source)
+    if isinstance(source, (str, os.PathLike)):
+        image = _read_image_file(Path(source), limit)
+    elif isinstance(source, Tensor):
+        image = _tensor_to_image(source, name)
+    elif isinstance(source, np.ndarray):
+        image = _array_to_image(source, name)
+    elif hasattr(source, "convert") and hasattr(source, "mode"):  # a PIL image
+        image = _array_to_image(np.asarray(source.convert("RGB")), name)
+    else:
+        raise ImageReadError(name, "not a path, tensor, numpy array or PIL image")
+    _check_pixels(name, image.shape[-2], image.shape[-1], limit)
+    return image
+
+
+def _check_pixels(name: str, height: int, width: int, limit: int) -> None:
+    if height * width > limit:
+        raise ImageTooLargeError(
+            name,
+            f"image is {width}x{height} = {height * width / 1e6:.0f} megapixels, above the limit "
+            f"of {limit / 1e6:.0f} (set CAMTOOL_MAX_PIXELS to raise it)",
+        )
+    if height < 1 or width < 1:
+        raise ImageReadError(name, f"image has no pixels ({width}x{height})")
+
+
+def _read_image_file(path: Path, limit: int) -> Tensor:
+    data = _read_bytes(path)
+    size = _header_size(data, path)
+    if size is not None:
+        _check_pixels(str(path), size[1], size[0], limit)
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    if array is None:
+        raise ImageReadError(path, "not an image file that OpenCV can decode")
+    rgb = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    return _array_to_image(rgb, str(path))
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageReadError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(path, "is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageReadError(path, "permission denied") from None
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read: {exc.strerror or exc}") from None
+    if not data:
+        raise ImageReadError(path, "file is empty")
+    return data
+
+
+def _header_size(data: bytes, path: Path) -> tuple[int, int] | None:
+    """Return (width, height) read from a PNG or JPEG header, or None for other formats.
+
+    For PNG and JPEG files this also checks that the file is complete: a PNG must end with its
+    IEND chunk and a JPEG's image data must end with an EOI marker (OpenCV silently fills the
+    missing part of a truncated JPEG with grey, and prints libpng errors for a truncated PNG).
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise ImageReadError(path, "corrupt PNG (no header)")
+        if data.rfind(b"IEND", max(0, len(data) - 4096)) < 0:
+            raise ImageReadError(path, "truncated PNG (the image data ends early)")
+        width, height = struct.unpack(">II", data[16:24])
+        return width, height
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_size(data, path)
+    return None
+
+
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(data: bytes, path: Path) -> tuple[int, int]:
+    pos, size = 2, None
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise ImageReadError(path, "corrupt JPEG (bad marker)")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if marker in _JPEG_SOF and pos + 9 <= len(data):
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            size = (width, height)
+        if marker == 0xDA:  # start of scan: the image data follows, it must end with EOI
+            if size is None:
+                raise ImageReadError(path, "corrupt JPEG (no frame header)")
+            if data.rfind(b"\xff\xd9", pos + 2 + length) < 0:
+                raise ImageReadError(path, "truncated JPEG (the image data ends early)")
+            return size
+        pos += 2 + length
+    raise ImageReadError(path, "truncated JPEG (no image data)")
+
+
+def _tensor_to_image(tensor: Tensor, name: str) -> Tensor:
+    t = tensor.detach()
+    if t.ndim == 2:
+        t = t.unsqueeze(0)
+    if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
+        raise ImageReadError(
+            name, f"expected a tensor of shape [3, H, W] or [H, W], got {list(tensor.shape)}"
+        )
+    t = t[:3] if t.shape[0] == 4 else t.expand(3, -1, -1) if t.shape[0] == 1 else t
+    return _to_uint8(t, name).cpu().contiguous()
+
+
+def _array_to_image(array: np.ndarray[Any, Any], name: str) -> Tensor:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ImageReadError(
+            name, f"expected an array of shape [H, W, 3] or [H, W], got {list(array.shape)}"
+        )
+    pixels = array[:, :, :3]
+    if not (pixels.flags.c_contiguous and pixels.flags.writeable):
+        pixels = np.array(pixels, order="C")  # torch.from_numpy wants its own writable copy
+    t = torch.from_numpy(pixels).permute(2, 0, 1)
+    if t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    return _to_uint8(t, name).contiguous()
+
+
+def _to_uint8(t: Tensor, name: str) -> Tensor:
+    if t.dtype == torch.uint8:
+        return t
+    if t.dtype == torch.uint16 or (t.dtype == torch.int32 and int(t.max()) > 255):
+        return (t.to(torch.int32) // 257).to(torch.uint8)
+    if t.is_floating_point():
+        return (t.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    if t.dtype in (torch.int16, torch.int32, torch.int64, torch.bool):
+        return t.clamp(0, 255).to(torch.uint8)
+    raise ImageReadError(name, f"unsupported pixel type {t.dtype}")
+
+
+def image_to_bgr_array(image: Tensor) -> np.ndarray[Any, Any]:
+    """Return a ``Tensor[3,H,W]`` uint8 RGB image as an OpenCV ``[H,W,3]`` BGR array."""
+    return np.ascontiguousarray(image.permute(1, 2, 0).flip(-1).cpu().numpy())
+
+
+def encode_image(image: Tensor, suffix: str, quality: int = 95) -> bytes:
+    """Encode a ``Tensor[3,H,W]`` uint8 RGB image as PNG or JPEG bytes, by ``suffix`` (".png")."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buffer = cv2.imencode(suffix.lower(), image_to_bgr_array(image), params)
+    if not ok:
+        raise OutputWriteError(suffix, "OpenCV cannot encode images of this type")
+    return bytes(buffer)
+
+
+def save_image(path: str | os.PathLike[str], image: Tensor, quality: int = 95) -> Path:
+    """Write a ``Tensor[3,H,W]`` uint8 RGB image; the format follows the suffix (.png, .jpg, ...).
+
+    The file is written under a temporary name and renamed, so it is never seen half-written.
+    """
+    path = Path(path)
+    if image.ndim != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
+        raise OutputWriteError(
+            path,
+            f"expected a uint8 tensor of shape [3, H, W], got {image.dtype} {list(image.shape)}",
+        )
+    write_bytes_atomic(path, encode_image(image, path.suffix or ".png", quality))
+    return path
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    with open_atomic(path) as handle:
+        handle.write(data)
+
+
+@contextmanager
+def open_atomic(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Open a temporary file beside ``path`` for writing; rename it to ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise OutputWriteError(path.parent, f"cannot write here: {exc.strerror or exc}") from None
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        raise OutputWriteError(path, f"cannot write: {exc.strerror or exc}") from None
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def _remove_quietly(path: str) -> None:
+    with suppress(OSError):
+        os.unlink(path)
