@@ -1,0 +1,111 @@
+"""The CAM maths and its guarantees: exact decomposition, and the caller's model left untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import camtool
+from camtool.cam import compute_cams, select_classes
+from camtool.errors import ClassSelectionError, UnsupportedModelError
+
+
+class TinyGapNet(nn.Module):
+    """A user-defined network with a GAP + Linear head and no special names."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU()
+        )
+        self.squash = nn.AdaptiveAvgPool2d(1)
+        self.out = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.flatten(self.squash(self.body(x)), 1))
+
+
+class NormAfterPool(TinyGapNet):
+    """CAM is not exact here: a LayerNorm sits between the pooling and the classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(torch.flatten(self.squash(self.body(x)), 1)))
+
+
+def test_compute_cams_is_the_weighted_sum_of_feature_maps() -> None:
+    features = torch.randn(2, 4, 3, 5)
+    weight = torch.randn(6, 4)
+    classes = torch.tensor([[1, 4], [0, 0]])
+    cams = compute_cams(features, weight, classes)
+    assert cams.shape == (2, 2, 3, 5) and cams.dtype == torch.float32
+    expected = (weight[4][:, None, None] * features[0]).sum(0)
+    torch.testing.assert_close(cams[0, 1], expected)
+
+
+def test_select_classes_topk_and_explicit() -> None:
+    logits = torch.tensor([[0.1, 3.0, 2.0], [5.0, 0.0, 1.0]])
+    assert select_classes(logits, None, 2, 3).tolist() == [[1, 2], [0, 2]]
+    assert select_classes(logits, [2], 1, 3).tolist() == [[2], [2]]
+    with pytest.raises(ClassSelectionError, match=r"^7: class index out of range 0\.\.2$"):
+        select_classes(logits, [7], 1, 3)
+
+
+def test_user_module_head_is_discovered_and_exact() -> None:
+    torch.manual_seed(0)
+    net = TinyGapNet()
+    model = camtool.load_model(net)
+    assert model.head.kind == "pool_input"
+    assert model.head.describe() == "squash -> out (5x8)"
+    out = camtool.compute(model, torch.randn(3, 3, 32, 40), top_k=5)
+    assert out.cams.shape == (3, 5, 16, 20)
+    torch.testing.assert_close(
+        out.cams.mean((-2, -1)) + out.bias, out.logits.gather(1, out.classes)
+    )
+    assert float(out.residual.max()) < 1e-5
+
+
+def test_norm_after_pooling_is_refused_with_the_reason() -> None:
+    model = camtool.load_model(NormAfterPool())
+    with pytest.raises(UnsupportedModelError, match="CAM is not exact for head squash -> out"):
+        camtool.compute(model, torch.randn(1, 3, 32, 32))
+
+
+def state_of(net: nn.Module) -> tuple[list[bool], list[bool], int, int]:
+    hooks = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in net.modules())
+    return (
+        [m.training for m in net.modules()],
+        [p.requires_grad for p in net.parameters()],
+        hooks,
+        hash(
+            tuple(float(v.float().sum()) for v in net.state_dict().values())
+        ),  # weights and BN stats
+    )
+
+
+def test_model_is_left_exactly_as_it_was_after_normal_and_failing_calls() -> None:
+    net = TinyGapNet().train()
+    net.body[1].eval()  # a mixed state must come back mixed
+    before = state_of(net)
+    model = camtool.load_model(net)
+    camtool.compute(model, torch.randn(2, 3, 32, 32))
+    assert state_of(net) == before
+    with pytest.raises(RuntimeError):
+        camtool.compute(
+            model, torch.randn(2, 4, 32, 32)
+        )  # wrong channel count fails inside forward
+    assert state_of(net) == before
+    with pytest.raises(ClassSelectionError):
+        camtool.compute(model, torch.randn(1, 3, 32, 32), classes=[99])
+    assert state_of(net) == before
+
+
+def test_named_model_has_no_hooks_and_stays_in_eval(lite0: camtool.LoadedModel) -> None:
+    before = state_of(lite0.module)
+    camtool.compute(lite0, torch.zeros(1, 3, 224, 224))
+    assert state_of(lite0.module) == before
+    assert before[2] == 0 and not any(before[0])
