@@ -1,0 +1,183 @@
+"""Heatmaps -> pixels: normalise, upsample, colour-map, blend, boxes.
+
+Plain tensors in, plain tensors out: heatmaps are ``Tensor[H,W]`` (or ``[k,H,W]``) float in
+[0, 1]; images and overlays are ``Tensor[3,H,W]`` uint8 RGB. Functions work on any device.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from camtool.errors import InvalidArgumentError
+
+Box = tuple[int, int, int, int]
+"""``(x1, y1, x2, y2)`` in image pixels; ``x2`` and ``y2`` are exclusive."""
+
+#: Colour maps by name (OpenCV's).
+COLORMAPS: dict[str, int] = {
+    "jet": cv2.COLORMAP_JET,
+    "turbo": cv2.COLORMAP_TURBO,
+    "viridis": cv2.COLORMAP_VIRIDIS,
+    "inferno": cv2.COLORMAP_INFERNO,
+    "magma": cv2.COLORMAP_MAGMA,
+    "plasma": cv2.COLORMAP_PLASMA,
+    "cividis": cv2.COLORMAP_CIVIDIS,
+    "hot": cv2.COLORMAP_HOT,
+    "parula": cv2.COLORMAP_PARULA,
+    "twilight": cv2.COLORMAP_TWILIGHT,
+    "rainbow": cv2.COLORMAP_RAINBOW,
+    "bone": cv2.COLORMAP_BONE,
+}
+
+
+def normalize_cams(cams: Tensor) -> Tensor:
+    """Min-max normalise each map of ``Tensor[..., h, w]`` to [0, 1] (a flat map becomes 0)."""
+    flat = cams.float().flatten(-2)
+    low = flat.amin(dim=-1, keepdim=True)
+    span = flat.amax(dim=-1, keepdim=True) - low
+    normalised = (flat - low) / span.clamp(min=torch.finfo(torch.float32).tiny)
+    return normalised.where(span > 0, torch.zeros_like(normalised)).view_as(cams)
+
+
+def feature_stride(input_size: int, feature_size: int) -> float:
+    """Return the network's stride along one axis: the power of two ``s`` with
+    ``ceil(input_size / s) == feature_size`` (how convolution stacks round), else the plain ratio."""
+    for power in range(8):
+        stride = 2**power
+        if math.ceil(input_size / stride) == feature_size:
+            return float(stride)
+    return input_size / feature_size
+
+
+def upsample_cams(cams: Tensor, input_hw: tuple[int, int], out_hw: tuple[int, int]) -> Tensor:
+    """Resize maps from feature resolution to the pixels of the image the network saw.
+
+    Feature cell ``j`` covers input pixels ``[j*s, (j+1)*s)``; when the input is not a multiple
+    of the stride ``s`` the last cells hang over its edge. The maps are therefore upsampled to the
+    size of the whole grid and cut to the input's extent, not stretched over it.
+
+    Args:
+        cams: ``Tensor[k,h,w]`` float.
+        input_hw: (height, width) of the network input the maps come from.
+        out_hw: (height, width) in pixels of the image part that input shows.
+
+    Returns:
+        ``Tensor[k,*out_hw]`` float32, bilinear.
+    """
+    (h, w), (in_h, in_w), (out_h, out_w) = cams.shape[-2:], input_hw, out_hw
+    grid_h = max(out_h, round(h * feature_stride(in_h, h) * out_h / in_h))
+    grid_w = max(out_w, round(w * feature_stride(in_w, w) * out_w / in_w))
+    grid = F.interpolate(
+        cams.float()[None], size=(grid_h, grid_w), mode="bilinear", align_corners=False
+    )
+    return grid[0, :, :out_h, :out_w]
+
+
+@cache
+def _colormap_lut(name: str) -> Tensor:
+    if name not in COLORMAPS:
+        raise InvalidArgumentError(
+            name, f"unknown colour map; choose one of {', '.join(COLORMAPS)}"
+        )
+    bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), COLORMAPS[name])
+    return torch.from_numpy(bgr.reshape(256, 3)[:, ::-1].copy())
+
+
+def colorize(heatmap: Tensor, colormap: str = "jet") -> Tensor:
+    """Colour a ``Tensor[H,W]`` heatmap in [0, 1] with a colour map: ``Tensor[3,H,W]`` uint8 RGB."""
+    if heatmap.ndim != 2:
+        raise InvalidArgumentError("heatmap", f"expected shape [H, W], got {list(heatmap.shape)}")
+    lut = _colormap_lut(colormap).to(heatmap.device)
+    index = (heatmap.float().clamp(0, 1) * 255).round().long()
+    return lut[index].permute(2, 0, 1)
+
+
+def overlay(
+    image: Tensor,
+    heatmap: Tensor,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Blend a coloured heatmap onto an image.
+
+    Args:
+        image: ``Tensor[3,H,W]`` uint8 RGB.
+        heatmap: ``Tensor[H,W]`` float in [0, 1], same height and width.
+        alpha: weight of the heatmap, in [0, 1].
+        colormap: a name from :data:`COLORMAPS`.
+        mask: optional ``Tensor[H,W]`` bool; outside it the image is left as it is.
+
+    Returns:
+        ``Tensor[3,H,W]`` uint8 RGB: ``(1 - alpha) * image + alpha * colour``.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise InvalidArgumentError(alpha, "alpha must be between 0 and 1")
+    if image.ndim != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
+        raise InvalidArgumentError(
+            "image", f"expected uint8 [3, H, W], got {image.dtype} {list(image.shape)}"
+        )
+    if heatmap.shape != image.shape[1:]:
+        raise InvalidArgumentError(
+            "heatmap",
+            f"shape {list(heatmap.shape)} does not match the image's {list(image.shape[1:])}",
+        )
+    colour = colorize(heatmap, colormap).float()
+    blended = image.float() * (1 - alpha) + colour * alpha
+    if mask is not None:
+        blended = torch.where(mask, blended, image.float())
+    return blended.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def cam_to_box(heatmap: Tensor, threshold: float = 0.2) -> Box | None:
+    """Return the CAM paper's box: keep pixels at or above ``threshold`` x the map's maximum,
+    take the largest connected component, and return its bounding box.
+
+    Args:
+        heatmap: ``Tensor[H,W]`` float.
+        threshold: fraction of the maximum (the paper uses 0.2).
+
+    Returns:
+        ``(x1, y1, x2, y2)`` in pixels with x2/y2 exclusive, or None for a map with no positive pixel.
+    """
+    peak = float(heatmap.max())
+    if peak <= 0:
+        return None
+    mask = (heatmap >= threshold * peak).to(torch.uint8).cpu().numpy()
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count < 2:
+        return None
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h = (int(v) for v in stats[largest, :4])
+    return x, y, x + w, y + h
+
+
+def draw_box(
+    image: Tensor, box: Box, color: tuple[int, int, int] = (0, 255, 0), width: int | None = None
+) -> Tensor:
+    """Return a copy of ``image`` (``Tensor[3,H,W]`` uint8) with ``box`` outlined in ``color`` (RGB)."""
+    height, wide = image.shape[1:]
+    width = width or max(2, round(min(height, wide) / 150))
+    canvas = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())
+    x1, y1, x2, y2 = box
+    cv2.rectangle(canvas, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), color, width)
+    return torch.from_numpy(canvas).permute(2, 0, 1).contiguous().to(image.device)
+
+
+def side_by_side(images: list[Tensor], gap: int = 4) -> Tensor:
+    """Place ``Tensor[3,H,W]`` uint8 images of equal height left to right on a white background."""
+    height = max(img.shape[1] for img in images)
+    width = sum(img.shape[2] for img in images) + gap * (len(images) - 1)
+    canvas = torch.full((3, height, width), 255, dtype=torch.uint8)
+    x = 0
+    for img in images:
+        canvas[:, : img.shape[1], x : x + img.shape[2]] = img.cpu()
+        x += img.shape[2] + gap
+    return canvas
