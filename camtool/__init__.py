@@ -1,0 +1,147 @@
+"""camtool: exact Class Activation Maps for networks with a global-average-pooling head.
+
+    >>> import camtool
+    >>> ex = camtool.explain("cat.jpg")      # predictions, CAMs, heatmaps, boxes
+    >>> ex.save("cat_cam.png")                # the overlay of the top class
+
+The public names below are imported lazily, so ``import camtool`` (and ``camtool --help``) stays
+fast; torch is imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "explain": "camtool.explanation",
+    "Explanation": "camtool.explanation",
+    "ClassScore": "camtool.explanation",
+    "resolve_class": "camtool.explanation",
+    "get_model": "camtool.explanation",
+    "compute": "camtool.cam",
+    "compute_cams": "camtool.cam",
+    "identity_residual": "camtool.cam",
+    "CamBatch": "camtool.cam",
+    "load_model": "camtool.models",
+    "find_cam_head": "camtool.models",
+    "list_cards": "camtool.models",
+    "weights_status": "camtool.models",
+    "LoadedModel": "camtool.models",
+    "ModelCard": "camtool.models",
+    "CamHead": "camtool.models",
+    "Preprocessing": "camtool.models",
+    "Region": "camtool.models",
+    "load_image": "camtool.io",
+    "save_image": "camtool.io",
+    "normalize_cams": "camtool.render",
+    "upsample_cams": "camtool.render",
+    "colorize": "camtool.render",
+    "overlay": "camtool.render",
+    "cam_to_box": "camtool.render",
+    "draw_box": "camtool.render",
+    "COLORMAPS": "camtool.render",
+    "CamtoolError": "camtool.errors",
+    "ImageReadError": "camtool.errors",
+    "ImageTooLargeError": "camtool.errors",
+    "OutputWriteError": "camtool.errors",
+    "ModelLoadError": "camtool.errors",
+    "UnknownModelError": "camtool.errors",
+    "WeightsHashError": "camtool.errors",
+    "UnsupportedModelError": "camtool.errors",
+    "ClassSelectionError": "camtool.errors",
+    "InvalidArgumentError": "camtool.errors",
+}
+
+__all__ = [
+    "COLORMAPS",
+    "CamBatch",
+    "CamHead",
+    "CamtoolError",
+    "ClassScore",
+    "ClassSelectionError",
+    "Explanation",
+    "ImageReadError",
+    "ImageTooLargeError",
+    "InvalidArgumentError",
+    "LoadedModel",
+    "ModelCard",
+    "ModelLoadError",
+    "OutputWriteError",
+    "Preprocessing",
+    "Region",
+    "UnknownModelError",
+    "UnsupportedModelError",
+    "WeightsHashError",
+    "__version__",
+    "cam_to_box",
+    "colorize",
+    "compute",
+    "compute_cams",
+    "draw_box",
+    "explain",
+    "find_cam_head",
+    "get_model",
+    "identity_residual",
+    "list_cards",
+    "load_image",
+    "load_model",
+    "normalize_cams",
+    "overlay",
+    "resolve_class",
+    "save_image",
+    "upsample_cams",
+    "weights_status",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'camtool' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from camtool.cam import CamBatch, compute, compute_cams, identity_residual
+    from camtool.errors import (
+        CamtoolError,
+        ClassSelectionError,
+        ImageReadError,
+        ImageTooLargeError,
+        InvalidArgumentError,
+        ModelLoadError,
+        OutputWriteError,
+        UnknownModelError,
+        UnsupportedModelError,
+        WeightsHashError,
+    )
+    from camtool.explanation import ClassScore, Explanation, explain, get_model, resolve_class
+    from camtool.io import load_image, save_image
+    from camtool.models import (
+        CamHead,
+        LoadedModel,
+        ModelCard,
+        Preprocessing,
+        Region,
+        find_cam_head,
+        list_cards,
+        load_model,
+        weights_status,
+    )
+    from camtool.render import (
+        COLORMAPS,
+        cam_to_box,
+        colorize,
+        draw_box,
+        normalize_cams,
+        overlay,
+        upsample_cams,
+    )

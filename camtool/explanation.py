@@ -1,0 +1,283 @@
+"""One call from images to explained predictions: :func:`explain` and the :class:`Explanation`.
+
+This is the notebook-facing layer: an :class:`Explanation` shows itself in Jupyter (overlay and
+top-k table), and gives access to the predictions, raw CAMs, heatmaps, boxes, and ``save``.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import html
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+
+from camtool.cam import compute
+from camtool.errors import ClassSelectionError
+from camtool.io import ImageSource, encode_image, load_image, save_image, source_name
+from camtool.models import DEFAULT_MODEL, LoadedModel, ModelCard, Region, find_card, load_model
+from camtool.render import Box, cam_to_box, draw_box, normalize_cams, overlay, upsample_cams
+
+ModelSpec = str | ModelCard | nn.Module | LoadedModel
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """One class of one image: its index, name, softmax probability and logit."""
+
+    index: int
+    label: str
+    probability: float
+    logit: float
+
+
+@dataclass(frozen=True, eq=False)
+class Explanation:
+    """The explained prediction of one image.
+
+    Attributes:
+        source: the input's path, or ``<Tensor>``/``<ndarray>``/... for in-memory images.
+        image: ``Tensor[3,H,W]`` uint8 RGB, the input as loaded.
+        model: the model's name; ``head``: the CAM head used (feature map -> classifier).
+        predictions: the top-k classes, most probable first.
+        explained: the classes that have maps, in the order of ``cams``/``heatmaps``/``boxes``.
+        cams: ``Tensor[k,h,w]`` float32 raw CAMs at feature resolution: ``cams[i].mean() +
+            bias[i]`` equals the logit of ``explained[i]``.
+        bias: ``Tensor[k]`` float32, the classifier bias of each explained class.
+        heatmaps: ``Tensor[k,H,W]`` float32 in [0, 1] at the image's resolution (0 outside
+            ``region``).
+        boxes: per explained class, the CAM box ``(x1, y1, x2, y2)`` in image pixels, or None.
+        residual: ``max |mean(CAM) + bias - logit|`` over all classes for this image.
+        region: the part of the image the network saw (all of it unless cropped).
+        input_hw: (height, width) of the network input.
+    """
+
+    source: str
+    image: Tensor
+    model: str
+    head: str
+    predictions: tuple[ClassScore, ...]
+    explained: tuple[ClassScore, ...]
+    cams: Tensor
+    bias: Tensor
+    heatmaps: Tensor
+    boxes: tuple[Box | None, ...]
+    residual: float
+    region: Region
+    input_hw: tuple[int, int]
+
+    def _position(self, which: int | str) -> int:
+        if isinstance(which, str):
+            for i, score in enumerate(self.explained):
+                if score.label.lower() == which.lower():
+                    return i
+            raise ClassSelectionError(which, "is not one of the explained classes")
+        if not -len(self.explained) <= which < len(self.explained):
+            raise ClassSelectionError(which, f"only {len(self.explained)} classes were explained")
+        return which
+
+    def overlay(
+        self, which: int | str = 0, alpha: float = 0.5, colormap: str = "jet", box: bool = False
+    ) -> Tensor:
+        """Return the overlay of one explained class: ``Tensor[3,H,W]`` uint8 RGB.
+
+        Args:
+            which: position in ``explained`` (0: the first) or the class's name.
+            alpha: heatmap weight; colormap: a name from ``camtool.render.COLORMAPS``.
+            box: draw the CAM box.
+        """
+        i = self._position(which)
+        x1, y1, x2, y2 = self.region.as_ints()
+        mask = None
+        if (x1, y1, x2, y2) != (0, 0, self.image.shape[2], self.image.shape[1]):
+            mask = torch.zeros(self.image.shape[1:], dtype=torch.bool)
+            mask[y1:y2, x1:x2] = True
+        result = overlay(self.image, self.heatmaps[i], alpha, colormap, mask)
+        if mask is not None:
+            result = draw_box(result, (x1, y1, x2, y2), (255, 255, 255), 1)
+        found = self.boxes[i]
+        if box and found is not None:
+            result = draw_box(result, found)
+        return result
+
+    def save(self, path: str | os.PathLike[str], which: int | str = 0, **options: Any) -> Path:
+        """Write the overlay of one explained class (see :meth:`overlay` for options) to ``path``."""
+        return save_image(path, self.overlay(which, **options))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready summary: predictions, explained classes with boxes, model, head."""
+        return {
+            "input": self.source,
+            "width": int(self.image.shape[2]),
+            "height": int(self.image.shape[1]),
+            "model": self.model,
+            "head": self.head,
+            "identity_residual": self.residual,
+            "predictions": [vars(p) for p in self.predictions],
+            "explained": [
+                {**vars(score), "box": list(box) if box else None}
+                for score, box in zip(self.explained, self.boxes, strict=True)
+            ],
+        }
+
+    def _repr_png_(self) -> bytes:
+        return encode_image(self.overlay(0, box=True), ".png")
+
+    def _repr_html_(self) -> str:
+        png = base64.b64encode(self._repr_png_()).decode("ascii")
+        rows = "".join(
+            f"<tr><td>{p.index}</td><td>{html.escape(p.label)}</td>"
+            f"<td>{p.probability:.3f}</td><td>{p.logit:.2f}</td></tr>"
+            for p in self.predictions
+        )
+        top = self.explained[0]
+        return (
+            f"<div><img src='data:image/png;base64,{png}' style='max-width:480px'/>"
+            f"<p>{html.escape(self.source)}: CAM of <b>{html.escape(top.label)}</b> "
+            f"({html.escape(self.model)}, {html.escape(self.head)}, identity residual "
+            f"{self.residual:.1e})</p><table><tr><th>class</th><th>name</th>"
+            f"<th>probability</th><th>logit</th></tr>{rows}</table></div>"
+        )
+
+
+def resolve_class(spec: int | str, labels: Sequence[str]) -> int:
+    """Return the class index for an index (int or digits) or a class name (any case).
+
+    Raises:
+        ClassSelectionError: an index out of range or an unknown name (with close names).
+    """
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
+        index = int(spec)
+        if not 0 <= index < len(labels):
+            raise ClassSelectionError(spec, f"class index out of range 0..{len(labels) - 1}")
+        return index
+    wanted = spec.strip().lower()
+    lowered = [label.lower() for label in labels]
+    if wanted in lowered:
+        return lowered.index(wanted)
+    close = difflib.get_close_matches(wanted, lowered, n=3, cutoff=0.6)
+    hint = (
+        f"; did you mean {', '.join(repr(labels[lowered.index(c)]) for c in close)}?"
+        if close
+        else ""
+    )
+    raise ClassSelectionError(spec, f"unknown class name{hint}")
+
+
+@lru_cache(maxsize=4)
+def _cached_model(card: ModelCard, card_mtime: int, device: str, labels: str | None) -> LoadedModel:
+    return load_model(card, device=device, labels=labels)
+
+
+def get_model(
+    model: ModelSpec, device: str | None = "cpu", labels: str | None = None
+) -> LoadedModel:
+    """Return a loaded model. Named models are cached (keyed by their card file and its
+    modification time), so repeated calls in a notebook do not reload them."""
+    if isinstance(model, str):
+        card = find_card(model)
+        mtime = card.path.stat().st_mtime_ns if card.path else 0
+        return _cached_model(card, mtime, str(device), labels)
+    return load_model(model, device=device, labels=labels)
+
+
+def explain(
+    images: ImageSource | Sequence[ImageSource],
+    model: ModelSpec = DEFAULT_MODEL,
+    *,
+    classes: Sequence[int | str] | None = None,
+    maps: int = 1,
+    top_k: int = 5,
+    crop: bool = False,
+    device: str | None = "auto",
+    labels: str | None = None,
+    batch_size: int = 16,
+    box_threshold: float = 0.2,
+) -> Any:
+    """Explain one image or several: predictions, exact CAMs, heatmaps and boxes.
+
+    Args:
+        images: one image source (path, ``Tensor[3,H,W]``, numpy RGB array, PIL image) or a list.
+        model: a model name (default: ``efficientnet_lite0``), card, ``nn.Module`` or loaded model.
+        classes: classes to map, by index or name; default: the top ``maps`` predictions.
+        maps: how many top classes to map when ``classes`` is not given.
+        top_k: how many predictions to report.
+        crop: centre-crop like the classic evaluation transform instead of using the whole image.
+        device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``.
+        labels: a label file overriding the model's class names.
+        batch_size: images per forward pass (images of equal input size are batched together).
+        box_threshold: fraction of the map's maximum used for the CAM box.
+
+    Returns:
+        An :class:`Explanation` for a single source, else a list in the input order.
+    """
+    single = not isinstance(images, (list, tuple))
+    sources: list[ImageSource] = [images] if single else list(cast(Sequence[ImageSource], images))
+    loaded = get_model(model, device, labels)
+    wanted = [resolve_class(c, loaded.labels) for c in classes] if classes else None
+    pictures = [load_image(source) for source in sources]
+    prepared = [loaded.preprocessing.prepare(picture, crop) for picture in pictures]
+    results: list[Explanation | None] = [None] * len(sources)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (tensor, _) in enumerate(prepared):
+        groups.setdefault(tuple(tensor.shape), []).append(i)
+    for members in groups.values():
+        for start in range(0, len(members), batch_size):
+            chunk = members[start : start + batch_size]
+            batch = torch.stack([prepared[i][0] for i in chunk])
+            out = compute(loaded, batch, wanted, top_k=maps)
+            for row, i in enumerate(chunk):
+                results[i] = _explanation(
+                    loaded, source_name(sources[i]), pictures[i], prepared[i][1], out, row, top_k,
+                    box_threshold, tuple(batch.shape[-2:]),
+                )  # fmt: skip
+    done = [r for r in results if r is not None]
+    return done[0] if single else done
+
+
+def _explanation(
+    model: LoadedModel,
+    source: str,
+    image: Tensor,
+    region: Region,
+    out: Any,
+    row: int,
+    top_k: int,
+    box_threshold: float,
+    input_hw: tuple[int, ...],
+) -> Explanation:
+    logits = out.logits[row].cpu()
+    probs = logits.softmax(-1)
+
+    def score(index: int) -> ClassScore:
+        return ClassScore(index, model.labels[index], float(probs[index]), float(logits[index]))
+
+    top = logits.topk(max(1, min(top_k, logits.numel()))).indices.tolist()
+    cams = out.cams[row].cpu()
+    x1, y1, x2, y2 = region.as_ints()
+    height, width = image.shape[1:]
+    heatmaps = torch.zeros((cams.shape[0], height, width))
+    upsampled = upsample_cams(normalize_cams(cams), (input_hw[0], input_hw[1]), (y2 - y1, x2 - x1))
+    heatmaps[:, y1:y2, x1:x2] = upsampled[:, : height - y1, : width - x1]
+    return Explanation(
+        source=source,
+        image=image,
+        model=model.name,
+        head=model.head.describe(),
+        predictions=tuple(score(i) for i in top),
+        explained=tuple(score(int(i)) for i in out.classes[row].tolist()),
+        cams=cams,
+        bias=out.bias[row].cpu(),
+        heatmaps=heatmaps,
+        boxes=tuple(cam_to_box(h, box_threshold) for h in heatmaps),
+        residual=float(out.residual[row]),
+        region=region,
+        input_hw=(input_hw[0], input_hw[1]),
+    )
