@@ -1,0 +1,260 @@
+"""The ``camtool`` command: a thin Typer layer over the public API.
+
+Each command parses its options, calls one library function, prints with rich, and turns
+:class:`camtool.errors.CamtoolError` into ``Error: <subject>: <problem>`` on stderr and an exit
+code (0 ok, 1 error, 2 usage, 3 some inputs failed). torch is imported inside the commands so
+that ``camtool --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from camtool import __version__
+from camtool.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, CamtoolError
+
+if TYPE_CHECKING:
+    from camtool.explanation import Explanation
+
+app = typer.Typer(
+    name="camtool",
+    help="Exact Class Activation Maps: see where a CNN with a global-average-pooling head looks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console()
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Colormap(str, Enum):
+    jet = "jet"
+    turbo = "turbo"
+    viridis = "viridis"
+    inferno = "inferno"
+    magma = "magma"
+    plasma = "plasma"
+    cividis = "cividis"
+    hot = "hot"
+    parula = "parula"
+    twilight = "twilight"
+    rainbow = "rainbow"
+    bone = "bone"
+
+
+class ImageFormat(str, Enum):
+    png = "png"
+    jpg = "jpg"
+
+
+def print_error(error: object) -> None:
+    """Print ``Error: <message>`` as one line on stderr."""
+    err_console.print(f"Error: {error}", markup=False)
+
+
+@contextmanager
+def errors_to_exit_codes() -> Iterator[None]:
+    """Turn camtool's errors into one line on stderr and their exit code; never a traceback."""
+    try:
+        yield
+    except CamtoolError as exc:
+        print_error(exc)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        if os.environ.get("CAMTOOL_DEBUG"):
+            raise
+        print_error(
+            f"internal error: {type(exc).__name__}: {exc} (set CAMTOOL_DEBUG=1 for a traceback)"
+        )
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        console.print(f"camtool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Exact Class Activation Maps: see where a CNN with a global-average-pooling head looks."""
+
+
+def output_name(stem: str, index: int, label: str, suffix: str) -> str:
+    """Return the overlay file name for one class of one input, e.g. ``cat_cam_281_tabby.png``."""
+    slug = re.sub(r"[^0-9a-z]+", "_", label.lower()).strip("_") or "class"
+    return f"{stem}_cam_{index}_{slug}.{suffix}"
+
+
+def unique_stems(paths: list[str]) -> list[str]:
+    """Return a file-name stem per input; inputs with the same stem get ``_2``, ``_3``, ..."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        stem = Path(path).stem or "image"
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return stems
+
+
+def predictions_table(ex: Explanation, outputs: list[Path]) -> Table:
+    """Return a rich table of an explanation's top-k classes."""
+    table = Table(
+        title=f"{ex.source}  ({ex.image.shape[2]}x{ex.image.shape[1]})", title_justify="left"
+    )
+    table.add_column("#", justify="right")
+    table.add_column("class")
+    table.add_column("index", justify="right")
+    table.add_column("probability", justify="right")
+    table.add_column("logit", justify="right")
+    explained = {s.index for s in ex.explained}
+    for rank, p in enumerate(ex.predictions, 1):
+        mark = " [bold green]◀ CAM[/]" if p.index in explained else ""
+        table.add_row(
+            str(rank), f"{p.label}{mark}", str(p.index), f"{p.probability:.4f}", f"{p.logit:.3f}"
+        )
+    files = ", ".join(str(o) for o in outputs)
+    table.caption = f"{ex.model}: {ex.head}, identity residual {ex.residual:.1e} -> {files}"
+    table.caption_justify = "left"
+    return table
+
+
+@app.command()
+def explain(
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files to explain.", show_default=False)
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Model name (see `camtool models`) or card file.")
+    ] = "efficientnet_lite0",
+    classes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--class",
+            "-c",
+            help="Class to map, by name or index; repeatable. Default: the top class.",
+        ),
+    ] = None,
+    top_k: Annotated[
+        int, typer.Option("--top-k", "-k", min=1, help="Number of predictions to list.")
+    ] = 5,
+    maps: Annotated[
+        int,
+        typer.Option("--maps", min=1, help="Map this many top classes when --class is not given."),
+    ] = 1,
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Heatmap opacity.")] = 0.5,
+    colormap: Annotated[Colormap, typer.Option(help="Colour map.")] = Colormap.jet,
+    box: Annotated[
+        bool, typer.Option("--box", help="Draw the CAM box (20% of the map's maximum).")
+    ] = False,
+    crop: Annotated[
+        bool,
+        typer.Option(
+            "--crop", help="Centre-crop as in evaluation instead of using the whole image."
+        ),
+    ] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "auto",
+    labels: Annotated[
+        Path | None, typer.Option(help="Label file, one class name per line.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the overlays.")] = Path("."),
+    image_format: Annotated[
+        ImageFormat, typer.Option("--format", help="Overlay file format.")
+    ] = ImageFormat.png,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document instead of tables.")
+    ] = False,
+) -> None:
+    """Classify images, print the top-k classes and write a CAM overlay per image and class."""
+    with errors_to_exit_codes():
+        from camtool.explanation import explain as explain_image
+        from camtool.explanation import get_model
+
+        loaded = get_model(model, device, str(labels) if labels else None)
+        stems = unique_stems([str(p) for p in images])
+        report: dict[str, Any] = {
+            "model": loaded.name,
+            "head": loaded.head.describe(),
+            "images": [],
+            "errors": [],
+        }
+        for path, stem in zip(images, stems, strict=True):
+            try:
+                ex = explain_image(path, loaded, classes=classes, maps=maps, top_k=top_k, crop=crop)
+                outputs = [
+                    ex.save(out / output_name(stem, s.index, s.label, image_format.value), i,
+                            alpha=alpha, colormap=colormap.value, box=box)
+                    for i, s in enumerate(ex.explained)
+                ]  # fmt: skip
+            except CamtoolError as exc:
+                if exc.exit_code != EXIT_ERROR or len(images) == 1:
+                    raise
+                print_error(exc)
+                report["errors"].append({"input": str(path), "error": str(exc)})
+                continue
+            report["images"].append({**ex.to_dict(), "outputs": [str(o) for o in outputs]})
+            if not as_json:
+                console.print(predictions_table(ex, outputs))
+        if as_json:
+            sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        if report["errors"]:
+            raise typer.Exit(EXIT_PARTIAL if report["images"] else EXIT_ERROR)
+        raise typer.Exit(EXIT_OK)
+
+
+@app.command()
+def models() -> None:
+    """List the named models (built-in and from CAMTOOL_MODELS) and whether their weights are installed."""
+    with errors_to_exit_codes():
+        from camtool.models import list_cards, weights_status
+
+        table = Table(title="camtool models")
+        for column in ("name", "architecture", "input", "weights"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("description")
+        for card in list_cards():
+            status = weights_status(card)
+            style = "green" if status == "installed" else "yellow"
+            name = card.name if card.builtin else f"{card.name} (user: {card.path})"
+            table.add_row(
+                name,
+                card.architecture,
+                str(card.preprocessing.input_size),
+                f"[{style}]{status}[/]",
+                card.description,
+            )
+        console.print(table)
+
+
+def main() -> None:
+    """Entry point of the ``camtool`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
