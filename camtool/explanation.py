@@ -177,7 +177,7 @@ def _cached_model(card: ModelCard, card_mtime: int, device: str, labels: str | N
 
 
 def get_model(
-    model: ModelSpec, device: str | None = "cpu", labels: str | None = None
+    model: ModelSpec, device: str | None = "auto", labels: str | None = None
 ) -> LoadedModel:
     """Return a loaded model. Named models are cached (keyed by their card file and its
     modification time), so repeated calls in a notebook do not reload them."""
