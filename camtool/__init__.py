@@ -23,15 +23,15 @@ _EXPORTS = {
     "get_model": "camtool.explanation",
     "compute": "camtool.cam",
     "compute_cams": "camtool.cam",
-    "identity_residual": "camtool.cam",
+    "identity_residual": "camtool.heads",
     "CamBatch": "camtool.cam",
     "load_model": "camtool.models",
-    "find_cam_head": "camtool.models",
+    "find_cam_head": "camtool.heads",
     "list_cards": "camtool.models",
     "weights_status": "camtool.models",
     "LoadedModel": "camtool.models",
     "ModelCard": "camtool.models",
-    "CamHead": "camtool.models",
+    "CamHead": "camtool.heads",
     "Preprocessing": "camtool.models",
     "Region": "camtool.models",
     "load_image": "camtool.io",
@@ -110,7 +110,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from camtool.cam import CamBatch, compute, compute_cams, identity_residual
+    from camtool.cam import CamBatch, compute, compute_cams
     from camtool.errors import (
         CamtoolError,
         ClassSelectionError,
@@ -124,14 +124,13 @@ if TYPE_CHECKING:
         WeightsHashError,
     )
     from camtool.explanation import ClassScore, Explanation, explain, get_model, resolve_class
+    from camtool.heads import CamHead, find_cam_head, identity_residual
     from camtool.io import load_image, save_image
     from camtool.models import (
-        CamHead,
         LoadedModel,
         ModelCard,
         Preprocessing,
         Region,
-        find_cam_head,
         list_cards,
         load_model,
         weights_status,

@@ -18,11 +18,9 @@ import torch
 from torch import Tensor
 
 from camtool.errors import ClassSelectionError, UnsupportedModelError
-from camtool.hooks import capture_input, eval_mode
-from camtool.models import CamHead, LoadedModel
-
-#: Largest relative identity residual accepted for float32 (residual / max(1, max |logit|)).
-IDENTITY_TOLERANCE = 1e-3
+from camtool.heads import IDENTITY_TOLERANCE, features_and_logits, identity_residual, relative_scale
+from camtool.hooks import eval_mode
+from camtool.models import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -52,51 +50,23 @@ class CamBatch:
         return self.logits.softmax(dim=-1)
 
 
-def features_and_logits(model: LoadedModel, batch: Tensor) -> tuple[Tensor, Tensor]:
-    """Run the network once and return ``(features Tensor[N,C,h,w], logits Tensor[N,K])``.
-
-    The features are exactly the tensor the network's global average pooling averages.
-    """
-    module, head = model.module, model.head
-    if head.kind == "forward_features":
-        features = module.forward_features(batch)  # type: ignore[operator]
-        return features, module.forward_head(features)  # type: ignore[operator]
-    assert head.pool is not None
-    with capture_input(head.pool) as captured:
-        logits = module(batch)
-    if captured.tensor is None or captured.calls != 1:
-        raise UnsupportedModelError(
-            model.name,
-            f"pooling '{head.feature_name}' ran {captured.calls} times in one forward pass",
-        )
-    return captured.tensor, logits
-
-
-def compute_cams(features: Tensor, weight: Tensor, classes: Tensor) -> Tensor:
+def compute_cams(features: Tensor, weight: Tensor | None, classes: Tensor) -> Tensor:
     """Weight feature maps by classifier rows.
 
     Args:
         features: ``Tensor[N,C,h,w]``.
-        weight: ``Tensor[K,C]``, the classifier's weight.
+        weight: ``Tensor[K,C]``, the classifier's weight; None when the features already are
+            the class maps (C == K, as in SqueezeNet), which are then just selected.
         classes: ``Tensor[N,k]`` int64, the classes to map for each image.
 
     Returns:
         ``Tensor[N,k,h,w]`` float32 raw CAMs (their spatial mean plus the bias is the logit).
     """
+    if weight is None:
+        index = classes[:, :, None, None].expand(-1, -1, *features.shape[-2:])
+        return features.float().gather(1, index)
     rows = weight.float()[classes]  # [N,k,C]
     return torch.einsum("nkc,nchw->nkhw", rows, features.float())
-
-
-def identity_residual(features: Tensor, head: CamHead, logits: Tensor) -> Tensor:
-    """Return ``Tensor[N]``: ``max_k |mean_hw(CAM_k) + b_k - logit_k|`` over all classes.
-
-    ``mean_hw(CAM_k) = W_k . mean_hw(F)`` by linearity, so this costs one small matrix product.
-    """
-    pooled = features.float().mean(dim=(-2, -1))
-    predicted = pooled @ head.weight.float().T
-    if head.bias is not None:
-        predicted = predicted + head.bias.float()
-    return (predicted - logits.float()).abs().amax(dim=-1)
 
 
 def select_classes(
@@ -118,7 +88,7 @@ def compute(
     batch: Tensor,
     classes: Sequence[int] | None = None,
     top_k: int = 1,
-    tolerance: float = IDENTITY_TOLERANCE,
+    tolerance: float | None = None,
 ) -> CamBatch:
     """Compute the CAMs of a preprocessed batch in one forward pass, with no gradients.
 
@@ -127,28 +97,30 @@ def compute(
         batch: ``Tensor[N,3,h,w]`` float, normalised for the model (see ``Preprocessing``).
         classes: class indices to map for every image; default: each image's ``top_k``.
         top_k: how many top classes to map when ``classes`` is not given.
-        tolerance: largest accepted relative identity residual.
+        tolerance: largest accepted relative identity residual; default: by the model's dtype
+            (see ``camtool.heads.IDENTITY_TOLERANCE``).
 
     Raises:
         UnsupportedModelError: the maps do not decompose the logits (CAM would not be exact).
         ClassSelectionError: a class index out of range.
     """
-    batch = batch.to(model.device)
+    device = model.device
+    batch = batch.to(device)
+    if model.channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    limit = IDENTITY_TOLERANCE.get(model.dtype, 5e-2) if tolerance is None else tolerance
+    autocast = torch.autocast(device.type, dtype=model.dtype, enabled=model.dtype != torch.float32)
     with torch.inference_mode(), eval_mode(model.module):
-        features, logits = features_and_logits(model, batch)
-        if features.ndim != 4:
-            raise UnsupportedModelError(
-                model.name,
-                f"'{model.head.feature_name}' gives a {features.ndim}-d tensor, not a feature map",
-            )
+        with autocast:
+            features, logits = features_and_logits(model.module, model.head, batch)
         residual = identity_residual(features, model.head, logits)
-        scale = logits.float().abs().amax().clamp(min=1.0)
+        scale = relative_scale(logits)
         worst = float(residual.max()) if residual.numel() else 0.0
-        if worst > tolerance * float(scale):
+        if worst > limit * scale:
             raise UnsupportedModelError(
                 model.name,
                 f"CAM is not exact for head {model.head.describe()}: mean(CAM) + bias differs from "
-                f"the logits by {worst:.3g} (logit scale {float(scale):.3g}); something non-linear "
+                f"the logits by {worst:.3g} (logit scale {scale:.3g}); something non-linear "
                 "sits between the feature map and the classifier",
             )
         chosen = select_classes(logits, classes, top_k, logits.shape[-1])
@@ -156,7 +128,7 @@ def compute(
         bias = (
             model.head.bias.float()[chosen]
             if model.head.bias is not None
-            else torch.zeros_like(cams[:, :, 0, 0])
+            else torch.zeros(chosen.shape, device=cams.device)
         )
     c, h, w = features.shape[1:]
     return CamBatch(logits.float(), chosen, cams, bias, residual, (int(c), int(h), int(w)))

@@ -18,14 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import tomllib
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camtool.errors import ModelLoadError, UnknownModelError, UnsupportedModelError
+from camtool.errors import ModelLoadError, UnknownModelError
+from camtool.heads import CamHead, find_cam_head
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -217,10 +218,58 @@ def find_card(name: str) -> ModelCard:
 # Weights
 
 
+def hub_cache_path(url: str) -> Path:
+    """Where torch's hub keeps a downloaded checkpoint: ``$TORCH_HOME/hub/checkpoints/<name>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def download_weights(url: str, sha256: str | None = None) -> Path:
+    """Download ``url`` into torch's hub cache (once) and return the local path.
+
+    The file is checked against ``sha256`` (whole) or, like torch.hub, against the hex prefix in
+    its name (``resnet18-f37072fd.pth``) before it is moved into place; a file that fails the check
+    is deleted. Works with ``file://`` URLs too.
+    """
+    import re
+
+    target = hub_cache_path(url)
+    if target.is_file():
+        return target
+    prefix = re.search(r"-([a-f0-9]{6,})\.", target.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.part")
+    try:
+        torch.hub.download_url_to_file(url, str(partial), hash_prefix=None, progress=False)
+        actual = file_sha256(partial)
+        expected = sha256.lower() if sha256 else None
+        if (expected and actual != expected) or (
+            not expected and prefix and not actual.startswith(prefix[1])
+        ):
+            from camtool.errors import WeightsHashError
+
+            raise WeightsHashError(
+                url, f"downloaded file has sha256 {actual[:16]}..., not the expected one"
+            )
+        os.replace(partial, target)
+    except OSError as exc:
+        raise ModelLoadError(
+            url,
+            f"cannot download ({getattr(exc, 'reason', None) or exc}); put the file at {target}",
+        ) from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
 def weights_path(card: ModelCard) -> Path | None:
     """Return the local path of a card's weights file, or None if it is not installed."""
     source = card.weights
-    if source is None or source.file is None:
+    if source is None:
+        return None
+    if source.url and not source.file:
+        cached = hub_cache_path(source.url)
+        return cached if cached.is_file() else None
+    if source.file is None:
         return None
     if source.package:
         spec = importlib.util.find_spec(source.package)
@@ -294,6 +343,8 @@ def verified_weights_file(card: ModelCard) -> Path:
     from camtool.errors import WeightsHashError
 
     path = weights_path(card)
+    if path is None and card.weights is not None and card.weights.url:
+        path = download_weights(card.weights.url, card.weights.sha256)
     if path is None:
         raise ModelLoadError(card.name, f"weights not installed ({weights_status(card)})")
     expected = card.weights.sha256 if card.weights else None
@@ -390,100 +441,21 @@ def load_labels(spec: str | os.PathLike[str], base: Path | None = None) -> tuple
 
 
 # --------------------------------------------------------------------------------------------
-# CAM head discovery
-
-
-@dataclass(frozen=True, eq=False)
-class CamHead:
-    """Where the CAM comes from in a network.
-
-    ``kind`` is ``"forward_features"`` (timm's contract: ``forward_features`` gives the feature
-    map and ``forward_head`` pools and classifies it) or ``"pool_input"`` (a forward pre-hook on
-    the global-average-pooling module ``pool`` captures the tensor it averages).
-    """
-
-    kind: Literal["forward_features", "pool_input"]
-    feature_name: str
-    classifier_name: str
-    classifier: nn.Linear
-    pool: nn.Module | None = None
-
-    @property
-    def weight(self) -> Tensor:
-        """``Tensor[K,C]``: the classifier's weight."""
-        return self.classifier.weight
-
-    @property
-    def bias(self) -> Tensor | None:
-        """``Tensor[K]``: the classifier's bias, or None."""
-        return self.classifier.bias
-
-    def describe(self) -> str:
-        """Return a one-line description, e.g. ``forward_features -> classifier (1000x1280)``."""
-        k, c = self.weight.shape
-        return f"{self.feature_name} -> {self.classifier_name} ({k}x{c})"
-
-
-def _is_global_avg_pool(module: nn.Module) -> bool:
-    if isinstance(module, nn.AdaptiveAvgPool2d):
-        size = module.output_size
-        return size in (1, (1, 1))
-    if type(module).__name__ == "SelectAdaptivePool2d":
-        return getattr(module, "pool_type", "") == "avg"
-    return False
-
-
-def _module_name(model: nn.Module, target: nn.Module) -> str:
-    return next((name for name, m in model.named_modules() if m is target), type(target).__name__)
-
-
-def find_cam_head(model: nn.Module) -> CamHead:
-    """Find the feature map and linear classifier of a GAP network.
-
-    Tried in order: timm's ``forward_features``/``forward_head``/``get_classifier`` contract with
-    average pooling; then the last global-average-pooling module followed by a Linear classifier.
-    The choice is only structural: :func:`camtool.cam.compute` proves it with the identity
-    ``cams.mean + bias == logits`` on every batch.
-
-    Raises:
-        UnsupportedModelError: no such head was found.
-    """
-    if all(hasattr(model, a) for a in ("forward_features", "forward_head", "get_classifier")):
-        classifier = model.get_classifier()  # type: ignore[operator]
-        pool = getattr(model, "global_pool", None)
-        if isinstance(classifier, nn.Linear) and pool is not None and _is_global_avg_pool(pool):
-            return CamHead(
-                "forward_features",
-                "forward_features",
-                _module_name(model, classifier),
-                classifier,
-                pool,
-            )
-    named = list(model.named_modules())
-    pools = [(i, name, m) for i, (name, m) in enumerate(named) if _is_global_avg_pool(m)]
-    if pools:
-        index, pool_name, pool = pools[-1]
-        linears = [(n, m) for n, m in named[index + 1 :] if isinstance(m, nn.Linear)]
-        if linears:
-            name, linear = linears[-1]
-            return CamHead("pool_input", pool_name, name, linear, pool)
-        raise UnsupportedModelError(
-            type(model).__name__,
-            f"global average pooling '{pool_name}' is not followed by a Linear classifier",
-        )
-    raise UnsupportedModelError(
-        type(model).__name__,
-        "no global-average-pooling module found (pass layer= and classifier= to name them)",
-    )
-
-
-# --------------------------------------------------------------------------------------------
 # Loading
 
 
 @dataclass(frozen=True, eq=False)
 class LoadedModel:
-    """A network ready for CAM: in eval mode, with its preprocessing, labels and CAM head."""
+    """A network ready for CAM, with its preprocessing, labels and proven CAM head.
+
+    Attributes:
+        name: the model's name; module: the network (in eval mode when camtool built it).
+        preprocessing: how images become its input; labels: its K class names.
+        head: the CAM head (see :mod:`camtool.heads`), proven on a probe batch.
+        card: the model card it came from, if any; weights: where its weights came from.
+        dtype: compute dtype (float16/bfloat16 run under autocast; the network is not converted).
+        channels_last: feed batches (and, for models camtool built, weights) in channels-last.
+    """
 
     name: str
     module: nn.Module
@@ -491,16 +463,30 @@ class LoadedModel:
     labels: tuple[str, ...]
     head: CamHead
     card: ModelCard | None = None
+    weights: str = ""
+    dtype: torch.dtype = torch.float32
+    channels_last: bool = False
 
     @property
     def device(self) -> torch.device:
         """The device of the network's parameters."""
-        return next(self.module.parameters()).device
+        parameter = next(self.module.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
 
-    def to(self, device: str | torch.device) -> LoadedModel:
-        """Return this model moved to ``device`` (the network is moved in place)."""
-        self.module.to(device)
-        return self
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description: name, weights, head, dtype, parameter count."""
+        return {
+            "name": self.name,
+            "weights": self.weights,
+            "head": self.head.describe(),
+            "head_detail": self.head.as_dict(),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "parameters": sum(p.numel() for p in self.module.parameters()),
+            "classes": len(self.labels),
+        }
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -522,57 +508,245 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """Map ``"float32"``/``"float16"``/``"bfloat16"`` (or a torch dtype, or None) to a dtype."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        from camtool.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(dtype, f"unknown dtype; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
 def load_model(
     spec: str | ModelCard | nn.Module | LoadedModel = DEFAULT_MODEL,
     device: str | torch.device | None = "auto",
     labels: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    layer: str | None = None,
+    classifier: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    channels_last: bool | None = None,
+    preprocessing: Preprocessing | None = None,
+    random_weights: bool = False,
 ) -> LoadedModel:
-    """Load a named model, a card, or wrap your own ``nn.Module``.
+    """Load a named model, a card, an architecture with weights, a TorchScript file, or your module.
 
     Args:
-        spec: a built-in or user model name (see ``camtool models``), a card file path, a
-            :class:`ModelCard`, an ``nn.Module`` (its CAM head is discovered; it is *not* moved or
-            changed) or an already loaded model (returned as is).
-        device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"`` (named models only).
-        labels: a label file, one class name per line, overriding the card's label set.
+        spec: one of
+            - a built-in or user model name (``camtool models``) or a card file (``*.toml``);
+            - an architecture: a torchvision model name (``resnet50``), ``torchvision:NAME`` or
+              ``timm:NAME``, with ``weights=FILE``; or with a torchvision weight name
+              (``resnet50:IMAGENET1K_V2``), taken from torch's hub cache or downloaded;
+            - a TorchScript file (``model.pt`` saved with ``torch.jit.save``);
+            - an ``nn.Module``: used as it is, never moved or converted;
+            - an already loaded model (returned as is).
+        device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"`` (models camtool builds).
+        labels: a label file, one class name per line; their number must match the classifier.
+        weights: a state dict file (``.pth``/``.pt`` read with ``weights_only=True``, or
+            ``.safetensors``) replacing the card's or architecture's weights.
+        layer, classifier: module names that override head discovery.
+        dtype: ``"float32"`` (default), ``"float16"`` or ``"bfloat16"`` (autocast).
+        channels_last: channels-last memory format; default: on for CUDA.
+        preprocessing: override the card's preprocessing (or the ImageNet default).
+        random_weights: allow an architecture without weights (for ``camtool inspect``).
 
     Raises:
         UnknownModelError, ModelLoadError, WeightsHashError, UnsupportedModelError.
     """
     if isinstance(spec, LoadedModel):
         return spec
+    compute_dtype = resolve_dtype(dtype)
     if isinstance(spec, nn.Module):
-        head = find_cam_head(spec)
-        names = (
-            load_labels(labels)
-            if labels
-            else tuple(f"class {i}" for i in range(head.weight.shape[0]))
+        prep = preprocessing or Preprocessing()
+        head = find_cam_head(spec, layer, classifier, probe_size=prep.input_size)
+        names = _labels_for(head, labels, None)
+        name = type(spec).__name__
+        last = bool(channels_last)
+        return LoadedModel(
+            name, spec, prep, names, head, None, "caller's module", compute_dtype, last
         )
-        _check_label_count(names, head, labels or "labels")
-        return LoadedModel(type(spec).__name__, spec, Preprocessing(), names, head)
-    card = find_card(spec) if isinstance(spec, str) else spec
-    return _load_card(card, resolve_device(device), labels)
+    target = resolve_device(device)
+    module, name, card, source, default_labels, prep = _build(spec, weights, random_weights)
+    prep = preprocessing or prep
+    module.eval().requires_grad_(False).to(target)
+    last = target.type == "cuda" if channels_last is None else channels_last
+    if last:
+        module.to(memory_format=torch.channels_last)
+    head = find_cam_head(module, layer, classifier, probe_size=prep.input_size)
+    names = _labels_for(
+        head, labels, default_labels, card.path.parent if card and card.path else None
+    )
+    return LoadedModel(name, module, prep, names, head, card, source, compute_dtype, last)
 
 
-def _load_card(
-    card: ModelCard, device: torch.device, labels: str | os.PathLike[str] | None
-) -> LoadedModel:
-    names = load_labels(labels or card.labels, card.path.parent if card.path else None)
-    module = build_architecture(card.architecture, num_classes=len(names))
-    if card.weights is not None:
-        path = verified_weights_file(card)
-        load_weights_into(module, load_state_dict_file(path), path)
-    module.eval().requires_grad_(False).to(device)
-    head = find_cam_head(module)
-    _check_label_count(names, head, labels or card.labels)
-    return LoadedModel(card.name, module, card.preprocessing, names, head, card)
+class _Built(NamedTuple):
+    module: nn.Module
+    name: str
+    card: ModelCard | None
+    source: str  # where the weights came from
+    labels: str | tuple[str, ...] | None  # a label spec, or the names themselves
+    preprocessing: Preprocessing
 
 
-def _check_label_count(names: tuple[str, ...], head: CamHead, source: object) -> None:
-    if len(names) != head.weight.shape[0]:
+def _build(
+    spec: str | ModelCard, weights: str | os.PathLike[str] | None, random_weights: bool
+) -> _Built:
+    if isinstance(spec, ModelCard) or spec.endswith(".toml") or _is_card_name(spec):
+        card = spec if isinstance(spec, ModelCard) else find_card(spec)
+        if weights is not None:
+            module = _architecture_with_file(card.architecture, Path(weights))
+            return _Built(module, card.name, card, str(weights), card.labels, card.preprocessing)
+        path = verified_weights_file(card) if card.weights is not None else None
+        module = build_architecture(
+            card.architecture,
+            num_classes=len(load_labels(card.labels, card.path.parent if card.path else None)),
+        )
+        if path is not None:
+            load_weights_into(module, load_state_dict_file(path), path)
+        return _Built(
+            module, card.name, card, str(path or "random"), card.labels, card.preprocessing
+        )
+    if Path(spec).is_file() and _is_torchscript(Path(spec)):
+        try:
+            module = torch.jit.load(spec, map_location="cpu")
+        except Exception as exc:
+            raise ModelLoadError(spec, f"not a loadable TorchScript model ({exc})") from None
+        return _Built(module, Path(spec).stem, None, spec, None, Preprocessing())
+    if Path(spec).is_file():
         raise ModelLoadError(
-            source, f"{len(names)} labels for a classifier of {head.weight.shape[0]} classes"
+            spec,
+            "is a weights file, not a model: name the architecture and pass this file as weights (--model resnet50 --weights FILE)",
         )
+    architecture, _, weight_name = (
+        spec.partition(":") if not spec.startswith(("timm:", "torchvision:")) else (spec, "", "")
+    )
+    if weight_name:
+        return _torchvision_named_weights(architecture, weight_name)
+    architecture = _architecture_name(architecture)
+    if weights is not None:
+        module = _architecture_with_file(architecture, Path(weights))
+        return _Built(module, spec, None, str(weights), None, Preprocessing())
+    if not random_weights:
+        raise ModelLoadError(
+            spec,
+            "no weights: pass a weights file (--weights FILE) or a torchvision weight name "
+            f"({spec}:DEFAULT), or use a named model (camtool models)",
+        )
+    return _Built(build_architecture(architecture), spec, None, "random", None, Preprocessing())
+
+
+def _is_card_name(name: str) -> bool:
+    return any(card.name == name for card in list_cards())
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
+def _architecture_name(name: str) -> str:
+    if name.startswith(("timm:", "torchvision:", "camtool:")):
+        return name
+    import torchvision
+
+    known = torchvision.models.list_models()
+    if name in known:
+        return f"torchvision:{name}"
+    cards = [card.name for card in list_cards()]
+    close = sorted(difflib.get_close_matches(name, cards + known, n=3, cutoff=0.6))
+    hint = (
+        f"; did you mean {', '.join(close)}?"
+        if close
+        else "; see `camtool models`, or use timm:NAME / torchvision:NAME"
+    )
+    raise UnknownModelError(name, f"unknown model{hint}")
+
+
+def _architecture_with_file(architecture: str, path: Path) -> nn.Module:
+    """Build ``architecture`` with as many classes as the checkpoint's classifier, and load it."""
+    state = load_state_dict_file(path)
+    module = build_architecture(architecture)
+    wanted = _checkpoint_classes(module, state)
+    if wanted is not None:
+        module = build_architecture(architecture, num_classes=wanted)
+    load_weights_into(module, state, path)
+    return module
+
+
+def _checkpoint_classes(module: nn.Module, state: Mapping[str, Tensor]) -> int | None:
+    """The class count of a checkpoint: rows of the weight of the module's last classifier."""
+    last = [n for n, m in module.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not last:
+        return None
+    rows = state.get(f"{last[-1]}.weight")
+    own = dict(module.named_modules())[last[-1]].weight.shape[0]
+    return int(rows.shape[0]) if rows is not None and rows.shape[0] != own else None
+
+
+def _torchvision_named_weights(architecture: str, weight_name: str) -> _Built:
+    """``resnet50:IMAGENET1K_V2``: torchvision's weights, from torch's hub cache or downloaded."""
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(architecture)
+        entry = enum[weight_name] if weight_name != "DEFAULT" else enum.DEFAULT
+    except (ValueError, KeyError):
+        try:
+            names = [w.name for w in torchvision.models.get_model_weights(architecture)]
+        except ValueError:
+            raise UnknownModelError(
+                architecture, "not a torchvision model with named weights"
+            ) from None
+        raise UnknownModelError(
+            f"{architecture}:{weight_name}",
+            f"unknown weights; {architecture} has {', '.join(names)}",
+        ) from None
+    path = download_weights(entry.url)
+    module = build_architecture(
+        f"torchvision:{architecture}", num_classes=len(entry.meta["categories"])
+    )
+    load_weights_into(module, load_state_dict_file(path), path)
+    keywords = getattr(entry.transforms, "keywords", {})
+    crop, resize = int(keywords.get("crop_size", 224)), int(keywords.get("resize_size", 256))
+    interpolation = str(keywords.get("interpolation", "bilinear")).rsplit(".", 1)[-1].lower()
+    prep = Preprocessing(
+        input_size=crop,
+        crop_pct=crop / resize,
+        interpolation="bicubic" if interpolation == "bicubic" else "bilinear",
+    )
+    labels = tuple(entry.meta["categories"])
+    return _Built(module, f"{architecture}:{weight_name}", None, str(path), labels, prep)
+
+
+def _labels_for(
+    head: CamHead,
+    labels: str | os.PathLike[str] | None,
+    default: str | tuple[str, ...] | None,
+    base: Path | None = None,
+) -> tuple[str, ...]:
+    count = head.num_classes
+    if labels is not None:
+        names = load_labels(labels)
+        source: object = labels
+    elif isinstance(default, tuple):
+        names, source = default, "the weights' categories"
+    elif default is not None and (default != "imagenet1k" or count == 1000):
+        names, source = load_labels(default, base), default
+    elif count == 1000:
+        names, source = imagenet_labels(), "imagenet1k"
+    else:
+        return tuple(f"class {i}" for i in range(count))
+    if len(names) != count:
+        raise ModelLoadError(source, f"{len(names)} labels for a classifier of {count} classes")
+    return names
 
 
 def with_preprocessing(model: LoadedModel, **changes: Any) -> LoadedModel:

@@ -31,7 +31,9 @@ class NormAfterPool(TinyGapNet):
 
     def __init__(self) -> None:
         super().__init__()
+        del self.out
         self.norm = nn.LayerNorm(8)
+        self.out = nn.Linear(8, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.norm(torch.flatten(self.squash(self.body(x)), 1)))
@@ -60,7 +62,10 @@ def test_user_module_head_is_discovered_and_exact() -> None:
     net = TinyGapNet()
     model = camtool.load_model(net)
     assert model.head.kind == "pool_input"
-    assert model.head.describe() == "squash -> out (5x8)"
+    assert (
+        model.head.describe()
+        == "squash -> out (5x8), features 8x112x112 at 224 px, probe residual 0.0e+00"
+    )
     out = camtool.compute(model, torch.randn(3, 3, 32, 40), top_k=5)
     assert out.cams.shape == (3, 5, 16, 20)
     torch.testing.assert_close(
@@ -70,9 +75,12 @@ def test_user_module_head_is_discovered_and_exact() -> None:
 
 
 def test_norm_after_pooling_is_refused_with_the_reason() -> None:
-    model = camtool.load_model(NormAfterPool())
-    with pytest.raises(UnsupportedModelError, match="CAM is not exact for head squash -> out"):
-        camtool.compute(model, torch.randn(1, 3, 32, 32))
+    with pytest.raises(UnsupportedModelError) as info:
+        camtool.load_model(NormAfterPool())
+    assert str(info.value) == (
+        "NormAfterPool: CAM is not exact for this network: a normalisation after the global "
+        "pooling: 'norm' (LayerNorm)"
+    )
 
 
 def state_of(net: nn.Module) -> tuple[list[bool], list[bool], int, int]:

@@ -42,7 +42,9 @@ def test_explain_json_document(tmp_path: Path) -> None:
     assert code == 0, err
     doc = json.loads(out)
     assert doc["model"] == "efficientnet_lite0"
-    assert doc["head"] == "forward_features -> _fc (1000x1280)"
+    assert doc["head"] == (
+        "forward_features -> _fc (1000x1280), features 1280x7x7 at 224 px, probe residual 0.0e+00"
+    )
     cat, coffee = doc["images"]
     assert cat["input"] == str(CAT) and (cat["width"], cat["height"]) == (451, 300)
     assert [p["index"] for p in cat["predictions"]] == [285, 282, 281]

@@ -1,0 +1,519 @@
+"""CAM-head discovery: which tensor the network pools, which layer classifies it, proven exact.
+
+A *head* tells camtool how to get, from one forward pass, the feature map ``F`` that global
+average pooling averages and the logits, and which weights turn ``F`` into class maps. Candidates
+are tried in this order, and the first that passes the identity ``mean(CAM) + bias == logits`` on
+a probe batch is used:
+
+1. explicit ``layer=``/``classifier=`` module names (``model.named_modules()`` names);
+2. timm's contract: ``forward_features`` gives ``F``, ``forward_head`` pools and classifies it;
+3. a global-average-pooling module (``AdaptiveAvgPool2d(1)``, timm's ``SelectAdaptivePool2d``
+   with ``avg``) followed by a ``Linear`` (or 1x1 ``Conv2d``) classifier: a pre-hook captures
+   the pooling's input; with no classifier after it and as many channels as classes, the pooled
+   tensor *is* the class maps (SqueezeNet);
+4. pooling written as a function call in ``forward`` (``F.adaptive_avg_pool2d``, ``x.mean((2, 3))``),
+   found by tracing the network with ``torch.fx``;
+5. the network's top-level children run in order up to the pooling (TorchScript models, which take
+   no hooks).
+
+When none passes, :class:`UnsupportedModelError` names the reason and the offending module.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from camtool.errors import UnsupportedModelError
+from camtool.hooks import capture_input, capture_output, eval_mode
+
+HeadKind = Literal[
+    "explicit", "forward_features", "pool_input", "class_maps", "traced", "sequential"
+]
+
+#: Largest relative identity residual accepted, by compute dtype (residual / max(1, max |logit|)).
+IDENTITY_TOLERANCE: dict[torch.dtype, float] = {
+    torch.float32: 1e-3,
+    torch.float64: 1e-6,
+    torch.float16: 2e-2,
+    torch.bfloat16: 5e-2,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class CamHead:
+    """Where the CAM comes from in a network (see the module docstring for the kinds).
+
+    Attributes:
+        kind: how features and logits are obtained.
+        feature_name: the module (or traced operation) whose tensor is the feature map.
+        classifier_name: the linear classifier's module name ("" for class maps).
+        classifier: the ``nn.Linear`` or 1x1 ``nn.Conv2d`` classifier, None for class maps.
+        capture: the module hooked (its input for pooling modules, its output for ``explicit``).
+        runner: for ``traced``/``sequential``: a module that returns the features (and logits).
+        feature_shape: ``(C, h, w)`` of the feature map on the probe batch.
+        probe_residual: the identity residual on the probe batch (absolute, over all classes).
+    """
+
+    kind: HeadKind
+    feature_name: str
+    classifier_name: str
+    classifier: nn.Module | None
+    capture: nn.Module | None = None
+    runner: nn.Module | None = None
+    feature_shape: tuple[int, int, int] | None = None
+    probe_residual: float | None = None
+    probe_size: int | None = None
+
+    @property
+    def weight(self) -> Tensor | None:
+        """``Tensor[K,C]``: the classifier's weight (None for class maps)."""
+        if self.classifier is None:
+            return None
+        weight = self.classifier.weight
+        assert isinstance(weight, Tensor)
+        return weight.reshape(weight.shape[0], -1)
+
+    @property
+    def bias(self) -> Tensor | None:
+        """``Tensor[K]``: the classifier's bias, or None."""
+        bias = getattr(self.classifier, "bias", None)
+        return bias if isinstance(bias, Tensor) else None
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of classes."""
+        if self.weight is not None:
+            return int(self.weight.shape[0])
+        assert self.feature_shape is not None
+        return self.feature_shape[0]
+
+    def describe(self) -> str:
+        """One line, e.g. ``layer4 -> fc (1000x2048), features 2048x7x7 at 224 px, residual 2e-06``."""
+        if self.weight is not None:
+            k, c = self.weight.shape
+            text = f"{self.feature_name} -> {self.classifier_name} ({k}x{c})"
+        else:
+            text = f"{self.feature_name} (class maps)"
+        if self.feature_shape is not None:
+            text += f", features {'x'.join(map(str, self.feature_shape))} at {self.probe_size} px"
+        if self.probe_residual is not None:
+            text += f", probe residual {self.probe_residual:.1e}"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready description of the head."""
+        return {
+            "kind": self.kind,
+            "features": self.feature_name,
+            "classifier": self.classifier_name,
+            "feature_shape": list(self.feature_shape) if self.feature_shape else None,
+            "probe_size": self.probe_size,
+            "probe_residual": self.probe_residual,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Running a head
+
+
+def features_and_logits(module: nn.Module, head: CamHead, batch: Tensor) -> tuple[Tensor, Tensor]:
+    """Run the network once; return ``(features Tensor[N,C,h,w], logits Tensor[N,K])``.
+
+    The features are exactly the tensor the network's global average pooling averages (or, for
+    ``explicit`` heads, the named layer's output). Hooks live only for this call.
+    """
+    if head.kind == "forward_features":
+        features = module.forward_features(batch)  # type: ignore[operator]
+        return features, module.forward_head(features)  # type: ignore[operator]
+    if head.kind == "traced":
+        assert head.runner is not None
+        features, logits = head.runner(batch)
+        return features, logits
+    if head.kind == "sequential":
+        assert head.runner is not None
+        return head.runner(batch), module(batch)
+    assert head.capture is not None
+    capture = capture_output if head.kind == "explicit" else capture_input
+    with capture(head.capture) as captured:
+        logits = module(batch)
+    if captured.tensor is None or captured.calls != 1:
+        raise UnsupportedModelError(
+            head.feature_name, f"ran {captured.calls} times in one forward pass, expected once"
+        )
+    return captured.tensor, logits
+
+
+def identity_residual(features: Tensor, head: CamHead, logits: Tensor) -> Tensor:
+    """Return ``Tensor[N]``: ``max_k |mean_hw(CAM_k) + b_k - logit_k|`` over all K classes.
+
+    ``mean_hw(CAM_k) = W_k . mean_hw(F)`` by linearity, so this costs one small matrix product.
+    """
+    if not isinstance(logits, Tensor) or logits.ndim != 2:
+        raise UnsupportedModelError(
+            head.classifier_name or head.feature_name,
+            "the network's output is not a [N, K] logit tensor",
+        )
+    pooled = features.float().mean(dim=(-2, -1))
+    weight = head.weight
+    if weight is not None and pooled.shape[-1] != weight.shape[1]:
+        raise UnsupportedModelError(
+            head.feature_name,
+            f"gives {pooled.shape[-1]} channels but classifier '{head.classifier_name}' takes {weight.shape[1]}",
+        )
+    if weight is None:
+        predicted = pooled
+    else:
+        predicted = pooled @ weight.float().T
+        if head.bias is not None:
+            predicted = predicted + head.bias.float()
+    if predicted.shape != logits.shape:
+        raise UnsupportedModelError(
+            head.feature_name,
+            f"pooled features map to {list(predicted.shape)} scores but the network gives {list(logits.shape)}",
+        )
+    return (predicted - logits.float()).abs().amax(dim=-1)
+
+
+def relative_scale(logits: Tensor) -> float:
+    """The scale residuals are measured against: ``max(1, max |logit|)``."""
+    return float(logits.float().abs().amax().clamp(min=1.0))
+
+
+# --------------------------------------------------------------------------------------------
+# Candidates
+
+
+def is_global_avg_pool(module: nn.Module) -> bool:
+    """True for ``AdaptiveAvgPool2d(1)`` and timm's ``SelectAdaptivePool2d('avg')``."""
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        return module.output_size in (1, (1, 1))
+    if type(module).__name__ == "SelectAdaptivePool2d":
+        return getattr(module, "pool_type", "") == "avg"
+    return False
+
+
+def _is_classifier(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
+
+
+def _leaf(module: nn.Module) -> bool:
+    return next(module.children(), None) is None
+
+
+def _named(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if name]
+
+
+def _name_of(model: nn.Module, target: nn.Module) -> str:
+    return next((name for name, m in model.named_modules() if m is target), type(target).__name__)
+
+
+def _lookup(model: nn.Module, name: str, what: str) -> nn.Module:
+    modules = dict(_named(model))
+    if name not in modules:
+        close = difflib.get_close_matches(name, list(modules), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UnsupportedModelError(
+            name, f"no {what} module of that name in {type(model).__name__}{hint}"
+        )
+    return modules[name]
+
+
+def explicit_candidate(model: nn.Module, layer: str | None, classifier: str | None) -> CamHead:
+    """The head the user named: ``layer`` (its output, or a pooling's input) and ``classifier``."""
+    named = _named(model)
+    head_module = _lookup(model, classifier, "classifier") if classifier else None
+    if head_module is not None and not _is_classifier(head_module):
+        raise UnsupportedModelError(
+            classifier, f"is a {type(head_module).__name__}, not a Linear or 1x1 Conv2d classifier"
+        )
+    if layer is None:
+        index = next(i for i, (_, m) in enumerate(named) if m is head_module)
+        pools = [(n, m) for n, m in named[:index] if is_global_avg_pool(m)]
+        if not pools:
+            raise UnsupportedModelError(
+                classifier,
+                "no global average pooling before this classifier; name the feature layer too",
+            )
+        name, pool = pools[-1]
+        return CamHead("pool_input", name, classifier or "", head_module, capture=pool)
+    module = _lookup(model, layer, "layer")
+    if head_module is None:
+        index = next(i for i, (_, m) in enumerate(named) if m is module)
+        after = [(n, m) for n, m in named[index + 1 :] if _is_classifier(m)]
+        if not after:
+            raise UnsupportedModelError(
+                layer, "no Linear classifier after this layer; name the classifier too"
+            )
+        classifier, head_module = after[-1]
+    kind: HeadKind = "pool_input" if is_global_avg_pool(module) else "explicit"
+    return CamHead(kind, layer, classifier or "", head_module, capture=module)
+
+
+def timm_candidate(model: nn.Module) -> CamHead | None:
+    """timm's contract: ``forward_features`` + ``forward_head`` + a Linear ``get_classifier()``."""
+    if not all(
+        callable(getattr(model, a, None))
+        for a in ("forward_features", "forward_head", "get_classifier")
+    ):
+        return None
+    classifier = model.get_classifier()  # type: ignore[operator]
+    if not isinstance(classifier, nn.Module) or not _is_classifier(classifier):
+        return None
+    return CamHead("forward_features", "forward_features", _name_of(model, classifier), classifier)
+
+
+def pool_module_candidates(model: nn.Module) -> Iterator[CamHead]:
+    """Global-average-pooling modules, last first, each with the last classifier after it."""
+    named = _named(model)
+    for index in reversed([i for i, (_, m) in enumerate(named) if is_global_avg_pool(m)]):
+        name, pool = named[index]
+        after = [(n, m) for n, m in named[index + 1 :] if _is_classifier(m)]
+        if after:
+            yield CamHead("pool_input", name, after[-1][0], after[-1][1], capture=pool)
+        else:
+            yield CamHead("class_maps", f"{name} input", "", None, capture=pool)
+
+
+def _is_functional_pool(node: Any) -> bool:
+    import torch.nn.functional as F
+
+    if node.op == "call_function" and node.target in (
+        F.adaptive_avg_pool2d,
+        torch._C._nn.adaptive_avg_pool2d,
+    ):
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        return size in (1, (1, 1), [1, 1])
+    dims = None
+    if (node.op == "call_method" and node.target == "mean") or (
+        node.op == "call_function" and node.target is torch.mean
+    ):
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    return (
+        dims is not None and sorted(int(d) % 4 for d in dims) == [2, 3]
+        if isinstance(dims, (list, tuple))
+        else False
+    )
+
+
+def traced_candidates(model: nn.Module) -> Iterator[CamHead]:
+    """Pooling written as a function call in ``forward``, found with ``torch.fx``."""
+    import torch.fx as fx
+
+    try:
+        with eval_mode(model):
+            graph_module = fx.symbolic_trace(model)
+    except Exception:  # many models cannot be traced symbolically; that only ends this path
+        return
+    graph = graph_module.graph
+    modules = dict(graph_module.named_modules())
+    output = next(n for n in graph.nodes if n.op == "output")
+    for node in reversed([n for n in graph.nodes if _is_functional_pool(n)]):
+        downstream = _descendants(node)
+        after = [
+            n for n in graph.nodes
+            if n in downstream and n.op == "call_module" and _is_classifier(modules[str(n.target)])
+        ]  # fmt: skip
+        if not after:
+            continue
+        classifier_name = str(after[-1].target)
+        new_graph = fx.Graph()
+        env: dict[Any, Any] = {}
+        for n in graph.nodes:
+            if n.op != "output":
+                env[n] = new_graph.node_copy(n, env.__getitem__)
+        new_graph.output((env[node.args[0]], env[output.args[0]]))
+        runner = fx.GraphModule(graph_module, new_graph)
+        op = (
+            node.target
+            if isinstance(node.target, str)
+            else getattr(node.target, "__name__", str(node.target))
+        )
+        source = node.args[0]
+        name = f"{op}({source.target if source.op == 'call_module' else source.name}) in forward"
+        yield CamHead("traced", name, classifier_name, modules[classifier_name], runner=runner)
+
+
+def _descendants(node: Any) -> set[Any]:
+    seen: set[Any] = set()
+    stack = list(node.users)
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.add(current)
+            stack.extend(current.users)
+    return seen
+
+
+def sequential_candidate(model: nn.Module) -> CamHead | None:
+    """The top-level children run in order up to a global-average-pooling child (TorchScript)."""
+    children = list(model.named_children())
+    pools = [
+        i
+        for i, (_, m) in enumerate(children)
+        if is_global_avg_pool(m) or "AdaptiveAvgPool2d" in getattr(m, "original_name", "")
+    ]
+    if not pools:
+        return None
+    index = pools[-1]
+    after = [
+        (n, m)
+        for n, m in children[index + 1 :]
+        if _is_classifier(m) or getattr(m, "original_name", "") in ("Linear",)
+    ]
+    if not after:
+        return None
+    trunk = nn.Sequential(*(m for _, m in children[:index]))
+    return CamHead(
+        "sequential",
+        f"{children[index - 1][0]} (children in order)",
+        after[-1][0],
+        after[-1][1],
+        runner=trunk,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Discovery
+
+
+def _candidates(
+    model: nn.Module, layer: str | None, classifier: str | None
+) -> Iterator[Callable[[], CamHead | None]]:
+    if layer or classifier:
+        yield lambda: explicit_candidate(model, layer, classifier)
+        return
+    yield lambda: timm_candidate(model)
+    for candidate in pool_module_candidates(model):
+        yield lambda c=candidate: c  # type: ignore[misc]
+    if isinstance(model, torch.jit.ScriptModule):
+        yield lambda: sequential_candidate(model)
+        return
+    for candidate in traced_candidates(model):
+        yield lambda c=candidate: c  # type: ignore[misc]
+
+
+def probe(model: nn.Module, head: CamHead, size: int, tolerance: float) -> CamHead:
+    """Run one random batch through ``head``; return it with its feature shape and residual.
+
+    Raises:
+        UnsupportedModelError: the identity does not hold (with the residual in the message).
+    """
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    dtype = (
+        parameter.dtype
+        if parameter is not None and parameter.is_floating_point()
+        else torch.float32
+    )
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.randn(1, 3, size, size, generator=generator).to(device=device, dtype=dtype)
+    with torch.inference_mode(), eval_mode(model):
+        features, logits = features_and_logits(model, head, batch)
+        if not isinstance(features, Tensor) or features.ndim != 4:
+            shape = (
+                list(features.shape) if isinstance(features, Tensor) else type(features).__name__
+            )
+            raise UnsupportedModelError(
+                head.feature_name, f"gives {shape}, not a [N, C, h, w] feature map"
+            )
+        residual = float(identity_residual(features, head, logits).max())
+        scale = relative_scale(logits)
+    if residual > tolerance * scale:
+        raise UnsupportedModelError(
+            head.feature_name,
+            f"mean(CAM) + bias differs from the logits by {residual:.3g} (logit scale {scale:.3g})",
+        )
+    c, h, w = (int(v) for v in features.shape[1:])
+    return replace(head, feature_shape=(c, h, w), probe_residual=residual, probe_size=size)
+
+
+def find_cam_head(
+    model: nn.Module,
+    layer: str | None = None,
+    classifier: str | None = None,
+    probe_size: int = 224,
+    tolerance: float = IDENTITY_TOLERANCE[torch.float32],
+) -> CamHead:
+    """Find, and prove on a probe batch, the feature map and classifier of a GAP network.
+
+    Args:
+        model: any ``nn.Module`` (or TorchScript module); it is not changed.
+        layer, classifier: module names (as in ``model.named_modules()``) that override discovery.
+        probe_size: height and width of the random probe image.
+        tolerance: largest accepted relative identity residual.
+
+    Raises:
+        UnsupportedModelError: no candidate is exact; the message names the reason and module.
+    """
+    failures: list[str] = []
+    for make in _candidates(model, layer, classifier):
+        try:
+            candidate = make()
+            if candidate is None:
+                continue
+            return probe(model, candidate, probe_size, tolerance)
+        except UnsupportedModelError as exc:
+            if layer or classifier:
+                raise
+            failures.append(str(exc))
+        except Exception as exc:  # a candidate that crashes the network is just not the head
+            if layer or classifier:
+                raise UnsupportedModelError(
+                    layer or classifier, f"running the network failed: {exc}"
+                ) from None
+            failures.append(f"{type(exc).__name__}: {exc}")
+    raise UnsupportedModelError(
+        type(model).__name__, f"CAM is not exact for this network: {diagnose(model, failures)}"
+    )
+
+
+_PASSIVE = ("Dropout", "Flatten", "Identity")
+
+
+def diagnose(model: nn.Module, failures: list[str] | None = None) -> str:
+    """Explain in one phrase why plain CAM cannot be exact for ``model``."""
+    named = _named(model)
+    leaves = [(n, m) for n, m in named if _leaf(m)]
+    pools = [i for i, (_, m) in enumerate(leaves) if is_global_avg_pool(m)]
+    classifiers = [i for i, (_, m) in enumerate(leaves) if _is_classifier(m)]
+    if pools and classifiers and classifiers[-1] > pools[-1]:
+        between = [
+            (n, m) for n, m in leaves[pools[-1] + 1 : classifiers[-1]]
+            if not any(p in type(m).__name__ for p in _PASSIVE)
+        ]  # fmt: skip
+        norms = [f"'{n}' ({type(m).__name__})" for n, m in between if "Norm" in type(m).__name__]
+        if norms:
+            return f"a normalisation after the global pooling: {', '.join(norms)}"
+        if between:
+            listed = ", ".join(f"'{n}' ({type(m).__name__})" for n, m in between[:3])
+            return f"a hidden layer between the global pooling and the classifier: {listed}"
+    for name, module in named:
+        if isinstance(
+            module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+        ) and module.output_size not in (1, (1, 1)):
+            size = module.output_size
+            text = "x".join(str(s) for s in size) if isinstance(size, tuple) else f"{size}x{size}"
+            return f"the classifier flattens the {text} map of '{name}' ({type(module).__name__}) instead of global average pooling"
+    if any(
+        isinstance(m, nn.MultiheadAttention) or "Attention" in type(m).__name__ for _, m in named
+    ):
+        return f"no spatial feature map: {type(model).__name__} classifies transformer tokens"
+    maxpools = [
+        n
+        for n, m in named
+        if isinstance(m, nn.AdaptiveMaxPool2d) or getattr(m, "pool_type", "") == "max"
+    ]
+    if maxpools:
+        return f"global max pooling ('{maxpools[-1]}'), not average pooling"
+    if failures:
+        return failures[0]
+    return "no global-average-pooling head found (name the feature layer and classifier with layer= and classifier=)"
