@@ -9,15 +9,11 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
-
-import cv2
-import numpy as np
-import torch
-from torch import Tensor
 
 from camtool.errors import ImageReadError, ImageTooLargeError, OutputWriteError
 
@@ -26,6 +22,24 @@ from camtool.errors import ImageReadError, ImageTooLargeError, OutputWriteError
 #: environment variable ``CAMTOOL_MAX_PIXELS`` or the ``max_pixels`` argument.
 MAX_PIXELS = 100_000_000
 
+
+def max_pixels_limit() -> int:
+    """Return the pixel limit in force: ``CAMTOOL_MAX_PIXELS`` if set, else :data:`MAX_PIXELS`."""
+    value = os.environ.get("CAMTOOL_MAX_PIXELS")
+    return int(value) if value and value.isdigit() else MAX_PIXELS
+
+
+# OpenCV checks every format's header against this before allocating (read at its first decode).
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(max_pixels_limit()))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+# OpenCV's own log lines (a truncated BMP, a bad TIFF) would break the one-line error contract.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
 #: File name suffixes treated as images when a folder is searched.
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pbm", ".pgm", ".ppm"}
@@ -33,12 +47,6 @@ IMAGE_SUFFIXES = frozenset(
 
 ImageSource = str | os.PathLike[str] | Tensor | np.ndarray[Any, Any] | Any
 """Anything :func:`load_image` accepts: a path, a ``Tensor[3,H,W]``, an RGB numpy array, a PIL image."""
-
-
-def max_pixels_limit() -> int:
-    """Return the pixel limit in force: ``CAMTOOL_MAX_PIXELS`` if set, else :data:`MAX_PIXELS`."""
-    value = os.environ.get("CAMTOOL_MAX_PIXELS")
-    return int(value) if value and value.isdigit() else MAX_PIXELS
 
 
 def source_name(source: ImageSource) -> str:
@@ -73,11 +81,22 @@ def load_image(source: ImageSource, max_pixels: int | None = None) -> Tensor:
     elif isinstance(source, np.ndarray):
         image = _array_to_image(source, name)
     elif hasattr(source, "convert") and hasattr(source, "mode"):  # a PIL image
-        image = _array_to_image(np.asarray(source.convert("RGB")), name)
+        image = _pil_to_image(source, name)
     else:
         raise ImageReadError(name, "not a path, tensor, numpy array or PIL image")
     _check_pixels(name, image.shape[-2], image.shape[-1], limit)
     return image
+
+
+def _pil_to_image(picture: Any, name: str) -> Tensor:
+    from PIL import ImageOps
+
+    picture = ImageOps.exif_transpose(picture)  # as a photo viewer shows it
+    if picture.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return _array_to_image(np.asarray(picture).astype(np.uint16), name)
+    if picture.mode == "F":
+        return _array_to_image(np.asarray(picture) / 255.0, name)
+    return _array_to_image(np.asarray(picture.convert("RGB")), name)
 
 
 def _check_pixels(name: str, height: int, width: int, limit: int) -> None:
@@ -96,7 +115,15 @@ def _read_image_file(path: Path, limit: int) -> Tensor:
     size = _header_size(data, path)
     if size is not None:
         _check_pixels(str(path), size[1], size[0], limit)
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    try:
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    except cv2.error as exc:
+        if "MAX_IMAGE_PIXELS" in str(exc):
+            raise ImageTooLargeError(
+                path,
+                f"image is above the limit of {limit / 1e6:.0f} megapixels (set CAMTOOL_MAX_PIXELS to raise it)",
+            ) from None
+        array = None
     if array is None:
         raise ImageReadError(path, "not an image file that OpenCV can decode")
     rgb = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
@@ -127,15 +154,33 @@ def _header_size(data: bytes, path: Path) -> tuple[int, int] | None:
     missing part of a truncated JPEG with grey, and prints libpng errors for a truncated PNG).
     """
     if data[:8] == b"\x89PNG\r\n\x1a\n":
-        if len(data) < 24 or data[12:16] != b"IHDR":
-            raise ImageReadError(path, "corrupt PNG (no header)")
-        if data.rfind(b"IEND", max(0, len(data) - 4096)) < 0:
-            raise ImageReadError(path, "truncated PNG (the image data ends early)")
-        width, height = struct.unpack(">II", data[16:24])
-        return width, height
+        return _png_size(data, path)
     if data[:2] == b"\xff\xd8":
         return _jpeg_size(data, path)
     return None
+
+
+def _png_size(data: bytes, path: Path) -> tuple[int, int]:
+    """Walk the PNG chunks (checking each CRC) up to IEND; return the IHDR's (width, height)."""
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise ImageReadError(path, "corrupt PNG (no header)")
+    pos = 8
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            break
+        (crc,) = struct.unpack(">I", data[end - 4 : end])
+        if zlib.crc32(data[pos + 4 : end - 4]) != crc:
+            raise ImageReadError(
+                path, f"corrupt PNG (bad checksum in its {kind.decode('latin-1')} chunk)"
+            )
+        if kind == b"IEND":
+            width, height = struct.unpack(">II", data[16:24])
+            return width, height
+        pos = end
+    raise ImageReadError(path, "truncated PNG (the image data ends early)")
 
 
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -201,6 +246,10 @@ def _to_uint8(t: Tensor, name: str) -> Tensor:
     if t.dtype == torch.uint16 or (t.dtype == torch.int32 and int(t.max()) > 255):
         return (t.to(torch.int32) // 257).to(torch.uint8)
     if t.is_floating_point():
+        if t.numel() and (float(t.min()) < -1e-3 or float(t.max()) > 1 + 1e-3):
+            raise ImageReadError(
+                name, "float pixels must lie in [0, 1] (divide 0..255 values by 255)"
+            )
         return (t.float().clamp(0, 1) * 255).round().to(torch.uint8)
     if t.dtype in (torch.int16, torch.int32, torch.int64, torch.bool):
         return t.clamp(0, 255).to(torch.uint8)

@@ -86,3 +86,33 @@ def test_save_image_is_atomic_and_keeps_size(tmp_path: Path, cat: torch.Tensor) 
     with pytest.raises(camtool.OutputWriteError):
         camtool.save_image(tmp_path / "x.png", cat[:2])
     assert not (tmp_path / "x.png").exists()
+
+
+def test_png_checksums_and_trailing_bytes(tmp_path: Path, cat: torch.Tensor) -> None:
+    data = bytearray(CAT.read_bytes())
+    data[20] ^= 0x01  # inside IHDR: its CRC no longer matches
+    (tmp_path / "crc.png").write_bytes(bytes(data))
+    with pytest.raises(
+        ImageReadError, match=r"crc.png: corrupt PNG \(bad checksum in its IHDR chunk\)$"
+    ):
+        camtool.load_image(tmp_path / "crc.png")
+    (tmp_path / "trailing.png").write_bytes(CAT.read_bytes() + b"\0" * 5000)
+    assert torch.equal(camtool.load_image(tmp_path / "trailing.png"), cat)
+
+
+def test_pil_16_bit_and_exif_and_float_range(tmp_path: Path, cat: torch.Tensor) -> None:
+    gray = np.asarray(Image.open(CAT).convert("L"))
+    deep = Image.fromarray(gray.astype(np.uint16) * 257)
+    assert torch.equal(camtool.load_image(deep)[0], torch.from_numpy(gray.copy()))
+    rotated = Image.open(make_odd_inputs(tmp_path)["rotated"])
+    assert camtool.load_image(rotated).shape == (3, 451, 300)
+    with pytest.raises(ImageReadError, match=r"^<Tensor>: float pixels must lie in \[0, 1\]"):
+        camtool.load_image(cat.float())
+
+
+def test_panoramas_are_capped_so_the_network_input_stays_bounded() -> None:
+    prep = camtool.Preprocessing(input_size=224)
+    assert prep.resized_size(300, 451) == (224, 337)
+    assert prep.resized_size(20, 10000) == (4, 1792)  # long side capped at 8 x 224
+    assert prep.resized_size(10000, 20) == (1792, 4)
+    assert prep.resized_size(300, 451, crop=True) == (256, 385)
