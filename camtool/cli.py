@@ -14,6 +14,7 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -23,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from camtool import __version__
-from camtool.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, CamtoolError
+from camtool.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, CamtoolError
 
 if TYPE_CHECKING:
     from camtool.explanation import Explanation
@@ -136,7 +137,7 @@ def predictions_table(ex: Explanation, outputs: list[Path]) -> Table:
     for rank, p in enumerate(ex.predictions, 1):
         mark = " [bold green]◀ CAM[/]" if p.index in explained else ""
         table.add_row(
-            str(rank), f"{p.label}{mark}", str(p.index), f"{p.probability:.4f}", f"{p.logit:.3f}"
+            str(rank), f"{p.name}{mark}", str(p.index), f"{p.probability:.4f}", f"{p.logit:.3f}"
         )
     files = ", ".join(str(o) for o in outputs)
     table.caption = f"{ex.model}: {ex.head}, identity residual {ex.residual:.1e} -> {files}"
@@ -144,14 +145,51 @@ def predictions_table(ex: Explanation, outputs: list[Path]) -> Table:
     return table
 
 
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model: a name from `camtool models`, a card file, a torchvision name with --weights, "
+        "NAME:WEIGHTS (e.g. resnet50:IMAGENET1K_V2), timm:NAME, or a TorchScript file.",
+    ),
+]
+WeightsOption = Annotated[
+    Path | None,
+    typer.Option(help="State dict (.pth/.pt read with weights_only=True, or .safetensors)."),
+]
+LabelsOption = Annotated[Path | None, typer.Option(help="Label file, one class name per line.")]
+LayerOption = Annotated[
+    str | None, typer.Option(help="Feature layer (a module name); overrides discovery.")
+]
+ClassifierOption = Annotated[
+    str | None, typer.Option(help="Classifier layer (a module name); overrides discovery.")
+]
+DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")]
+DtypeOption = Annotated[
+    str, typer.Option(help="float32, float16 or bfloat16 (autocast; the identity check adapts).")
+]
+
+
+def model_options(
+    weights: Path | None, labels: Path | None, layer: str | None, classifier: str | None, dtype: str
+) -> dict[str, Any]:
+    """The keyword arguments of :func:`camtool.load_model` that the CLI options give."""
+    return {
+        "weights": str(weights) if weights else None,
+        "labels": str(labels) if labels else None,
+        "layer": layer,
+        "classifier": classifier,
+        "dtype": dtype,
+    }
+
+
 @app.command()
 def explain(
     images: Annotated[
         list[Path], typer.Argument(help="Image files to explain.", show_default=False)
     ],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Model name (see `camtool models`) or card file.")
-    ] = "efficientnet_lite0",
+    model: ModelOption = "efficientnet_lite0",
     classes: Annotated[
         list[str] | None,
         typer.Option(
@@ -178,10 +216,12 @@ def explain(
             "--crop", help="Centre-crop as in evaluation instead of using the whole image."
         ),
     ] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "auto",
-    labels: Annotated[
-        Path | None, typer.Option(help="Label file, one class name per line.")
-    ] = None,
+    device: DeviceOption = "auto",
+    weights: WeightsOption = None,
+    labels: LabelsOption = None,
+    layer: LayerOption = None,
+    classifier: ClassifierOption = None,
+    dtype: DtypeOption = "float32",
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the overlays.")] = Path("."),
     image_format: Annotated[
         ImageFormat, typer.Option("--format", help="Overlay file format.")
@@ -195,7 +235,9 @@ def explain(
         from camtool.explanation import explain as explain_image
         from camtool.explanation import get_model
 
-        loaded = get_model(model, device, str(labels) if labels else None)
+        loaded = get_model(
+            model, device, **model_options(weights, labels, layer, classifier, dtype)
+        )
         stems = unique_stems([str(p) for p in images])
         report: dict[str, Any] = {
             "model": loaded.name,
@@ -207,7 +249,7 @@ def explain(
             try:
                 ex = explain_image(path, loaded, classes=classes, maps=maps, top_k=top_k, crop=crop)
                 outputs = [
-                    ex.save(out / output_name(stem, s.index, s.label, image_format.value), i,
+                    ex.save(out / output_name(stem, s.index, s.name, image_format.value), i,
                             alpha=alpha, colormap=colormap.value, box=box)
                     for i, s in enumerate(ex.explained)
                 ]  # fmt: skip
@@ -228,16 +270,76 @@ def explain(
 
 
 @app.command()
+def inspect(
+    model: Annotated[str, typer.Argument(help="Model spec, as for --model of `explain`.")],
+    weights: WeightsOption = None,
+    labels: LabelsOption = None,
+    layer: LayerOption = None,
+    classifier: ClassifierOption = None,
+    dtype: DtypeOption = "float32",
+    input_size: Annotated[
+        int | None, typer.Option(min=16, help="Probe image size (default: the model's).")
+    ] = None,
+    device: DeviceOption = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show the CAM head camtool finds (feature map, classifier, shape, identity residual).
+
+    Architectures without weights are inspected with random weights. Exits 1 with the reason
+    when CAM cannot be exact for the network.
+    """
+    with errors_to_exit_codes():
+        from camtool.models import Preprocessing, find_card, is_card_name, load_model
+
+        options = model_options(weights, labels, layer, classifier, dtype)
+        if input_size is not None:
+            known = model.endswith(".toml") or is_card_name(model)
+            base = find_card(model).preprocessing if known else Preprocessing()
+            options["preprocessing"] = replace(base, input_size=input_size)
+        loaded = load_model(model, device=device, random_weights=True, **options)
+        info = {**loaded.describe(), "input_size": loaded.preprocessing.input_size}
+        if as_json:
+            sys.stdout.write(json.dumps(info, indent=2) + "\n")
+            return
+        table = Table(title=f"camtool inspect {model}", show_header=False, title_justify="left")
+        table.add_column("field", style="bold")
+        table.add_column("value")
+        detail = loaded.head.as_dict()
+        rows = [
+            ("model", loaded.name),
+            ("weights", loaded.weights),
+            ("parameters", f"{info['parameters']:,}"),
+            ("classes", str(info["classes"])),
+            ("head kind", detail["kind"]),
+            ("feature map", f"{detail['features']}: {'x'.join(map(str, detail['feature_shape']))} "
+                            f"at {detail['probe_size']} px"),
+            ("classifier", detail["classifier"] or "(the feature map holds the class maps)"),
+            ("identity residual", f"{detail['probe_residual']:.2e} (max |mean(CAM) + b - logit|)"),
+            ("dtype", info["dtype"]),
+        ]  # fmt: skip
+        for field, value in rows:
+            table.add_row(field, value)
+        console.print(table)
+
+
+@app.command()
 def models() -> None:
     """List the named models (built-in and from CAMTOOL_MODELS) and whether their weights are installed."""
     with errors_to_exit_codes():
+        from camtool.errors import ModelLoadError
         from camtool.models import list_cards, weights_status
 
+        broken: list[ModelLoadError] = []
+        cards = list_cards(broken)
         table = Table(title="camtool models")
         for column in ("name", "architecture", "input", "weights"):
             table.add_column(column, no_wrap=True)
         table.add_column("description")
-        for card in list_cards():
+        for error in broken:
+            table.add_row(
+                Path(str(error.subject)).stem, "", "", "[red]broken card[/]", error.problem
+            )
+        for card in cards:
             status = weights_status(card)
             style = "green" if status == "installed" else "yellow"
             name = card.name if card.builtin else f"{card.name} (user: {card.path})"
@@ -252,8 +354,20 @@ def models() -> None:
 
 
 def main() -> None:
-    """Entry point of the ``camtool`` console script."""
-    app()
+    """Entry point of the ``camtool`` console script.
+
+    Usage errors (an option out of range, a missing argument) become one ``Error:`` line and
+    exit code 2, like every other error, instead of a framed help box.
+    """
+    try:
+        code = app(standalone_mode=False)
+    except Exception as exc:  # click's UsageError family, vendored by newer typer releases
+        if not hasattr(exc, "format_message"):
+            raise
+        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+            print_error(exc.format_message())
+        sys.exit(getattr(exc, "exit_code", EXIT_USAGE))
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
 if __name__ == "__main__":

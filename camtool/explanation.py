@@ -22,7 +22,15 @@ from torch import Tensor, nn
 from camtool.cam import compute
 from camtool.errors import ClassSelectionError
 from camtool.io import ImageSource, encode_image, load_image, save_image, source_name
-from camtool.models import DEFAULT_MODEL, LoadedModel, ModelCard, Region, find_card, load_model
+from camtool.models import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    ModelCard,
+    Region,
+    find_card,
+    is_card_name,
+    load_model,
+)
 from camtool.render import Box, cam_to_box, draw_box, normalize_cams, overlay, upsample_cams
 
 ModelSpec = str | ModelCard | nn.Module | LoadedModel
@@ -33,7 +41,7 @@ class ClassScore:
     """One class of one image: its index, name, softmax probability and logit."""
 
     index: int
-    label: str
+    name: str
     probability: float
     logit: float
 
@@ -76,7 +84,7 @@ class Explanation:
     def _position(self, which: int | str) -> int:
         if isinstance(which, str):
             for i, score in enumerate(self.explained):
-                if score.label.lower() == which.lower():
+                if score.name.lower() == which.lower():
                     return i
             raise ClassSelectionError(which, "is not one of the explained classes")
         if not -len(self.explained) <= which < len(self.explained):
@@ -133,14 +141,14 @@ class Explanation:
     def _repr_html_(self) -> str:
         png = base64.b64encode(self._repr_png_()).decode("ascii")
         rows = "".join(
-            f"<tr><td>{p.index}</td><td>{html.escape(p.label)}</td>"
+            f"<tr><td>{p.index}</td><td>{html.escape(p.name)}</td>"
             f"<td>{p.probability:.3f}</td><td>{p.logit:.2f}</td></tr>"
             for p in self.predictions
         )
         top = self.explained[0]
         return (
             f"<div><img src='data:image/png;base64,{png}' style='max-width:480px'/>"
-            f"<p>{html.escape(self.source)}: CAM of <b>{html.escape(top.label)}</b> "
+            f"<p>{html.escape(self.source)}: CAM of <b>{html.escape(top.name)}</b> "
             f"({html.escape(self.model)}, {html.escape(self.head)}, identity residual "
             f"{self.residual:.1e})</p><table><tr><th>class</th><th>name</th>"
             f"<th>probability</th><th>logit</th></tr>{rows}</table></div>"
@@ -172,20 +180,31 @@ def resolve_class(spec: int | str, labels: Sequence[str]) -> int:
 
 
 @lru_cache(maxsize=4)
-def _cached_model(card: ModelCard, card_mtime: int, device: str, labels: str | None) -> LoadedModel:
-    return load_model(card, device=device, labels=labels)
-
-
-def get_model(
-    model: ModelSpec, device: str | None = "auto", labels: str | None = None
+def _cached_model(
+    spec: str, stamps: tuple[int, ...], options: tuple[tuple[str, Any], ...]
 ) -> LoadedModel:
-    """Return a loaded model. Named models are cached (keyed by their card file and its
-    modification time), so repeated calls in a notebook do not reload them."""
-    if isinstance(model, str):
-        card = find_card(model)
-        mtime = card.path.stat().st_mtime_ns if card.path else 0
-        return _cached_model(card, mtime, str(device), labels)
-    return load_model(model, device=device, labels=labels)
+    return load_model(spec, **dict(options))
+
+
+def _file_stamp(path: str | os.PathLike[str] | None) -> int:
+    try:
+        return Path(path).stat().st_mtime_ns if path else 0
+    except OSError:
+        return 0
+
+
+def get_model(model: ModelSpec, device: str | None = "auto", **options: Any) -> LoadedModel:
+    """Return a loaded model, as :func:`camtool.load_model` (same options).
+
+    Models named by a string are cached, keyed by the name, the options and the modification
+    times of the card and weights files, so repeated calls in a notebook do not reload them.
+    """
+    if not isinstance(model, str):
+        return load_model(model, device=device, **options)
+    card = find_card(model) if model.endswith(".toml") or is_card_name(model) else None
+    stamps = (_file_stamp(card.path if card else model), _file_stamp(options.get("weights")))
+    key = tuple(sorted({**options, "device": str(device)}.items()))
+    return _cached_model(model, stamps, key)
 
 
 def explain(
@@ -198,6 +217,10 @@ def explain(
     crop: bool = False,
     device: str | None = "auto",
     labels: str | None = None,
+    weights: str | None = None,
+    layer: str | None = None,
+    classifier: str | None = None,
+    dtype: str | None = None,
     batch_size: int = 16,
     box_threshold: float = 0.2,
 ) -> Any:
@@ -212,6 +235,7 @@ def explain(
         crop: centre-crop like the classic evaluation transform instead of using the whole image.
         device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``.
         labels: a label file overriding the model's class names.
+        weights, layer, classifier, dtype: as for :func:`camtool.load_model`.
         batch_size: images per forward pass (images of equal input size are batched together).
         box_threshold: fraction of the map's maximum used for the CAM box.
 
@@ -220,7 +244,15 @@ def explain(
     """
     single = not isinstance(images, (list, tuple))
     sources: list[ImageSource] = [images] if single else list(cast(Sequence[ImageSource], images))
-    loaded = get_model(model, device, labels)
+    loaded = get_model(
+        model,
+        device,
+        labels=labels,
+        weights=weights,
+        layer=layer,
+        classifier=classifier,
+        dtype=dtype,
+    )
     wanted = [resolve_class(c, loaded.labels) for c in classes] if classes else None
     pictures = [load_image(source) for source in sources]
     prepared = [loaded.preprocessing.prepare(picture, crop) for picture in pictures]
@@ -260,7 +292,7 @@ def _explanation(
         return ClassScore(index, model.labels[index], float(probs[index]), float(logits[index]))
 
     top = logits.topk(max(1, min(top_k, logits.numel()))).indices.tolist()
-    cams = out.cams[row].cpu()
+    cams = out.cams[row].cpu().clone()  # a normal tensor, not an inference-mode one
     x1, y1, x2, y2 = region.as_ints()
     height, width = image.shape[1:]
     heatmaps = torch.zeros((cams.shape[0], height, width))
@@ -274,7 +306,7 @@ def _explanation(
         predictions=tuple(score(i) for i in top),
         explained=tuple(score(int(i)) for i in out.classes[row].tolist()),
         cams=cams,
-        bias=out.bias[row].cpu(),
+        bias=out.bias[row].cpu().clone(),
         heatmaps=heatmaps,
         boxes=tuple(cam_to_box(h, box_threshold) for h in heatmaps),
         residual=float(out.residual[row]),

@@ -244,7 +244,7 @@ def explicit_candidate(model: nn.Module, layer: str | None, classifier: str | No
                 "no global average pooling before this classifier; name the feature layer too",
             )
         name, pool = pools[-1]
-        return CamHead("pool_input", name, classifier or "", head_module, capture=pool)
+        return CamHead("pool_input", f"{name} input", classifier or "", head_module, capture=pool)
     module = _lookup(model, layer, "layer")
     if head_module is None:
         index = next(i for i, (_, m) in enumerate(named) if m is module)
@@ -254,8 +254,11 @@ def explicit_candidate(model: nn.Module, layer: str | None, classifier: str | No
                 layer, "no Linear classifier after this layer; name the classifier too"
             )
         classifier, head_module = after[-1]
-    kind: HeadKind = "pool_input" if is_global_avg_pool(module) else "explicit"
-    return CamHead(kind, layer, classifier or "", head_module, capture=module)
+    if is_global_avg_pool(module):
+        return CamHead(
+            "pool_input", f"{layer} input", classifier or "", head_module, capture=module
+        )
+    return CamHead("explicit", layer, classifier or "", head_module, capture=module)
 
 
 def timm_candidate(model: nn.Module) -> CamHead | None:
@@ -278,7 +281,7 @@ def pool_module_candidates(model: nn.Module) -> Iterator[CamHead]:
         name, pool = named[index]
         after = [(n, m) for n, m in named[index + 1 :] if _is_classifier(m)]
         if after:
-            yield CamHead("pool_input", name, after[-1][0], after[-1][1], capture=pool)
+            yield CamHead("pool_input", f"{name} input", after[-1][0], after[-1][1], capture=pool)
         else:
             yield CamHead("class_maps", f"{name} input", "", None, capture=pool)
 

@@ -30,6 +30,9 @@ from camtool.heads import CamHead, find_cam_head
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
+#: The longest side of the network input, in multiples of the model's input size.
+MAX_ASPECT = 8
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -69,10 +72,17 @@ class Preprocessing:
     crop_pct: float = 0.875
 
     def resized_size(self, height: int, width: int, crop: bool = False) -> tuple[int, int]:
-        """Return the (height, width) the image is resized to before any crop."""
+        """Return the (height, width) the image is resized to before any crop.
+
+        The shorter side becomes the input size, unless that would make the longer side more
+        than :data:`MAX_ASPECT` times the input size (a panorama): then the longer side is capped
+        there, which bounds the network's input however elongated the image is.
+        """
         short = int(self.input_size / self.crop_pct) if crop else self.input_size
         scale = short / min(height, width)
-        return max(short, round(height * scale)), max(short, round(width * scale))
+        if not crop:
+            scale = min(scale, MAX_ASPECT * self.input_size / max(height, width))
+        return max(1, round(height * scale)), max(1, round(width * scale))
 
     def prepare(self, image: Tensor, crop: bool = False) -> tuple[Tensor, Region]:
         """Resize and normalise one image.
@@ -168,33 +178,62 @@ def read_card(path: str | os.PathLike[str], builtin: bool = False) -> ModelCard:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ModelLoadError(path, f"model card is not valid TOML: {exc}") from None
     try:
-        prep = data.get("preprocessing", {})
-        weights = data.get("weights")
-        return ModelCard(
-            name=str(data.get("name", path.stem)),
-            architecture=str(data["architecture"]),
-            description=str(data.get("description", "")),
-            labels=str(data.get("labels", "imagenet1k")),
-            preprocessing=Preprocessing(
-                input_size=int(prep.get("input_size", 224)),
-                mean=tuple(float(v) for v in prep.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
-                std=tuple(float(v) for v in prep.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
-                interpolation=prep.get("interpolation", "bicubic"),
-                crop_pct=float(prep.get("crop_pct", 0.875)),
-            ),
-            weights=WeightsSource(**weights) if weights else None,
-            path=path,
-            builtin=builtin,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelLoadError(path, f"model card is missing or has a bad field: {exc}") from None
+        return _card_from_table(data, path, builtin)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        problem = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ModelLoadError(path, f"bad model card: {problem}") from None
 
 
-def list_cards() -> list[ModelCard]:
-    """Return the built-in cards, then the user cards from ``CAMTOOL_MODELS``, sorted by name."""
+def _card_from_table(data: dict[str, Any], path: Path, builtin: bool) -> ModelCard:
+    prep = data.get("preprocessing", {})
+    if not isinstance(prep, dict):
+        raise TypeError("[preprocessing] must be a table")
+    mean = tuple(float(v) for v in prep.get("mean", IMAGENET_MEAN))
+    std = tuple(float(v) for v in prep.get("std", IMAGENET_STD))
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError("mean and std must be 3 numbers each, std positive")
+    interpolation = prep.get("interpolation", "bicubic")
+    if interpolation not in ("bicubic", "bilinear"):
+        raise ValueError(f"interpolation must be bicubic or bilinear, not {interpolation!r}")
+    size, crop_pct = int(prep.get("input_size", 224)), float(prep.get("crop_pct", 0.875))
+    if size < 16 or not 0 < crop_pct <= 1:
+        raise ValueError("input_size must be at least 16 and crop_pct in (0, 1]")
+    weights = data.get("weights")
+    if weights is not None and not isinstance(weights, dict):
+        raise TypeError("[weights] must be a table")
+    if weights is None and data.get("random_weights") is not True:
+        raise ValueError("no [weights] table (write random_weights = true to mean it)")
+    architecture = str(data["architecture"])
+    if architecture.partition(":")[0] not in ("camtool", "timm", "torchvision"):
+        raise ValueError("architecture must be 'camtool:NAME', 'timm:NAME' or 'torchvision:NAME'")
+    return ModelCard(
+        name=str(data.get("name", path.stem)),
+        architecture=architecture,
+        description=str(data.get("description", "")),
+        labels=str(data.get("labels", "imagenet1k")),
+        preprocessing=Preprocessing(
+            size, (mean[0], mean[1], mean[2]), (std[0], std[1], std[2]), interpolation, crop_pct
+        ),
+        weights=WeightsSource(**weights) if weights else None,
+        path=path,
+        builtin=builtin,
+    )
+
+
+def list_cards(broken: list[ModelLoadError] | None = None) -> list[ModelCard]:
+    """Return the built-in cards, then the user cards from ``CAMTOOL_MODELS``.
+
+    A user card that cannot be read is left out (and appended to ``broken`` when given), so one
+    bad file does not stop every other model from loading.
+    """
     cards = [read_card(p, builtin=True) for p in sorted(builtin_card_dir().glob("*.toml"))]
     for folder in user_card_dirs():
-        cards += [read_card(p) for p in sorted(folder.glob("*.toml"))]
+        for path in sorted(folder.glob("*.toml")):
+            try:
+                cards.append(read_card(path))
+            except ModelLoadError as exc:
+                if broken is not None:
+                    broken.append(exc)
     return cards
 
 
@@ -203,12 +242,17 @@ def find_card(name: str) -> ModelCard:
 
     Raises:
         UnknownModelError: no card of that name (the message suggests close names).
+        ModelLoadError: the user card of that name (file stem) cannot be read.
     """
     if name.endswith(".toml"):
         return read_card(name)
-    cards = {card.name: card for card in list_cards()}
+    broken: list[ModelLoadError] = []
+    cards = {card.name: card for card in list_cards(broken)}
     if name in cards:
         return cards[name]
+    for error in broken:
+        if error.subject and Path(error.subject).stem == name:
+            raise error
     close = sorted(difflib.get_close_matches(name, list(cards), n=3, cutoff=0.5))
     hint = f"; did you mean {', '.join(close)}?" if close else f"; known models: {', '.join(cards)}"
     raise UnknownModelError(name, f"unknown model{hint}")
@@ -322,9 +366,17 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling refused"
+        import re
+
+        found = re.search(r"unsupported GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise ModelLoadError(
+                path, "not a readable weights file (damaged, or not a torch file)"
+            ) from None
         raise ModelLoadError(
-            path, f"refused: not a plain weights file (loaded with weights_only=True): {first}"
+            path,
+            f"refused: the file asks to run Python code ({found[1]}); camtool reads only plain "
+            "tensors (weights_only=True)",
         ) from None
     except Exception as exc:  # torch and safetensors raise many types for damaged files
         raise ModelLoadError(
@@ -572,7 +624,9 @@ def load_model(
     target = resolve_device(device)
     module, name, card, source, default_labels, prep = _build(spec, weights, random_weights)
     prep = preprocessing or prep
-    module.eval().requires_grad_(False).to(target)
+    module.eval().to(target)
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
     last = target.type == "cuda" if channels_last is None else channels_last
     if last:
         module.to(memory_format=torch.channels_last)
@@ -595,7 +649,7 @@ class _Built(NamedTuple):
 def _build(
     spec: str | ModelCard, weights: str | os.PathLike[str] | None, random_weights: bool
 ) -> _Built:
-    if isinstance(spec, ModelCard) or spec.endswith(".toml") or _is_card_name(spec):
+    if isinstance(spec, ModelCard) or spec.endswith(".toml") or is_card_name(spec):
         card = spec if isinstance(spec, ModelCard) else find_card(spec)
         if weights is not None:
             module = _architecture_with_file(card.architecture, Path(weights))
@@ -611,8 +665,12 @@ def _build(
             module, card.name, card, str(path or "random"), card.labels, card.preprocessing
         )
     if Path(spec).is_file() and _is_torchscript(Path(spec)):
+        import warnings
+
         try:
-            module = torch.jit.load(spec, map_location="cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch 2.9+ deprecates TorchScript
+                module = torch.jit.load(spec, map_location="cpu")
         except Exception as exc:
             raise ModelLoadError(spec, f"not a loadable TorchScript model ({exc})") from None
         return _Built(module, Path(spec).stem, None, spec, None, Preprocessing())
@@ -639,8 +697,11 @@ def _build(
     return _Built(build_architecture(architecture), spec, None, "random", None, Preprocessing())
 
 
-def _is_card_name(name: str) -> bool:
-    return any(card.name == name for card in list_cards())
+def is_card_name(name: str) -> bool:
+    """True for the name of a card, or the file stem of a user card that cannot be read."""
+    broken: list[ModelLoadError] = []
+    names = {card.name for card in list_cards(broken)}
+    return name in names or any(Path(str(e.subject)).stem == name for e in broken)
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -64,7 +64,7 @@ def test_user_module_head_is_discovered_and_exact() -> None:
     assert model.head.kind == "pool_input"
     assert (
         model.head.describe()
-        == "squash -> out (5x8), features 8x112x112 at 224 px, probe residual 0.0e+00"
+        == "squash input -> out (5x8), features 8x112x112 at 224 px, probe residual 0.0e+00"
     )
     out = camtool.compute(model, torch.randn(3, 3, 32, 40), top_k=5)
     assert out.cams.shape == (3, 5, 16, 20)

@@ -48,11 +48,11 @@ def test_explain_json_document(tmp_path: Path) -> None:
     cat, coffee = doc["images"]
     assert cat["input"] == str(CAT) and (cat["width"], cat["height"]) == (451, 300)
     assert [p["index"] for p in cat["predictions"]] == [285, 282, 281]
-    assert {"index", "label", "probability", "logit"} <= set(cat["predictions"][0])
+    assert {"index", "name", "probability", "logit"} <= set(cat["predictions"][0])
     assert [e["index"] for e in cat["explained"]] == [281, 967]
     x1, y1, x2, y2 = cat["explained"][0]["box"]
     assert 0 <= x1 < x2 <= 451 and 0 <= y1 < y2 <= 300
-    assert coffee["predictions"][0]["label"] == "espresso"
+    assert coffee["predictions"][0]["name"] == "espresso"
     assert [Path(p).name for p in coffee["outputs"]] == [
         "coffee_cam_281_tabby.jpg",
         "coffee_cam_967_espresso.jpg",
@@ -202,3 +202,42 @@ def test_real_process_prints_no_traceback_and_help_does_not_import_torch(tmp_pat
     assert result.stderr == f"Error: {tmp_path / 'nope.jpg'}: no such file\n"
     probe = "import sys, camtool.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
+
+
+def test_a_broken_user_card_does_not_break_other_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "broken.toml").write_text('architecture = "timm:resnet18"\npreprocessing = "oops"\n')
+    (cards / "noweights.toml").write_text('architecture = "torchvision:resnet18"\n')
+    monkeypatch.setenv("CAMTOOL_MODELS", str(cards))
+    code, out, _ = run("models")
+    assert code == 0 and "broken card" in out and "efficientnet_lite0" in out
+    code, _, err = run("explain", str(CAT), "-o", str(tmp_path / "o"))
+    assert code == 0, err
+    code, _, err = run("explain", str(CAT), "-m", "broken", "-o", str(tmp_path / "o"))
+    assert (code, err) == (
+        1,
+        f"Error: {cards / 'broken.toml'}: bad model card: [preprocessing] must be a table\n",
+    )
+    code, _, err = run("explain", str(CAT), "-m", "noweights", "-o", str(tmp_path / "o"))
+    assert err == (
+        f"Error: {cards / 'noweights.toml'}: bad model card: no [weights] table (write "
+        "random_weights = true to mean it)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["explain", str(CAT), "--alpha", "2"], "Error: Invalid value for '--alpha': Input should be less than or equal to 1\n"),
+        (["explain"], "Error: Missing argument 'images'.\n"),
+        (["explain", str(CAT), "--bogus"], "Error: No such option: --bogus (Possible options: --box, --out)\n"),
+    ],
+)  # fmt: skip
+def test_usage_errors_are_one_line_too(tmp_path: Path, args: list[str], line: str) -> None:
+    exe = Path(sys.executable).parent / "camtool"
+    result = subprocess.run([exe, *args], capture_output=True, text=True, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (2, line)
+    assert list(tmp_path.iterdir()) == []

@@ -12,13 +12,13 @@ from tests.conftest import CAT, CAT_CLASSES, COFFEE, ESPRESSO, foolbox_photos
 def test_cat_photo_top3_are_cat_classes(lite0: camtool.LoadedModel) -> None:
     ex = camtool.explain(CAT, lite0, top_k=3)
     assert {p.index for p in ex.predictions} == CAT_CLASSES
-    assert ex.predictions[0].label in {"tabby", "tiger cat", "Egyptian cat"}
+    assert ex.predictions[0].name in {"tabby", "tiger cat", "Egyptian cat"}
 
 
 def test_coffee_photo_is_espresso(lite0: camtool.LoadedModel) -> None:
     ex = camtool.explain(COFFEE, lite0)
     assert ex.predictions[0].index == ESPRESSO
-    assert ex.predictions[0].label == "espresso"
+    assert ex.predictions[0].name == "espresso"
     assert ex.predictions[0].probability > 0.5
 
 
