@@ -12,13 +12,21 @@ every result and a head that breaks it is refused.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from camtool.errors import ClassSelectionError, UnsupportedModelError
-from camtool.heads import IDENTITY_TOLERANCE, features_and_logits, identity_residual, relative_scale
+from camtool.heads import (
+    IDENTITY_TOLERANCE,
+    FeatureGeometry,
+    features_and_logits,
+    identity_residual,
+    record_geometry,
+    relative_scale,
+)
 from camtool.hooks import eval_mode
 from camtool.models import LoadedModel
 
@@ -35,6 +43,7 @@ class CamBatch:
         residual: ``Tensor[N]`` float32, per image ``max_k |mean(cam_k) + b_k - logit_k|`` over
             *all* K classes: how exactly the maps decompose the logits.
         features_shape: ``(C, h, w)`` of the captured feature map.
+        geometry: where the feature cells sit on the input (for aligned upsampling).
     """
 
     logits: Tensor
@@ -43,6 +52,7 @@ class CamBatch:
     bias: Tensor
     residual: Tensor
     features_shape: tuple[int, int, int]
+    geometry: FeatureGeometry
 
     @property
     def probabilities(self) -> Tensor:
@@ -110,9 +120,17 @@ def compute(
         batch = batch.contiguous(memory_format=torch.channels_last)
     limit = IDENTITY_TOLERANCE.get(model.dtype, 5e-2) if tolerance is None else tolerance
     autocast = torch.autocast(device.type, dtype=model.dtype, enabled=model.dtype != torch.float32)
+    input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
+    known = model.geometry_cache.get(input_hw)
     with torch.inference_mode(), eval_mode(model.module):
-        with autocast:
+        # The first batch of each input size also records where the feature cells sit.
+        recording = record_geometry(model.module) if known is None else nullcontext(None)
+        with autocast, recording as recorder:
             features, logits = features_and_logits(model.module, model.head, batch)
+        feature_hw = (int(features.shape[-2]), int(features.shape[-1]))
+        geometry = known or (recorder.geometry(input_hw, feature_hw) if recorder else None)
+        geometry = geometry or FeatureGeometry.uniform(input_hw, feature_hw)
+        model.geometry_cache[input_hw] = geometry
         residual = identity_residual(features, model.head, logits)
         scale = relative_scale(logits)
         worst = float(residual.max()) if residual.numel() else 0.0
@@ -131,4 +149,6 @@ def compute(
             else torch.zeros(chosen.shape, device=cams.device)
         )
     c, h, w = features.shape[1:]
-    return CamBatch(logits.float(), chosen, cams, bias, residual, (int(c), int(h), int(w)))
+    return CamBatch(
+        logits.float(), chosen, cams, bias, residual, (int(c), int(h), int(w)), geometry
+    )

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from camtool.cam import compute
 from camtool.errors import ClassSelectionError
+from camtool.heads import FeatureGeometry
 from camtool.io import ImageSource, encode_image, load_image, save_image, source_name
 from camtool.models import (
     DEFAULT_MODEL,
@@ -65,6 +66,7 @@ class Explanation:
         residual: ``max |mean(CAM) + bias - logit|`` over all classes for this image.
         region: the part of the image the network saw (all of it unless cropped).
         input_hw: (height, width) of the network input.
+        geometry: where the feature cells sit on that input (heatmaps are aligned with it).
     """
 
     source: str
@@ -80,6 +82,7 @@ class Explanation:
     residual: float
     region: Region
     input_hw: tuple[int, int]
+    geometry: FeatureGeometry
 
     def _position(self, which: int | str) -> int:
         if isinstance(which, str):
@@ -296,7 +299,9 @@ def _explanation(
     x1, y1, x2, y2 = region.as_ints()
     height, width = image.shape[1:]
     heatmaps = torch.zeros((cams.shape[0], height, width))
-    upsampled = upsample_cams(normalize_cams(cams), (input_hw[0], input_hw[1]), (y2 - y1, x2 - x1))
+    upsampled = upsample_cams(
+        normalize_cams(cams), (input_hw[0], input_hw[1]), (y2 - y1, x2 - x1), out.geometry
+    )
     heatmaps[:, y1:y2, x1:x2] = upsampled[:, : height - y1, : width - x1]
     return Explanation(
         source=source,
@@ -312,4 +317,5 @@ def _explanation(
         residual=float(out.residual[row]),
         region=region,
         input_hw=(input_hw[0], input_hw[1]),
+        geometry=out.geometry,
     )

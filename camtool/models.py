@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camtool.errors import ModelLoadError, UnknownModelError
-from camtool.heads import CamHead, find_cam_head
+from camtool.heads import CamHead, FeatureGeometry, find_cam_head
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -518,6 +518,7 @@ class LoadedModel:
     weights: str = ""
     dtype: torch.dtype = torch.float32
     channels_last: bool = False
+    geometry_cache: dict[tuple[int, int], FeatureGeometry] = field(default_factory=dict, repr=False)
 
     @property
     def device(self) -> torch.device:

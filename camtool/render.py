@@ -6,7 +6,6 @@ Plain tensors in, plain tensors out: heatmaps are ``Tensor[H,W]`` (or ``[k,H,W]`
 
 from __future__ import annotations
 
-import math
 from functools import cache
 
 import cv2
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from camtool.errors import InvalidArgumentError
+from camtool.heads import FeatureGeometry
 
 Box = tuple[int, int, int, int]
 """``(x1, y1, x2, y2)`` in image pixels; ``x2`` and ``y2`` are exclusive."""
@@ -46,38 +46,46 @@ def normalize_cams(cams: Tensor) -> Tensor:
     return normalised.where(span > 0, torch.zeros_like(normalised)).view_as(cams)
 
 
-def feature_stride(input_size: int, feature_size: int) -> float:
-    """Return the network's stride along one axis: the power of two ``s`` with
-    ``ceil(input_size / s) == feature_size`` (how convolution stacks round), else the plain ratio."""
-    for power in range(8):
-        stride = 2**power
-        if math.ceil(input_size / stride) == feature_size:
-            return float(stride)
-    return input_size / feature_size
-
-
-def upsample_cams(cams: Tensor, input_hw: tuple[int, int], out_hw: tuple[int, int]) -> Tensor:
+def upsample_cams(
+    cams: Tensor,
+    input_hw: tuple[int, int],
+    out_hw: tuple[int, int],
+    geometry: FeatureGeometry | None = None,
+) -> Tensor:
     """Resize maps from feature resolution to the pixels of the image the network saw.
 
-    Feature cell ``j`` covers input pixels ``[j*s, (j+1)*s)``; when the input is not a multiple
-    of the stride ``s`` the last cells hang over its edge. The maps are therefore upsampled to the
-    size of the whole grid and cut to the input's extent, not stretched over it.
+    Each cell's value is placed at the centre of its receptive field (``geometry``, measured
+    while the network ran; by default cells are assumed to tile the input from its top-left).
+    The maps are upsampled over the whole cell grid, shifted to where the grid really lies, and
+    cut to the input's extent, rather than stretched over it.
 
     Args:
         cams: ``Tensor[k,h,w]`` float.
         input_hw: (height, width) of the network input the maps come from.
         out_hw: (height, width) in pixels of the image part that input shows.
+        geometry: where the cells sit on the input (see :class:`camtool.heads.FeatureGeometry`).
 
     Returns:
-        ``Tensor[k,*out_hw]`` float32, bilinear.
+        ``Tensor[k,*out_hw]`` float32, bilinear, edge values held beyond the outer cell centres.
     """
-    (h, w), (in_h, in_w), (out_h, out_w) = cams.shape[-2:], input_hw, out_hw
-    grid_h = max(out_h, round(h * feature_stride(in_h, h) * out_h / in_h))
-    grid_w = max(out_w, round(w * feature_stride(in_w, w) * out_w / in_w))
-    grid = F.interpolate(
-        cams.float()[None], size=(grid_h, grid_w), mode="bilinear", align_corners=False
+    feature_hw = (int(cams.shape[-2]), int(cams.shape[-1]))
+    geometry = geometry or FeatureGeometry.uniform(input_hw, feature_hw)
+    grid, shifts = [], []
+    for axis in (0, 1):
+        scale = out_hw[axis] / input_hw[axis]
+        stride, origin = geometry.stride[axis], geometry.origin[axis]
+        grid.append(max(1, round(feature_hw[axis] * stride * scale)))
+        shifts.append(round((origin - stride / 2) * scale))  # where the grid starts, in output px
+    up = F.interpolate(
+        cams.float()[None], size=(grid[0], grid[1]), mode="bilinear", align_corners=False
     )
-    return grid[0, :, :out_h, :out_w]
+    # out[y, x] = up[y - shift_y, x - shift_x], holding the border where that falls outside.
+    top, left = max(0, shifts[0]), max(0, shifts[1])
+    bottom = max(0, out_hw[0] - shifts[0] - grid[0])
+    right = max(0, out_hw[1] - shifts[1] - grid[1])
+    padded = F.pad(up, (left, right, top, bottom), mode="replicate")
+    y0, x0 = top - shifts[0], left - shifts[1]
+    return padded[0, :, y0 : y0 + out_hw[0], x0 : x0 + out_hw[1]]
 
 
 @cache

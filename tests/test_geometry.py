@@ -1,0 +1,76 @@
+"""Heatmaps land where the network looked: feature cells are placed at their receptive fields."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import camtool
+from camtool.efficientnet_lite import Conv2dSame
+from camtool.heads import FeatureGeometry, record_geometry
+from tests.conftest import CAT
+
+
+def uniform(module: nn.Module) -> nn.Module:
+    for parameter in module.parameters():
+        nn.init.ones_(parameter)
+    return module
+
+
+NETS = {
+    "tf_same": lambda: nn.Sequential(Conv2dSame(1, 1, 3, 2), Conv2dSame(1, 1, 5, 2), Conv2dSame(1, 1, 3, 2)),
+    "symmetric": lambda: nn.Sequential(
+        nn.Conv2d(1, 1, 7, 2, 3, bias=False), nn.AvgPool2d(3, 2, 1), nn.Conv2d(1, 1, 3, 2, 1, bias=False)
+    ),
+    "valid": lambda: nn.Sequential(nn.Conv2d(1, 1, 3, 2, 0, bias=False), nn.ZeroPad2d((2, 0, 1, 0)), nn.Conv2d(1, 1, 3, 2, 0, bias=False)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("size", [(64, 64), (65, 71), (96, 83)])
+@pytest.mark.parametrize("name", list(NETS))
+def test_recorded_geometry_is_the_receptive_field_centre(name: str, size: tuple[int, int]) -> None:
+    """With uniform weights, the gradient of one interior cell is its receptive field: its
+    centroid (in pixel centres) must be the recorded origin + index x stride."""
+    net = uniform(NETS[name]())
+    x = torch.zeros(1, 1, *size, requires_grad=True)
+    with record_geometry(net) as recorder:
+        out = net(x)
+    geometry = recorder.geometry(size, (out.shape[-2], out.shape[-1]))
+    i, j = 2, 2
+    out[0, 0, i, j].backward()
+    weights = x.grad[0, 0]
+    ys, xs = torch.meshgrid(torch.arange(size[0]) + 0.5, torch.arange(size[1]) + 0.5, indexing="ij")
+    centre = (
+        float((weights * ys).sum() / weights.sum()),
+        float((weights * xs).sum() / weights.sum()),
+    )
+    expected = (
+        geometry.origin[0] + i * geometry.stride[0],
+        geometry.origin[1] + j * geometry.stride[1],
+    )
+    assert centre == pytest.approx(expected)
+    assert geometry.stride == ((4.0, 4.0) if name == "valid" else (8.0, 8.0))
+
+
+def test_default_model_geometry_follows_tensorflow_same_padding(lite0: camtool.LoadedModel) -> None:
+    """Even inputs put receptive fields half a cell right/down of the naive grid, odd ones not."""
+    with record_geometry(lite0.module) as recorder:
+        lite0.module(torch.zeros(1, 3, 224, 337))
+    assert recorder.geometry((224, 337), (7, 11)) == FeatureGeometry((31.5, 16.5), (32.0, 32.0))
+    assert FeatureGeometry.uniform((224, 337), (7, 11)) == FeatureGeometry(
+        (16.0, 16.0), (32.0, 32.0)
+    )
+    ex = camtool.explain(CAT, lite0)
+    assert ex.geometry == FeatureGeometry((31.5, 16.5), (32.0, 32.0))
+
+
+def test_upsample_puts_each_cell_at_its_centre() -> None:
+    cams = torch.zeros(1, 4, 4)
+    cams[0, 1, 2] = 1.0
+    geometry = FeatureGeometry(origin=(12.0, 4.0), stride=(8.0, 8.0))
+    up = camtool.upsample_cams(cams, (32, 32), (64, 64), geometry)  # image at twice the input size
+    peak = divmod(int(up[0].argmax()), 64)
+    # Cell (1, 2) is centred at input (12 + 8, 4 + 16) = (20, 20) -> image (40, 40): pixel 39 or 40.
+    assert peak[0] in (39, 40) and peak[1] in (39, 40)
+    assert up.shape == (1, 64, 64) and float(up.min()) == 0.0
