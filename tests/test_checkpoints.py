@@ -260,3 +260,20 @@ def test_reduced_precision_keeps_the_prediction_and_checks_the_identity(
         code == 2
         and err == "Error: float8: unknown dtype; choose one of float32, float16, bfloat16\n"
     )
+
+
+def test_offline_download_says_where_to_put_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (tmp_path / "cards").mkdir()
+    (tmp_path / "cards" / "far.toml").write_text(
+        'name = "far"\narchitecture = "torchvision:resnet18"\n'
+        f'[weights]\nurl = "{(tmp_path / "nowhere" / "far-0123abcd.pth").as_uri()}"\n'
+    )
+    monkeypatch.setenv("CAMTOOL_MODELS", str(tmp_path / "cards"))
+    with pytest.raises(camtool.ModelLoadError) as info:
+        camtool.load_model("far")
+    target = tmp_path / "torch" / "hub" / "checkpoints" / "far-0123abcd.pth"
+    assert str(info.value).endswith(f"; put the file at {target}")
+    assert str(info.value).startswith("file://") and not target.exists()
