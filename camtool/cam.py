@@ -44,6 +44,7 @@ class CamBatch:
             *all* K classes: how exactly the maps decompose the logits.
         features_shape: ``(C, h, w)`` of the captured feature map.
         geometry: where the feature cells sit on the input (for aligned upsampling).
+        input_hw: (height, width) of the batch the network ran on.
     """
 
     logits: Tensor
@@ -53,6 +54,7 @@ class CamBatch:
     residual: Tensor
     features_shape: tuple[int, int, int]
     geometry: FeatureGeometry
+    input_hw: tuple[int, int]
 
     @property
     def probabilities(self) -> Tensor:
@@ -149,6 +151,5 @@ def compute(
             else torch.zeros(chosen.shape, device=cams.device)
         )
     c, h, w = features.shape[1:]
-    return CamBatch(
-        logits.float(), chosen, cams, bias, residual, (int(c), int(h), int(w)), geometry
-    )
+    shape = (int(c), int(h), int(w))
+    return CamBatch(logits.float(), chosen, cams, bias, residual, shape, geometry, input_hw)

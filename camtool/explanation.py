@@ -19,7 +19,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from camtool.cam import compute
+from camtool.cam import CamBatch, compute
 from camtool.errors import ClassSelectionError
 from camtool.heads import FeatureGeometry
 from camtool.io import ImageSource, encode_image, load_image, save_image, source_name
@@ -269,25 +269,33 @@ def explain(
             batch = torch.stack([prepared[i][0] for i in chunk])
             out = compute(loaded, batch, wanted, top_k=maps)
             for row, i in enumerate(chunk):
-                results[i] = _explanation(
-                    loaded, source_name(sources[i]), pictures[i], prepared[i][1], out, row, top_k,
-                    box_threshold, tuple(batch.shape[-2:]),
-                )  # fmt: skip
+                results[i] = build_explanation(
+                    loaded,
+                    out,
+                    row,
+                    source_name(sources[i]),
+                    pictures[i],
+                    prepared[i][1],
+                    top_k,
+                    box_threshold,
+                )
     done = [r for r in results if r is not None]
     return done[0] if single else done
 
 
-def _explanation(
+def build_explanation(
     model: LoadedModel,
+    out: CamBatch,
+    row: int,
     source: str,
     image: Tensor,
     region: Region,
-    out: Any,
-    row: int,
-    top_k: int,
-    box_threshold: float,
-    input_hw: tuple[int, ...],
+    top_k: int = 5,
+    box_threshold: float = 0.2,
 ) -> Explanation:
+    """Turn row ``row`` of a :class:`~camtool.cam.CamBatch` into the :class:`Explanation` of
+    ``image`` (``Tensor[3,H,W]`` uint8): scores, heatmaps at image resolution, boxes."""
+    input_hw = out.input_hw
     logits = out.logits[row].cpu()
     probs = logits.softmax(-1)
 
