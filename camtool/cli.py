@@ -61,6 +61,16 @@ class ImageFormat(str, Enum):
     jpg = "jpg"
 
 
+class RawFormat(str, Enum):
+    npy = "npy"
+    npz = "npz"
+
+
+class RawDtype(str, Enum):
+    float16 = "float16"
+    float32 = "float32"
+
+
 def print_error(error: object) -> None:
     """Print ``Error: <message>`` as one line on stderr."""
     err_console.print(f"Error: {error}", markup=False)
@@ -267,6 +277,125 @@ def explain(
         if report["errors"]:
             raise typer.Exit(EXIT_PARTIAL if report["images"] else EXIT_ERROR)
         raise typer.Exit(EXIT_OK)
+
+
+@app.command()
+def export(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, folders (recursive), globs, or @list.txt files.", show_default=False
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder (mirrors the inputs' paths).")
+    ],
+    model: ModelOption = "efficientnet_lite0",
+    classes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--class", "-c", help="Class to map (name or index); repeatable. Default: top class."
+        ),
+    ] = None,
+    maps: Annotated[
+        int, typer.Option("--maps", "--top-maps", min=1, help="Map this many top classes.")
+    ] = 1,
+    top_k: Annotated[
+        int, typer.Option("--top-k", "-k", min=1, help="Predictions per image in the manifest.")
+    ] = 5,
+    image_format: Annotated[
+        ImageFormat, typer.Option("--format", help="Overlay file format.")
+    ] = ImageFormat.jpg,
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality.")] = 90,
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Heatmap opacity.")] = 0.5,
+    colormap: Annotated[Colormap, typer.Option(help="Colour map.")] = Colormap.jet,
+    box: Annotated[bool, typer.Option("--box", help="Draw the CAM box on the overlays.")] = False,
+    heatmap: Annotated[
+        bool, typer.Option("--heatmap", help="Also write the bare heatmap (8-bit PNG).")
+    ] = False,
+    raw: Annotated[
+        RawFormat | None, typer.Option(help="Also write the raw CAMs at feature resolution.")
+    ] = None,
+    raw_dtype: Annotated[RawDtype, typer.Option(help="dtype of the raw CAMs.")] = RawDtype.float16,
+    crop: Annotated[
+        bool, typer.Option("--crop", help="Centre-crop instead of the whole image.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Skip inputs the manifest lists as done.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Decoding processes (default: CPUs - 1).")
+    ] = None,
+    device: DeviceOption = "auto",
+    weights: WeightsOption = None,
+    labels: LabelsOption = None,
+    layer: LayerOption = None,
+    classifier: ClassifierOption = None,
+    dtype: DtypeOption = "float32",
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
+    ] = False,
+) -> None:
+    """Explain every image of folders, globs or lists and write overlays plus a manifest.
+
+    Exit code 0 when every input was exported, 3 when some failed (each is in the manifest with
+    its reason), 130 when interrupted (finish with --resume), 1 when the output cannot be written.
+    """
+    use_large_malloc_thresholds()
+    with errors_to_exit_codes():
+        from camtool.export import ExportOptions
+        from camtool.export import export as export_images
+
+        options = ExportOptions(
+            image_format=image_format.value, quality=quality, alpha=alpha, colormap=colormap.value,
+            box=box, heatmap=heatmap, raw=raw.value if raw else None, raw_dtype=raw_dtype.value,
+            top_k=top_k,
+        )  # fmt: skip
+        report = export_images(
+            inputs, out, model, classes=classes, maps=maps, crop=crop, options=options, resume=resume,
+            device=device, batch_size=batch_size, workers=workers, progress=not quiet,
+            **model_options(weights, labels, layer, classifier, dtype),
+        )  # fmt: skip
+        for failure in report.failures[:20]:
+            print_error(
+                failure.error
+                if failure.error.startswith(failure.input)
+                else f"{failure.input}: {failure.error}"
+            )
+        if len(report.failures) > 20:
+            print_error(
+                f"{report.manifest}: {len(report.failures) - 20} more failed inputs are listed here"
+            )
+        if not quiet:
+            console.print(
+                f"exported {report.exported}, failed {report.failed}, skipped {report.skipped} "
+                f"(already done) of {report.total} in {report.seconds:.1f} s "
+                f"({report.images_per_second:.1f} images/s) -> {report.out_dir} (manifest: {report.manifest})"
+            )
+        raise typer.Exit(report.exit_code)
+
+
+def use_large_malloc_thresholds() -> None:
+    """Keep glibc from returning freed memory to the OS after every batch (Linux/glibc only).
+
+    Each batch allocates the same large buffers again; with glibc's defaults they are mapped and
+    unmapped every time, and the page faults cost more than the work (see docs/performance.md).
+    Must run before torch allocates; does nothing elsewhere or when the user set these already.
+    """
+    import ctypes
+    import ctypes.util
+
+    if sys.platform != "linux" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 1 << 30)
+    mallopt(m_trim_threshold, (1 << 31) - 1)
 
 
 @app.command()

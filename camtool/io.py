@@ -257,7 +257,10 @@ def _to_uint8(t: Tensor, name: str) -> Tensor:
 
 
 def image_to_bgr_array(image: Tensor) -> np.ndarray[Any, Any]:
-    """Return a ``Tensor[3,H,W]`` uint8 RGB image as an OpenCV ``[H,W,3]`` BGR array."""
+    """Return a ``Tensor[3,H,W]`` uint8 RGB image as an OpenCV ``[H,W,3]`` BGR array
+    (a ``Tensor[H,W]`` gray image as an ``[H,W]`` array)."""
+    if image.ndim == 2:
+        return np.ascontiguousarray(image.cpu().numpy())
     return np.ascontiguousarray(image.permute(1, 2, 0).flip(-1).cpu().numpy())
 
 
@@ -271,15 +274,19 @@ def encode_image(image: Tensor, suffix: str, quality: int = 95) -> bytes:
 
 
 def save_image(path: str | os.PathLike[str], image: Tensor, quality: int = 95) -> Path:
-    """Write a ``Tensor[3,H,W]`` uint8 RGB image; the format follows the suffix (.png, .jpg, ...).
+    """Write a ``Tensor[3,H,W]`` uint8 RGB (or ``Tensor[H,W]`` gray) image; the format follows
+    the suffix (.png, .jpg, ...).
 
     The file is written under a temporary name and renamed, so it is never seen half-written.
     """
     path = Path(path)
-    if image.ndim != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
+    if (
+        not (image.ndim == 2 or (image.ndim == 3 and image.shape[0] == 3))
+        or image.dtype != torch.uint8
+    ):
         raise OutputWriteError(
             path,
-            f"expected a uint8 tensor of shape [3, H, W], got {image.dtype} {list(image.shape)}",
+            f"expected a uint8 tensor of shape [3, H, W] or [H, W], got {image.dtype} {list(image.shape)}",
         )
     write_bytes_atomic(path, encode_image(image, path.suffix or ".png", quality))
     return path
