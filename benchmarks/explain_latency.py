@@ -39,7 +39,10 @@ def main() -> None:
     out = tempfile.mkdtemp()
     rows = [
         ("camtool --help (process)", wall([exe, "--help"], args.repeat)),
-        ("camtool explain (process, whole)", wall([exe, "explain", args.image, "--out", out], args.repeat)),
+        (
+            "camtool explain (process, whole)",
+            wall([exe, "explain", args.image, "--out", out], args.repeat),
+        ),
     ]
     start = time.perf_counter()
     import torch
@@ -62,9 +65,13 @@ def main() -> None:
         start = time.perf_counter()
         for _ in range(args.repeat):
             model.module(batch)
-    rows.append(("in-process: bare forward pass (same input)", (time.perf_counter() - start) / args.repeat))
-    print(f"image: {args.image} ({image.shape[2]}x{image.shape[1]}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    rows.append(
+        ("in-process: bare forward pass (same input)", (time.perf_counter() - start) / args.repeat)
+    )
+    print(
+        f"image: {args.image} ({image.shape[2]}x{image.shape[1]}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
+    )
     print(f"{'step':55s} {'seconds':>8s}")
     for label, seconds in rows:
         print(f"{label:55s} {seconds:8.3f}")

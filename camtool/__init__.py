@@ -21,6 +21,13 @@ _EXPORTS = {
     "ClassScore": "camtool.explanation",
     "resolve_class": "camtool.explanation",
     "get_model": "camtool.explanation",
+    "export": "camtool.batch",
+    "explain_iter": "camtool.batch",
+    "collect_inputs": "camtool.batch",
+    "ExportOptions": "camtool.batch",
+    "ExportReport": "camtool.batch",
+    "ExportFailure": "camtool.batch",
+    "ExportInterrupted": "camtool.batch",
     "compute": "camtool.cam",
     "compute_cams": "camtool.cam",
     "identity_residual": "camtool.heads",
@@ -63,6 +70,10 @@ __all__ = [
     "ClassScore",
     "ClassSelectionError",
     "Explanation",
+    "ExportFailure",
+    "ExportInterrupted",
+    "ExportOptions",
+    "ExportReport",
     "ImageReadError",
     "ImageTooLargeError",
     "InvalidArgumentError",
@@ -77,11 +88,14 @@ __all__ = [
     "WeightsHashError",
     "__version__",
     "cam_to_box",
+    "collect_inputs",
     "colorize",
     "compute",
     "compute_cams",
     "draw_box",
     "explain",
+    "explain_iter",
+    "export",
     "find_cam_head",
     "get_model",
     "identity_residual",
@@ -110,6 +124,15 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from camtool.batch import (
+        ExportFailure,
+        ExportInterrupted,
+        ExportOptions,
+        ExportReport,
+        collect_inputs,
+        explain_iter,
+        export,
+    )
     from camtool.cam import CamBatch, compute, compute_cams
     from camtool.errors import (
         CamtoolError,

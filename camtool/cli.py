@@ -66,6 +66,11 @@ class RawFormat(str, Enum):
     npz = "npz"
 
 
+class DecoderKind(str, Enum):
+    threads = "threads"
+    processes = "processes"
+
+
 class RawDtype(str, Enum):
     float16 = "float16"
     float32 = "float32"
@@ -323,10 +328,17 @@ def export(
     resume: Annotated[
         bool, typer.Option("--resume", help="Skip inputs the manifest lists as done.")
     ] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
-    workers: Annotated[
-        int | None, typer.Option(min=0, help="Decoding processes (default: CPUs - 1).")
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Images per forward pass (default: 16 on CPU, 64 on GPU)."),
     ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Decoding workers (default: CPUs - 1, at most 8).")
+    ] = None,
+    decoder: Annotated[
+        DecoderKind,
+        typer.Option(help="Decode in threads (small machines) or processes (many cores)."),
+    ] = DecoderKind.threads,
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
     labels: LabelsOption = None,
@@ -344,8 +356,8 @@ def export(
     """
     use_large_malloc_thresholds()
     with errors_to_exit_codes():
-        from camtool.export import ExportOptions
-        from camtool.export import export as export_images
+        from camtool.batch import ExportOptions
+        from camtool.batch import export as export_images
 
         options = ExportOptions(
             image_format=image_format.value, quality=quality, alpha=alpha, colormap=colormap.value,
@@ -354,7 +366,7 @@ def export(
         )  # fmt: skip
         report = export_images(
             inputs, out, model, classes=classes, maps=maps, crop=crop, options=options, resume=resume,
-            device=device, batch_size=batch_size, workers=workers, progress=not quiet,
+            device=device, batch_size=batch_size, workers=workers, decoder=decoder.value, progress=not quiet,
             **model_options(weights, labels, layer, classifier, dtype),
         )  # fmt: skip
         for failure in report.failures[:20]:
@@ -381,12 +393,17 @@ def use_large_malloc_thresholds() -> None:
 
     Each batch allocates the same large buffers again; with glibc's defaults they are mapped and
     unmapped every time, and the page faults cost more than the work (see docs/performance.md).
-    Must run before torch allocates; does nothing elsewhere or when the user set these already.
+    Must run before torch allocates; does nothing elsewhere, when the user set these already, or
+    when ``CAMTOOL_DEFAULT_MALLOC=1`` (used by the benchmark to measure the difference).
     """
     import ctypes
     import ctypes.util
 
-    if sys.platform != "linux" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if (
+        sys.platform != "linux"
+        or "MALLOC_MMAP_THRESHOLD_" in os.environ
+        or os.environ.get("CAMTOOL_DEFAULT_MALLOC")
+    ):
         return
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

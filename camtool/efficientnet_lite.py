@@ -34,19 +34,31 @@ def _round_channels(channels: float, divisor: int = 8) -> int:
 
 
 class Conv2dSame(nn.Conv2d):
-    """A bias-free convolution with TensorFlow's "SAME" padding, computed for each input size."""
+    """A bias-free convolution with TensorFlow's "SAME" padding, computed for each input size.
+
+    Stride-1 convolutions (odd kernels) pad symmetrically, which the convolution does itself;
+    strided ones pad more on the bottom/right when the input size is even, which needs an
+    explicit pad only then.
+    """
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
-        super().__init__(cin, cout, kernel, stride, padding=0, groups=groups, bias=False)
+        padding = (kernel - 1) // 2 if stride == 1 else 0
+        super().__init__(cin, cout, kernel, stride, padding=padding, groups=groups, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.stride == (1, 1):
+            return super().forward(x)
         pads = []
         for size, k, s in zip(
             reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=True
         ):
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]
-        return super().forward(F.pad(x, pads) if any(pads) else x)
+        if pads[0] == pads[1] and pads[2] == pads[3]:  # symmetric: let the convolution pad
+            return F.conv2d(
+                x, self.weight, None, self.stride, (pads[2], pads[0]), self.dilation, self.groups
+            )
+        return super().forward(F.pad(x, pads))
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:

@@ -572,7 +572,7 @@ def _pad_before(module: nn.Module, axis: int, size: int) -> int | None:
     kernel = _pair(getattr(module, "kernel_size", 1))[axis]
     stride = _pair(getattr(module, "stride", None) or kernel)[axis]
     dilation = _pair(getattr(module, "dilation", 1))[axis]
-    if type(module).__name__.endswith("Same"):  # TensorFlow "SAME", computed per input size
+    if type(module).__name__.endswith("Same") and stride > 1:  # TensorFlow "SAME", per input size
         total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
         return total // 2
     padding = getattr(module, "padding", 0)

@@ -116,9 +116,17 @@ class Preprocessing:
 
 
 def resize_image(image: Tensor, size: tuple[int, int], interpolation: str = "bicubic") -> Tensor:
-    """Resize ``Tensor[3,H,W]`` uint8 to ``size`` with antialiasing (as PIL does); uint8 out."""
+    """Resize ``Tensor[3,H,W]`` uint8 to ``size`` with antialiasing (as PIL does); uint8 out.
+
+    On the CPU torch resizes uint8 images natively (5x faster than through float32, and the
+    same result as torchvision's ``resize``); elsewhere through float32, rounded.
+    """
     if tuple(image.shape[-2:]) == size:
         return image
+    if image.device.type == "cpu":
+        return F.interpolate(
+            image[None], size=size, mode=interpolation, antialias=True, align_corners=False
+        )[0]
     resized = F.interpolate(
         image[None].float(), size=size, mode=interpolation, antialias=True, align_corners=False
     )
@@ -603,7 +611,8 @@ def load_model(
             ``.safetensors``) replacing the card's or architecture's weights.
         layer, classifier: module names that override head discovery.
         dtype: ``"float32"`` (default), ``"float16"`` or ``"bfloat16"`` (autocast).
-        channels_last: channels-last memory format; default: on for CUDA.
+        channels_last: channels-last memory format; default: on for CPU and CUDA (1.6x faster
+            for the built-in EfficientNet-Lite on 2 CPU cores).
         preprocessing: override the card's preprocessing (or the ImageNet default).
         random_weights: allow an architecture without weights (for ``camtool inspect``).
 
@@ -628,7 +637,7 @@ def load_model(
     module.eval().to(target)
     for parameter in module.parameters():
         parameter.requires_grad_(False)
-    last = target.type == "cuda" if channels_last is None else channels_last
+    last = target.type in ("cpu", "cuda") if channels_last is None else channels_last
     if last:
         module.to(memory_format=torch.channels_last)
     head = find_cam_head(module, layer, classifier, probe_size=prep.input_size)

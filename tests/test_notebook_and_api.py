@@ -49,7 +49,10 @@ def test_public_api_is_pinned() -> None:
         "CamtoolError", "ImageReadError", "ImageTooLargeError", "OutputWriteError", "ModelLoadError",
         "UnknownModelError", "WeightsHashError", "UnsupportedModelError", "ClassSelectionError",
         "InvalidArgumentError",
+        "export", "explain_iter", "collect_inputs", "ExportOptions", "ExportReport", "ExportFailure",
+        "ExportInterrupted",
     ])  # fmt: skip
+    assert callable(camtool.export) and callable(camtool.explain)
     for name in camtool.__all__:
         assert getattr(camtool, name) is not None
     assert callable(camtool.explain)

@@ -1,0 +1,322 @@
+"""Batch export throughput: camtool versus a bare forward pass and the peers, side by side.
+
+Set up once:  bash benchmarks/setup.sh          (adds pytorch-grad-cam and torchcam in .venv-bench)
+Run:          .venv-bench/bin/python benchmarks/export_throughput.py [--images 1000 --scale 10000]
+
+On the same JPEG photos (the bundled and foolbox photos, resized to a mix of sizes, mostly
+640x480), the same network (EfficientNet-Lite0) and the same batch size, each in its own process:
+
+  forward      bare forward passes over already-preprocessed tensors (the ceiling)
+  camtool      `camtool export DIR -o OUT -q`: files in, overlay JPEGs out (whole image, no crop)
+  camtool-     the same with glibc's default malloc thresholds (CAMTOOL_DEFAULT_MALLOC=1)
+  camtool-crop the same with --crop: 224x224 network inputs, as the peers below use
+  (the peers get the network as a user has it: weights in the default memory format)
+  gradcam      pytorch-grad-cam as its users run it: GradCAM on 224x224 batches, the CAM resized
+               to the photo, show_cam_on_image, cv2.imwrite
+  torchcam     torchcam's CAM extractor on 224x224 batches, overlay_mask at the photo's size,
+               PIL save
+
+It prints a table (images/s, ratios, peak memory of the process and its workers) and, with
+--scale, camtool's throughput and peak memory at more images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = [(640, 480)] * 5 + [(480, 640), (800, 600), (1024, 768), (640, 427), (427, 640), (500, 375)]
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def source_photos() -> list[Path]:
+    import importlib.util
+
+    photos = sorted((ROOT / "examples").glob("*.png")) + sorted((ROOT / "examples").glob("*.jpg"))
+    spec = importlib.util.find_spec("foolbox")
+    if spec and spec.submodule_search_locations:
+        photos += sorted(
+            (Path(next(iter(spec.submodule_search_locations))) / "data").glob("imagenet_*.jpg")
+        )
+    return photos
+
+
+def make_dataset(folder: Path, count: int) -> list[Path]:
+    """``count`` JPEGs (quality 90) of mixed sizes, cycling through the source photos."""
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{i // 1000:03d}" / f"photo_{i:06d}.jpg" for i in range(count)]
+    missing = [(i, p) for i, p in enumerate(paths) if not p.exists()]
+    if missing:
+        sources = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in source_photos()]
+        for i, path in missing:
+            path.parent.mkdir(exist_ok=True)
+            width, height = SIZES[i % len(SIZES)]
+            image = cv2.resize(
+                sources[i % len(sources)], (width, height), interpolation=cv2.INTER_AREA
+            )
+            cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Methods, each run in its own process (--worker METHOD)
+
+
+def worker_forward(paths: list[Path], batch_size: int, out: Path) -> float:
+    import torch
+
+    import camtool
+
+    model = camtool.load_model("efficientnet_lite0", device="cpu")
+    groups: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    for path in paths[:256]:
+        tensor, _ = model.preprocessing.prepare(camtool.load_image(path))
+        groups.setdefault(tuple(tensor.shape), []).append(tensor)
+    batches = [
+        torch.stack(g[i : i + batch_size])
+        for g in groups.values()
+        for i in range(0, len(g), batch_size)
+    ]
+    with torch.inference_mode():
+        model.module(batches[0])  # warm-up
+        done, start = 0, time.perf_counter()
+        while done < len(paths):
+            for batch in batches:
+                model.module(batch)
+                done += len(batch)
+                if done >= len(paths):
+                    break
+    return time.perf_counter() - start
+
+
+def _peer_batches(paths: list[Path], batch_size: int):  # type: ignore[no-untyped-def]
+    import cv2
+    import numpy as np
+    import torch
+
+    mean, std = 127.0, 128.0  # the preprocessing these weights were trained with
+    for i in range(0, len(paths), batch_size):
+        chunk = paths[i : i + batch_size]
+        images = [cv2.imread(str(p), cv2.IMREAD_COLOR)[:, :, ::-1] for p in chunk]
+        resized = np.stack(
+            [cv2.resize(img, (224, 224), interpolation=cv2.INTER_CUBIC) for img in images]
+        )
+        batch = (torch.from_numpy(resized).permute(0, 3, 1, 2).float() - mean) / std
+        yield chunk, images, batch
+
+
+def worker_gradcam(paths: list[Path], batch_size: int, out: Path) -> float:
+    import cv2
+    import numpy as np
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    import camtool
+
+    network = camtool.load_model("efficientnet_lite0", device="cpu", channels_last=False).module
+    network.requires_grad_(True)  # as a user's model would be: GradCAM needs a backward pass
+    start = time.perf_counter()
+    with GradCAM(model=network, target_layers=[network._bn1]) as cam:
+        for chunk, images, batch in _peer_batches(paths, batch_size):
+            grayscale = cam(input_tensor=batch, targets=None)
+            for path, image, mask in zip(chunk, images, grayscale, strict=True):
+                mask = cv2.resize(mask, (image.shape[1], image.shape[0]))
+                visual = show_cam_on_image(image.astype(np.float32) / 255, mask, use_rgb=True)
+                cv2.imwrite(
+                    str(out / f"{path.stem}_gradcam.jpg"),
+                    visual[:, :, ::-1],
+                    [cv2.IMWRITE_JPEG_QUALITY, 90],
+                )
+    return time.perf_counter() - start
+
+
+def worker_torchcam(paths: list[Path], batch_size: int, out: Path) -> float:
+    import torch
+    from PIL import Image
+    from torchcam.methods import CAM
+    from torchcam.utils import overlay_mask
+    from torchvision.transforms.functional import to_pil_image
+
+    import camtool
+
+    network = camtool.load_model("efficientnet_lite0", device="cpu", channels_last=False).module
+    start = time.perf_counter()
+    with CAM(network, target_layer="_bn1", fc_layer="_fc") as extractor:
+        for chunk, images, batch in _peer_batches(paths, batch_size):
+            with torch.no_grad():
+                scores = network(batch)
+            maps = extractor(scores.argmax(1).tolist(), scores)[0]
+            for path, image, mask in zip(chunk, images, maps, strict=True):
+                result = overlay_mask(
+                    Image.fromarray(image), to_pil_image(mask, mode="F"), alpha=0.5
+                )
+                result.save(out / f"{path.stem}_torchcam.jpg", quality=90)
+    return time.perf_counter() - start
+
+
+WORKERS = {"forward": worker_forward, "gradcam": worker_gradcam, "torchcam": worker_torchcam}
+
+
+# --------------------------------------------------------------------------------------------
+# The harness
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MB."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(
+                next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+            )
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total / 1024
+
+
+def measure(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """Run ``command``; return (wall seconds, peak tree RSS in MB, stdout)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    peak = 0.0
+    while process.poll() is None:
+        peak = max(peak, tree_rss_mb(process.pid))
+        time.sleep(0.1)
+    stdout, stderr = process.communicate()
+    wall = time.perf_counter() - start
+    if process.returncode != 0:
+        raise SystemExit(f"{command[:4]} failed ({process.returncode}): {stderr[-2000:]}")
+    return wall, peak, stdout
+
+
+def run_camtool(
+    paths: list[Path], batch_size: int, work: Path, default_malloc: bool = False, crop: bool = False
+) -> dict[str, float]:
+    listing = work / "list.txt"
+    listing.write_text("\n".join(str(p) for p in paths) + "\n")
+    out = work / (
+        "camtool-default-malloc" if default_malloc else "camtool-crop" if crop else "camtool"
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ)
+    if default_malloc:
+        env["CAMTOOL_DEFAULT_MALLOC"] = "1"
+    exe = str(Path(sys.executable).parent / "camtool")
+    if not Path(exe).exists():
+        exe = str(ROOT / ".venv" / "bin" / "camtool")
+    wall, peak, _ = measure(
+        [exe, "export", f"@{listing}", "-o", str(out), "-q", "--batch-size", str(batch_size)], env
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["exported"] == len(paths), summary
+    return {"seconds": summary["seconds"], "wall": wall, "peak_mb": peak}
+
+
+def run_worker(method: str, paths: list[Path], batch_size: int, work: Path) -> dict[str, float]:
+    out = work / method
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    listing = work / "list.txt"
+    listing.write_text("\n".join(str(p) for p in paths) + "\n")
+    command = [sys.executable, __file__, "--worker", method, "--list", str(listing), "--out", str(out),
+               "--batch-size", str(batch_size)]  # fmt: skip
+    env = dict(os.environ)
+    if method == "forward":  # the ceiling: the same allocator settings as camtool export uses
+        env.update(MALLOC_MMAP_THRESHOLD_=str(1 << 30), MALLOC_TRIM_THRESHOLD_=str((1 << 31) - 1))
+    wall, peak, stdout = measure(command, env)
+    return {"seconds": float(stdout.strip().splitlines()[-1]), "wall": wall, "peak_mb": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1000, help="images in the side-by-side run")
+    parser.add_argument(
+        "--scale", type=int, nargs="*", default=[], help="also run camtool on this many"
+    )
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per method; the fastest counts")
+    parser.add_argument(
+        "--methods", default="forward,camtool,camtool-,camtool-crop,gradcam,torchcam"
+    )
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "camtool-bench")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--list", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        paths = [Path(line) for line in args.list.read_text().splitlines() if line]
+        print(WORKERS[args.worker](paths, args.batch_size, args.out))
+        return
+
+    import torch
+
+    largest = max([args.images, *args.scale])
+    all_paths = make_dataset(args.data / "images", largest)
+    paths = all_paths[: args.images]
+    work = args.data / "runs"
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, float]] = {}
+    for method in args.methods.split(","):
+        for _ in range(args.repeat):
+            if method.startswith("camtool"):
+                crop, default_malloc = method == "camtool-crop", method == "camtool-"
+                run = run_camtool(paths, args.batch_size, work, default_malloc, crop)
+            else:
+                run = run_worker(method, paths, args.batch_size, work)
+            if method not in results or run["seconds"] < results[method]["seconds"]:
+                results[method] = run
+        print(
+            f"  {method}: {len(paths) / results[method]['seconds']:.1f} images/s", file=sys.stderr
+        )
+
+    print(
+        f"\n{len(paths)} JPEG photos of mixed sizes (mostly 640x480), EfficientNet-Lite0, batch "
+        f"{args.batch_size}; {os.cpu_count()} CPUs, torch {torch.__version__}, {platform.machine()}"
+    )
+    print(
+        f"{'method':10s} {'images/s':>9s} {'vs forward':>11s} {'camtool x':>10s} {'wall s':>8s} {'peak MB':>8s}"
+    )
+    camtool_rate = len(paths) / results["camtool"]["seconds"] if "camtool" in results else None
+    forward_rate = len(paths) / results["forward"]["seconds"] if "forward" in results else None
+    for method, r in results.items():
+        rate = len(paths) / r["seconds"]
+        versus = f"{rate / forward_rate:.2f}" if forward_rate else "-"
+        faster = (
+            f"{camtool_rate / rate:.2f}"
+            if camtool_rate and method in ("gradcam", "torchcam")
+            else "-"
+        )
+        print(
+            f"{method:10s} {rate:9.1f} {versus:>11s} {faster:>10s} {r['wall']:8.1f} {r['peak_mb']:8.0f}"
+        )
+    for count in args.scale:
+        r = run_camtool(all_paths[:count], args.batch_size, work)
+        print(
+            f"camtool on {count} images: {count / r['seconds']:.1f} images/s, wall {r['wall']:.0f} s, "
+            f"peak {r['peak_mb']:.0f} MB"
+        )
+
+
+if __name__ == "__main__":
+    main()
