@@ -302,9 +302,7 @@ def export(
             "--class", "-c", help="Class to map (name or index); repeatable. Default: top class."
         ),
     ] = None,
-    maps: Annotated[
-        int, typer.Option("--maps", "--top-maps", min=1, help="Map this many top classes.")
-    ] = 1,
+    maps: Annotated[int, typer.Option("--maps", min=1, help="Map this many top classes.")] = 1,
     top_k: Annotated[
         int, typer.Option("--top-k", "-k", min=1, help="Predictions per image in the manifest.")
     ] = 5,
