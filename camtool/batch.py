@@ -21,10 +21,13 @@ import json
 import os
 import platform
 import re
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -117,7 +120,7 @@ def _relative_stem(path: Path, root: Path) -> PurePosixPath:
 
 
 def collect_inputs(
-    specs: Sequence[str | os.PathLike[str]],
+    specs: Sequence[str | os.PathLike[str]], exclude: str | os.PathLike[str] | None = None
 ) -> tuple[list[InputItem], list[ExportFailure]]:
     """Expand inputs into image files and the output stems that mirror their relative paths.
 
@@ -128,13 +131,20 @@ def collect_inputs(
     Returns:
         ``(items, failures)``: failures are specs that name nothing, unreadable folders and
         symlink loops. Output stems are relative to the folder, the glob's fixed prefix, or the
-        common folder of a list's entries, so no output can escape the output folder.
+        common folder of a list's entries, so no output can escape the output folder. Files
+        under ``exclude`` (the output folder) and second mentions of a file are left out.
     """
     items: list[InputItem] = []
     failures: list[ExportFailure] = []
     used: set[str] = set()
+    seen: set[str] = set()
+    skip = os.path.realpath(exclude) + os.sep if exclude is not None else None
 
     def add(path: Path, root: Path) -> None:
+        real = os.path.realpath(path)
+        if real in seen or (skip and real.startswith(skip)):
+            return
+        seen.add(real)
         stem = _relative_stem(path, root)
         key, n = str(stem), 1
         while key.lower() in used:  # a.jpg and a.png, or the same name from two inputs
@@ -162,11 +172,14 @@ def collect_inputs(
             for path in matches:
                 add(path, root)
         elif Path(text).is_dir():
+            before = len(items)
             for found in _walk_images(Path(text)):
                 if isinstance(found, ExportFailure):
                     failures.append(found)
                 else:
                     add(found, Path(text))
+            if len(items) == before:
+                failures.append(ExportFailure(text, "no image files in this folder"))
         else:
             add(Path(text), Path(text).parent)  # a missing file fails later, when it is read
     return items, failures
@@ -174,12 +187,12 @@ def collect_inputs(
 
 def _read_list(path: Path, failures: list[ExportFailure]) -> list[Path]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         failures.append(ExportFailure(f"@{path}", f"cannot read list: {exc}"))
         return []
     entries = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    return [Path(os.path.normpath(path.parent / entry)) for entry in entries]
+    return [Path(os.path.abspath(path.parent / entry)) for entry in entries]
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,22 +437,31 @@ def write_outputs(
     return written
 
 
+_Written = tuple["Explanation | None", list[Path], "str | None"]
+
+
 def _render_and_write(
     model: LoadedModel, result: _Result, item: InputItem, out_dir: Path, options: ExportOptions
-) -> tuple[Explanation, list[Path]]:
-    """On a writer thread: the row's Explanation (heatmaps, boxes), then its files."""
+) -> _Written:
+    """On a writer thread: the row's Explanation (heatmaps, boxes), then its files.
+
+    Returns ``(explanation, files, None)``, or ``(None, [], reason)`` when this image cannot be
+    written (OpenCV cannot encode it, its path would leave the output folder). A refusal by the
+    file system (full disk, read-only folder) is raised: it would fail every image after it.
+    """
     assert result.out is not None and result.image is not None and result.region is not None
-    ex = build_explanation(
-        model,
-        result.out,
-        result.row,
-        str(item.path),
-        result.image,
-        result.region,
-        options.top_k,
-        options.box_threshold,
-    )
-    return ex, write_outputs(ex, item.stem, out_dir, options)
+    try:
+        ex = build_explanation(
+            model, result.out, result.row, str(item.path), result.image, result.region,
+            options.top_k, options.box_threshold,
+        )  # fmt: skip
+        return ex, write_outputs(ex, item.stem, out_dir, options), None
+    except OutputWriteError as exc:
+        if exc.errno is not None:
+            raise
+        return None, [], str(exc)
+    except CamtoolError as exc:
+        return None, [], f"{item.path}: {exc}"
 
 
 def _raw_bytes(ex: Explanation, options: ExportOptions) -> bytes:
@@ -471,11 +493,11 @@ def read_manifest(path: Path) -> tuple[dict[str, dict[str, Any]], list[dict[str,
     runs: list[dict[str, Any]] = []
     if not path.exists():
         return records, runs
-    with path.open(encoding="utf-8") as handle:
+    with path.open("rb") as handle:
         for line in handle:
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 continue
             if record.get("type") == "run":
                 runs.append(record)
@@ -487,26 +509,38 @@ def read_manifest(path: Path) -> tuple[dict[str, dict[str, Any]], list[dict[str,
 class _Manifest:
     """Append-only JSON Lines file; each line is flushed as soon as it is written."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, append: bool) -> None:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._repair_torn_line()
-            self.handle = path.open("a", encoding="utf-8")
+            if append:
+                self._drop_torn_line()
+            self.handle = path.open("a" if append else "w", encoding="utf-8")
         except OSError as exc:
-            raise OutputWriteError(
-                path, f"cannot write the manifest: {exc.strerror or exc}"
-            ) from None
+            message = f"cannot write the manifest: {exc.strerror or exc}"
+            raise OutputWriteError(path, message, exc.errno) from None
 
-    def _repair_torn_line(self) -> None:
-        if self.path.exists() and self.path.stat().st_size:
-            data = self.path.read_bytes()
-            if not data.endswith(b"\n"):
-                self.path.write_bytes(data[: data.rfind(b"\n") + 1])
+    def _drop_torn_line(self) -> None:
+        """Cut a last line that a killed run left unfinished (truncating, never rewriting)."""
+        if not self.path.exists():
+            return
+        data_end = self.path.stat().st_size
+        with self.path.open("rb") as handle:
+            position = data_end
+            while position > 0:
+                step = min(4096, position)
+                handle.seek(position - step)
+                newline = handle.read(step).rfind(b"\n")
+                if newline >= 0:
+                    position = position - step + newline + 1
+                    break
+                position -= step
+        if position != data_end:
+            os.truncate(self.path, position)
 
     def write(self, record: dict[str, Any]) -> None:
         try:
-            self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.handle.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
             self.handle.flush()
         except OSError as exc:
             raise OutputWriteError(
@@ -622,95 +656,153 @@ def export(
     loaded = get_model(model, device, **model_options)
     batch_size = batch_size or (16 if loaded.device.type == "cpu" else 64)
     wanted = [resolve_class(c, loaded.labels) for c in classes] if classes else None
-    items, failures = collect_inputs(inputs)
+    items, failures = collect_inputs(inputs, exclude=out)
     settings = {
         "model": loaded.name, "weights": loaded.weights, "classes": wanted, "maps": maps, "crop": crop,
+        **{k: (str(v) if v is not None else None) for k, v in sorted(model_options.items())},
         **{k: v for k, v in asdict(options).items() if k != "quality"},
     }  # fmt: skip
     previous, runs = read_manifest(out / MANIFEST) if resume else ({}, [])
-    if runs and runs[0].get("settings") != settings:
+    if runs and runs[-1].get("settings") != settings:
         raise InvalidArgumentError(
             out / MANIFEST,
             "was written with other settings; use another --out, or the same options",
         )
+    items = _restore_stems(items, previous)
     todo, carried = _split_resumed(items, previous)
-    manifest = _Manifest(out / MANIFEST)
+    manifest = _Manifest(out / MANIFEST, append=resume)
     head = loaded.head.describe()
     manifest.write({"type": "run", "camtool": __version__, "started": _now(), "resumed": bool(runs),
                     "settings": settings, "head": head, "head_detail": loaded.head.as_dict()})  # fmt: skip
-    for failure in failures:
+    failed = [ExportFailure(r["input"], r["error"]) for r in carried]
+    exported = 0
+    writer_pool = ThreadPoolExecutor(max_workers=writers or 2, thread_name_prefix="camtool-write")
+    inflight: dict[Future[_Written], InputItem] = {}
+    bar = (
+        _Progress(len(items), len(items) - len(todo), len(failed) + len(failures))
+        if progress
+        else None
+    )
+
+    def record_failure(failure: ExportFailure) -> None:
+        failed.append(failure)
         manifest.write(
             {"type": "image", "input": failure.input, "status": "failed", "error": failure.error}
         )
-    failed = list(failures) + [ExportFailure(r["input"], r["error"]) for r in carried]
-    exported = 0
-    interrupted = False
-    writer_pool = ThreadPoolExecutor(max_workers=writers or 2, thread_name_prefix="camtool-write")
-    inflight: dict[Future[tuple[Explanation, list[Path]]], InputItem] = {}
-    bar = _Progress(len(items), len(items) - len(todo), len(failed)) if progress else None
+        if bar:
+            bar.advance(failed=len(failed))
 
-    def finish(done: set[Future[tuple[Explanation, list[Path]]]]) -> None:
+    def finish(done: set[Future[_Written]]) -> None:
         nonlocal exported
         for future in done:
             item = inflight.pop(future)
-            ex, paths = future.result()  # re-raises a write error
-            record = {"type": "image", "input": str(item.path), "status": "ok", "output_stem": str(item.stem),
-                      **ex.to_dict(), "outputs": [str(p) for p in paths]}  # fmt: skip
-            manifest.write(record)
+            ex, paths, error = future.result()  # re-raises a file-system error
+            if ex is None:
+                record_failure(ExportFailure(str(item.path), error or "unknown error"))
+                continue
+            manifest.write({"type": "image", "input": str(item.path), "status": "ok", "output_stem": str(item.stem),
+                            **ex.to_dict(), "outputs": [str(p) for p in paths]})  # fmt: skip
             exported += 1
             if bar:
                 bar.advance(failed=len(failed))
 
+    for failure in failures:
+        record_failure(failure)
     workers = default_workers() if workers is None else workers
     opencv_threads = _single_threaded_opencv() if decoder == "threads" else None
     stream = _stream(todo, loaded, wanted, maps, crop, batch_size, workers, decoder)
-    try:
-        for result in stream:
-            item = todo[result.index]
-            if result.error is not None or result.out is None:
-                failure = ExportFailure(str(item.path), result.error or "unknown error")
-                failed.append(failure)
-                manifest.write(
-                    {
-                        "type": "image",
-                        "input": failure.input,
-                        "status": "failed",
-                        "error": failure.error,
-                    }
-                )
-                if bar:
-                    bar.advance(failed=len(failed))
-                continue
-            task = writer_pool.submit(_render_and_write, loaded, result, item, out, options)
-            inflight[task] = item
-            if len(inflight) >= 2 * batch_size:
-                finish(wait(inflight, return_when=FIRST_COMPLETED).done)
-        finish(wait(inflight).done)
-    except KeyboardInterrupt:
-        interrupted = True
-        _drain(inflight, finish)
-    except BaseException:
-        _drain(inflight, finish)
-        raise
-    finally:
-        stream.close()  # stops the decoding workers now, not at garbage collection
-        writer_pool.shutdown(wait=True, cancel_futures=True)
-        manifest.close()
-        if bar:
-            bar.stop()
-        if opencv_threads is not None:
-            import cv2
+    with _interrupt_flag() as interrupted:
+        try:
+            for result in stream:
+                if interrupted:
+                    break
+                item = todo[result.index]
+                if result.error is not None or result.out is None:
+                    record_failure(ExportFailure(str(item.path), result.error or "unknown error"))
+                    continue
+                inflight[
+                    writer_pool.submit(_render_and_write, loaded, result, item, out, options)
+                ] = item
+                if len(inflight) >= 2 * batch_size:
+                    finish(wait(inflight, return_when=FIRST_COMPLETED).done)
+            finish(wait(inflight).done)
+        except BaseException as exc:
+            _drain(inflight, finish)
+            # A DataLoader worker killed by the same Ctrl-C surfaces as a RuntimeError.
+            if not (interrupted and isinstance(exc, (KeyboardInterrupt, RuntimeError))):
+                raise
+        finally:
+            stream.close()  # stops the decoding workers now, not at garbage collection
+            writer_pool.shutdown(wait=True, cancel_futures=True)
+            manifest.close()
+            if bar:
+                bar.stop()
+            if opencv_threads is not None:
+                import cv2
 
-            cv2.setNumThreads(opencv_threads)
+                cv2.setNumThreads(opencv_threads)
+    failed = list(failures) + [f for f in failed if f not in failures]
     seconds = time.perf_counter() - started
     report = ExportReport(
         out, out / MANIFEST, out / SUMMARY, len(items), exported, len(failed), len(items) - len(todo) - len(carried),
-        seconds, exported / seconds if seconds else 0.0, tuple(failed), interrupted,
+        seconds, exported / seconds if seconds else 0.0, tuple(failed), bool(interrupted),
     )  # fmt: skip
     _write_summary(report, loaded, settings, head)
     if interrupted:
         raise ExportInterrupted(report)
     return report
+
+
+class _Flag:
+    """A boolean set from a signal handler."""
+
+    def __init__(self) -> None:
+        self.set = False
+
+    def __bool__(self) -> bool:
+        return self.set
+
+
+@contextmanager
+def _interrupt_flag() -> Iterator[_Flag]:
+    """Turn Ctrl-C into a flag the export loop checks between images, so that no image is ever
+    left between 'files written' and 'manifest line written'. A second Ctrl-C stops at once."""
+    flag = _Flag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.set:
+            raise KeyboardInterrupt
+        flag.set = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _restore_stems(items: list[InputItem], previous: dict[str, dict[str, Any]]) -> list[InputItem]:
+    """On resume, give each input the output stem it had (names depend on the whole input set,
+    which may have grown), and keep new inputs off the stems already taken."""
+    if not previous:
+        return items
+    taken = {str(r["output_stem"]).lower() for r in previous.values() if r.get("output_stem")}
+    restored = []
+    for item in items:
+        record = previous.get(str(item.path))
+        if record and record.get("output_stem"):
+            restored.append(InputItem(item.path, PurePosixPath(record["output_stem"])))
+            continue
+        stem, n = item.stem, 1
+        while str(stem).lower() in taken:
+            n += 1
+            stem = PurePosixPath(f"{item.stem}_{n}")
+        taken.add(str(stem).lower())
+        restored.append(InputItem(item.path, stem))
+    return restored
 
 
 def _single_threaded_opencv() -> int:
@@ -755,7 +847,7 @@ def _split_resumed(
     return todo, carried
 
 
-def _drain(inflight: dict[Future[tuple[Explanation, list[Path]]], Any], finish: Any) -> None:
+def _drain(inflight: dict[Future[_Written], Any], finish: Any) -> None:
     """Let the writes in flight complete and record them (a write error is dropped here)."""
     with contextlib.suppress(CamtoolError, OSError):
         finish(wait(inflight).done)

@@ -136,7 +136,7 @@ def compute(
         residual = identity_residual(features, model.head, logits)
         scale = relative_scale(logits)
         worst = float(residual.max()) if residual.numel() else 0.0
-        if worst > limit * scale:
+        if not worst <= limit * scale:  # also refuses NaN and infinity
             raise UnsupportedModelError(
                 model.name,
                 f"CAM is not exact for head {model.head.describe()}: mean(CAM) + bias differs from "

@@ -40,7 +40,16 @@ class ImageTooLargeError(ImageReadError):
 
 
 class OutputWriteError(CamtoolError):
-    """An output file could not be written."""
+    """An output file could not be written.
+
+    ``errno`` is the operating system's error number when the file system refused the write
+    (a full disk, a read-only or forbidden folder), None when the problem was this one file
+    (an image OpenCV cannot encode, a path that would leave the output folder).
+    """
+
+    def __init__(self, subject: object | None, problem: str, errno: int | None = None) -> None:
+        self.errno = errno
+        super().__init__(subject, problem)
 
 
 class ModelLoadError(CamtoolError):

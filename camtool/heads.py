@@ -277,14 +277,19 @@ def timm_candidate(model: nn.Module) -> CamHead | None:
 
 
 def pool_module_candidates(model: nn.Module) -> Iterator[CamHead]:
-    """Global-average-pooling modules, last first, each with the last classifier after it."""
+    """Global-average-pooling modules, last first, each with the last classifier registered
+    after it; then (registration order need not be the order of ``forward``) with the classifiers
+    registered before it, last first; and as class maps when its input could hold them."""
     named = _named(model)
     for index in reversed([i for i, (_, m) in enumerate(named) if is_global_avg_pool(m)]):
         name, pool = named[index]
         after = [(n, m) for n, m in named[index + 1 :] if _is_classifier(m)]
-        if after:
-            yield CamHead("pool_input", f"{name} input", after[-1][0], after[-1][1], capture=pool)
-        else:
+        before = [
+            (n, m) for n, m in named[:index] if _is_classifier(m) and not n.startswith(f"{name}.")
+        ]
+        for classifier_name, classifier in after[-1:] + before[::-1][:3]:
+            yield CamHead("pool_input", f"{name} input", classifier_name, classifier, capture=pool)
+        if not after:
             yield CamHead("class_maps", f"{name} input", "", None, capture=pool)
 
 
@@ -432,7 +437,7 @@ def probe(model: nn.Module, head: CamHead, size: int, tolerance: float) -> CamHe
             )
         residual = float(identity_residual(features, head, logits).max())
         scale = relative_scale(logits)
-    if residual > tolerance * scale:
+    if not residual <= tolerance * scale:  # also refuses NaN and infinity
         raise UnsupportedModelError(
             head.feature_name,
             f"mean(CAM) + bias differs from the logits by {residual:.3g} (logit scale {scale:.3g})",

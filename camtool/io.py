@@ -267,9 +267,12 @@ def image_to_bgr_array(image: Tensor) -> np.ndarray[Any, Any]:
 def encode_image(image: Tensor, suffix: str, quality: int = 95) -> bytes:
     """Encode a ``Tensor[3,H,W]`` uint8 RGB image as PNG or JPEG bytes, by ``suffix`` (".png")."""
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if suffix.lower() in (".jpg", ".jpeg") else []
-    ok, buffer = cv2.imencode(suffix.lower(), image_to_bgr_array(image), params)
+    try:
+        ok, buffer = cv2.imencode(suffix.lower(), image_to_bgr_array(image), params)
+    except cv2.error:
+        ok = False
     if not ok:
-        raise OutputWriteError(suffix, "OpenCV cannot encode images of this type")
+        raise OutputWriteError(suffix, f"OpenCV cannot encode this image as {suffix.lower()}")
     return bytes(buffer)
 
 
@@ -288,7 +291,11 @@ def save_image(path: str | os.PathLike[str], image: Tensor, quality: int = 95) -
             path,
             f"expected a uint8 tensor of shape [3, H, W] or [H, W], got {image.dtype} {list(image.shape)}",
         )
-    write_bytes_atomic(path, encode_image(image, path.suffix or ".png", quality))
+    try:
+        data = encode_image(image, path.suffix or ".png", quality)
+    except OutputWriteError as exc:
+        raise OutputWriteError(path, exc.problem) from None
+    write_bytes_atomic(path, data)
     return path
 
 
@@ -309,7 +316,9 @@ def open_atomic(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     except OSError as exc:
-        raise OutputWriteError(path.parent, f"cannot write here: {exc.strerror or exc}") from None
+        raise OutputWriteError(
+            path.parent, f"cannot write here: {exc.strerror or exc}", exc.errno
+        ) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as handle:
@@ -317,7 +326,7 @@ def open_atomic(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         os.replace(tmp, path)
     except OSError as exc:
         _remove_quietly(tmp)
-        raise OutputWriteError(path, f"cannot write: {exc.strerror or exc}") from None
+        raise OutputWriteError(path, f"cannot write: {exc.strerror or exc}", exc.errno) from None
     except BaseException:
         _remove_quietly(tmp)
         raise

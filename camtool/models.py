@@ -445,13 +445,17 @@ def load_weights_into(model: nn.Module, state: Mapping[str, Tensor], source: obj
 # Architectures and labels
 
 
-def build_architecture(architecture: str, num_classes: int | None = None) -> nn.Module:
+def build_architecture(
+    architecture: str, num_classes: int | None = None, **options: Any
+) -> nn.Module:
     """Build an untrained network from ``camtool:NAME``, ``timm:NAME`` or ``torchvision:NAME``.
 
     ``camtool:efficientnet_lite0`` (1, 2) are built in and need neither timm nor torchvision.
     """
     library, _, name = architecture.partition(":")
-    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    kwargs: dict[str, Any] = (
+        dict(options) if num_classes is None else {**options, "num_classes": num_classes}
+    )
     try:
         if library == "camtool":
             from camtool.efficientnet_lite import VARIANTS, EfficientNetLite
@@ -744,12 +748,24 @@ def _architecture_name(name: str) -> str:
 def _architecture_with_file(architecture: str, path: Path) -> nn.Module:
     """Build ``architecture`` with as many classes as the checkpoint's classifier, and load it."""
     state = load_state_dict_file(path)
-    module = build_architecture(architecture)
+    module = build_architecture(architecture, **_auxiliary_heads(architecture, state))
     wanted = _checkpoint_classes(module, state)
     if wanted is not None:
-        module = build_architecture(architecture, num_classes=wanted)
+        module = build_architecture(
+            architecture, num_classes=wanted, **_auxiliary_heads(architecture, state)
+        )
     load_weights_into(module, state, path)
     return module
+
+
+def _auxiliary_heads(architecture: str, state: Mapping[str, Tensor]) -> dict[str, Any]:
+    """torchvision's GoogLeNet/Inception-v3 without their training-time auxiliary classifiers when
+    the checkpoint has none (fine-tuned checkpoints usually drop them)."""
+    if architecture in ("torchvision:googlenet", "torchvision:inception_v3") and not any(
+        k.startswith(("aux1.", "aux2.", "AuxLogits.")) for k in state
+    ):
+        return {"aux_logits": False, "init_weights": False}
+    return {}
 
 
 def _checkpoint_classes(module: nn.Module, state: Mapping[str, Tensor]) -> int | None:

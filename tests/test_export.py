@@ -135,22 +135,29 @@ def test_list_files_globs_and_paths_that_cannot_escape(tmp_path: Path) -> None:
     shutil.copy(CAT, tmp_path / "data" / "deep" / "cat.png")
     shutil.copy(COFFEE, tmp_path / "coffee.png")
     listing = tmp_path / "data" / "list.txt"
-    listing.write_text(f"deep/cat.png\n../coffee.png\n{tmp_path / 'coffee.png'}\n# a comment\n\n")
+    listing.write_text(f"deep/cat.png\r\n../coffee.png\n{tmp_path / 'coffee.png'}\n# a comment\n\n")
     items, failures = collect_inputs([f"@{listing}", str(tmp_path / "data" / "**" / "*.png")])
     assert failures == []
+    # Each file once (the list names coffee.png twice, the glob finds cat.png again).
     assert [(i.path.name, str(i.stem)) for i in items] == [
-        ("cat.png", "data/deep/cat"), ("coffee.png", "coffee"), ("coffee.png", "coffee_2"), ("cat.png", "deep/cat"),
-    ]  # fmt: skip
+        ("cat.png", "data/deep/cat"),
+        ("coffee.png", "coffee"),
+    ]
+    relative_list = Path(os.path.relpath(listing))  # a relative list path with an absolute entry
+    assert len(collect_inputs([f"@{relative_list}"])[0]) == 2
     out = tmp_path / "out"
     (out / "data").mkdir(parents=True)
     os.symlink(tmp_path, out / "data" / "deep")  # a symlink inside the output folder, leading out
     code, _, err = run("export", f"@{listing}", "-o", str(out), "-q", "--workers", "0")
-    assert code == 1
+    assert code == 3  # that image is refused, the others are exported
+    source = tmp_path / "data" / "deep" / "cat.png"
     assert (
-        err.startswith(f"Error: {out / 'data' / 'deep' / 'cat_cam_'}")
+        err.startswith(f"Error: {source}: {out / 'data' / 'deep' / 'cat_cam_'}")
         and "escapes the output folder" in err
     )
     assert not list(tmp_path.glob("cat_cam_*"))
+    records, _ = read_manifest(out / "manifest.jsonl")
+    assert sorted(r["status"] for r in records.values()) == ["failed", "ok"]
 
 
 def test_interrupt_leaves_complete_files_and_resume_finishes(tmp_path: Path) -> None:
@@ -242,3 +249,63 @@ def test_generator_form_and_raw_outputs(tmp_path: Path, lite0: camtool.LoadedMod
     np.testing.assert_allclose(identity, saved["logits"], atol=1e-4)
     heat = camtool.load_image(tmp_path / "out" / "chelsea_heatmap_285_egyptian_cat.png")
     assert heat.shape == (3, 300, 451) and torch.equal(heat[0], heat[1])
+
+
+def test_resume_keeps_names_and_never_exports_its_own_outputs(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(CAT, folder / "x.png")
+    out = folder / "out"  # inside the input folder
+    assert (
+        run("export", str(folder), "-o", str(out), "-q", "--workers", "0", "--raw", "npy")[0] == 0
+    )
+    Image.open(COFFEE).save(
+        folder / "x.jpg"
+    )  # now 'x' would be shared: the new one must not take it
+    assert (
+        run(
+            "export",
+            str(folder),
+            "-o",
+            str(out),
+            "-q",
+            "--workers",
+            "0",
+            "--raw",
+            "npy",
+            "--resume",
+        )[0]
+        == 0
+    )
+    records, runs = read_manifest(out / "manifest.jsonl")
+    assert {Path(k).name: r["output_stem"] for k, r in records.items()} == {
+        "x.png": "x",
+        "x.jpg": "x_2",
+    }
+    assert (out / "x_cam_285_egyptian_cat.jpg").exists() and (
+        out / "x_2_cam_967_espresso.jpg"
+    ).exists()
+    assert (out / "x_cams.npy").exists() and (out / "x_2_cams.npy").exists()
+    assert not (out / "out").exists() and len(runs) == 2
+    code, _, err = run("export", str(folder), "-o", str(out), "-q", "--workers", "0", "--resume")
+    assert code == 2 and "was written with other settings" in err  # --raw differs from the last run
+
+
+def test_torn_manifest_and_per_image_failures(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(CAT, folder / "a.png")
+    Image.new("RGB", (70000, 4)).save(folder / "wide.png")  # too wide for JPEG: that image fails
+    out = tmp_path / "out"
+    code, _, err = run("export", str(folder), "-o", str(out), "-q", "--workers", "0")
+    assert code == 3 and "wide_cam_" in err and "OpenCV cannot encode" in err
+    with (out / "manifest.jsonl").open("ab") as handle:
+        handle.write('{"input": "torn \u00e9'.encode()[:-1])  # a line cut inside a UTF-8 character
+    code, _, _ = run("export", str(folder), "-o", str(out), "-q", "--workers", "0", "--resume")
+    assert code == 3
+    lines = (out / "manifest.jsonl").read_bytes().splitlines()
+    assert all(json.loads(line) for line in lines)  # the torn line is gone, the rest is intact
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run("export", str(empty), "-o", str(tmp_path / "o2"), "-q")
+    assert code == 3 and err == f"Error: {empty}: no image files in this folder\n"

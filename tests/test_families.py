@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -173,3 +174,37 @@ def test_explicit_layer_and_classifier_win_and_are_checked() -> None:
         match=r"^layer9: no layer module of that name in ResNet; did you mean",
     ):
         camtool.load_model(net, layer="layer9")
+
+
+class HeadFirst(nn.Module):
+    """Registration order is not execution order: the classifier is defined before the pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(16, 4)
+        self.body = nn.Conv2d(3, 16, 3, 2, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(torch.relu(self.body(x))).flatten(1))
+
+
+def test_discovery_does_not_depend_on_registration_order() -> None:
+    model = camtool.load_model(HeadFirst())
+    assert (model.head.feature_name, model.head.classifier_name) == ("pool input", "head")
+
+
+def test_non_finite_weights_are_refused() -> None:
+    net = tv("resnet18")().eval()
+    with torch.no_grad():
+        net.layer4[1].bn2.running_var[0] = float("nan")
+    with pytest.raises(UnsupportedModelError, match="differs from the logits by nan"):
+        camtool.load_model(net)
+
+
+def test_googlenet_checkpoint_without_auxiliary_heads(tmp_path: Path) -> None:
+    folder = tmp_path
+    net = tv("googlenet", aux_logits=False, init_weights=True)()
+    torch.save(net.state_dict(), folder / "googlenet.pth")
+    model = camtool.load_model("googlenet", weights=folder / "googlenet.pth")
+    assert model.head.classifier_name == "fc"
