@@ -17,6 +17,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "explain": "camtool.explanation",
+    "comparison_sheet": "camtool.explanation",
+    "Picture": "camtool.explanation",
+    "labelled_grid": "camtool.render",
     "Explanation": "camtool.explanation",
     "ClassScore": "camtool.explanation",
     "resolve_class": "camtool.explanation",
@@ -81,6 +84,7 @@ __all__ = [
     "ModelCard",
     "ModelLoadError",
     "OutputWriteError",
+    "Picture",
     "Preprocessing",
     "Region",
     "UnknownModelError",
@@ -90,6 +94,7 @@ __all__ = [
     "cam_to_box",
     "collect_inputs",
     "colorize",
+    "comparison_sheet",
     "compute",
     "compute_cams",
     "draw_box",
@@ -99,6 +104,7 @@ __all__ = [
     "find_cam_head",
     "get_model",
     "identity_residual",
+    "labelled_grid",
     "list_cards",
     "load_image",
     "load_model",
@@ -146,7 +152,15 @@ if TYPE_CHECKING:
         UnsupportedModelError,
         WeightsHashError,
     )
-    from camtool.explanation import ClassScore, Explanation, explain, get_model, resolve_class
+    from camtool.explanation import (
+        ClassScore,
+        Explanation,
+        Picture,
+        comparison_sheet,
+        explain,
+        get_model,
+        resolve_class,
+    )
     from camtool.heads import CamHead, find_cam_head, identity_residual
     from camtool.io import load_image, save_image
     from camtool.models import (
@@ -163,6 +177,7 @@ if TYPE_CHECKING:
         cam_to_box,
         colorize,
         draw_box,
+        labelled_grid,
         normalize_cams,
         overlay,
         upsample_cams,

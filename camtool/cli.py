@@ -204,7 +204,15 @@ def explain(
     images: Annotated[
         list[Path], typer.Argument(help="Image files to explain.", show_default=False)
     ],
-    model: ModelOption = "efficientnet_lite0",
+    models: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model: a name from `camtool models`, a card file, a torchvision name with --weights, "
+            "NAME:WEIGHTS, timm:NAME, or a TorchScript file. Repeat to compare models (with --sheet).",
+        ),
+    ] = None,
     classes: Annotated[
         list[str] | None,
         typer.Option(
@@ -244,39 +252,61 @@ def explain(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON document instead of tables.")
     ] = False,
+    sheet: Annotated[
+        bool,
+        typer.Option("--sheet", help="Also write <stem>_sheet: the input and the top-k overlays."),
+    ] = False,
 ) -> None:
-    """Classify images, print the top-k classes and write a CAM overlay per image and class."""
-    with errors_to_exit_codes():
-        from camtool.explanation import explain as explain_image
-        from camtool.explanation import get_model
+    """Classify images, print the top-k classes and write a CAM overlay per image and class.
 
-        loaded = get_model(
-            model, device, **model_options(weights, labels, layer, classifier, dtype)
-        )
+    With --sheet, also one picture per image: the input beside the overlays of the top-k classes
+    (or the --class ones), one row per --model when several are given.
+    """
+    with errors_to_exit_codes():
+        from camtool.explanation import comparison_sheet, get_model
+        from camtool.explanation import explain as explain_image
+
+        options = model_options(weights, labels, layer, classifier, dtype)
+        loaded = [get_model(name, device, **options) for name in (models or ["efficientnet_lite0"])]
+        maps = max(maps, top_k) if sheet and not classes else maps
         stems = unique_stems([str(p) for p in images])
         report: dict[str, Any] = {
-            "model": loaded.name,
-            "head": loaded.head.describe(),
+            "model": loaded[0].name,
+            "head": loaded[0].head.describe(),
+            "models": [{"model": m.name, "head": m.head.describe()} for m in loaded],
             "images": [],
             "errors": [],
         }
         for path, stem in zip(images, stems, strict=True):
             try:
-                ex = explain_image(path, loaded, classes=classes, maps=maps, top_k=top_k, crop=crop)
-                outputs = [
-                    ex.save(out / output_name(stem, s.index, s.name, image_format.value), i,
-                            alpha=alpha, colormap=colormap.value, box=box)
-                    for i, s in enumerate(ex.explained)
-                ]  # fmt: skip
+                results = [
+                    explain_image(path, m, classes=classes, maps=maps, top_k=top_k, crop=crop)
+                    for m in loaded
+                ]
+                written = []
+                for ex in results:
+                    prefix = f"{stem}_{ex.model}" if len(loaded) > 1 else stem
+                    outputs = [
+                        ex.save(out / output_name(prefix, s.index, s.name, image_format.value), i,
+                                alpha=alpha, colormap=colormap.value, box=box)
+                        for i, s in enumerate(ex.explained)
+                    ]  # fmt: skip
+                    written.append(outputs)
+                if sheet:
+                    picture = comparison_sheet(
+                        results, alpha=alpha, colormap=colormap.value, box=box
+                    )
+                    written[0].append(picture.save(out / f"{stem}_sheet.{image_format.value}"))
             except CamtoolError as exc:
                 if exc.exit_code != EXIT_ERROR or len(images) == 1:
                     raise
                 print_error(exc)
                 report["errors"].append({"input": str(path), "error": str(exc)})
                 continue
-            report["images"].append({**ex.to_dict(), "outputs": [str(o) for o in outputs]})
-            if not as_json:
-                console.print(predictions_table(ex, outputs))
+            for ex, outputs in zip(results, written, strict=True):
+                report["images"].append({**ex.to_dict(), "outputs": [str(o) for o in outputs]})
+                if not as_json:
+                    console.print(predictions_table(ex, outputs))
         if as_json:
             sys.stdout.write(json.dumps(report, indent=2) + "\n")
         if report["errors"]:

@@ -32,7 +32,15 @@ from camtool.models import (
     is_card_name,
     load_model,
 )
-from camtool.render import Box, cam_to_box, draw_box, normalize_cams, overlay, upsample_cams
+from camtool.render import (
+    Box,
+    cam_to_box,
+    draw_box,
+    labelled_grid,
+    normalize_cams,
+    overlay,
+    upsample_cams,
+)
 
 ModelSpec = str | ModelCard | nn.Module | LoadedModel
 
@@ -118,6 +126,11 @@ class Explanation:
             result = draw_box(result, found)
         return result
 
+    def sheet(self, alpha: float = 0.5, colormap: str = "jet", box: bool = False) -> Picture:
+        """The input beside the overlay of every explained class, captioned: "where does the
+        model look for *dog* versus *cat*" in one picture (shows itself in Jupyter)."""
+        return comparison_sheet([self], alpha=alpha, colormap=colormap, box=box)
+
     def save(self, path: str | os.PathLike[str], which: int | str = 0, **options: Any) -> Path:
         """Write the overlay of one explained class (see :meth:`overlay` for options) to ``path``."""
         return save_image(path, self.overlay(which, **options))
@@ -156,6 +169,47 @@ class Explanation:
             f"{self.residual:.1e})</p><table><tr><th>class</th><th>name</th>"
             f"<th>probability</th><th>logit</th></tr>{rows}</table></div>"
         )
+
+
+@dataclass(frozen=True, eq=False)
+class Picture:
+    """An image to look at: ``image`` is ``Tensor[3,H,W]`` uint8 RGB; shows itself in Jupyter."""
+
+    image: Tensor
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the picture (PNG, JPEG, ... by the suffix)."""
+        return save_image(path, self.image)
+
+    def _repr_png_(self) -> bytes:
+        return encode_image(self.image, ".png")
+
+
+def comparison_sheet(
+    explanations: Sequence[Explanation],
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    box: bool = False,
+) -> Picture:
+    """One row per explanation (per model, say), each the input and its classes' overlays.
+
+    Captions name the model (when several are compared), the class and its probability.
+    """
+    several = len({ex.model for ex in explanations}) > 1
+    tiles: list[Tensor] = []
+    captions: list[str] = []
+    columns = 1 + max(len(ex.explained) for ex in explanations)
+    for ex in explanations:
+        row = [ex.image] + [
+            ex.overlay(i, alpha=alpha, colormap=colormap, box=box) for i in range(len(ex.explained))
+        ]
+        names = [f"{ex.model}: input" if several else Path(ex.source).name]
+        names += [f"{ex.model}: {s.name} {s.probability:.2f}" if several else f"{s.name} {s.probability:.2f}"
+                  for s in ex.explained]  # fmt: skip
+        blanks = columns - len(row)
+        tiles += row + [torch.full_like(ex.image, 255)] * blanks
+        captions += names + [""] * blanks
+    return Picture(labelled_grid(tiles, captions, columns))
 
 
 def resolve_class(spec: int | str, labels: Sequence[str]) -> int:

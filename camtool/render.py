@@ -6,6 +6,7 @@ Plain tensors in, plain tensors out: heatmaps are ``Tensor[H,W]`` (or ``[k,H,W]`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 
 import cv2
@@ -195,13 +196,38 @@ def draw_box(
     return torch.from_numpy(canvas).permute(2, 0, 1).contiguous().to(image.device)
 
 
-def side_by_side(images: list[Tensor], gap: int = 4) -> Tensor:
-    """Place ``Tensor[3,H,W]`` uint8 images of equal height left to right on a white background."""
-    height = max(img.shape[1] for img in images)
-    width = sum(img.shape[2] for img in images) + gap * (len(images) - 1)
-    canvas = torch.full((3, height, width), 255, dtype=torch.uint8)
-    x = 0
-    for img in images:
-        canvas[:, : img.shape[1], x : x + img.shape[2]] = img.cpu()
-        x += img.shape[2] + gap
-    return canvas
+def labelled_grid(
+    tiles: Sequence[Tensor], captions: Sequence[str], columns: int | None = None, gap: int = 6
+) -> Tensor:
+    """Lay out images in a grid, each under a caption, on a white background.
+
+    Args:
+        tiles: ``Tensor[3,H,W]`` uint8 images (any sizes; each cell is as large as the largest).
+        captions: one line of text per tile (non-ASCII characters are shown as ``?``).
+        columns: tiles per row (default: all in one row).
+
+    Returns:
+        ``Tensor[3,H',W']`` uint8 RGB.
+    """
+    if not tiles or len(tiles) != len(captions):
+        raise InvalidArgumentError(
+            "tiles", f"need as many captions as tiles, got {len(tiles)} and {len(captions)}"
+        )
+    columns = max(1, min(columns or len(tiles), len(tiles)))
+    rows = -(-len(tiles) // columns)
+    cell_h = max(int(t.shape[1]) for t in tiles)
+    cell_w = max(int(t.shape[2]) for t in tiles)
+    band = max(20, cell_h // 12)
+    scale = band / 36
+    height = rows * (cell_h + band) + (rows + 1) * gap
+    width = columns * cell_w + (columns + 1) * gap
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    for index, (tile, caption) in enumerate(zip(tiles, captions, strict=True)):
+        top = gap + (index // columns) * (cell_h + band + gap)
+        left = gap + (index % columns) * (cell_w + gap)
+        text = caption.encode("ascii", "replace").decode("ascii")
+        cv2.putText(canvas, text, (left + 2, top + int(band * 0.75)), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (0, 0, 0), max(1, round(scale * 1.5)), cv2.LINE_AA)  # fmt: skip
+        h, w = int(tile.shape[1]), int(tile.shape[2])
+        canvas[top + band : top + band + h, left : left + w] = tile.permute(1, 2, 0).cpu().numpy()
+    return torch.from_numpy(canvas).permute(2, 0, 1).contiguous()

@@ -50,7 +50,7 @@ def test_public_api_is_pinned() -> None:
         "UnknownModelError", "WeightsHashError", "UnsupportedModelError", "ClassSelectionError",
         "InvalidArgumentError",
         "export", "explain_iter", "collect_inputs", "ExportOptions", "ExportReport", "ExportFailure",
-        "ExportInterrupted",
+        "ExportInterrupted", "comparison_sheet", "Picture", "labelled_grid",
     ])  # fmt: skip
     assert callable(camtool.export) and callable(camtool.explain)
     for name in camtool.__all__:
