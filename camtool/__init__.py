@@ -17,6 +17,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "explain": "camtool.explanation",
+    "explain_video": "camtool.video",
+    "explain_frames": "camtool.video",
+    "VideoReport": "camtool.video",
     "comparison_sheet": "camtool.explanation",
     "Picture": "camtool.explanation",
     "labelled_grid": "camtool.render",
@@ -89,6 +92,7 @@ __all__ = [
     "Region",
     "UnknownModelError",
     "UnsupportedModelError",
+    "VideoReport",
     "WeightsHashError",
     "__version__",
     "cam_to_box",
@@ -99,7 +103,9 @@ __all__ = [
     "compute_cams",
     "draw_box",
     "explain",
+    "explain_frames",
     "explain_iter",
+    "explain_video",
     "export",
     "find_cam_head",
     "get_model",
@@ -182,3 +188,4 @@ if TYPE_CHECKING:
         overlay,
         upsample_cams,
     )
+    from camtool.video import VideoReport, explain_frames, explain_video

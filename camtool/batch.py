@@ -49,6 +49,7 @@ from camtool.errors import (
 from camtool.explanation import Explanation, ModelSpec, build_explanation, get_model, resolve_class
 from camtool.io import IMAGE_SUFFIXES, load_image, open_atomic, save_image, write_bytes_atomic
 from camtool.models import DEFAULT_MODEL, LoadedModel, Preprocessing, Region
+from camtool.progress import ProgressBar
 from camtool.render import COLORMAPS
 
 MANIFEST = "manifest.jsonl"
@@ -679,7 +680,9 @@ def export(
     writer_pool = ThreadPoolExecutor(max_workers=writers or 2, thread_name_prefix="camtool-write")
     inflight: dict[Future[_Written], InputItem] = {}
     bar = (
-        _Progress(len(items), len(items) - len(todo), len(failed) + len(failures))
+        ProgressBar(
+            "export", len(items), "img", len(items) - len(todo), len(failed) + len(failures)
+        )
         if progress
         else None
     )
@@ -873,38 +876,3 @@ def _write_summary(
             handle.write(json.dumps(summary, indent=2).encode("utf-8"))
     except OutputWriteError:
         pass  # the manifest already holds every result; a full disk must not hide that
-
-
-class _Progress:
-    """A rich progress bar: images/s, ETA and the failure count."""
-
-    def __init__(self, total: int, done: int, failed: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("[bold]export"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), TextColumn("[red]{task.fields[failed]} failed"),
-            transient=False,
-        )  # fmt: skip
-        self.started = time.perf_counter()
-        self.first = done
-        self.task = self.progress.add_task(
-            "export", total=total, completed=done, rate="-", failed=failed
-        )
-        self.progress.start()
-
-    def advance(self, failed: int) -> None:
-        task = self.progress.tasks[0]
-        rate = (task.completed + 1 - self.first) / max(1e-9, time.perf_counter() - self.started)
-        self.progress.update(self.task, advance=1, rate=f"{rate:.1f}", failed=failed)
-
-    def stop(self) -> None:
-        self.progress.stop()

@@ -202,7 +202,10 @@ def model_options(
 @app.command()
 def explain(
     images: Annotated[
-        list[Path], typer.Argument(help="Image files to explain.", show_default=False)
+        list[Path],
+        typer.Argument(
+            help="Image files (or videos: .mp4, .avi, .mov, ...) to explain.", show_default=False
+        ),
     ],
     models: Annotated[
         list[str] | None,
@@ -256,6 +259,9 @@ def explain(
         bool,
         typer.Option("--sheet", help="Also write <stem>_sheet: the input and the top-k overlays."),
     ] = False,
+    smooth: Annotated[
+        int, typer.Option(min=1, help="Videos: average each frame's heatmap over this many frames.")
+    ] = 1,
 ) -> None:
     """Classify images, print the top-k classes and write a CAM overlay per image and class.
 
@@ -265,6 +271,7 @@ def explain(
     with errors_to_exit_codes():
         from camtool.explanation import comparison_sheet, get_model
         from camtool.explanation import explain as explain_image
+        from camtool.io import VIDEO_SUFFIXES
 
         options = model_options(weights, labels, layer, classifier, dtype)
         loaded = [get_model(name, device, **options) for name in (models or ["efficientnet_lite0"])]
@@ -278,6 +285,13 @@ def explain(
             "errors": [],
         }
         for path, stem in zip(images, stems, strict=True):
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                suffix = "avi" if path.suffix.lower() == ".avi" else "mp4"
+                report.setdefault("videos", []).append(
+                    explain_one_video(path, out / f"{stem}_cam.{suffix}", loaded[0], classes, crop, smooth,
+                                      alpha, colormap.value, box, not as_json)
+                )  # fmt: skip
+                continue
             try:
                 results = [
                     explain_image(path, m, classes=classes, maps=maps, top_k=top_k, crop=crop)
@@ -312,6 +326,24 @@ def explain(
         if report["errors"]:
             raise typer.Exit(EXIT_PARTIAL if report["images"] else EXIT_ERROR)
         raise typer.Exit(EXIT_OK)
+
+
+def explain_one_video(
+    path: Path, output: Path, model: Any, classes: list[str] | None, crop: bool, smooth: int,
+    alpha: float, colormap: str, box: bool, progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """``camtool explain clip.mp4``: the overlaid video, and a line saying what was written."""
+    from camtool.video import explain_video
+
+    report = explain_video(path, output, model, classes=classes, crop=crop, smooth=smooth, alpha=alpha,
+                           colormap=colormap, box=box, progress=progress)  # fmt: skip
+    if progress:
+        console.print(
+            f"{report.source}: wrote {report.output} ({report.frames} frames, {report.width}x{report.height} "
+            f"at {report.fps:g} fps, {report.frames_per_second:.1f} frames/s)"
+        )
+    return {"input": str(report.source), "output": str(report.output), "frames": report.frames,
+            "fps": report.fps, "width": report.width, "height": report.height}  # fmt: skip
 
 
 @app.command()

@@ -12,6 +12,7 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -344,3 +345,87 @@ _UMASK = _current_umask()
 def _remove_quietly(path: str) -> None:
     with suppress(OSError):
         os.unlink(path)
+
+
+#: File name suffixes read as videos.
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """A video's frame rate, frame size and (as the container reports it) frame count."""
+
+    fps: float
+    width: int
+    height: int
+    frames: int
+
+
+def open_video(path: str | os.PathLike[str]) -> tuple[VideoInfo, Iterator[Tensor]]:
+    """Open a video: its :class:`VideoInfo` and an iterator of ``Tensor[3,H,W]`` uint8 RGB frames.
+
+    Raises:
+        ImageReadError: missing, unreadable or without a single decodable frame.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "no such file")
+    capture = cv2.VideoCapture(str(path))
+    ok, first = capture.read() if capture.isOpened() else (False, None)
+    if not ok or first is None:
+        capture.release()
+        raise ImageReadError(path, "not a video OpenCV can read (or no frame could be decoded)")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    info = VideoInfo(
+        float(fps), first.shape[1], first.shape[0], int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    )
+
+    def frames() -> Iterator[Tensor]:
+        try:
+            frame = first
+            while frame is not None:
+                yield (
+                    torch.from_numpy(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+                    .permute(2, 0, 1)
+                    .contiguous()
+                )
+                ok, frame = capture.read()
+                if not ok:
+                    break
+        finally:
+            capture.release()
+
+    return info, frames()
+
+
+class VideoWriter:
+    """Write ``Tensor[3,H,W]`` uint8 RGB frames to a video (MPEG-4 in .mp4/.mov/.m4v, MJPG in
+    .avi), under a temporary name renamed on :meth:`close`; :meth:`discard` removes it."""
+
+    def __init__(self, path: str | os.PathLike[str], fps: float, width: int, height: int) -> None:
+        self.path = Path(path)
+        self.partial = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
+        codec = "MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = cv2.VideoWriter(
+            str(self.partial), cv2.VideoWriter.fourcc(*codec), fps, (width, height)
+        )
+        if not self.writer.isOpened():
+            raise OutputWriteError(self.path, f"OpenCV cannot write {self.path.suffix} video here")
+
+    def write(self, frame: Tensor) -> None:
+        """Append one frame."""
+        self.writer.write(image_to_bgr_array(frame))
+
+    def close(self) -> Path:
+        """Finish the file and move it into place."""
+        self.writer.release()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        """Stop and delete the unfinished file."""
+        self.writer.release()
+        _remove_quietly(str(self.partial))

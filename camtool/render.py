@@ -231,3 +231,19 @@ def labelled_grid(
         h, w = int(tile.shape[1]), int(tile.shape[2])
         canvas[top + band : top + band + h, left : left + w] = tile.permute(1, 2, 0).cpu().numpy()
     return torch.from_numpy(canvas).permute(2, 0, 1).contiguous()
+
+
+def draw_label(image: Tensor, text: str) -> Tensor:
+    """Return a copy of ``image`` (``Tensor[3,H,W]`` uint8) with ``text`` on a dark band at the
+    top left (non-ASCII characters are shown as ``?``)."""
+    height, width = int(image.shape[1]), int(image.shape[2])
+    scale = max(0.4, min(height, width) / 500)
+    thickness = max(1, round(scale * 1.6))
+    text = text.encode("ascii", "replace").decode("ascii")
+    (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    canvas = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())
+    pad = max(2, text_h // 3)
+    cv2.rectangle(canvas, (0, 0), (text_w + 2 * pad, text_h + baseline + 2 * pad), (0, 0, 0), -1)
+    cv2.putText(canvas, text, (pad, pad + text_h), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                thickness, cv2.LINE_AA)  # fmt: skip
+    return torch.from_numpy(canvas).permute(2, 0, 1).contiguous().to(image.device)

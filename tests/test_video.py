@@ -1,0 +1,77 @@
+"""Heatmaps on video: frame count, size and rate kept; frames equal single images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from typer.testing import CliRunner
+
+import camtool
+from camtool.cli import app
+from camtool.io import open_video
+from camtool.video import explain_frames
+from tests.conftest import CAT, COFFEE
+
+runner = CliRunner()
+
+
+def make_clip(
+    path: Path, frames: int = 12, fps: float = 10.0, size: tuple[int, int] = (320, 240)
+) -> Path:
+    """A short clip encoded by the test from the bundled photos (cat, then coffee)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
+    assert writer.isOpened()
+    for i in range(frames):
+        photo = cv2.imread(str(CAT if i < frames // 2 else COFFEE))
+        writer.write(cv2.resize(photo, size, interpolation=cv2.INTER_AREA))
+    writer.release()
+    return path
+
+
+def test_video_round_trip_keeps_count_size_and_rate(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "clip.mp4")
+    result = runner.invoke(
+        app, ["explain", str(clip), "-o", str(tmp_path / "out"), "--smooth", "3"]
+    )
+    assert result.exit_code == 0, result.stderr
+    written = tmp_path / "out" / "clip_cam.mp4"
+    assert "wrote" in result.stdout and written.exists()
+    info, frames = open_video(written)
+    decoded = list(frames)
+    assert (info.width, info.height, info.fps) == (320, 240, 10.0)
+    assert len(decoded) == 12 and decoded[0].shape == (3, 240, 320)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [
+        "clip_cam.mp4"
+    ]  # no temporary file left
+
+
+def test_first_frame_heatmap_equals_the_single_image_heatmap(
+    tmp_path: Path, lite0: camtool.LoadedModel
+) -> None:
+    clip = make_clip(tmp_path / "clip.mp4")
+    _, frames = open_video(clip)
+    first = next(iter(open_video(clip)[1]))
+    video = list(explain_frames(frames, lite0, batch_size=5, smooth=4))
+    single = camtool.explain(first, lite0)
+    assert len(video) == 12
+    assert video[0].explained[0].index == single.explained[0].index == 285
+    torch.testing.assert_close(video[0].heatmaps, single.heatmaps, atol=1e-5, rtol=0)
+    assert video[-1].explained[0].name == "espresso"
+    # With smoothing, a later frame's map is the mean of the last 4 frames' own maps.
+    own = [camtool.explain(f, lite0).heatmaps for f in list(open_video(clip)[1])[8:12]]
+    torch.testing.assert_close(video[11].heatmaps, torch.stack(own).mean(0), atol=1e-5, rtol=0)
+
+
+def test_broken_video_is_a_clean_error(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(np.random.default_rng(0).bytes(5000))
+    result = runner.invoke(app, ["explain", str(broken), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert (
+        result.stderr
+        == f"Error: {broken}: not a video OpenCV can read (or no frame could be decoded)\n"
+    )
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
