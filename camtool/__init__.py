@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "explain": "camtool.explanation",
+    "write_gallery": "camtool.gallery",
     "explain_video": "camtool.video",
     "explain_frames": "camtool.video",
     "VideoReport": "camtool.video",
@@ -120,6 +121,7 @@ __all__ = [
     "save_image",
     "upsample_cams",
     "weights_status",
+    "write_gallery",
 ]
 
 
@@ -167,6 +169,7 @@ if TYPE_CHECKING:
         get_model,
         resolve_class,
     )
+    from camtool.gallery import write_gallery
     from camtool.heads import CamHead, find_cam_head, identity_residual
     from camtool.io import load_image, save_image
     from camtool.models import (

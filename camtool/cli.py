@@ -408,6 +408,9 @@ def export(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
     ] = False,
+    html_report: Annotated[
+        bool, typer.Option("--report", help="Also write OUT/index.html, a gallery of the results.")
+    ] = False,
 ) -> None:
     """Explain every image of folders, globs or lists and write overlays plus a manifest.
 
@@ -439,6 +442,12 @@ def export(
             print_error(
                 f"{report.manifest}: {len(report.failures) - 20} more failed inputs are listed here"
             )
+        if html_report:
+            from camtool.gallery import write_gallery
+
+            page = write_gallery(report.out_dir, progress=not quiet)
+            if not quiet:
+                console.print(f"gallery: {page}")
         if not quiet:
             console.print(
                 f"exported {report.exported}, failed {report.failed}, skipped {report.skipped} "
@@ -473,6 +482,21 @@ def use_large_malloc_thresholds() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     mallopt(m_mmap_threshold, 1 << 30)
     mallopt(m_trim_threshold, (1 << 31) - 1)
+
+
+@app.command()
+def report(
+    export_dir: Annotated[
+        Path, typer.Argument(help="The output folder of a `camtool export` run.")
+    ],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Write EXPORT_DIR/index.html: a gallery of an export that opens from file:// (no network)."""
+    with errors_to_exit_codes():
+        from camtool.gallery import write_gallery
+
+        page = write_gallery(export_dir, progress=not quiet)
+        console.print(f"gallery: {page}")
 
 
 @app.command()

@@ -15,3 +15,9 @@ if [ "${1:-}" = "test" ]; then
   # foolbox ships 20 labelled ImageNet photos; its own dependencies (jax/tf adapters) are not needed.
   pip install --no-deps "foolbox==3.3.4"
 fi
+if [ "${1:-}" = "test" ] && ! command -v chromium >/dev/null && command -v apt-get >/dev/null \
+    && [ "$(id -u)" = 0 ]; then
+  # The gallery's browser test drives Debian's headless Chromium; without it that test is skipped.
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    chromium) >/dev/null 2>&1 || echo "note: Chromium could not be installed; the browser test will be skipped" >&2
+fi

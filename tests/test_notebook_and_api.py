@@ -51,7 +51,7 @@ def test_public_api_is_pinned() -> None:
         "InvalidArgumentError",
         "export", "explain_iter", "collect_inputs", "ExportOptions", "ExportReport", "ExportFailure",
         "ExportInterrupted", "comparison_sheet", "Picture", "labelled_grid",
-        "explain_video", "explain_frames", "VideoReport",
+        "explain_video", "explain_frames", "VideoReport", "write_gallery",
     ])  # fmt: skip
     assert callable(camtool.export) and callable(camtool.explain)
     for name in camtool.__all__:

@@ -1,0 +1,225 @@
+"""An HTML gallery of an export: one self-contained ``index.html`` that works from ``file://``.
+
+For each exported image: the original and the overlay as generated thumbnails (loaded lazily),
+the top-k classes with probabilities, the CAM box, and links to the full-size files; filtering by
+predicted class, a text search on file names, sorting by confidence; and the failed inputs with
+their reasons. No network access: no CDN scripts or fonts. Every string taken from a file name
+or a label reaches the page as data and is inserted with ``textContent``, never as HTML.
+
+The page state lives in the URL's fragment (``#class=espresso&q=cat&sort=asc``), so a filtered
+view can be bookmarked (and tested with a headless browser).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from camtool.batch import MANIFEST, read_manifest
+from camtool.errors import CamtoolError, InvalidArgumentError
+from camtool.io import load_image, open_atomic, save_image
+from camtool.models import resize_image
+from camtool.progress import ProgressBar
+
+THUMBS = "_thumbs"
+THUMB_SIZE = 256
+
+
+def thumbnail(image: torch.Tensor, size: int = THUMB_SIZE) -> torch.Tensor:
+    """``Tensor[3,H,W]`` uint8 scaled (antialiased) so its longer side is at most ``size``."""
+    height, width = int(image.shape[1]), int(image.shape[2])
+    scale = min(1.0, size / max(height, width))
+    return resize_image(
+        image, (max(1, round(height * scale)), max(1, round(width * scale))), "bilinear"
+    )
+
+
+def _thumb(source: Path, target: Path) -> str | None:
+    """Write a thumbnail of ``source`` unless an up-to-date one exists; None if unreadable."""
+    try:
+        if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
+            save_image(target, thumbnail(load_image(source)), quality=80)
+        return str(target)
+    except (CamtoolError, OSError):
+        return None
+
+
+def write_gallery(export_dir: str | os.PathLike[str], progress: bool = False) -> Path:
+    """Write ``export_dir/index.html`` (and thumbnails under ``export_dir/_thumbs``) from the
+    export's manifest; return the page's path.
+
+    Raises:
+        InvalidArgumentError: ``export_dir`` holds no manifest (run ``camtool export`` first).
+    """
+    root = Path(export_dir)
+    records, runs = read_manifest(root / MANIFEST)
+    if not runs and not records:
+        raise InvalidArgumentError(
+            root, f"no {MANIFEST} here: not the output folder of camtool export"
+        )
+    ok = [r for r in records.values() if r.get("status") == "ok" and r.get("outputs")]
+    failed = [
+        {"input": r["input"], "error": r.get("error", "")}
+        for r in records.values()
+        if r.get("status") == "failed"
+    ]
+    bar = ProgressBar("gallery", len(ok), "img") if progress else None
+    cards = []
+    try:
+        for record in ok:
+            cards.append(_card(root, record))
+            if bar:
+                bar.advance()
+    finally:
+        if bar:
+            bar.stop()
+    model = runs[-1].get("settings", {}).get("model", "") if runs else ""
+    head = runs[-1].get("head", "") if runs else ""
+    data = {"model": model, "head": head, "cards": cards, "failed": failed}
+    page = _PAGE.replace("__DATA__", _script_json(data))
+    target = root / "index.html"
+    with open_atomic(target) as handle:
+        handle.write(page.encode("utf-8"))
+    return target
+
+
+def _card(root: Path, record: dict[str, Any]) -> dict[str, Any]:
+    stem = record.get("output_stem", Path(record["input"]).stem)
+    overlay = Path(record["outputs"][0])
+    original = Path(record["input"])
+    thumbs = root / THUMBS
+    original_thumb = _thumb(original, thumbs / f"{stem}_input.jpg")
+    overlay_thumb = _thumb(overlay, thumbs / f"{stem}_cam.jpg")
+
+    def link(path: str | Path | None) -> str | None:
+        return (
+            None
+            if path is None
+            else Path(os.path.relpath(Path(path).absolute(), root.absolute())).as_posix()
+        )
+
+    top = record.get("predictions", [{}])[0]
+    explained = record.get("explained", [{}])
+    return {
+        "name": str(original.name),
+        "path": record["input"],
+        "width": record.get("width"),
+        "height": record.get("height"),
+        "top": top.get("name", ""),
+        "confidence": top.get("probability", 0.0),
+        "predictions": [
+            [p["name"], p["index"], p["probability"]] for p in record.get("predictions", [])
+        ],
+        "box": explained[0].get("box") if explained else None,
+        "explained": explained[0].get("name", "") if explained else "",
+        "thumb": link(original_thumb),
+        "overlayThumb": link(overlay_thumb),
+        "original": link(original),
+        "outputs": [link(p) for p in record["outputs"]],
+    }
+
+
+def _script_json(data: Any) -> str:
+    """JSON that is safe inside a ``<script>`` element (no ``</script>`` or ``<!--`` can form)."""
+    text = json.dumps(data, ensure_ascii=True, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src 'self' data: file:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<title>camtool gallery</title>
+<style>
+body{font:14px system-ui,sans-serif;margin:0;background:#f4f4f4;color:#222}
+header{position:sticky;top:0;background:#fff;padding:10px 16px;border-bottom:1px solid #ddd;display:flex;gap:12px;flex-wrap:wrap;align-items:center;z-index:1}
+header h1{font-size:16px;margin:0 12px 0 0}
+#count{color:#666}
+main{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:12px;padding:16px}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px}
+.pair{display:flex;gap:6px}
+.pair a{flex:1;min-width:0}
+.pair img{width:100%;height:200px;object-fit:contain;background:#eee;display:block}
+.name{font-weight:600;overflow-wrap:anywhere;margin:6px 0 2px}
+table{border-collapse:collapse;width:100%;font-size:13px}
+td{padding:1px 4px}
+td.p{text-align:right;font-variant-numeric:tabular-nums}
+.meta{color:#666;font-size:12px}
+#failures{padding:0 16px 16px}
+#failures li{overflow-wrap:anywhere}
+</style></head>
+<body>
+<header><h1>camtool gallery</h1>
+<label>class <select id="cls"><option value="">all</option></select></label>
+<label>search <input id="q" type="search" placeholder="file name"></label>
+<label>sort <select id="sort"><option value="desc">confidence high-low</option><option value="asc">confidence low-high</option><option value="name">name</option></select></label>
+<span id="count"></span><span class="meta" id="model"></span></header>
+<main id="cards"></main><div id="end"></div>
+<section id="failures"></section>
+<script id="data" type="application/json">__DATA__</script>
+<script>
+"use strict";
+const data = JSON.parse(document.getElementById("data").textContent);
+const el = (tag, text, cls) => { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; };
+const cls = document.getElementById("cls"), q = document.getElementById("q"), sort = document.getElementById("sort");
+document.getElementById("model").textContent = data.model + " - " + data.head;
+[...new Set(data.cards.map(c => c.top))].sort().forEach(name => { const o = el("option", name); o.value = name; cls.appendChild(o); });
+function image(src, href, alt) {
+  const a = el("a"); if (href) a.href = href;
+  const img = el("img"); img.loading = "lazy"; img.alt = alt; if (src) img.src = src;
+  a.appendChild(img); return a;
+}
+function card(c) {
+  const d = el("div", undefined, "card"); d.dataset.top = c.top;
+  const pair = el("div", undefined, "pair");
+  pair.appendChild(image(c.thumb, c.original, "input")); pair.appendChild(image(c.overlayThumb, c.outputs[0], "CAM overlay"));
+  d.appendChild(pair); d.appendChild(el("div", c.name, "name"));
+  const t = el("table");
+  c.predictions.forEach(p => { const r = el("tr"); r.appendChild(el("td", p[0])); r.appendChild(el("td", "#" + p[1], "meta")); r.appendChild(el("td", p[2].toFixed(3), "p")); t.appendChild(r); });
+  d.appendChild(t);
+  const meta = el("div", "CAM of " + c.explained + (c.box ? ", box [" + c.box.join(", ") + "]" : ", no box") + ", " + c.width + "x" + c.height, "meta");
+  d.appendChild(meta);
+  const links = el("div", undefined, "meta");
+  c.outputs.forEach((o, i) => { const a = el("a", "file " + (i + 1)); a.href = o; links.appendChild(a); links.appendChild(document.createTextNode(" ")); });
+  d.appendChild(links);
+  return d;
+}
+function readHash() {
+  const h = new URLSearchParams(location.hash.slice(1));
+  if (h.has("class")) cls.value = h.get("class");
+  if (h.has("q")) q.value = h.get("q");
+  if (h.has("sort")) sort.value = h.get("sort");
+}
+// Cards are built PAGE at a time, the next ones when the sentinel below them scrolls into view,
+// so a gallery of 10,000 images opens as fast as one of 60.
+const PAGE = 60, main = document.getElementById("cards"), sentinel = el("div");
+let shown = [], built = 0;
+function more() {
+  const next = shown.slice(built, built + PAGE); built += next.length;
+  main.append(...next.map(card));
+}
+new IntersectionObserver(entries => { if (entries.some(e => e.isIntersecting)) more(); }, { rootMargin: "800px" }).observe(sentinel);
+function render() {
+  const needle = q.value.toLowerCase();
+  shown = data.cards.filter(c => (!cls.value || c.top === cls.value) && c.path.toLowerCase().includes(needle));
+  const by = sort.value;
+  shown.sort((a, b) => by === "name" ? a.path.localeCompare(b.path) : by === "asc" ? a.confidence - b.confidence : b.confidence - a.confidence);
+  main.replaceChildren(); built = 0; more();
+  document.getElementById("count").textContent = shown.length + " of " + data.cards.length + " images";
+  const state = new URLSearchParams(); if (cls.value) state.set("class", cls.value); if (q.value) state.set("q", q.value); if (by !== "desc") state.set("sort", by);
+  history.replaceState(null, "", "#" + state.toString());
+}
+function failures() {
+  const s = document.getElementById("failures"); if (!data.failed.length) return;
+  s.appendChild(el("h2", data.failed.length + " failed inputs"));
+  const ul = el("ul"); data.failed.forEach(f => { ul.appendChild(el("li", f.error.startsWith(f.input) ? f.error : f.input + ": " + f.error)); }); s.appendChild(ul);
+}
+document.getElementById("end").appendChild(sentinel);
+readHash(); [cls, q, sort].forEach(x => x.addEventListener("input", render)); window.addEventListener("hashchange", () => { readHash(); render(); });
+render(); failures();
+</script></body></html>
+"""

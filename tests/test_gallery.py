@@ -1,0 +1,108 @@
+"""The export gallery, checked in a real headless Chromium (skipped only where none is installed)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from camtool.cli import app
+from tests.conftest import CAT, COFFEE, EXAMPLES
+
+runner = CliRunner()
+HOSTILE = "<img src=x onerror=alert(1)>.png"
+
+
+def elements(html: str) -> list[tuple[str, list[tuple[str, str | None]]]]:
+    """Every start tag of a page with its attributes, as an HTML parser sees them."""
+    found: list[tuple[str, list[tuple[str, str | None]]]] = []
+
+    class Collector(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            found.append((tag, attrs))
+
+    Collector().feed(html)
+    return found
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if found := shutil.which(name):
+            return found
+    pytest.skip(
+        "Chromium is not installed (scripts/setup.sh test installs Debian's chromium when it can)"
+    )
+
+
+def browse(page: Path, fragment: str, profile: Path, *extra: str) -> str:
+    command = [
+        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+        "--disable-background-networking", "--disable-component-update", "--disable-quic",
+        f"--user-data-dir={profile}", *extra, f"{page.as_uri()}{fragment}",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("in")
+    shutil.copy(CAT, folder / "cat.png")
+    shutil.copy(CAT, folder / HOSTILE)
+    shutil.copy(COFFEE, folder / "coffee one.png")
+    shutil.copy(COFFEE, folder / "coffee two.png")
+    shutil.copy(EXAMPLES / "camera.png", folder / "camera.png")
+    (folder / "broken.jpg").write_text("not an image")
+    out = folder.parent / "out"
+    result = runner.invoke(
+        app, ["export", str(folder), "-o", str(out), "-q", "--workers", "0", "--report"]
+    )
+    assert result.exit_code == 3, result.stderr
+    return out / "index.html"
+
+
+def test_gallery_files_are_self_contained(gallery: Path) -> None:
+    page = gallery.read_text()
+    assert "http://" not in page and "https://" not in page  # no CDN, no fonts: works offline
+    thumbs = sorted(p.name for p in (gallery.parent / "_thumbs").iterdir())
+    assert len(thumbs) == 10 and "cat_input.jpg" in thumbs
+    assert HOSTILE not in page  # the name is in the data only as escaped JSON
+    runner.invoke(
+        app, ["report", str(gallery.parent), "-q"]
+    )  # camtool report rewrites it the same way
+    assert gallery.read_text() == page
+
+
+def test_gallery_in_chromium_cards_filter_escaping_screenshot(
+    gallery: Path, tmp_path: Path
+) -> None:
+    dom = browse(gallery, "", tmp_path / "profile", "--dump-dom")
+    assert dom.count('class="card"') == 5
+    assert "5 of 5 images" in dom
+    assert "&lt;img src=x onerror=alert(1)&gt;.png" in dom  # shown as text
+    assert not any("onerror" in dict(attrs) for _, attrs in elements(dom))  # never became markup
+    assert (
+        "1 failed inputs" in dom and "broken.jpg: not an image file that OpenCV can decode" in dom
+    )
+
+    filtered = browse(gallery, "#class=espresso", tmp_path / "profile", "--dump-dom")
+    assert filtered.count('class="card"') == 2 and "2 of 5 images" in filtered
+    searched = browse(gallery, "#q=camera", tmp_path / "profile", "--dump-dom")
+    assert searched.count('class="card"') == 1
+
+    shot = tmp_path / "gallery.png"
+    browse(gallery, "", tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,900")
+    assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_report_on_a_folder_without_an_export(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2
+    assert (
+        result.stderr
+        == f"Error: {tmp_path}: no manifest.jsonl here: not the output folder of camtool export\n"
+    )
