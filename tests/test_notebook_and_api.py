@@ -25,6 +25,8 @@ def test_example_notebook_executes_clean() -> None:
     ).execute()
     first = notebook.cells[1].outputs
     assert any("image/png" in o.get("data", {}) and "text/html" in o.get("data", {}) for o in first)
+    sheet = notebook.cells[9].outputs
+    assert any("image/png" in o.get("data", {}) for o in sheet)
     text = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
     assert "Egyptian cat" in text and "coffee_cup.png True" in text
 
