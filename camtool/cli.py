@@ -15,9 +15,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -41,39 +40,15 @@ console = Console()
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-class Colormap(str, Enum):
-    jet = "jet"
-    turbo = "turbo"
-    viridis = "viridis"
-    inferno = "inferno"
-    magma = "magma"
-    plasma = "plasma"
-    cividis = "cividis"
-    hot = "hot"
-    parula = "parula"
-    twilight = "twilight"
-    rainbow = "rainbow"
-    bone = "bone"
-
-
-class ImageFormat(str, Enum):
-    png = "png"
-    jpg = "jpg"
-
-
-class RawFormat(str, Enum):
-    npy = "npy"
-    npz = "npz"
-
-
-class DecoderKind(str, Enum):
-    threads = "threads"
-    processes = "processes"
-
-
-class RawDtype(str, Enum):
-    float16 = "float16"
-    float32 = "float32"
+# Choices, kept here so that `camtool --help` needs no torch (render.COLORMAPS holds the same names).
+Colormap = Literal[
+    "jet", "turbo", "viridis", "inferno", "magma", "plasma", "cividis", "hot", "parula", "twilight",
+    "rainbow", "bone",
+]  # fmt: skip
+ImageFormat = Literal["png", "jpg"]
+RawFormat = Literal["npy", "npz"]
+RawDtype = Literal["float16", "float32"]
+DecoderKind = Literal["threads", "processes"]
 
 
 def print_error(error: object) -> None:
@@ -232,7 +207,7 @@ def explain(
         typer.Option("--maps", min=1, help="Map this many top classes when --class is not given."),
     ] = 1,
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Heatmap opacity.")] = 0.5,
-    colormap: Annotated[Colormap, typer.Option(help="Colour map.")] = Colormap.jet,
+    colormap: Annotated[Colormap, typer.Option(help="Colour map.")] = "jet",
     box: Annotated[
         bool, typer.Option("--box", help="Draw the CAM box (20% of the map's maximum).")
     ] = False,
@@ -251,7 +226,7 @@ def explain(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the overlays.")] = Path("."),
     image_format: Annotated[
         ImageFormat, typer.Option("--format", help="Overlay file format.")
-    ] = ImageFormat.png,
+    ] = "png",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON document instead of tables.")
     ] = False,
@@ -289,7 +264,7 @@ def explain(
                 suffix = "avi" if path.suffix.lower() == ".avi" else "mp4"
                 report.setdefault("videos", []).append(
                     explain_one_video(path, out / f"{stem}_cam.{suffix}", loaded[0], classes, crop, smooth,
-                                      alpha, colormap.value, box, not as_json)
+                                      alpha, colormap, box, not as_json)
                 )  # fmt: skip
                 continue
             try:
@@ -301,16 +276,14 @@ def explain(
                 for ex in results:
                     prefix = f"{stem}_{ex.model}" if len(loaded) > 1 else stem
                     outputs = [
-                        ex.save(out / output_name(prefix, s.index, s.name, image_format.value), i,
-                                alpha=alpha, colormap=colormap.value, box=box)
+                        ex.save(out / output_name(prefix, s.index, s.name, image_format), i,
+                                alpha=alpha, colormap=colormap, box=box)
                         for i, s in enumerate(ex.explained)
                     ]  # fmt: skip
                     written.append(outputs)
                 if sheet:
-                    picture = comparison_sheet(
-                        results, alpha=alpha, colormap=colormap.value, box=box
-                    )
-                    written[0].append(picture.save(out / f"{stem}_sheet.{image_format.value}"))
+                    picture = comparison_sheet(results, alpha=alpha, colormap=colormap, box=box)
+                    written[0].append(picture.save(out / f"{stem}_sheet.{image_format}"))
             except CamtoolError as exc:
                 if exc.exit_code != EXIT_ERROR or len(images) == 1:
                     raise
@@ -370,10 +343,10 @@ def export(
     ] = 5,
     image_format: Annotated[
         ImageFormat, typer.Option("--format", help="Overlay file format.")
-    ] = ImageFormat.jpg,
+    ] = "jpg",
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality.")] = 90,
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Heatmap opacity.")] = 0.5,
-    colormap: Annotated[Colormap, typer.Option(help="Colour map.")] = Colormap.jet,
+    colormap: Annotated[Colormap, typer.Option(help="Colour map.")] = "jet",
     box: Annotated[bool, typer.Option("--box", help="Draw the CAM box on the overlays.")] = False,
     heatmap: Annotated[
         bool, typer.Option("--heatmap", help="Also write the bare heatmap (8-bit PNG).")
@@ -381,7 +354,7 @@ def export(
     raw: Annotated[
         RawFormat | None, typer.Option(help="Also write the raw CAMs at feature resolution.")
     ] = None,
-    raw_dtype: Annotated[RawDtype, typer.Option(help="dtype of the raw CAMs.")] = RawDtype.float16,
+    raw_dtype: Annotated[RawDtype, typer.Option(help="dtype of the raw CAMs.")] = "float16",
     crop: Annotated[
         bool, typer.Option("--crop", help="Centre-crop instead of the whole image.")
     ] = False,
@@ -398,7 +371,7 @@ def export(
     decoder: Annotated[
         DecoderKind,
         typer.Option(help="Decode in threads (small machines) or processes (many cores)."),
-    ] = DecoderKind.threads,
+    ] = "threads",
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
     labels: LabelsOption = None,
@@ -423,13 +396,13 @@ def export(
         from camtool.batch import export as export_images
 
         options = ExportOptions(
-            image_format=image_format.value, quality=quality, alpha=alpha, colormap=colormap.value,
-            box=box, heatmap=heatmap, raw=raw.value if raw else None, raw_dtype=raw_dtype.value,
+            image_format=image_format, quality=quality, alpha=alpha, colormap=colormap,
+            box=box, heatmap=heatmap, raw=raw, raw_dtype=raw_dtype,
             top_k=top_k,
         )  # fmt: skip
         report = export_images(
             inputs, out, model, classes=classes, maps=maps, crop=crop, options=options, resume=resume,
-            device=device, batch_size=batch_size, workers=workers, decoder=decoder.value, progress=not quiet,
+            device=device, batch_size=batch_size, workers=workers, decoder=decoder, progress=not quiet,
             **model_options(weights, labels, layer, classifier, dtype),
         )  # fmt: skip
         for failure in report.failures[:20]:

@@ -241,3 +241,12 @@ def test_usage_errors_are_one_line_too(tmp_path: Path, args: list[str], line: st
     result = subprocess.run([exe, *args], capture_output=True, text=True, cwd=tmp_path)
     assert (result.returncode, result.stderr) == (2, line)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_colour_map_choices_match_the_renderer() -> None:
+    from typing import get_args
+
+    from camtool import cli
+    from camtool.render import COLORMAPS
+
+    assert list(get_args(cli.Colormap)) == list(COLORMAPS)
