@@ -15,7 +15,7 @@ import importlib.util
 import os
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -834,8 +834,3 @@ def _labels_for(
     if len(names) != count:
         raise ModelLoadError(source, f"{len(names)} labels for a classifier of {count} classes")
     return names
-
-
-def with_preprocessing(model: LoadedModel, **changes: Any) -> LoadedModel:
-    """Return ``model`` with some preprocessing fields changed (e.g. ``input_size=320``)."""
-    return replace(model, preprocessing=replace(model.preprocessing, **changes))
