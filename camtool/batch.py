@@ -673,7 +673,7 @@ def export(
     todo, carried = _split_resumed(items, previous)
     manifest = _Manifest(out / MANIFEST, append=resume)
     head = loaded.head.describe()
-    manifest.write({"type": "run", "camtool": __version__, "started": _now(), "resumed": bool(runs),
+    manifest.write({"type": "run", "camtool": __version__, "started": _now(), "resumed": bool(runs), "cwd": os.getcwd(),
                     "settings": settings, "head": head, "head_detail": loaded.head.as_dict()})  # fmt: skip
     failed = [ExportFailure(r["input"], r["error"]) for r in carried]
     exported = 0

@@ -261,11 +261,21 @@ def explain(
         }
         for path, stem in zip(images, stems, strict=True):
             if path.suffix.lower() in VIDEO_SUFFIXES:
-                suffix = "avi" if path.suffix.lower() == ".avi" else "mp4"
-                report.setdefault("videos", []).append(
-                    explain_one_video(path, out / f"{stem}_cam.{suffix}", loaded[0], classes, crop, smooth,
-                                      alpha, colormap, box, not as_json)
-                )  # fmt: skip
+                try:
+                    video = explain_one_video(path, stem, out, loaded[0], classes, crop, smooth, alpha,
+                                              colormap, box, not as_json)  # fmt: skip
+                except CamtoolError as exc:
+                    if exc.exit_code != EXIT_ERROR or len(images) == 1:
+                        raise
+                    print_error(exc)
+                    report["errors"].append({"input": str(path), "error": str(exc)})
+                    continue
+                report.setdefault("videos", []).append(video)
+                if video["frames"] < video["expected_frames"] - 1:  # containers may count one extra
+                    problem = (f"{path}: only {video['frames']} of {video['expected_frames']} frames could be "
+                               f"decoded; {video['output']} holds those")  # fmt: skip
+                    print_error(problem)
+                    report["errors"].append({"input": str(path), "error": problem})
                 continue
             try:
                 results = [
@@ -297,17 +307,24 @@ def explain(
         if as_json:
             sys.stdout.write(json.dumps(report, indent=2) + "\n")
         if report["errors"]:
-            raise typer.Exit(EXIT_PARTIAL if report["images"] else EXIT_ERROR)
+            raise typer.Exit(
+                EXIT_PARTIAL if report["images"] or report.get("videos") else EXIT_ERROR
+            )
         raise typer.Exit(EXIT_OK)
 
 
 def explain_one_video(
-    path: Path, output: Path, model: Any, classes: list[str] | None, crop: bool, smooth: int,
+    path: Path, stem: str, out: Path, model: Any, classes: list[str] | None, crop: bool, smooth: int,
     alpha: float, colormap: str, box: bool, progress: bool,
 ) -> dict[str, Any]:  # fmt: skip
-    """``camtool explain clip.mp4``: the overlaid video, and a line saying what was written."""
+    """``camtool explain clip.mp4``: the overlaid video (``<stem>_cam.mp4``, or ``.avi`` for .avi
+    inputs and odd frame sizes, which MPEG-4 cannot keep), and a line saying what was written."""
+    from camtool.io import video_info
     from camtool.video import explain_video
 
+    info = video_info(path)
+    odd = info.width % 2 or info.height % 2
+    output = out / f"{stem}_cam.{'avi' if odd or path.suffix.lower() == '.avi' else 'mp4'}"
     report = explain_video(path, output, model, classes=classes, crop=crop, smooth=smooth, alpha=alpha,
                            colormap=colormap, box=box, progress=progress)  # fmt: skip
     if progress:
@@ -316,7 +333,8 @@ def explain_one_video(
             f"at {report.fps:g} fps, {report.frames_per_second:.1f} frames/s)"
         )
     return {"input": str(report.source), "output": str(report.output), "frames": report.frames,
-            "fps": report.fps, "width": report.width, "height": report.height}  # fmt: skip
+            "expected_frames": report.expected_frames, "fps": report.fps, "width": report.width,
+            "height": report.height}  # fmt: skip
 
 
 @app.command()

@@ -12,8 +12,10 @@ view can be bookmarked (and tested with a headless browser).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +40,22 @@ def thumbnail(image: torch.Tensor, size: int = THUMB_SIZE) -> torch.Tensor:
     )
 
 
-def _thumb(source: Path, target: Path) -> str | None:
-    """Write a thumbnail of ``source`` unless an up-to-date one exists; None if unreadable."""
+def _thumb(source: Path, folder: Path, stem: str) -> str | None:
+    """A thumbnail of ``source`` in ``folder``, named after the file's path, size and time, so
+    that a new export into the same folder never shows an old picture; None if unreadable."""
     try:
-        if not target.exists() or target.stat().st_mtime < source.stat().st_mtime:
+        stat = source.stat()
+    except OSError:
+        return None
+    key = hashlib.sha1(
+        f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+    ).hexdigest()[:10]
+    target = folder / f"{stem}_{key}.jpg"
+    try:
+        if not target.exists():
             save_image(target, thumbnail(load_image(source)), quality=80)
         return str(target)
-    except (CamtoolError, OSError):
+    except CamtoolError:
         return None
 
 
@@ -69,9 +80,12 @@ def write_gallery(export_dir: str | os.PathLike[str], progress: bool = False) ->
     ]
     bar = ProgressBar("gallery", len(ok), "img") if progress else None
     cards = []
+    base = (
+        Path(runs[-1].get("cwd", ".")) if runs else Path(".")
+    )  # the export's relative paths start there
     try:
         for record in ok:
-            cards.append(_card(root, record))
+            cards.append(_card(root, record, base))
             if bar:
                 bar.advance()
     finally:
@@ -87,25 +101,25 @@ def write_gallery(export_dir: str | os.PathLike[str], progress: bool = False) ->
     return target
 
 
-def _card(root: Path, record: dict[str, Any]) -> dict[str, Any]:
-    stem = record.get("output_stem", Path(record["input"]).stem)
-    overlay = Path(record["outputs"][0])
-    original = Path(record["input"])
+def _card(root: Path, record: dict[str, Any], base: Path) -> dict[str, Any]:
+    stem = str(record.get("output_stem", Path(record["input"]).stem))
+    outputs = [base / p for p in record["outputs"]]
+    original = base / record["input"]
     thumbs = root / THUMBS
-    original_thumb = _thumb(original, thumbs / f"{stem}_input.jpg")
-    overlay_thumb = _thumb(overlay, thumbs / f"{stem}_cam.jpg")
+    original_thumb = _thumb(original, thumbs, f"{stem}_input")
+    overlay_thumb = _thumb(outputs[0], thumbs, f"{stem}_cam")
 
     def link(path: str | Path | None) -> str | None:
-        return (
-            None
-            if path is None
-            else Path(os.path.relpath(Path(path).absolute(), root.absolute())).as_posix()
-        )
+        """A relative URL (percent-encoded: '#', '?' and '%' in file names stay part of the path)."""
+        if path is None:
+            return None
+        relative = Path(os.path.relpath(Path(path).absolute(), root.absolute())).as_posix()
+        return urllib.parse.quote(relative, safe="/")
 
     top = record.get("predictions", [{}])[0]
     explained = record.get("explained", [{}])
     return {
-        "name": str(original.name),
+        "name": original.name,
         "path": record["input"],
         "width": record.get("width"),
         "height": record.get("height"),
@@ -119,7 +133,7 @@ def _card(root: Path, record: dict[str, Any]) -> dict[str, Any]:
         "thumb": link(original_thumb),
         "overlayThumb": link(overlay_thumb),
         "original": link(original),
-        "outputs": [link(p) for p in record["outputs"]],
+        "outputs": [[link(p), p.name] for p in outputs],
     }
 
 
@@ -176,7 +190,7 @@ function image(src, href, alt) {
 function card(c) {
   const d = el("div", undefined, "card"); d.dataset.top = c.top;
   const pair = el("div", undefined, "pair");
-  pair.appendChild(image(c.thumb, c.original, "input")); pair.appendChild(image(c.overlayThumb, c.outputs[0], "CAM overlay"));
+  pair.appendChild(image(c.thumb, c.original, "input")); pair.appendChild(image(c.overlayThumb, c.outputs[0][0], "CAM overlay"));
   d.appendChild(pair); d.appendChild(el("div", c.name, "name"));
   const t = el("table");
   c.predictions.forEach(p => { const r = el("tr"); r.appendChild(el("td", p[0])); r.appendChild(el("td", "#" + p[1], "meta")); r.appendChild(el("td", p[2].toFixed(3), "p")); t.appendChild(r); });
@@ -184,7 +198,7 @@ function card(c) {
   const meta = el("div", "CAM of " + c.explained + (c.box ? ", box [" + c.box.join(", ") + "]" : ", no box") + ", " + c.width + "x" + c.height, "meta");
   d.appendChild(meta);
   const links = el("div", undefined, "meta");
-  c.outputs.forEach((o, i) => { const a = el("a", "file " + (i + 1)); a.href = o; links.appendChild(a); links.appendChild(document.createTextNode(" ")); });
+  c.outputs.forEach(o => { const a = el("a", o[1]); a.href = o[0]; links.appendChild(a); links.appendChild(document.createTextNode(" ")); });
   d.appendChild(links);
   return d;
 }

@@ -400,18 +400,32 @@ def open_video(path: str | os.PathLike[str]) -> tuple[VideoInfo, Iterator[Tensor
     return info, frames()
 
 
+def video_info(path: str | os.PathLike[str]) -> VideoInfo:
+    """A video's :class:`VideoInfo`, from its first frame (see :func:`open_video` for errors)."""
+    info, frames = open_video(path)
+    frames.close()  # type: ignore[attr-defined]
+    return info
+
+
 class VideoWriter:
-    """Write ``Tensor[3,H,W]`` uint8 RGB frames to a video (MPEG-4 in .mp4/.mov/.m4v, MJPG in
-    .avi), under a temporary name renamed on :meth:`close`; :meth:`discard` removes it."""
+    """Write ``Tensor[3,H,W]`` uint8 RGB frames to a video (MPEG-4 in .mp4/.mov/.m4v, which needs
+    even frame sizes; Motion-JPEG in .avi, any size), under a temporary name renamed on
+    :meth:`close`; :meth:`discard` removes it."""
 
     def __init__(self, path: str | os.PathLike[str], fps: float, width: int, height: int) -> None:
         self.path = Path(path)
         self.partial = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
-        codec = "MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.writer = cv2.VideoWriter(
-            str(self.partial), cv2.VideoWriter.fourcc(*codec), fps, (width, height)
-        )
+        size = (width, height)
+        if self.path.suffix.lower() == ".avi":  # OpenCV's own MJPEG writer keeps odd frame sizes
+            fourcc = cv2.VideoWriter.fourcc(*"MJPG")
+            self.writer = cv2.VideoWriter(
+                str(self.partial), cv2.CAP_OPENCV_MJPEG, fourcc, fps, size
+            )
+        else:
+            self.writer = cv2.VideoWriter(
+                str(self.partial), cv2.VideoWriter.fourcc(*"mp4v"), fps, size
+            )
         if not self.writer.isOpened():
             raise OutputWriteError(self.path, f"OpenCV cannot write {self.path.suffix} video here")
 

@@ -225,12 +225,33 @@ def labelled_grid(
     for index, (tile, caption) in enumerate(zip(tiles, captions, strict=True)):
         top = gap + (index // columns) * (cell_h + band + gap)
         left = gap + (index % columns) * (cell_w + gap)
-        text = caption.encode("ascii", "replace").decode("ascii")
-        cv2.putText(canvas, text, (left + 2, top + int(band * 0.75)), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    (0, 0, 0), max(1, round(scale * 1.5)), cv2.LINE_AA)  # fmt: skip
+        text, size = _fit_text(
+            caption.encode("ascii", "replace").decode("ascii"), cell_w - 4, scale
+        )
+        cv2.putText(canvas, text, (left + 2, top + int(band * 0.75)), cv2.FONT_HERSHEY_SIMPLEX, size,
+                    (0, 0, 0), max(1, round(size * 1.5)), cv2.LINE_AA)  # fmt: skip
+
         h, w = int(tile.shape[1]), int(tile.shape[2])
         canvas[top + band : top + band + h, left : left + w] = tile.permute(1, 2, 0).cpu().numpy()
     return torch.from_numpy(canvas).permute(2, 0, 1).contiguous()
+
+
+def _fit_text(text: str, width: int, scale: float) -> tuple[str, float]:
+    """Shrink the font (to half at most), then shorten the text with '...', to fit ``width``."""
+
+    def wide(candidate: str, size: float) -> int:
+        return int(
+            cv2.getTextSize(candidate, cv2.FONT_HERSHEY_SIMPLEX, size, max(1, round(size * 1.5)))[
+                0
+            ][0]
+        )
+
+    size = scale
+    while wide(text, size) > width and size > scale / 2:
+        size *= 0.9
+    while len(text) > 1 and wide(text, size) > width:
+        text = text[:-4] + "..." if len(text) > 4 else text[:-1]
+    return text, size
 
 
 def draw_label(image: Tensor, text: str) -> Tensor:

@@ -23,11 +23,16 @@ from camtool.render import draw_label
 
 @dataclass(frozen=True)
 class VideoReport:
-    """What :func:`explain_video` wrote: frames, their size and rate, and the throughput."""
+    """What :func:`explain_video` wrote: frames, their size and rate, and the throughput.
+
+    ``expected_frames`` is the count the container announced (0 if unknown); fewer ``frames``
+    means the video could not be decoded to its end.
+    """
 
     source: Path
     output: Path
     frames: int
+    expected_frames: int
     fps: float
     width: int
     height: int
@@ -53,19 +58,23 @@ def explain_frames(
     """Explain a stream of ``Tensor[3,H,W]`` uint8 frames of one size, ``batch_size`` at a time.
 
     With ``smooth=N`` each frame's heatmaps are the mean of the last N frames' heatmaps (the
-    first frame's are its own), which steadies flickering maps; CAMs, scores and boxes stay the
-    frame's own.
+    first frame's are its own; the window starts again when the top class changes), which
+    steadies flickering maps; CAMs, scores and boxes stay the frame's own.
     """
     recent: deque[Tensor] = deque(maxlen=max(1, smooth))
     index = 0
+    shown: int | None = None
 
     def run(batch: list[Tensor]) -> Iterator[Explanation]:
         prepared = [model.preprocessing.prepare(frame, crop) for frame in batch]
         out = compute(model, torch.stack([p[0] for p in prepared]), classes, top_k=1)
-        nonlocal index
+        nonlocal index, shown
         for row, (frame, (_, region)) in enumerate(zip(batch, prepared, strict=True)):
             ex = build_explanation(model, out, row, f"{source}#{index}", frame, region, top_k)
             index += 1
+            if shown is not None and ex.explained[0].index != shown:
+                recent.clear()  # another class now: do not blend its maps with the last one's
+            shown = ex.explained[0].index
             recent.append(ex.heatmaps)
             if len(recent) > 1:
                 ex = replace(ex, heatmaps=torch.stack(list(recent)).mean(dim=0))
@@ -131,6 +140,7 @@ def explain_video(
     finally:
         if bar:
             bar.stop()
+    seconds = time.perf_counter() - started
     return VideoReport(
-        Path(path), written, count, info.fps, info.width, info.height, time.perf_counter() - started
+        Path(path), written, count, info.frames, info.fps, info.width, info.height, seconds
     )

@@ -56,6 +56,7 @@ def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(COFFEE, folder / "coffee one.png")
     shutil.copy(COFFEE, folder / "coffee two.png")
     shutil.copy(EXAMPLES / "camera.png", folder / "camera.png")
+    shutil.copy(EXAMPLES / "grace_hopper.jpg", folder / "a#b?c%41.jpg")
     (folder / "broken.jpg").write_text("not an image")
     out = folder.parent / "out"
     result = runner.invoke(
@@ -69,7 +70,7 @@ def test_gallery_files_are_self_contained(gallery: Path) -> None:
     page = gallery.read_text()
     assert "http://" not in page and "https://" not in page  # no CDN, no fonts: works offline
     thumbs = sorted(p.name for p in (gallery.parent / "_thumbs").iterdir())
-    assert len(thumbs) == 10 and "cat_input.jpg" in thumbs
+    assert len(thumbs) == 12 and any(t.startswith("cat_input_") for t in thumbs)
     assert HOSTILE not in page  # the name is in the data only as escaped JSON
     runner.invoke(
         app, ["report", str(gallery.parent), "-q"]
@@ -81,8 +82,10 @@ def test_gallery_in_chromium_cards_filter_escaping_screenshot(
     gallery: Path, tmp_path: Path
 ) -> None:
     dom = browse(gallery, "", tmp_path / "profile", "--dump-dom")
-    assert dom.count('class="card"') == 5
-    assert "5 of 5 images" in dom
+    assert dom.count('class="card"') == 6
+    assert "6 of 6 images" in dom
+    sources = [dict(attrs).get("src") or "" for tag, attrs in elements(dom) if tag == "img"]
+    assert any("a%23b%3Fc%2541_input_" in src for src in sources)  # '#', '?', '%' stay in the path
     assert "&lt;img src=x onerror=alert(1)&gt;.png" in dom  # shown as text
     assert not any("onerror" in dict(attrs) for _, attrs in elements(dom))  # never became markup
     assert (
@@ -90,7 +93,7 @@ def test_gallery_in_chromium_cards_filter_escaping_screenshot(
     )
 
     filtered = browse(gallery, "#class=espresso", tmp_path / "profile", "--dump-dom")
-    assert filtered.count('class="card"') == 2 and "2 of 5 images" in filtered
+    assert filtered.count('class="card"') == 2 and "2 of 6 images" in filtered
     searched = browse(gallery, "#q=camera", tmp_path / "profile", "--dump-dom")
     assert searched.count('class="card"') == 1
 
@@ -106,3 +109,16 @@ def test_report_on_a_folder_without_an_export(tmp_path: Path) -> None:
         result.stderr
         == f"Error: {tmp_path}: no manifest.jsonl here: not the output folder of camtool export\n"
     )
+
+
+def test_report_from_another_folder_resolves_the_exports_relative_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "work" / "in").mkdir(parents=True)
+    shutil.copy(CAT, tmp_path / "work" / "in" / "cat.png")
+    monkeypatch.chdir(tmp_path / "work")
+    assert runner.invoke(app, ["export", "in", "-o", "out", "-q", "--workers", "0"]).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["report", "work/out", "-q"]).exit_code == 0
+    page = (tmp_path / "work" / "out" / "index.html").read_text()
+    assert '"thumb": null' not in page and '"original": "../in/cat.png"' in page

@@ -22,7 +22,12 @@ def make_clip(
     path: Path, frames: int = 12, fps: float = 10.0, size: tuple[int, int] = (320, 240)
 ) -> Path:
     """A short clip encoded by the test from the bundled photos (cat, then coffee)."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
+    if path.suffix == ".avi":  # OpenCV's own Motion-JPEG writer: any frame size
+        writer = cv2.VideoWriter(
+            str(path), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter.fourcc(*"MJPG"), fps, size
+        )
+    else:
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
     assert writer.isOpened()
     for i in range(frames):
         photo = cv2.imread(str(CAT if i < frames // 2 else COFFEE))
@@ -75,3 +80,23 @@ def test_broken_video_is_a_clean_error(tmp_path: Path) -> None:
         == f"Error: {broken}: not a video OpenCV can read (or no frame could be decoded)\n"
     )
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_odd_frame_sizes_are_kept_and_a_bad_video_among_images_is_one_failure(
+    tmp_path: Path,
+) -> None:
+    clip = make_clip(tmp_path / "odd.avi", frames=3, size=(321, 241))
+    broken = tmp_path / "broken.mp4"
+    broken.write_text("no video here")
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["explain", str(clip), str(broken), str(CAT), "-o", str(out), "--json"]
+    )
+    assert result.exit_code == 3
+    assert (
+        result.stderr
+        == f"Error: {broken}: not a video OpenCV can read (or no frame could be decoded)\n"
+    )
+    info, frames = open_video(out / "odd_cam.avi")  # MPEG-4 cannot keep odd sizes; Motion-JPEG can
+    assert (info.width, info.height) == (321, 241) and len(list(frames)) == 3
+    assert (out / "chelsea_cam_285_egyptian_cat.png").exists()
