@@ -161,6 +161,26 @@ DtypeOption = Annotated[
 ]
 
 
+ClassesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--class", "-c", help="Class to map, by name or index; repeatable. Default: the top class."
+    ),
+]
+MapsOption = Annotated[
+    int, typer.Option("--maps", min=1, help="Map this many top classes when --class is not given.")
+]
+AlphaOption = Annotated[float, typer.Option(min=0.0, max=1.0, help="Heatmap opacity.")]
+ColormapOption = Annotated[Colormap, typer.Option(help="Colour map.")]
+BoxOption = Annotated[
+    bool, typer.Option("--box", help="Draw the CAM box (20% of the map's maximum).")
+]
+CropOption = Annotated[
+    bool,
+    typer.Option("--crop", help="Centre-crop as in evaluation instead of using the whole image."),
+]
+
+
 def model_options(
     weights: Path | None, labels: Path | None, layer: str | None, classifier: str | None, dtype: str
 ) -> dict[str, Any]:
@@ -191,32 +211,15 @@ def explain(
             "NAME:WEIGHTS, timm:NAME, or a TorchScript file. Repeat to compare models (with --sheet).",
         ),
     ] = None,
-    classes: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--class",
-            "-c",
-            help="Class to map, by name or index; repeatable. Default: the top class.",
-        ),
-    ] = None,
+    classes: ClassesOption = None,
     top_k: Annotated[
         int, typer.Option("--top-k", "-k", min=1, help="Number of predictions to list.")
     ] = 5,
-    maps: Annotated[
-        int,
-        typer.Option("--maps", min=1, help="Map this many top classes when --class is not given."),
-    ] = 1,
-    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Heatmap opacity.")] = 0.5,
-    colormap: Annotated[Colormap, typer.Option(help="Colour map.")] = "jet",
-    box: Annotated[
-        bool, typer.Option("--box", help="Draw the CAM box (20% of the map's maximum).")
-    ] = False,
-    crop: Annotated[
-        bool,
-        typer.Option(
-            "--crop", help="Centre-crop as in evaluation instead of using the whole image."
-        ),
-    ] = False,
+    maps: MapsOption = 1,
+    alpha: AlphaOption = 0.5,
+    colormap: ColormapOption = "jet",
+    box: BoxOption = False,
+    crop: CropOption = False,
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
     labels: LabelsOption = None,
@@ -349,13 +352,8 @@ def export(
         Path, typer.Option("--out", "-o", help="Output folder (mirrors the inputs' paths).")
     ],
     model: ModelOption = "efficientnet_lite0",
-    classes: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--class", "-c", help="Class to map (name or index); repeatable. Default: top class."
-        ),
-    ] = None,
-    maps: Annotated[int, typer.Option("--maps", min=1, help="Map this many top classes.")] = 1,
+    classes: ClassesOption = None,
+    maps: MapsOption = 1,
     top_k: Annotated[
         int, typer.Option("--top-k", "-k", min=1, help="Predictions per image in the manifest.")
     ] = 5,
@@ -363,9 +361,9 @@ def export(
         ImageFormat, typer.Option("--format", help="Overlay file format.")
     ] = "jpg",
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality.")] = 90,
-    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Heatmap opacity.")] = 0.5,
-    colormap: Annotated[Colormap, typer.Option(help="Colour map.")] = "jet",
-    box: Annotated[bool, typer.Option("--box", help="Draw the CAM box on the overlays.")] = False,
+    alpha: AlphaOption = 0.5,
+    colormap: ColormapOption = "jet",
+    box: BoxOption = False,
     heatmap: Annotated[
         bool, typer.Option("--heatmap", help="Also write the bare heatmap (8-bit PNG).")
     ] = False,
@@ -373,9 +371,7 @@ def export(
         RawFormat | None, typer.Option(help="Also write the raw CAMs at feature resolution.")
     ] = None,
     raw_dtype: Annotated[RawDtype, typer.Option(help="dtype of the raw CAMs.")] = "float16",
-    crop: Annotated[
-        bool, typer.Option("--crop", help="Centre-crop instead of the whole image.")
-    ] = False,
+    crop: CropOption = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Skip inputs the manifest lists as done.")
     ] = False,

@@ -28,29 +28,29 @@ def capture_input(module: nn.Module) -> Iterator[Captured]:
 
     Used on a global-average-pooling module: its input is exactly the tensor that gets averaged.
     """
-    captured = Captured()
-
-    def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
-        captured.tensor = args[0]
-        captured.calls += 1
-
-    handle = module.register_forward_pre_hook(hook)
-    try:
+    with _capture(module, output=False) as captured:
         yield captured
-    finally:
-        handle.remove()
 
 
 @contextmanager
 def capture_output(module: nn.Module) -> Iterator[Captured]:
     """Capture the output of ``module`` on every forward pass."""
+    with _capture(module, output=True) as captured:
+        yield captured
+
+
+@contextmanager
+def _capture(module: nn.Module, output: bool) -> Iterator[Captured]:
     captured = Captured()
 
-    def hook(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
-        captured.tensor = output
+    def record(tensor: Any) -> None:
+        captured.tensor = tensor
         captured.calls += 1
 
-    handle = module.register_forward_hook(hook)
+    if output:
+        handle = module.register_forward_hook(lambda _m, _args, result: record(result))
+    else:
+        handle = module.register_forward_pre_hook(lambda _m, args: record(args[0]))
     try:
         yield captured
     finally:
