@@ -38,7 +38,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from camtool import __version__
-from camtool.cam import CamBatch, compute
 from camtool.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -46,9 +45,11 @@ from camtool.errors import (
     InvalidArgumentError,
     OutputWriteError,
 )
-from camtool.explanation import Explanation, ModelSpec, build_explanation, get_model, resolve_class
+from camtool.explanation import BoundMethod, Explanation, ModelSpec, bind_method, build_explanation
+from camtool.image import Preprocessing, Region
 from camtool.io import IMAGE_SUFFIXES, load_image, open_atomic, save_image, write_bytes_atomic
-from camtool.models import DEFAULT_MODEL, LoadedModel, Preprocessing, Region
+from camtool.methods.base import DEFAULT_METHOD, MapBatch, Method
+from camtool.models import DEFAULT_MODEL, LoadedModel
 from camtool.progress import ProgressBar
 from camtool.render import COLORMAPS
 
@@ -234,7 +235,7 @@ class _DecodeDataset(Dataset[_Decoded]):
 @dataclass(frozen=True)
 class _Result:
     index: int
-    out: CamBatch | None = None
+    out: MapBatch | None = None
     row: int = 0
     image: torch.Tensor | None = None
     region: Region | None = None
@@ -286,15 +287,14 @@ def default_workers() -> int:
 
 def _stream(
     items: Sequence[InputItem],
-    model: LoadedModel,
-    classes: Sequence[int] | None,
+    bound: BoundMethod,
     maps: int,
     crop: bool,
     batch_size: int,
     workers: int,
     decoder: Decoder = "threads",
 ) -> Generator[_Result, None, None]:
-    dataset = _DecodeDataset(items, model.preprocessing, crop)
+    dataset = _DecodeDataset(items, bound.model.preprocessing, crop)
     loader = _decoded(dataset, workers, 2 * batch_size, decoder)
     buckets: dict[tuple[int, ...], list[_Decoded]] = {}
     pending = 0
@@ -302,7 +302,7 @@ def _stream(
 
     def run(bucket: list[_Decoded]) -> Iterator[_Result]:
         batch = torch.stack([s.tensor for s in bucket if s.tensor is not None])
-        out = compute(model, batch, classes, top_k=maps)
+        out = bound(batch, maps)
         for row, sample in enumerate(bucket):
             yield _Result(sample.index, out, row, sample.image, sample.region)
 
@@ -328,6 +328,7 @@ def explain_iter(
     inputs: Sequence[str | os.PathLike[str]],
     model: ModelSpec = DEFAULT_MODEL,
     *,
+    method: str | Method = DEFAULT_METHOD,
     classes: Sequence[int | str] | None = None,
     maps: int = 1,
     top_k: int = 5,
@@ -343,12 +344,12 @@ def explain_iter(
 
     Takes the inputs of :func:`export` and the options of :func:`camtool.explain`.
     """
-    loaded = get_model(model, device, **model_options)
-    wanted = [resolve_class(c, loaded.labels) for c in classes] if classes else None
+    bound = bind_method(model, method, classes, device=device, **model_options)
+    loaded = bound.model
     items, failures = collect_inputs(inputs)
     yield from failures
     workers = default_workers() if workers is None else workers
-    for result in _stream(items, loaded, wanted, maps, crop, batch_size, workers):
+    for result in _stream(items, bound, maps, crop, batch_size, workers):
         source = str(items[result.index].path)
         if result.error is not None or result.out is None:
             yield ExportFailure(source, result.error or "unknown error")
@@ -477,6 +478,7 @@ def _raw_bytes(ex: Explanation, options: ExportOptions) -> bytes:
             classes=np.array([s.index for s in ex.explained]),
             bias=ex.bias.numpy(),
             logits=np.array([s.logit for s in ex.explained], dtype=np.float32),
+            method=np.array(ex.method),
             origin=np.array(ex.geometry.origin),
             stride=np.array(ex.geometry.stride),
         )
@@ -611,6 +613,7 @@ def export(
     out_dir: str | os.PathLike[str],
     model: ModelSpec = DEFAULT_MODEL,
     *,
+    method: str | Method = DEFAULT_METHOD,
     classes: Sequence[int | str] | None = None,
     maps: int = 1,
     crop: bool = False,
@@ -635,8 +638,8 @@ def export(
     Args:
         inputs: files, folders, globs and ``@list.txt`` files (see :func:`collect_inputs`).
         out_dir: the output folder (created).
-        model: as for :func:`camtool.explain`; ``model_options`` (weights, labels, layer,
-            classifier, dtype) as for :func:`camtool.load_model`.
+        model, method: as for :func:`camtool.explain`; ``model_options`` (weights, labels,
+            dtype; layer, classifier for the method) as there.
         classes: fixed classes to explain (names or indices); default: each image's top ``maps``.
         crop: centre-crop instead of using the whole image.
         options: rendering and file options (:class:`ExportOptions`).
@@ -654,12 +657,13 @@ def export(
     options = options or ExportOptions()
     _check_options(options)
     out = Path(out_dir)
-    loaded = get_model(model, device, **model_options)
+    bound = bind_method(model, method, classes, device=device, **model_options)
+    loaded, explainer, wanted = bound.model, bound.explainer, bound.classes
     batch_size = batch_size or (16 if loaded.device.type == "cpu" else 64)
-    wanted = [resolve_class(c, loaded.labels) for c in classes] if classes else None
     items, failures = collect_inputs(inputs, exclude=out)
     settings = {
-        "model": loaded.name, "weights": loaded.weights, "classes": wanted, "maps": maps, "crop": crop,
+        "model": loaded.name, "weights": loaded.weights, "method": explainer.method, "classes": wanted,
+        "maps": maps, "crop": crop,
         **{k: (str(v) if v is not None else None) for k, v in sorted(model_options.items())},
         **{k: v for k, v in asdict(options).items() if k != "quality"},
     }  # fmt: skip
@@ -672,9 +676,10 @@ def export(
     items = _restore_stems(items, previous)
     todo, carried = _split_resumed(items, previous)
     manifest = _Manifest(out / MANIFEST, append=resume)
-    head = loaded.head.describe()
+    head = explainer.describe()
     manifest.write({"type": "run", "camtool": __version__, "started": _now(), "resumed": bool(runs), "cwd": os.getcwd(),
-                    "settings": settings, "head": head, "head_detail": loaded.head.as_dict()})  # fmt: skip
+                    "settings": settings, "method": explainer.method, "head": head,
+                    "head_detail": explainer.as_dict()})  # fmt: skip
     failed = [ExportFailure(r["input"], r["error"]) for r in carried]
     exported = 0
     writer_pool = ThreadPoolExecutor(max_workers=writers or 2, thread_name_prefix="camtool-write")
@@ -713,7 +718,7 @@ def export(
         record_failure(failure)
     workers = default_workers() if workers is None else workers
     opencv_threads = _single_threaded_opencv() if decoder == "threads" else None
-    stream = _stream(todo, loaded, wanted, maps, crop, batch_size, workers, decoder)
+    stream = _stream(todo, bound, maps, crop, batch_size, workers, decoder)
     with _interrupt_flag() as interrupted:
         try:
             for result in stream:
@@ -865,7 +870,8 @@ def _write_summary(
 ) -> None:
     summary = {
         "camtool": __version__, "torch": torch.__version__, "python": platform.python_version(),
-        "finished": _now(), "model": model.name, "head": head, "device": str(model.device),
+        "finished": _now(), "model": model.name, "method": settings["method"], "head": head,
+        "device": str(model.device),
         "settings": settings, "total": report.total, "exported": report.exported,
         "failed": report.failed, "skipped": report.skipped, "seconds": round(report.seconds, 3),
         "images_per_second": round(report.images_per_second, 2), "interrupted": report.interrupted,

@@ -23,7 +23,14 @@ from rich.console import Console
 from rich.table import Table
 
 from camtool import __version__
-from camtool.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, CamtoolError
+from camtool.errors import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    CamtoolError,
+    UnsupportedModelError,
+)
 
 if TYPE_CHECKING:
     from camtool.explanation import Explanation
@@ -115,6 +122,8 @@ def unique_stems(paths: list[str]) -> list[str]:
 
 def predictions_table(ex: Explanation, outputs: list[Path]) -> Table:
     """Return a rich table of an explanation's top-k classes."""
+    from camtool.explanation import residual_text
+
     table = Table(
         title=f"{ex.source}  ({ex.image.shape[2]}x{ex.image.shape[1]})", title_justify="left"
     )
@@ -125,12 +134,16 @@ def predictions_table(ex: Explanation, outputs: list[Path]) -> Table:
     table.add_column("logit", justify="right")
     explained = {s.index for s in ex.explained}
     for rank, p in enumerate(ex.predictions, 1):
-        mark = " [bold green]◀ CAM[/]" if p.index in explained else ""
+        mark = f" [bold green]◀ {ex.method.upper()}[/]" if p.index in explained else ""
         table.add_row(
             str(rank), f"{p.name}{mark}", str(p.index), f"{p.probability:.4f}", f"{p.logit:.3f}"
         )
     files = ", ".join(str(o) for o in outputs)
-    table.caption = f"{ex.model}: {ex.head}, identity residual {ex.residual:.1e} -> {files}"
+    table.caption = (
+        f"{ex.model}: {ex.method}: {ex.head}{residual_text(ex.residual)} -> {files}"
+        if ex.explained
+        else f"{ex.model}: {ex.head}"
+    )
     table.caption_justify = "left"
     return table
 
@@ -149,6 +162,14 @@ WeightsOption = Annotated[
     typer.Option(help="State dict (.pth/.pt read with weights_only=True, or .safetensors)."),
 ]
 LabelsOption = Annotated[Path | None, typer.Option(help="Label file, one class name per line.")]
+MethodOption = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        help="How maps are made: cam (exact Class Activation Maps), or auto (the default: the "
+        "first method that can explain the model; predictions alone when none can).",
+    ),
+]
 LayerOption = Annotated[
     str | None, typer.Option(help="Feature layer (a module name); overrides discovery.")
 ]
@@ -211,6 +232,7 @@ def explain(
             "NAME:WEIGHTS, timm:NAME, or a TorchScript file. Repeat to compare models (with --sheet).",
         ),
     ] = None,
+    method: MethodOption = "auto",
     classes: ClassesOption = None,
     top_k: Annotated[
         int, typer.Option("--top-k", "-k", min=1, help="Number of predictions to list.")
@@ -247,18 +269,29 @@ def explain(
     (or the --class ones), one row per --model when several are given.
     """
     with errors_to_exit_codes():
-        from camtool.explanation import comparison_sheet, get_model
+        from camtool.explanation import bind_method, comparison_sheet
         from camtool.explanation import explain as explain_image
         from camtool.io import VIDEO_SUFFIXES
 
         options = model_options(weights, labels, layer, classifier, dtype)
-        loaded = [get_model(name, device, **options) for name in (models or ["efficientnet_lite0"])]
+        loaded = [
+            bind_method(name, method, classes, device=device, **options)
+            for name in (models or ["efficientnet_lite0"])
+        ]
         maps = max(maps, top_k) if sheet and not classes else maps
         stems = unique_stems([str(p) for p in images])
         report: dict[str, Any] = {
-            "model": loaded[0].name,
-            "head": loaded[0].head.describe(),
-            "models": [{"model": m.name, "head": m.head.describe()} for m in loaded],
+            "model": loaded[0].model.name,
+            "method": loaded[0].explainer.method,
+            "head": loaded[0].explainer.describe(),
+            "models": [
+                {
+                    "model": b.model.name,
+                    "method": b.explainer.method,
+                    "head": b.explainer.describe(),
+                }
+                for b in loaded
+            ],
             "images": [],
             "errors": [],
         }
@@ -282,8 +315,7 @@ def explain(
                 continue
             try:
                 results = [
-                    explain_image(path, m, classes=classes, maps=maps, top_k=top_k, crop=crop)
-                    for m in loaded
+                    explain_image(path, b, maps=maps, top_k=top_k, crop=crop) for b in loaded
                 ]
                 written = []
                 for ex in results:
@@ -352,6 +384,7 @@ def export(
         Path, typer.Option("--out", "-o", help="Output folder (mirrors the inputs' paths).")
     ],
     model: ModelOption = "efficientnet_lite0",
+    method: MethodOption = "auto",
     classes: ClassesOption = None,
     maps: MapsOption = 1,
     top_k: Annotated[
@@ -415,7 +448,7 @@ def export(
             top_k=top_k,
         )  # fmt: skip
         report = export_images(
-            inputs, out, model, classes=classes, maps=maps, crop=crop, options=options, resume=resume,
+            inputs, out, model, method=method, classes=classes, maps=maps, crop=crop, options=options, resume=resume,
             device=device, batch_size=batch_size, workers=workers, decoder=decoder, progress=not quiet,
             **model_options(weights, labels, layer, classifier, dtype),
         )  # fmt: skip
@@ -500,43 +533,68 @@ def inspect(
     device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Show the CAM head camtool finds (feature map, classifier, shape, identity residual).
+    """Show a model: its preprocessing and labels (and where they come from), and per method
+    whether it can explain the model (for CAM: the head found, its shape and identity residual).
 
-    Architectures without weights are inspected with random weights. Exits 1 with the reason
-    when CAM cannot be exact for the network.
+    Architectures without weights are inspected with random weights.
     """
     with errors_to_exit_codes():
-        from camtool.models import Preprocessing, find_card, is_card_name, load_model
+        from camtool.image import Preprocessing
+        from camtool.methods import bind, method_names
+        from camtool.models import find_card, is_card_name, load_model
 
-        options = model_options(weights, labels, layer, classifier, dtype)
+        options = model_options(weights, labels, None, None, dtype)
+        del options["layer"], options["classifier"]
         if input_size is not None:
             known = model.endswith(".toml") or is_card_name(model)
             base = find_card(model).preprocessing if known else Preprocessing()
             options["preprocessing"] = replace(base, input_size=input_size)
         loaded = load_model(model, device=device, random_weights=True, **options)
-        info = {**loaded.describe(), "input_size": loaded.preprocessing.input_size}
+        info = {**loaded.describe(), "input_size": loaded.preprocessing.input_size, "methods": {}}
+        for name in method_names():
+            try:
+                explainer = bind(name, loaded, layer=layer, classifier=classifier)
+            except UnsupportedModelError as exc:
+                info["methods"][name] = {"explains": False, "reason": str(exc)}
+                continue
+            info["methods"][name] = {"explains": True, "uses": explainer.describe()}
+            if name == "cam":
+                info["head"], info["head_detail"] = explainer.describe(), explainer.as_dict()
         if as_json:
             sys.stdout.write(json.dumps(info, indent=2) + "\n")
             return
-        table = Table(title=f"camtool inspect {model}", show_header=False, title_justify="left")
-        table.add_column("field", style="bold")
-        table.add_column("value")
-        detail = loaded.head.as_dict()
-        rows = [
-            ("model", loaded.name),
-            ("weights", loaded.weights),
-            ("parameters", f"{info['parameters']:,}"),
-            ("classes", str(info["classes"])),
-            ("head kind", detail["kind"]),
-            ("feature map", f"{detail['features']}: {'x'.join(map(str, detail['feature_shape']))} "
-                            f"at {detail['probe_size']} px"),
-            ("classifier", detail["classifier"] or "(the feature map holds the class maps)"),
+        console.print(inspect_table(model, info))
+
+
+def inspect_table(spec: str, info: dict[str, Any]) -> Table:
+    """The rich table of ``camtool inspect``: model facts, then one row per method."""
+    table = Table(title=f"camtool inspect {spec}", show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    prep = info["preprocessing"]
+    rows = [
+        ("model", info["name"]),
+        ("weights", info["weights"]),
+        ("parameters", f"{info['parameters']:,}"),
+        ("classes", f"{info['classes']} (labels: {info['labels_source']})"),
+        ("preprocessing", f"{prep['input_size']} px, {prep['interpolation']}, mean "
+                          f"{tuple(prep['mean'])}, std {tuple(prep['std'])}, crop_pct {prep['crop_pct']:g}"),
+        ("  from", prep["source"]),
+        ("dtype", info["dtype"]),
+    ]  # fmt: skip
+    detail = info.get("head_detail")
+    if detail:
+        rows += [
+            ("CAM head", f"{detail['kind']}: {detail['features']} -> {detail['classifier'] or '(class maps)'}"),
+            ("feature map", f"{'x'.join(map(str, detail['feature_shape']))} at {detail['probe_size']} px"),
             ("identity residual", f"{detail['probe_residual']:.2e} (max |mean(CAM) + b - logit|)"),
-            ("dtype", info["dtype"]),
         ]  # fmt: skip
-        for field, value in rows:
-            table.add_row(field, value)
-        console.print(table)
+    for name, verdict in info["methods"].items():
+        text = "yes" if verdict["explains"] else f"[yellow]no[/]: {verdict['reason']}"
+        rows.append((f"method {name}", text))
+    for field, value in rows:
+        table.add_row(field, value)
+    return table
 
 
 @app.command()

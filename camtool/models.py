@@ -1,4 +1,7 @@
-"""Model names, cards and checkpoints -> an eval model, its preprocessing, its labels, its CAM head.
+"""Model names, cards and checkpoints -> an eval model, its preprocessing and its labels.
+
+Loading knows nothing of its consumer: it does not look for a CAM head (that is the CAM method's
+``bind`` step, :mod:`camtool.methods`), so a model that CAM cannot explain still loads.
 
 A *model card* is a small TOML file that names an architecture (``timm:NAME`` or
 ``torchvision:NAME``), where its weights come from (with their sha256), the preprocessing they were
@@ -14,123 +17,22 @@ import importlib.resources
 import importlib.util
 import os
 import pickle
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import tomllib
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camtool.errors import ModelLoadError, UnknownModelError
-from camtool.heads import CamHead, FeatureGeometry, find_cam_head
+from camtool.errors import CamtoolError, ModelLoadError, ModelRunError, UnknownModelError
+from camtool.hooks import eval_mode
+from camtool.image import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 DEFAULT_MODEL = "efficientnet_lite0"
-
-#: The longest side of the network input, in multiples of the model's input size.
-MAX_ASPECT = 8
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-# --------------------------------------------------------------------------------------------
-# Preprocessing
-
-
-@dataclass(frozen=True)
-class Region:
-    """The part of the original image the network saw, in original pixels (x2, y2 exclusive)."""
-
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-
-    def as_ints(self) -> tuple[int, int, int, int]:
-        """Return the region rounded to whole pixels."""
-        return round(self.x1), round(self.y1), round(self.x2), round(self.y2)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How images are turned into the network's input.
-
-    By default the whole image is used: it is resized (keeping its aspect ratio) so that its
-    shorter side is ``input_size``, and nothing is cropped. With ``crop=True`` the classic
-    evaluation transform is used instead: shorter side to ``input_size / crop_pct``, then a centre
-    crop of ``input_size`` x ``input_size``.
-    """
-
-    input_size: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
-    crop_pct: float = 0.875
-
-    def resized_size(self, height: int, width: int, crop: bool = False) -> tuple[int, int]:
-        """Return the (height, width) the image is resized to before any crop.
-
-        The shorter side becomes the input size, unless that would make the longer side more
-        than :data:`MAX_ASPECT` times the input size (a panorama): then the longer side is capped
-        there, which bounds the network's input however elongated the image is.
-        """
-        short = int(self.input_size / self.crop_pct) if crop else self.input_size
-        scale = short / min(height, width)
-        if not crop:
-            scale = min(scale, MAX_ASPECT * self.input_size / max(height, width))
-        return max(1, round(height * scale)), max(1, round(width * scale))
-
-    def prepare(self, image: Tensor, crop: bool = False) -> tuple[Tensor, Region]:
-        """Resize and normalise one image.
-
-        Args:
-            image: ``Tensor[3,H,W]`` uint8 RGB, on any device.
-            crop: use the centre crop instead of the whole image.
-
-        Returns:
-            ``(tensor, region)``: ``Tensor[3,h,w]`` float32 on the image's device, normalised for
-            the network, and the :class:`Region` of the original image that it shows.
-        """
-        height, width = image.shape[-2:]
-        rh, rw = self.resized_size(height, width, crop)
-        resized = resize_image(image, (rh, rw), self.interpolation)
-        region = Region(0.0, 0.0, float(width), float(height))
-        if crop:
-            top, left = (rh - self.input_size) // 2, (rw - self.input_size) // 2
-            resized = resized[:, top : top + self.input_size, left : left + self.input_size]
-            sy, sx = height / rh, width / rw
-            region = Region(
-                left * sx, top * sy, (left + self.input_size) * sx, (top + self.input_size) * sy
-            )
-        return self.normalize(resized), region
-
-    def normalize(self, pixels: Tensor) -> Tensor:
-        """Map uint8 pixels ``Tensor[..., 3, h, w]`` to the network's float32 input."""
-        mean = torch.tensor(self.mean, device=pixels.device).mul_(255).view(3, 1, 1)
-        std = torch.tensor(self.std, device=pixels.device).mul_(255).view(3, 1, 1)
-        return (pixels.float() - mean) / std
-
-
-def resize_image(image: Tensor, size: tuple[int, int], interpolation: str = "bicubic") -> Tensor:
-    """Resize ``Tensor[3,H,W]`` uint8 to ``size`` with antialiasing (as PIL does); uint8 out.
-
-    On the CPU torch resizes uint8 images natively (5x faster than through float32, and the
-    same result as torchvision's ``resize``); elsewhere through float32, rounded.
-    """
-    if tuple(image.shape[-2:]) == size:
-        return image
-    if image.device.type == "cpu":
-        return F.interpolate(
-            image[None], size=size, mode=interpolation, antialias=True, align_corners=False
-        )[0]
-    resized = F.interpolate(
-        image[None].float(), size=size, mode=interpolation, antialias=True, align_corners=False
-    )
-    return resized[0].round_().clamp_(0, 255).to(torch.uint8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,27 +412,30 @@ def load_labels(spec: str | os.PathLike[str], base: Path | None = None) -> tuple
 
 @dataclass(frozen=True, eq=False)
 class LoadedModel:
-    """A network ready for CAM, with its preprocessing, labels and proven CAM head.
+    """A network ready to explain, with its preprocessing and labels (and where each came from).
 
     Attributes:
         name: the model's name; module: the network (in eval mode when camtool built it).
-        preprocessing: how images become its input; labels: its K class names.
-        head: the CAM head (see :mod:`camtool.heads`), proven on a probe batch.
+        preprocessing: how images become its input; labels: its K class names (K counted from
+            the network's output on a probe image).
         card: the model card it came from, if any; weights: where its weights came from.
         dtype: compute dtype (float16/bfloat16 run under autocast; the network is not converted).
         channels_last: feed batches (and, for models camtool built, weights) in channels-last.
+        preprocessing_source: where ``preprocessing`` came from (a card, timm's pretrained_cfg,
+            torchvision's weights, the caller, or ImageNet defaults).
+        labels_source: where ``labels`` came from.
     """
 
     name: str
     module: nn.Module
     preprocessing: Preprocessing
     labels: tuple[str, ...]
-    head: CamHead
     card: ModelCard | None = None
     weights: str = ""
     dtype: torch.dtype = torch.float32
     channels_last: bool = False
-    geometry_cache: dict[tuple[int, int], FeatureGeometry] = field(default_factory=dict, repr=False)
+    preprocessing_source: str = "ImageNet defaults"
+    labels_source: str = ""
 
     @property
     def device(self) -> torch.device:
@@ -539,16 +444,21 @@ class LoadedModel:
         return parameter.device if parameter is not None else torch.device("cpu")
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-ready description: name, weights, head, dtype, parameter count."""
+        """A JSON-ready description: name, weights, dtype, parameters, classes, preprocessing."""
+        prep = self.preprocessing
         return {
             "name": self.name,
             "weights": self.weights,
-            "head": self.head.describe(),
-            "head_detail": self.head.as_dict(),
             "dtype": str(self.dtype).removeprefix("torch."),
             "parameters": sum(p.numel() for p in self.module.parameters()),
             "classes": len(self.labels),
-        }
+            "labels_source": self.labels_source,
+            "preprocessing": {
+                "input_size": prep.input_size, "mean": list(prep.mean), "std": list(prep.std),
+                "interpolation": prep.interpolation, "crop_pct": prep.crop_pct,
+                "source": self.preprocessing_source,
+            },
+        }  # fmt: skip
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -591,14 +501,15 @@ def load_model(
     device: str | torch.device | None = "auto",
     labels: str | os.PathLike[str] | None = None,
     weights: str | os.PathLike[str] | None = None,
-    layer: str | None = None,
-    classifier: str | None = None,
     dtype: str | torch.dtype | None = None,
     channels_last: bool | None = None,
     preprocessing: Preprocessing | None = None,
     random_weights: bool = False,
 ) -> LoadedModel:
     """Load a named model, a card, an architecture with weights, a TorchScript file, or your module.
+
+    The result knows nothing about explanation methods: bind one with
+    :func:`camtool.methods.bind` (``explain`` and ``export`` do that for you).
 
     Args:
         spec: one of
@@ -610,45 +521,147 @@ def load_model(
             - an ``nn.Module``: used as it is, never moved or converted;
             - an already loaded model (returned as is).
         device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"`` (models camtool builds).
-        labels: a label file, one class name per line; their number must match the classifier.
+        labels: a label file, one class name per line; their number must match the output.
         weights: a state dict file (``.pth``/``.pt`` read with ``weights_only=True``, or
             ``.safetensors``) replacing the card's or architecture's weights.
-        layer, classifier: module names that override head discovery.
         dtype: ``"float32"`` (default), ``"float16"`` or ``"bfloat16"`` (autocast).
         channels_last: channels-last memory format; default: on for CPU and CUDA (1.6x faster
             for the built-in EfficientNet-Lite on 2 CPU cores).
-        preprocessing: override the card's preprocessing (or the ImageNet default).
+        preprocessing: the preprocessing to use; default, in this order: the card's, timm's
+            ``pretrained_cfg`` (timm models), torchvision's weights transforms
+            (``NAME:WEIGHTS``), else ImageNet defaults (224 px, ImageNet mean and std).
         random_weights: allow an architecture without weights (for ``camtool inspect``).
 
     Raises:
-        UnknownModelError, ModelLoadError, WeightsHashError, UnsupportedModelError.
+        UnknownModelError, ModelLoadError, WeightsHashError.
     """
     if isinstance(spec, LoadedModel):
         return spec
     compute_dtype = resolve_dtype(dtype)
     if isinstance(spec, nn.Module):
-        prep = preprocessing or Preprocessing()
-        head = find_cam_head(spec, layer, classifier, probe_size=prep.input_size)
-        names = _labels_for(head, labels, None)
-        name = type(spec).__name__
+        module, name, card, source = spec, type(spec).__name__, None, "caller's module"
+        default_labels: str | tuple[str, ...] | None = None
+        prep, prep_source = preprocessing_carried_by(spec)
         last = bool(channels_last)
-        return LoadedModel(
-            name, spec, prep, names, head, None, "caller's module", compute_dtype, last
-        )
-    target = resolve_device(device)
-    module, name, card, source, default_labels, prep = _build(spec, weights, random_weights)
-    prep = preprocessing or prep
-    module.eval().to(target)
-    for parameter in module.parameters():
-        parameter.requires_grad_(False)
-    last = target.type in ("cpu", "cuda") if channels_last is None else channels_last
-    if last:
-        module.to(memory_format=torch.channels_last)
-    head = find_cam_head(module, layer, classifier, probe_size=prep.input_size)
-    names = _labels_for(
-        head, labels, default_labels, card.path.parent if card and card.path else None
+    else:
+        target = resolve_device(device)
+        built = _build(spec, weights, random_weights)
+        module, name, card, source, default_labels = built[:5]
+        if built.preprocessing is None:
+            prep, prep_source = preprocessing_carried_by(module)
+        else:
+            prep, prep_source = built.preprocessing, built.preprocessing_source
+        module.eval().to(target)
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+        last = target.type in ("cpu", "cuda") if channels_last is None else channels_last
+        if last:
+            module.to(memory_format=torch.channels_last)
+    if preprocessing is not None:
+        prep, prep_source = preprocessing, "given by the caller"
+    fixed = fixed_input_size(module)
+    if fixed is not None and not prep.fixed_size:
+        prep = replace(prep, input_size=fixed, fixed_size=True)
+        prep_source += f"; the network takes {fixed}x{fixed} inputs only"
+    count = count_classes(module, prep.input_size, name)
+    base = card.path.parent if card and card.path else None
+    names, labels_source = _labels_for(count, labels, default_labels, base)
+    return LoadedModel(
+        name, module, prep, names, card, source, compute_dtype, last, prep_source, labels_source
     )
-    return LoadedModel(name, module, prep, names, head, card, source, compute_dtype, last)
+
+
+def preprocessing_carried_by(module: nn.Module) -> tuple[Preprocessing, str]:
+    """The preprocessing a network carries (timm's ``pretrained_cfg``), else ImageNet defaults;
+    and a phrase saying which."""
+    config = getattr(module, "pretrained_cfg", None)
+    if isinstance(config, Mapping) and config.get("input_size"):
+        size = config["input_size"]
+        interpolation = str(config.get("interpolation", "bicubic"))
+        prep = Preprocessing(
+            input_size=int(size[-1]),
+            mean=_triple(config.get("mean", IMAGENET_MEAN)),
+            std=_triple(config.get("std", IMAGENET_STD)),
+            interpolation="bicubic" if interpolation == "bicubic" else "bilinear",
+            crop_pct=float(config.get("crop_pct", 0.875)),
+        )
+        return prep, f"timm pretrained_cfg ({config.get('architecture', type(module).__name__)})"
+    return Preprocessing(), "ImageNet defaults (224 px, ImageNet mean/std): the model carries none"
+
+
+def fixed_input_size(module: nn.Module) -> int | None:
+    """The one input size a network accepts (a vision transformer with a fixed position
+    embedding: torchvision's ``image_size``, timm's ``fixed_input_size``), else None."""
+    config = getattr(module, "pretrained_cfg", None)
+    if isinstance(config, Mapping) and config.get("fixed_input_size") and config.get("input_size"):
+        return int(config["input_size"][-1])
+    size = getattr(module, "image_size", None)
+    if type(module).__name__ == "VisionTransformer" and isinstance(size, int):
+        return size
+    return None
+
+
+def _triple(values: Any) -> tuple[float, float, float]:
+    numbers = [float(v) for v in values]
+    if len(numbers) == 1:
+        numbers *= 3
+    return numbers[0], numbers[1], numbers[2]
+
+
+def count_classes(module: nn.Module, size: int, name: str) -> int:
+    """K, the number of classes: the width of the network's output on one probe image.
+
+    Raises:
+        ModelLoadError: the network fails on the probe, or its output is not ``[N, K]`` scores.
+    """
+    parameter = next(module.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    dtype = (
+        parameter.dtype
+        if parameter is not None and parameter.is_floating_point()
+        else torch.float32
+    )
+    probe = torch.zeros(1, 3, size, size, device=device, dtype=dtype)
+    try:
+        with torch.inference_mode(), eval_mode(module):
+            output = module(probe)
+    except Exception as exc:  # a network that cannot run on an image is not loadable
+        raise ModelLoadError(
+            name, f"the network fails on a {size}x{size} probe image ({type(exc).__name__}: {exc})"
+        ) from None
+    return logits_of(output, name).shape[-1]
+
+
+@contextmanager
+def network_failures(name: str, batch: Tensor) -> Iterator[None]:
+    """Turn an exception raised inside the network into a one-line :class:`ModelRunError` naming
+    the model and the batch's shape (camtool's own errors pass through)."""
+    try:
+        yield
+    except CamtoolError:
+        raise
+    except (RuntimeError, AssertionError, ValueError, TypeError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelRunError(
+            name,
+            f"the network fails on a batch of shape {list(batch.shape)} ({type(exc).__name__}: {first})",
+        ) from None
+
+
+def logits_of(output: Any, name: str) -> Tensor:
+    """The ``Tensor[N,K]`` class scores in a network's output.
+
+    Raises:
+        ModelLoadError: the output is not a ``[N, K]`` tensor (the message says what it is).
+    """
+    if isinstance(output, Tensor) and output.ndim == 2:
+        return output
+    what = (
+        f"a tensor of shape {list(output.shape)}"
+        if isinstance(output, Tensor)
+        else f"a {type(output).__name__}"
+    )
+    raise ModelLoadError(name, f"the network returns {what}, not [N, K] class scores")
 
 
 class _Built(NamedTuple):
@@ -657,7 +670,8 @@ class _Built(NamedTuple):
     card: ModelCard | None
     source: str  # where the weights came from
     labels: str | tuple[str, ...] | None  # a label spec, or the names themselves
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | None  # None: whatever the module carries
+    preprocessing_source: str = ""
 
 
 def _build(
@@ -667,7 +681,15 @@ def _build(
         card = spec if isinstance(spec, ModelCard) else find_card(spec)
         if weights is not None:
             module = _architecture_with_file(card.architecture, Path(weights))
-            return _Built(module, card.name, card, str(weights), card.labels, card.preprocessing)
+            return _Built(
+                module,
+                card.name,
+                card,
+                str(weights),
+                card.labels,
+                card.preprocessing,
+                f"model card {card.name}",
+            )
         path = verified_weights_file(card) if card.weights is not None else None
         module = build_architecture(
             card.architecture,
@@ -676,7 +698,13 @@ def _build(
         if path is not None:
             load_weights_into(module, load_state_dict_file(path), path)
         return _Built(
-            module, card.name, card, str(path or "random"), card.labels, card.preprocessing
+            module,
+            card.name,
+            card,
+            str(path or "random"),
+            card.labels,
+            card.preprocessing,
+            f"model card {card.name}",
         )
     if Path(spec).is_file() and _is_torchscript(Path(spec)):
         import warnings
@@ -687,7 +715,7 @@ def _build(
                 module = torch.jit.load(spec, map_location="cpu")
         except Exception as exc:
             raise ModelLoadError(spec, f"not a loadable TorchScript model ({exc})") from None
-        return _Built(module, Path(spec).stem, None, spec, None, Preprocessing())
+        return _Built(module, Path(spec).stem, None, spec, None, None)
     if Path(spec).is_file():
         raise ModelLoadError(
             spec,
@@ -701,14 +729,14 @@ def _build(
     architecture = _architecture_name(architecture)
     if weights is not None:
         module = _architecture_with_file(architecture, Path(weights))
-        return _Built(module, spec, None, str(weights), None, Preprocessing())
+        return _Built(module, spec, None, str(weights), None, None)
     if not random_weights:
         raise ModelLoadError(
             spec,
             "no weights: pass a weights file (--weights FILE) or a torchvision weight name "
             f"({spec}:DEFAULT), or use a named model (camtool models)",
         )
-    return _Built(build_architecture(architecture), spec, None, "random", None, Preprocessing())
+    return _Built(build_architecture(architecture), spec, None, "random", None, None)
 
 
 def is_card_name(name: str) -> bool:
@@ -806,31 +834,37 @@ def _torchvision_named_weights(architecture: str, weight_name: str) -> _Built:
     interpolation = str(keywords.get("interpolation", "bilinear")).rsplit(".", 1)[-1].lower()
     prep = Preprocessing(
         input_size=crop,
-        crop_pct=crop / resize,
+        mean=_triple(keywords.get("mean", IMAGENET_MEAN)),
+        std=_triple(keywords.get("std", IMAGENET_STD)),
         interpolation="bicubic" if interpolation == "bicubic" else "bilinear",
+        crop_pct=crop / resize,
     )
     labels = tuple(entry.meta["categories"])
-    return _Built(module, f"{architecture}:{weight_name}", None, str(path), labels, prep)
+    source = f"torchvision weights transforms ({architecture}:{entry.name})"
+    return _Built(module, f"{architecture}:{weight_name}", None, str(path), labels, prep, source)
 
 
 def _labels_for(
-    head: CamHead,
+    count: int,
     labels: str | os.PathLike[str] | None,
     default: str | tuple[str, ...] | None,
     base: Path | None = None,
-) -> tuple[str, ...]:
-    count = head.num_classes
+) -> tuple[tuple[str, ...], str]:
+    """The K class names and where they came from: a label file, the weights' categories, the
+    card's label set, ImageNet-1k for 1000 outputs, else numbered names."""
     if labels is not None:
         names = load_labels(labels)
-        source: object = labels
+        source = str(labels)
     elif isinstance(default, tuple):
         names, source = default, "the weights' categories"
     elif default is not None and (default != "imagenet1k" or count == 1000):
-        names, source = load_labels(default, base), default
+        names, source = load_labels(default, base), str(default)
     elif count == 1000:
-        names, source = imagenet_labels(), "imagenet1k"
+        names, source = imagenet_labels(), "imagenet1k (1000 outputs)"
     else:
-        return tuple(f"class {i}" for i in range(count))
+        return tuple(
+            f"class {i}" for i in range(count)
+        ), f"numbered (no label set for {count} outputs)"
     if len(names) != count:
         raise ModelLoadError(source, f"{len(names)} labels for a classifier of {count} classes")
-    return names
+    return names, source
