@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -317,6 +317,48 @@ def bind_method(
     return BoundMethod(loaded, explainer, wanted)
 
 
+@overload
+def explain(
+    images: list[ImageSource] | tuple[ImageSource, ...],
+    model: ModelSpec | BoundMethod = ...,
+    *,
+    method: str | Method = ...,
+    classes: Sequence[int | str] | None = ...,
+    maps: int = ...,
+    top_k: int = ...,
+    crop: bool = ...,
+    device: str | None = ...,
+    labels: str | None = ...,
+    weights: str | None = ...,
+    layer: str | None = ...,
+    classifier: str | None = ...,
+    dtype: str | None = ...,
+    batch_size: int = ...,
+    box_threshold: float = ...,
+) -> list[Explanation]: ...
+
+
+@overload
+def explain(
+    images: ImageSource,
+    model: ModelSpec | BoundMethod = ...,
+    *,
+    method: str | Method = ...,
+    classes: Sequence[int | str] | None = ...,
+    maps: int = ...,
+    top_k: int = ...,
+    crop: bool = ...,
+    device: str | None = ...,
+    labels: str | None = ...,
+    weights: str | None = ...,
+    layer: str | None = ...,
+    classifier: str | None = ...,
+    dtype: str | None = ...,
+    batch_size: int = ...,
+    box_threshold: float = ...,
+) -> Explanation: ...
+
+
 def explain(
     images: ImageSource | Sequence[ImageSource],
     model: ModelSpec | BoundMethod = DEFAULT_MODEL,
@@ -334,7 +376,7 @@ def explain(
     dtype: str | None = None,
     batch_size: int = 16,
     box_threshold: float = 0.2,
-) -> Any:
+) -> Explanation | list[Explanation]:
     """Explain one image or several: predictions, maps, heatmaps and boxes.
 
     Args:

@@ -17,6 +17,7 @@ import importlib.resources
 import importlib.util
 import os
 import pickle
+import tomllib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import tomllib
 import torch
 from torch import Tensor, nn
 
