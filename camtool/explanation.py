@@ -288,7 +288,7 @@ class BoundMethod:
 
     def __call__(self, batch: Tensor, maps: int = 1) -> MapBatch:
         """Map a preprocessed ``Tensor[N,3,h,w]`` batch: the fixed classes, else the top ``maps``."""
-        return self.explainer(batch, self.classes, top_k=maps)
+        return self.explainer(batch, self.classes, maps=maps)
 
 
 def bind_method(

@@ -67,7 +67,7 @@ def test_user_module_head_is_discovered_and_exact() -> None:
         cam_head(model).describe()
         == "squash input -> out (5x8), features 8x112x112 at 224 px, probe residual 0.0e+00"
     )
-    out = compute(model, torch.randn(3, 3, 32, 40), top_k=5)
+    out = compute(model, torch.randn(3, 3, 32, 40), maps=5)
     assert out.cams.shape == (3, 5, 16, 20)
     torch.testing.assert_close(
         out.cams.mean((-2, -1)) + out.bias, out.logits.gather(1, out.classes)

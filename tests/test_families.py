@@ -134,7 +134,7 @@ def test_family_is_exact_and_left_untouched(name: str) -> None:
     head = cam_head(model)
     assert (head.kind, head.classifier_name) == (kind, classifier), head.describe()
     assert head.feature_name.startswith(feature), head.describe()
-    out = compute(model, torch.randn(2, 3, 224, 288), top_k=3)
+    out = compute(model, torch.randn(2, 3, 224, 288), maps=3)
     reconstructed = out.cams.mean(dim=(-2, -1)) + out.bias
     scale = max(1.0, float(out.logits.abs().max()))
     assert float((reconstructed - out.logits.gather(1, out.classes)).abs().max()) < 1e-4 * scale

@@ -2,7 +2,7 @@
 
 >>> from camtool import methods
 >>> explainer = methods.bind("cam", camtool.load_model())
->>> out = explainer(batch, top_k=3)          # MapBatch
+>>> out = explainer(batch, maps=3)          # MapBatch
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ explainer turns a preprocessed batch and the classes to map into a :class:`MapBa
 point (explain, export, video) goes through this seam once and never knows which method runs::
 
     explainer = bind("cam", model)                 # discovery, proven on a probe batch
-    out = explainer(batch, classes=None, top_k=3)  # MapBatch: maps Tensor[N,k,h,w] float32
+    out = explainer(batch, classes=None, maps=3)  # MapBatch: maps Tensor[N,k,h,w] float32
 
 Methods are found by name in a registry; a new method is one module that calls :func:`register`.
 """
@@ -95,14 +95,14 @@ class Explainer(Protocol):
         ...
 
     def __call__(
-        self, batch: Tensor, classes: Sequence[int] | None = None, top_k: int = 1
+        self, batch: Tensor, classes: Sequence[int] | None = None, maps: int = 1
     ) -> MapBatch:
         """Map a batch.
 
         Args:
             batch: ``Tensor[N,3,h,w]`` float, normalised for the model.
-            classes: class indices to map for every image; default: each image's ``top_k``.
-            top_k: how many top classes to map when ``classes`` is not given.
+            classes: class indices to map for every image; default: each image's top ``maps``.
+            maps: how many top classes to map when ``classes`` is not given.
         """
         ...
 

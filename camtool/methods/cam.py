@@ -60,16 +60,16 @@ def compute_cams(features: Tensor, weight: Tensor | None, classes: Tensor) -> Te
 
 
 def select_classes(
-    logits: Tensor, classes: Sequence[int] | None, top_k: int, num_classes: int
+    logits: Tensor, classes: Sequence[int] | None, maps: int, num_classes: int
 ) -> Tensor:
-    """Return ``Tensor[N,k]`` int64: the given classes for every image, else each one's top-k."""
+    """Return ``Tensor[N,k]`` int64: the given classes for every image, else its top ``maps``."""
     if classes is not None and len(classes) > 0:
         for c in classes:
             if not 0 <= int(c) < num_classes:
                 raise ClassSelectionError(c, f"class index out of range 0..{num_classes - 1}")
         wanted = torch.tensor([int(c) for c in classes], device=logits.device)
         return wanted.expand(logits.shape[0], -1)
-    k = max(1, min(top_k, num_classes))
+    k = max(1, min(maps, num_classes))
     return logits.topk(k, dim=-1).indices
 
 
@@ -99,15 +99,15 @@ class CamExplainer:
         self,
         batch: Tensor,
         classes: Sequence[int] | None = None,
-        top_k: int = 1,
+        maps: int = 1,
         tolerance: float | None = None,
     ) -> MapBatch:
         """Compute the CAMs of a preprocessed batch in one forward pass, with no gradients.
 
         Args:
             batch: ``Tensor[N,3,h,w]`` float, normalised for the model (see ``Preprocessing``).
-            classes: class indices to map for every image; default: each image's ``top_k``.
-            top_k: how many top classes to map when ``classes`` is not given.
+            classes: class indices to map for every image; default: each image's top ``maps``.
+            maps: how many top classes to map when ``classes`` is not given.
             tolerance: largest accepted relative identity residual; default: by the model's
                 dtype (see ``camtool.methods.heads.IDENTITY_TOLERANCE``).
 
@@ -145,7 +145,7 @@ class CamExplainer:
                     f"the logits by {worst:.3g} (logit scale {scale:.3g}); something non-linear "
                     "sits between the feature map and the classifier",
                 )
-            chosen = select_classes(logits, classes, top_k, logits.shape[-1])
+            chosen = select_classes(logits, classes, maps, logits.shape[-1])
             cams = compute_cams(features, head.weight, chosen)
             bias = (
                 head.bias.float()[chosen]
@@ -195,7 +195,7 @@ def compute(
     model: LoadedModel,
     batch: Tensor,
     classes: Sequence[int] | None = None,
-    top_k: int = 1,
+    maps: int = 1,
     tolerance: float | None = None,
     *,
     layer: str | None = None,
@@ -207,4 +207,4 @@ def compute(
     """
     explainer = bind("cam", model, layer=layer, classifier=classifier)
     assert isinstance(explainer, CamExplainer)
-    return explainer(batch, classes, top_k, tolerance)
+    return explainer(batch, classes, maps, tolerance)

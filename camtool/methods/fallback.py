@@ -42,7 +42,7 @@ class PredictionsOnly:
         return {"kind": "none", "reasons": list(self.reasons)}
 
     def __call__(
-        self, batch: Tensor, classes: Sequence[int] | None = None, top_k: int = 1
+        self, batch: Tensor, classes: Sequence[int] | None = None, maps: int = 1
     ) -> MapBatch:
         """Classify ``Tensor[N,3,h,w]``; return logits and empty ``Tensor[N,0,1,1]`` maps."""
         from camtool.models import logits_of, network_failures
