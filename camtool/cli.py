@@ -425,10 +425,11 @@ def export(
                 f"from {report.out_dir}"
             )
         if report.excluded:
-            shown = ", ".join(report.excluded[:3]) + (", ..." if len(report.excluded) > 3 else "")
+            count = len(report.excluded)
+            shown = ", ".join(report.excluded[:3]) + (", ..." if count > 3 else "")
             err_console.print(
-                f"Warning: skipped {len(report.excluded)} inputs inside the output folder "
-                f"{report.out_dir} (never read as input): {shown}",
+                f"Warning: skipped {count} input{'' if count == 1 else 's'} inside the output "
+                f"folder {report.out_dir} (never read as input): {shown}",
                 markup=False,
             )
         for failure in report.failures[:20]:
