@@ -85,8 +85,8 @@ def test_two_exports_into_one_folder_the_second_is_refused(tmp_path: Path) -> No
         second = subprocess.run(
             [*CLI, *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
         )
-        assert first.poll() is None, "the first export ended too early for this test"
         assert second.returncode == 1, second.stderr
+        assert first.poll() is None, "the first export ended too early for this test"
         assert second.stderr == (
             f"Error: {out}: is being written by another camtool export (pid {first.pid})\n"
         )
