@@ -419,7 +419,7 @@ def export(
             device=device, batch_size=batch_size, workers=workers, decoder=decoder, progress=not quiet,
             **model_options(weights, labels, layer, classifier, dtype),
         )  # fmt: skip
-        if report.removed and not quiet:
+        if report.removed:  # shown even with --quiet: camtool removed files
             console.print(
                 f"removed {report.removed} unfinished files (left by an interrupted run) "
                 f"from {report.out_dir}"

@@ -152,8 +152,8 @@ def test_sigkill_anywhere_then_resume_leaves_exactly_the_listed_files(tmp_path: 
     args = [*CLI, "export", str(tmp_path / "in"), "-o", str(out), "--format", "png", "--heatmap",
             "--batch-size", "2", "--workers", "0", "-q"]  # fmt: skip
     rng = random.Random(8)
-    kills = 0
-    while kills < 7:
+    kills, unfinished = 0, []
+    while kills < 6:
         runs_before = len(read_manifest(out / "manifest.jsonl")[1]) if kills else 0
         process = subprocess.Popen(
             [*args, *(["--resume"] if kills else [])], stdout=subprocess.PIPE, text=True
@@ -167,13 +167,17 @@ def test_sigkill_anywhere_then_resume_leaves_exactly_the_listed_files(tmp_path: 
         kills += 1
         contents = load_manifest(out / "manifest.jsonl")
         announced = {os.path.relpath(f, out) for f in contents.announced}
-        for name in files_under(out) - BOOKKEEPING - listed_files(out):
+        left = files_under(out) - BOOKKEEPING - listed_files(out)
+        for name in left:
             assert TEMP.fullmatch(Path(name).name) or name in announced, name
-    left = len(files_under(out) - BOOKKEEPING - listed_files(out))
+        unfinished.append(len(left))
+    assert any(unfinished), "no kill left an unfinished file: the test tested nothing"
     final = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr
-    if left:
-        assert final.stdout.startswith(f"removed {left} unfinished files"), final.stdout
+    if unfinished[-1]:
+        assert final.stdout.startswith(f"removed {unfinished[-1]} unfinished files"), final.stdout
+    else:
+        assert final.stdout == ""
     assert files_under(out) == listed_files(out) | {"manifest.jsonl", "summary.json"}
     done = Counter(
         record["input"]
@@ -260,8 +264,9 @@ def test_a_final_name_of_255_bytes_can_be_written(tmp_path: Path) -> None:
 def test_batch_size_changes_results_only_within_rounding(
     tmp_path: Path, lite0: camtool.LoadedModel
 ) -> None:
-    """The README's bound: overlays from batches of 1 and of 12 differ by at most 2 levels per
-    pixel (PNG), raw CAMs by at most 1e-4 of their range."""
+    """The README's bound: raw CAMs from batches of 1 and of 12 differ by at most 1e-5 of their
+    range (about 3e-7 measured), overlays (PNG) by at most 3 levels per pixel: one step of the
+    colour map's table, halved by alpha 0.5, plus rounding (2 measured)."""
     small_images(tmp_path / "in", 12, size=(224, 224))
     options = ExportOptions(image_format="png", raw="npz", raw_dtype="float32")
     for size in (1, 12):
@@ -274,8 +279,8 @@ def test_batch_size_changes_results_only_within_rounding(
         one, twelve = tmp_path / "b1" / name, tmp_path / "b12" / name
         if name.endswith(".npz"):
             a, b = np.load(one)["cams"], np.load(twelve)["cams"]
-            assert np.abs(a - b).max() <= 1e-4 * (np.abs(a).max() + 1e-12), name
+            assert np.abs(a - b).max() <= 1e-5 * (np.abs(a).max() + 1e-12), name
         else:
             a16 = camtool.load_image(one).int()
             worst = max(worst, int((a16 - camtool.load_image(twelve).int()).abs().max()))
-    assert worst <= 2
+    assert worst <= 3
