@@ -2,14 +2,18 @@
 
 The pipeline: inputs are enumerated (files, folders, globs, ``@list.txt``); decoding and
 preprocessing run in DataLoader workers; images of equal network-input size are batched (batching
-never pads, so a batched result equals the single-image one); CAMs come from one forward pass per
+never pads, so a batched result equals the single-image one within float rounding: convolution
+kernels sum in another order for another batch size); CAMs come from one forward pass per
 batch; heatmaps, overlays and file writes run on a pool of threads. Queues are bounded, so memory
 stays flat however many images there are.
 
-Every output file is written under a temporary name and renamed; an image's manifest line is
-appended only after all its files are in place, so the manifest (``manifest.jsonl``, one JSON
-object per line) always lists exactly the images whose outputs exist. ``resume=True`` skips the
-inputs it already lists.
+Every output file is written under a temporary name (``.camtool-*.part``) and renamed; the
+files an image is about to create are announced in the manifest first, and its manifest line is
+appended only after all its files are in place. The output folder is locked for the run. A run
+that was killed leaves at most temporary files and announced-but-unlisted files, which the next
+run removes before it starts, so the folder holds the files the manifest lists and nothing else
+of camtool's. ``resume=True`` skips the inputs it already lists (matched by resolved path).
+The manifest's format lives in :mod:`camtool.manifest`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -43,18 +47,29 @@ from camtool.errors import (
     EXIT_PARTIAL,
     CamtoolError,
     InvalidArgumentError,
+    ManifestError,
     OutputWriteError,
 )
 from camtool.explanation import BoundMethod, Explanation, ModelSpec, bind_method, build_explanation
 from camtool.image import Preprocessing, Region
-from camtool.io import IMAGE_SUFFIXES, load_image, open_atomic, save_image, write_bytes_atomic
+from camtool.io import IMAGE_SUFFIXES, encode_image, load_image, open_atomic, write_bytes_atomic
+from camtool.manifest import (
+    MANIFEST,
+    SUMMARY,
+    ManifestContents,
+    ManifestWriter,
+    load_manifest,
+    locked_output,
+    remove_unfinished,
+)
+from camtool.manifest import (
+    read_manifest as read_manifest,  # re-exported: the reader's public home is here too
+)
 from camtool.methods.base import DEFAULT_METHOD, MapBatch, Method
 from camtool.models import DEFAULT_MODEL, LoadedModel
 from camtool.progress import ProgressBar
 from camtool.render import COLORMAPS
 
-MANIFEST = "manifest.jsonl"
-SUMMARY = "summary.json"
 EXIT_INTERRUPTED = 130
 
 
@@ -68,6 +83,11 @@ class InputItem:
 
     path: Path
     stem: PurePosixPath  # relative, never absolute, never with '..'
+
+    @property
+    def resolved(self) -> str:
+        """The input's resolved path: what identifies it, however it was spelled."""
+        return os.path.realpath(self.path)
 
 
 @dataclass(frozen=True)
@@ -122,7 +142,9 @@ def _relative_stem(path: Path, root: Path) -> PurePosixPath:
 
 
 def collect_inputs(
-    specs: Sequence[str | os.PathLike[str]], exclude: str | os.PathLike[str] | None = None
+    specs: Sequence[str | os.PathLike[str]],
+    exclude: str | os.PathLike[str] | None = None,
+    excluded: list[Path] | None = None,
 ) -> tuple[list[InputItem], list[ExportFailure]]:
     """Expand inputs into image files and the output stems that mirror their relative paths.
 
@@ -134,7 +156,8 @@ def collect_inputs(
         ``(items, failures)``: failures are specs that name nothing, unreadable folders and
         symlink loops. Output stems are relative to the folder, the glob's fixed prefix, or the
         common folder of a list's entries, so no output can escape the output folder. Files
-        under ``exclude`` (the output folder) and second mentions of a file are left out.
+        under ``exclude`` (the output folder) are left out and appended to ``excluded``; second
+        mentions of a file (by resolved path) are left out.
     """
     items: list[InputItem] = []
     failures: list[ExportFailure] = []
@@ -142,11 +165,16 @@ def collect_inputs(
     seen: set[str] = set()
     skip = os.path.realpath(exclude) + os.sep if exclude is not None else None
 
+    left_out: list[Path] = [] if excluded is None else excluded
+
     def add(path: Path, root: Path) -> None:
         real = os.path.realpath(path)
-        if real in seen or (skip and real.startswith(skip)):
+        if real in seen:
             return
         seen.add(real)
+        if skip and (real + os.sep).startswith(skip):
+            left_out.append(path)
+            return
         stem = _relative_stem(path, root)
         key, n = str(stem), 1
         while key.lower() in used:  # a.jpg and a.png, or the same name from two inputs
@@ -174,13 +202,13 @@ def collect_inputs(
             for path in matches:
                 add(path, root)
         elif Path(text).is_dir():
-            before = len(items)
+            before = len(items), len(left_out)
             for found in _walk_images(Path(text)):
                 if isinstance(found, ExportFailure):
                     failures.append(found)
                 else:
                     add(found, Path(text))
-            if len(items) == before:
+            if (len(items), len(left_out)) == before:
                 failures.append(ExportFailure(text, "no image files in this folder"))
         else:
             add(Path(text), Path(text).parent)  # a missing file fails later, when it is read
@@ -404,33 +432,37 @@ def output_path(out_dir: Path, stem: PurePosixPath, suffix: str) -> Path:
 
 
 def write_outputs(
-    ex: Explanation, stem: PurePosixPath, out_dir: Path, options: ExportOptions
+    ex: Explanation,
+    stem: PurePosixPath,
+    out_dir: Path,
+    options: ExportOptions,
+    announce: Callable[[list[Path]], None] | None = None,
 ) -> list[Path]:
     """Write one image's overlays (and heatmaps, raw CAMs) atomically; return their paths.
 
-    If any write fails, the files already written for this image are removed, so an image is
-    either complete on disk or absent.
+    Every file is encoded first; ``announce`` (if given) is then called with the paths about to
+    be written, before the first one appears. If any write fails, the files already written for
+    this image are removed, so an image is either complete on disk or absent.
     """
+    files: list[tuple[Path, bytes]] = []
+    for i, score in enumerate(ex.explained):
+        name = f"_cam_{score.index}_{slug(score.name)}"
+        overlay = ex.overlay(i, alpha=options.alpha, colormap=options.colormap, box=options.box)
+        target = output_path(out_dir, stem, f"{name}.{options.image_format}")
+        files.append((target, _encoded(target, overlay, options.quality)))
+        if options.heatmap:
+            gray = (ex.heatmaps[i] * 255).round().to(torch.uint8)
+            target = output_path(out_dir, stem, f"_heatmap_{score.index}_{slug(score.name)}.png")
+            files.append((target, _encoded(target, gray, options.quality)))
+    if options.raw is not None:
+        target = output_path(out_dir, stem, f"_cams.{options.raw}")
+        files.append((target, _raw_bytes(ex, options)))
+    if announce is not None:
+        announce([target for target, _ in files])
     written: list[Path] = []
     try:
-        for i, score in enumerate(ex.explained):
-            name = f"_cam_{score.index}_{slug(score.name)}"
-            overlay = ex.overlay(i, alpha=options.alpha, colormap=options.colormap, box=options.box)
-            target = output_path(out_dir, stem, f"{name}.{options.image_format}")
-            written.append(save_image(target, overlay, options.quality))
-            if options.heatmap:
-                gray = (ex.heatmaps[i] * 255).round().to(torch.uint8)
-                written.append(
-                    save_image(
-                        output_path(
-                            out_dir, stem, f"_heatmap_{score.index}_{slug(score.name)}.png"
-                        ),
-                        gray,
-                    )
-                )
-        if options.raw is not None:
-            target = output_path(out_dir, stem, f"_cams.{options.raw}")
-            write_bytes_atomic(target, _raw_bytes(ex, options))
+        for target, data in files:
+            write_bytes_atomic(target, data)
             written.append(target)
     except BaseException:
         for path in written:
@@ -439,11 +471,24 @@ def write_outputs(
     return written
 
 
+def _encoded(path: Path, image: torch.Tensor, quality: int) -> bytes:
+    """``image`` encoded in the format of ``path``'s suffix; errors name ``path``."""
+    try:
+        return encode_image(image, path.suffix or ".png", quality)
+    except OutputWriteError as exc:
+        raise OutputWriteError(path, exc.problem) from None
+
+
 _Written = tuple["Explanation | None", list[Path], "str | None"]
 
 
 def _render_and_write(
-    model: LoadedModel, result: _Result, item: InputItem, out_dir: Path, options: ExportOptions
+    model: LoadedModel,
+    result: _Result,
+    item: InputItem,
+    out_dir: Path,
+    options: ExportOptions,
+    announce: Callable[[list[Path]], None] | None = None,
 ) -> _Written:
     """On a writer thread: the row's Explanation (heatmaps, boxes), then its files.
 
@@ -457,7 +502,7 @@ def _render_and_write(
             model, result.out, result.row, str(item.path), result.image, result.region,
             options.top_k, options.box_threshold,
         )  # fmt: skip
-        return ex, write_outputs(ex, item.stem, out_dir, options), None
+        return ex, write_outputs(ex, item.stem, out_dir, options, announce), None
     except OutputWriteError as exc:
         if exc.errno is not None:
             raise
@@ -486,76 +531,6 @@ def _raw_bytes(ex: Explanation, options: ExportOptions) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------
-# The manifest
-
-
-def read_manifest(path: Path) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """Return ``({input: last record}, run headers)`` from a manifest; a torn last line (from a
-    killed run) is ignored."""
-    records: dict[str, dict[str, Any]] = {}
-    runs: list[dict[str, Any]] = []
-    if not path.exists():
-        return records, runs
-    with path.open("rb") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                continue
-            if record.get("type") == "run":
-                runs.append(record)
-            elif "input" in record:
-                records[record["input"]] = record
-    return records, runs
-
-
-class _Manifest:
-    """Append-only JSON Lines file; each line is flushed as soon as it is written."""
-
-    def __init__(self, path: Path, append: bool) -> None:
-        self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if append:
-                self._drop_torn_line()
-            self.handle = path.open("a" if append else "w", encoding="utf-8")
-        except OSError as exc:
-            message = f"cannot write the manifest: {exc.strerror or exc}"
-            raise OutputWriteError(path, message, exc.errno) from None
-
-    def _drop_torn_line(self) -> None:
-        """Cut a last line that a killed run left unfinished (truncating, never rewriting)."""
-        if not self.path.exists():
-            return
-        data_end = self.path.stat().st_size
-        with self.path.open("rb") as handle:
-            position = data_end
-            while position > 0:
-                step = min(4096, position)
-                handle.seek(position - step)
-                newline = handle.read(step).rfind(b"\n")
-                if newline >= 0:
-                    position = position - step + newline + 1
-                    break
-                position -= step
-        if position != data_end:
-            os.truncate(self.path, position)
-
-    def write(self, record: dict[str, Any]) -> None:
-        try:
-            self.handle.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-            self.handle.flush()
-        except OSError as exc:
-            raise OutputWriteError(
-                self.path, f"cannot write the manifest: {exc.strerror or exc}"
-            ) from None
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.handle.close()
-
-
-# --------------------------------------------------------------------------------------------
 # export()
 
 
@@ -571,6 +546,9 @@ class ExportReport:
         seconds, images_per_second: wall time of this run and its throughput.
         failures: ``(input, reason)`` of every failed input.
         interrupted: the run was stopped (Ctrl-C) before it finished.
+        excluded: inputs left out because they lie inside the output folder (never read as
+            input).
+        removed: unfinished files a killed earlier run had left, removed before this run.
     """
 
     out_dir: Path
@@ -584,6 +562,8 @@ class ExportReport:
     images_per_second: float
     failures: tuple[ExportFailure, ...] = field(default=())
     interrupted: bool = False
+    excluded: tuple[str, ...] = field(default=())
+    removed: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -643,43 +623,91 @@ def export(
         classes: fixed classes to explain (names or indices); default: each image's top ``maps``.
         crop: centre-crop instead of using the whole image.
         options: rendering and file options (:class:`ExportOptions`).
-        resume: skip inputs the manifest already lists (done or failed) whose outputs exist.
+        resume: skip inputs the manifest already lists (done or failed) whose outputs exist;
+            inputs are matched by resolved path, however they are spelled.
         batch_size: images per forward pass (default: 16 on the CPU, 64 on a GPU); workers: decoding workers (default: CPUs - 1, at
             most 8); decoder: ``"threads"`` or ``"processes"`` (a DataLoader); writers: threads
             that render and write (default: 2).
         progress: show a rich progress bar (images/s, ETA, failures).
 
+    The output folder is locked for the run (another export into it fails with
+    :class:`~camtool.errors.OutputBusyError`). Before the run, files that a killed earlier run
+    left unfinished (temporary files, files written but not yet in the manifest) are removed.
+
     Raises:
         OutputWriteError: the output folder cannot be written (the run stops; the manifest keeps
             every finished image). ExportInterrupted: Ctrl-C (the same guarantee).
+        OutputBusyError: another export is writing into ``out_dir``.
+        InvalidArgumentError: every input lies inside ``out_dir`` (nothing to export).
+        ManifestError: resuming from a manifest with a line camtool cannot read.
     """
     started = time.perf_counter()
     options = options or ExportOptions()
     _check_options(options)
     out = Path(out_dir)
+    with locked_output(out):
+        return _export_locked(
+            inputs, out, model, method, classes, maps, crop, options, resume, device, batch_size,
+            workers, decoder, writers, progress, model_options, started,
+        )  # fmt: skip
+
+
+def _export_locked(
+    inputs: Sequence[str | os.PathLike[str]],
+    out: Path,
+    model: ModelSpec,
+    method: str | Method,
+    classes: Sequence[int | str] | None,
+    maps: int,
+    crop: bool,
+    options: ExportOptions,
+    resume: bool,
+    device: str | None,
+    batch_size: int | None,
+    workers: int | None,
+    decoder: Decoder,
+    writers: int | None,
+    progress: bool,
+    model_options: dict[str, Any],
+    started: float,
+) -> ExportReport:
+    """:func:`export`, once the output folder's lock is held."""
     bound = bind_method(model, method, classes, device=device, **model_options)
     loaded, explainer, wanted = bound.model, bound.explainer, bound.classes
     batch_size = batch_size or (16 if loaded.device.type == "cpu" else 64)
-    items, failures = collect_inputs(inputs, exclude=out)
+    excluded: list[Path] = []
+    items, failures = collect_inputs(inputs, exclude=out, excluded=excluded)
+    if excluded and not items:
+        subject = excluded[0] if len(excluded) == 1 else out
+        what = "it lies" if len(excluded) == 1 else f"all {len(excluded)} inputs lie"
+        raise InvalidArgumentError(
+            subject,
+            f"nothing to export: {what} inside the output folder {out}, which is never read "
+            "as input",
+        )
     settings = {
         "model": loaded.name, "weights": loaded.weights, "method": explainer.method, "classes": wanted,
         "maps": maps, "crop": crop,
         **{k: (str(v) if v is not None else None) for k, v in sorted(model_options.items())},
         **{k: v for k, v in asdict(options).items() if k != "quality"},
     }  # fmt: skip
-    previous, runs = read_manifest(out / MANIFEST) if resume else ({}, [])
+    earlier = _earlier_manifest(out / MANIFEST, resume)
+    resumed = earlier if resume else None
+    previous, runs = (resumed.by_path, resumed.runs) if resumed else ({}, [])
     if runs and runs[-1].get("settings") != settings:
         raise InvalidArgumentError(
             out / MANIFEST,
             "was written with other settings; use another --out, or the same options",
         )
+    removed = remove_unfinished(out, earlier)
     items = _restore_stems(items, previous)
-    todo, carried = _split_resumed(items, previous)
-    manifest = _Manifest(out / MANIFEST, append=resume)
+    todo, carried = _split_resumed(items, resumed)
+    manifest = ManifestWriter(out / MANIFEST, append=resume)
     head = explainer.describe()
     manifest.write({"type": "run", "camtool": __version__, "started": _now(), "resumed": bool(runs), "cwd": os.getcwd(),
                     "settings": settings, "method": explainer.method, "head": head,
-                    "head_detail": explainer.as_dict()})  # fmt: skip
+                    "head_detail": explainer.as_dict(), "excluded": [str(p) for p in excluded],
+                    "removed": removed})  # fmt: skip
     failed = [ExportFailure(r["input"], r["error"]) for r in carried]
     exported = 0
     writer_pool = ThreadPoolExecutor(max_workers=writers or 2, thread_name_prefix="camtool-write")
@@ -692,27 +720,48 @@ def export(
         else None
     )
 
-    def record_failure(failure: ExportFailure) -> None:
+    def record_failure(failure: ExportFailure, item: InputItem | None = None) -> None:
         failed.append(failure)
+        where = {"path": item.resolved} if item is not None else {}
         manifest.write(
-            {"type": "image", "input": failure.input, "status": "failed", "error": failure.error}
-        )
+            {"type": "image", "input": failure.input, **where, "status": "failed", "error": failure.error}
+        )  # fmt: skip
         if bar:
             bar.advance(failed=len(failed))
 
+    def announcer(item: InputItem) -> Callable[[list[Path]], None]:
+        def announce(paths: list[Path]) -> None:
+            manifest.write({"type": "writing", "input": str(item.path), "path": item.resolved,
+                            "outputs": [str(p) for p in paths]})  # fmt: skip
+
+        return announce
+
     def finish(done: set[Future[_Written]]) -> None:
+        """Record every finished image; then raise the first file-system error among them."""
         nonlocal exported
+        error: OutputWriteError | None = None
         for future in done:
             item = inflight.pop(future)
-            ex, paths, error = future.result()  # re-raises a file-system error
-            if ex is None:
-                record_failure(ExportFailure(str(item.path), error or "unknown error"))
+            try:
+                ex, paths, reason = future.result()
+                if ex is None:
+                    record_failure(ExportFailure(str(item.path), reason or "unknown error"), item)
+                    continue
+                try:
+                    manifest.write({"type": "image", "input": str(item.path), "path": item.resolved, "status": "ok",
+                                    "output_stem": str(item.stem), **ex.to_dict(), "outputs": [str(p) for p in paths]})  # fmt: skip
+                except OutputWriteError:
+                    for path in paths:  # files the manifest cannot list must not stay
+                        path.unlink(missing_ok=True)
+                    raise
+            except OutputWriteError as exc:
+                error = error or exc
                 continue
-            manifest.write({"type": "image", "input": str(item.path), "status": "ok", "output_stem": str(item.stem),
-                            **ex.to_dict(), "outputs": [str(p) for p in paths]})  # fmt: skip
             exported += 1
             if bar:
                 bar.advance(failed=len(failed))
+        if error is not None:
+            raise error
 
     for failure in failures:
         record_failure(failure)
@@ -726,10 +775,14 @@ def export(
                     break
                 item = todo[result.index]
                 if result.error is not None or result.out is None:
-                    record_failure(ExportFailure(str(item.path), result.error or "unknown error"))
+                    record_failure(
+                        ExportFailure(str(item.path), result.error or "unknown error"), item
+                    )
                     continue
                 inflight[
-                    writer_pool.submit(_render_and_write, loaded, result, item, out, options)
+                    writer_pool.submit(
+                        _render_and_write, loaded, result, item, out, options, announcer(item)
+                    )
                 ] = item
                 if len(inflight) >= 2 * batch_size:
                     finish(wait(inflight, return_when=FIRST_COMPLETED).done)
@@ -754,11 +807,23 @@ def export(
     report = ExportReport(
         out, out / MANIFEST, out / SUMMARY, len(items), exported, len(failed), len(items) - len(todo) - len(carried),
         seconds, exported / seconds if seconds else 0.0, tuple(failed), bool(interrupted),
+        tuple(str(p) for p in excluded), removed,
     )  # fmt: skip
     _write_summary(report, loaded, settings, head)
     if interrupted:
         raise ExportInterrupted(report)
     return report
+
+
+def _earlier_manifest(path: Path, resume: bool) -> ManifestContents | None:
+    """The manifest an earlier run left. A fresh run only needs it to clean up after a killed
+    run, so there an unreadable manifest is no obstacle (it is replaced); ``--resume`` needs it."""
+    try:
+        return load_manifest(path)
+    except ManifestError:
+        if resume:
+            raise
+        return None
 
 
 class _Flag:
@@ -800,7 +865,7 @@ def _restore_stems(items: list[InputItem], previous: dict[str, dict[str, Any]]) 
     taken = {str(r["output_stem"]).lower() for r in previous.values() if r.get("output_stem")}
     restored = []
     for item in items:
-        record = previous.get(str(item.path))
+        record = previous.get(item.resolved)
         if record and record.get("output_stem"):
             restored.append(InputItem(item.path, PurePosixPath(record["output_stem"])))
             continue
@@ -840,17 +905,19 @@ def _check_options(options: ExportOptions) -> None:
 
 
 def _split_resumed(
-    items: list[InputItem], previous: dict[str, dict[str, Any]]
+    items: list[InputItem], earlier: ManifestContents | None
 ) -> tuple[list[InputItem], list[dict[str, Any]]]:
     """Inputs still to do, and the failure records carried over from the earlier run."""
+    if earlier is None:
+        return items, []
     todo, carried = [], []
     for item in items:
-        record = previous.get(str(item.path))
+        record = earlier.by_path.get(item.resolved)
         if record is None:
             todo.append(item)
         elif record.get("status") == "failed":
             carried.append(record)
-        elif not all(Path(p).exists() for p in record.get("outputs", [])):
+        elif not all(os.path.exists(p) for p in earlier.files.get(item.resolved, [])):
             todo.append(item)
     return todo, carried
 
@@ -876,6 +943,9 @@ def _write_summary(
         "failed": report.failed, "skipped": report.skipped, "seconds": round(report.seconds, 3),
         "images_per_second": round(report.images_per_second, 2), "interrupted": report.interrupted,
         "failures": [asdict(f) for f in report.failures],
+        "excluded": {"reason": "inside the output folder, which is never read as input",
+                     "inputs": list(report.excluded)},
+        "removed_unfinished": report.removed,
     }  # fmt: skip
     try:
         with open_atomic(report.summary) as handle:

@@ -452,6 +452,19 @@ def export(
             device=device, batch_size=batch_size, workers=workers, decoder=decoder, progress=not quiet,
             **model_options(weights, labels, layer, classifier, dtype),
         )  # fmt: skip
+        if report.removed:  # shown even with --quiet: camtool removed files
+            console.print(
+                f"removed {report.removed} unfinished files (left by an interrupted run) "
+                f"from {report.out_dir}"
+            )
+        if report.excluded:
+            count = len(report.excluded)
+            shown = ", ".join(report.excluded[:3]) + (", ..." if count > 3 else "")
+            err_console.print(
+                f"Warning: skipped {count} input{'' if count == 1 else 's'} inside the output "
+                f"folder {report.out_dir} (never read as input): {shown}",
+                markup=False,
+            )
         for failure in report.failures[:20]:
             print_error(
                 failure.error
@@ -471,7 +484,13 @@ def export(
         if not quiet:
             console.print(
                 f"exported {report.exported}, failed {report.failed}, skipped {report.skipped} "
-                f"(already done) of {report.total} in {report.seconds:.1f} s "
+                f"(already done) of {report.total}"
+                + (
+                    f" (+{len(report.excluded)} inside the output folder)"
+                    if report.excluded
+                    else ""
+                )
+                + f" in {report.seconds:.1f} s "
                 f"({report.images_per_second:.1f} images/s) -> {report.out_dir} (manifest: {report.manifest})"
             )
         raise typer.Exit(report.exit_code)

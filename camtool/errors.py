@@ -89,3 +89,11 @@ class InvalidArgumentError(CamtoolError):
     """An argument with a value camtool cannot use (an unknown colour map, alpha outside [0, 1])."""
 
     exit_code = EXIT_USAGE
+
+
+class ManifestError(CamtoolError):
+    """An export's ``manifest.jsonl`` holds a line camtool cannot use (not a JSON object, say)."""
+
+
+class OutputBusyError(CamtoolError):
+    """Another camtool export is writing into the same output folder (it holds the folder's lock)."""

@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from camtool.batch import MANIFEST, read_manifest
 from camtool.errors import CamtoolError, InvalidArgumentError
 from camtool.image import resize_image
 from camtool.io import load_image, open_atomic, save_image
+from camtool.manifest import MANIFEST, read_manifest
 from camtool.progress import ProgressBar
 
 THUMBS = "_thumbs"

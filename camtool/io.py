@@ -306,6 +306,13 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         handle.write(data)
 
 
+#: Temporary files are named ``.camtool-<8 random characters>.part``: one fixed-length pattern
+#: (so a final name that fits the file system's limit always has a temporary name that fits too),
+#: which an export recognises and removes after a crash.
+TEMP_PREFIX = ".camtool-"
+TEMP_SUFFIX = ".part"
+
+
 @contextmanager
 def open_atomic(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path`` for writing; rename it to ``path`` on success.
@@ -315,7 +322,7 @@ def open_atomic(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as exc:
         raise OutputWriteError(
             path.parent, f"cannot write here: {exc.strerror or exc}", exc.errno

@@ -151,7 +151,8 @@ def test_the_method_is_recorded_everywhere(tmp_path: Path) -> None:
     )
     assert code == 0, err
     lines = [json.loads(line) for line in (out_dir / "manifest.jsonl").read_text().splitlines()]
-    run_line, image_line = lines
+    (run_line,) = [line for line in lines if line["type"] == "run"]
+    (image_line,) = [line for line in lines if line["type"] == "image"]
     assert run_line["method"] == run_line["settings"]["method"] == image_line["method"] == "cam"
     assert json.loads((out_dir / "summary.json").read_text())["method"] == "cam"
     assert str(np.load(out_dir / "chelsea_cams.npz")["method"]) == "cam"

@@ -1,0 +1,248 @@
+"""An export's output folder: its manifest (the one reader and writer), its lock, its cleanup.
+
+``manifest.jsonl`` holds one JSON object per line:
+
+- ``{"type": "run", ...}`` opens each run (settings, head, the working folder its relative paths
+  start from);
+- ``{"type": "writing", "input", "path", "outputs"}`` is written just before an image's files are
+  renamed into place: the files it is about to create;
+- ``{"type": "image", "input", "path", "status": "ok" | "failed", ...}`` closes an image: its
+  outputs (or the reason it failed). ``input`` is the path as it was given, ``path`` its resolved
+  form, which is what identifies an input from one run to the next.
+
+An output file is "listed" when the last ``image`` line of its input names it. A file named by a
+``writing`` line but not listed was left by a run that was killed between the rename and the
+``image`` line; a ``.camtool-*.part`` file by one killed before the rename.
+:func:`remove_unfinished` removes both kinds, and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from camtool.errors import ManifestError, OutputBusyError, OutputWriteError
+from camtool.io import TEMP_PREFIX, TEMP_SUFFIX
+
+MANIFEST = "manifest.jsonl"
+SUMMARY = "summary.json"
+LOCK = ".camtool-export.lock"
+
+_TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+
+
+@dataclass
+class ManifestContents:
+    """What a manifest says.
+
+    Attributes:
+        records: ``{input as given: its last image record}`` (one entry per resolved input).
+        runs: the run headers, oldest first.
+        by_path: ``{resolved input path: its last image record}``.
+        files: ``{resolved input path: absolute paths of the files its last record names}``.
+        listed: all of those files.
+        announced: absolute paths of every file a ``writing`` line named.
+    """
+
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    by_path: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, list[str]] = field(default_factory=dict)
+    listed: set[str] = field(default_factory=set)
+    announced: set[str] = field(default_factory=set)
+
+
+def load_manifest(path: Path) -> ManifestContents:
+    """Read a manifest (the only function that parses one). A torn last line, left by a killed
+    run, is ignored; a missing file reads as empty.
+
+    Raises:
+        ManifestError: a line other than the last is not JSON, or a line is not a JSON object,
+            or an image line has no input path.
+    """
+    contents = ManifestContents()
+    if not path.exists():
+        return contents
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(path, f"cannot read: {exc.strerror or exc}") from None
+    lines = data.split(b"\n")
+    cwd = Path.cwd()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            if number == len(lines):  # no newline after it: a line a killed run left unfinished
+                continue
+            raise ManifestError(path, f"line {number} is not valid JSON") from None
+        if not isinstance(record, dict):
+            raise ManifestError(path, f"line {number} is not a JSON object")
+        kind = record.get("type")
+        if kind == "run":
+            contents.runs.append(record)
+            cwd = Path(str(record.get("cwd") or "."))
+            continue
+        if "input" not in record:
+            continue
+        source = record["input"]
+        files = record.get("outputs", [])
+        if not isinstance(source, str) or not isinstance(files, list):
+            raise ManifestError(path, f"line {number} has no valid input or outputs")
+        absolute = [os.path.normpath(cwd / str(f)) for f in files]
+        key = str(record.get("path") or os.path.realpath(cwd / source))
+        if kind == "writing":
+            contents.announced.update(absolute)
+            continue
+        earlier = contents.by_path.get(key)
+        if earlier is not None:
+            contents.records.pop(earlier["input"], None)
+        contents.by_path[key] = record
+        contents.records[source] = record
+        contents.files[key] = absolute if record.get("status") == "ok" else []
+    contents.listed = {f for files in contents.files.values() for f in files}
+    return contents
+
+
+def read_manifest(path: Path) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Return ``({input: last record}, run headers)`` from a manifest (see :func:`load_manifest`)."""
+    contents = load_manifest(path)
+    return contents.records, contents.runs
+
+
+def remove_unfinished(out: Path, contents: ManifestContents | None) -> int:
+    """Remove what killed runs left in ``out``: ``.camtool-*.part`` temporary files anywhere
+    under it, and files that a ``writing`` line announced but no image line lists. Return how
+    many files were removed. Nothing else is touched (and nothing outside ``out``)."""
+    removed = 0
+    root = os.path.realpath(out)
+    if contents is not None:
+        for name in sorted(contents.announced - contents.listed):
+            parent = os.path.realpath(os.path.dirname(name))
+            if parent != root and not parent.startswith(root + os.sep):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if not os.path.isdir(name):
+                    os.unlink(name)
+                    removed += 1
+    for folder, _, names in os.walk(out):
+        for name in names:
+            if _TEMP_NAME.fullmatch(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+    return removed
+
+
+class ManifestWriter:
+    """Append-only JSON Lines file, written by one process (the folder's lock holder) from any
+    thread. Each line reaches the file whole or not at all: a failed write (a full disk) is cut
+    off again, so the lines after it stay readable."""
+
+    def __init__(self, path: Path, append: bool) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if append:
+                self._drop_torn_line()
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+            self.fd = os.open(path, flags | (0 if append else os.O_TRUNC), 0o666)
+            self.size = os.fstat(self.fd).st_size
+        except OSError as exc:
+            message = f"cannot write the manifest: {exc.strerror or exc}"
+            raise OutputWriteError(path, message, exc.errno) from None
+
+    def _drop_torn_line(self) -> None:
+        """Cut a last line that a killed run left unfinished (truncating, never rewriting)."""
+        if not self.path.exists():
+            return
+        data_end = self.path.stat().st_size
+        with self.path.open("rb") as handle:
+            position = data_end
+            while position > 0:
+                step = min(4096, position)
+                handle.seek(position - step)
+                newline = handle.read(step).rfind(b"\n")
+                if newline >= 0:
+                    position = position - step + newline + 1
+                    break
+                position -= step
+        if position != data_end:
+            os.truncate(self.path, position)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record as one line."""
+        data = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        with self._lock:
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(self.fd, view) :]
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self.fd, self.size)
+                message = f"cannot write the manifest: {exc.strerror or exc}"
+                raise OutputWriteError(self.path, message, exc.errno) from None
+            self.size += len(data)
+
+    def close(self) -> None:
+        """Close the file (every line is already in it)."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+@contextlib.contextmanager
+def locked_output(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock (an OS file lock on ``out/.camtool-export.lock``) for the block; the
+    lock file is removed at the end. The OS drops the lock when the process ends, however it ends.
+
+    Raises:
+        OutputBusyError: another process holds the lock.
+        OutputWriteError: ``out`` cannot be created or written.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    path = out / LOCK
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise OutputBusyError(
+                    out, f"is being written by another camtool export (pid {holder})"
+                ) from None
+            # The holder before us may have removed the file after we opened it: lock the file
+            # that is there now, never an unlinked one.
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    except OSError as exc:
+        raise OutputWriteError(
+            out, f"cannot write here: {exc.strerror or exc}", exc.errno
+        ) from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
