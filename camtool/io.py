@@ -315,7 +315,8 @@ def open_atomic(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        # A fixed short prefix: a final name of NAME_MAX bytes must still leave room for it.
+        fd, tmp = tempfile.mkstemp(prefix=".camtool-", suffix=".part", dir=path.parent)
     except OSError as exc:
         raise OutputWriteError(
             path.parent, f"cannot write here: {exc.strerror or exc}", exc.errno
