@@ -132,11 +132,25 @@ WeightsOption = Annotated[
     typer.Option(help="State dict (.pth/.pt read with weights_only=True, or .safetensors)."),
 ]
 LabelsOption = Annotated[Path | None, typer.Option(help="Label file, one class name per line.")]
+
+
+def module_name(value: str | None) -> str | None:
+    """Refuse an empty module name while parsing, so the error names the option (the library
+    refuses it too, see ``camtool.heads.find_cam_head``)."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("an empty module name names no module; leave the option out")
+    return value
+
+
 LayerOption = Annotated[
-    str | None, typer.Option(help="Feature layer (a module name); overrides discovery.")
+    str | None,
+    typer.Option(help="Feature layer (a module name); overrides discovery.", callback=module_name),
 ]
 ClassifierOption = Annotated[
-    str | None, typer.Option(help="Classifier layer (a module name); overrides discovery.")
+    str | None,
+    typer.Option(
+        help="Classifier layer (a module name); overrides discovery.", callback=module_name
+    ),
 ]
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")]
 DtypeOption = Annotated[
@@ -182,7 +196,9 @@ def explain(
     images: Annotated[
         list[Path],
         typer.Argument(
-            help="Image files (or videos: .mp4, .avi, .mov, ...) to explain.", show_default=False
+            help="Image files (or videos: .mp4, .avi, .mov, ...) to explain.",
+            show_default=False,
+            readable=False,  # an unreadable input fails alone, like a missing one (exit 3)
         ),
     ],
     models: Annotated[

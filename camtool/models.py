@@ -37,6 +37,10 @@ DEFAULT_MODEL = "efficientnet_lite0"
 #: The longest side of the network input, in multiples of the model's input size.
 MAX_ASPECT = 8
 
+#: The largest input size (pixels on the shorter side) camtool accepts: 4x the largest ImageNet
+#: classifiers' (EfficientNet-B7: 600, timm's 1024-px models); the long side may be MAX_ASPECT x.
+MAX_INPUT_SIZE = 4096
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -74,6 +78,9 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
     crop_pct: float = 0.875
+
+    def __post_init__(self) -> None:
+        check_input_size(self.input_size)
 
     def resized_size(self, height: int, width: int, crop: bool = False) -> tuple[int, int]:
         """Return the (height, width) the image is resized to before any crop.
@@ -117,6 +124,24 @@ class Preprocessing:
         mean = torch.tensor(self.mean, device=pixels.device).mul_(255).view(3, 1, 1)
         std = torch.tensor(self.std, device=pixels.device).mul_(255).view(3, 1, 1)
         return (pixels.float() - mean) / std
+
+
+def check_input_size(size: int) -> None:
+    """Refuse an input size below 16 px or above :data:`MAX_INPUT_SIZE` px.
+
+    Raises:
+        InvalidArgumentError: with the bounds.
+    """
+    from camtool.errors import InvalidArgumentError
+
+    if size < 16:
+        raise InvalidArgumentError(size, f"input size {size} is too small: use at least 16 px")
+    if size > MAX_INPUT_SIZE:
+        raise InvalidArgumentError(
+            size,
+            f"input size {size} is too large: camtool takes at most {MAX_INPUT_SIZE} px (an "
+            f"image's long side may reach {MAX_ASPECT}x that)",
+        )
 
 
 def resize_image(image: Tensor, size: tuple[int, int], interpolation: str = "bicubic") -> Tensor:
@@ -208,8 +233,10 @@ def _card_from_table(data: dict[str, Any], path: Path, builtin: bool) -> ModelCa
     if interpolation not in ("bicubic", "bilinear"):
         raise ValueError(f"interpolation must be bicubic or bilinear, not {interpolation!r}")
     size, crop_pct = int(prep.get("input_size", 224)), float(prep.get("crop_pct", 0.875))
-    if size < 16 or not 0 < crop_pct <= 1:
-        raise ValueError("input_size must be at least 16 and crop_pct in (0, 1]")
+    if not 16 <= size <= MAX_INPUT_SIZE or not 0 < crop_pct <= 1:
+        raise ValueError(
+            f"input_size must be between 16 and {MAX_INPUT_SIZE} (not {size}) and crop_pct in (0, 1]"
+        )
     weights = data.get("weights")
     if weights is not None and not isinstance(weights, dict):
         raise TypeError("[weights] must be a table")
@@ -670,10 +697,23 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         resolved = torch.device(device)
     except RuntimeError as exc:
         raise ModelLoadError(device, f"not a device name ({exc})") from None
+    if resolved.type == "meta":
+        from camtool.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(
+            device, "device 'meta' holds no data (shapes only): choose cpu, cuda, mps or auto"
+        )
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(device, "CUDA is not available on this machine")
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise ModelLoadError(device, "MPS is not available on this machine")
+    backend = getattr(torch, resolved.type, None)
+    if resolved.type not in ("cpu", "cuda", "mps") and not (
+        callable(getattr(backend, "is_available", None)) and backend.is_available()  # type: ignore[union-attr]
+    ):
+        raise ModelLoadError(
+            device, f"device '{resolved.type}' is not available here: choose cpu, cuda, mps or auto"
+        )
     return resolved
 
 
