@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from rich.table import Table
 
 from camtool import __version__
 from camtool.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, CamtoolError
+from camtool.naming import NameRegistry, component, input_stems, slug
 
 if TYPE_CHECKING:
     from camtool.explanation import Explanation
@@ -96,23 +96,6 @@ def root(
     """Exact Class Activation Maps: see where a CNN with a global-average-pooling head looks."""
 
 
-def output_name(stem: str, index: int, label: str, suffix: str) -> str:
-    """Return the overlay file name for one class of one input, e.g. ``cat_cam_281_tabby.png``."""
-    slug = re.sub(r"[^0-9a-z]+", "_", label.lower()).strip("_") or "class"
-    return f"{stem}_cam_{index}_{slug}.{suffix}"
-
-
-def unique_stems(paths: list[str]) -> list[str]:
-    """Return a file-name stem per input; inputs with the same stem get ``_2``, ``_3``, ..."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        stem = Path(path).stem or "image"
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return stems
-
-
 def predictions_table(ex: Explanation, outputs: list[Path]) -> Table:
     """Return a rich table of an explanation's top-k classes."""
     table = Table(
@@ -149,11 +132,25 @@ WeightsOption = Annotated[
     typer.Option(help="State dict (.pth/.pt read with weights_only=True, or .safetensors)."),
 ]
 LabelsOption = Annotated[Path | None, typer.Option(help="Label file, one class name per line.")]
+
+
+def module_name(value: str | None) -> str | None:
+    """Refuse an empty module name while parsing, so the error names the option (the library
+    refuses it too, see ``camtool.heads.find_cam_head``)."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("an empty module name names no module; leave the option out")
+    return value
+
+
 LayerOption = Annotated[
-    str | None, typer.Option(help="Feature layer (a module name); overrides discovery.")
+    str | None,
+    typer.Option(help="Feature layer (a module name); overrides discovery.", callback=module_name),
 ]
 ClassifierOption = Annotated[
-    str | None, typer.Option(help="Classifier layer (a module name); overrides discovery.")
+    str | None,
+    typer.Option(
+        help="Classifier layer (a module name); overrides discovery.", callback=module_name
+    ),
 ]
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")]
 DtypeOption = Annotated[
@@ -199,7 +196,9 @@ def explain(
     images: Annotated[
         list[Path],
         typer.Argument(
-            help="Image files (or videos: .mp4, .avi, .mov, ...) to explain.", show_default=False
+            help="Image files (or videos: .mp4, .avi, .mov, ...) to explain.",
+            show_default=False,
+            readable=False,  # an unreadable input fails alone, like a missing one (exit 3)
         ),
     ],
     models: Annotated[
@@ -254,7 +253,8 @@ def explain(
         options = model_options(weights, labels, layer, classifier, dtype)
         loaded = [get_model(name, device, **options) for name in (models or ["efficientnet_lite0"])]
         maps = max(maps, top_k) if sheet and not classes else maps
-        stems = unique_stems([str(p) for p in images])
+        stems = input_stems(images)
+        files = NameRegistry()  # every file this run writes: no result overwrites another
         report: dict[str, Any] = {
             "model": loaded[0].name,
             "head": loaded[0].head.describe(),
@@ -265,7 +265,7 @@ def explain(
         for path, stem in zip(images, stems, strict=True):
             if path.suffix.lower() in VIDEO_SUFFIXES:
                 try:
-                    video = explain_one_video(path, stem, out, loaded[0], classes, crop, smooth, alpha,
+                    video = explain_one_video(path, stem, out, files, loaded[0], classes, crop, smooth, alpha,
                                               colormap, box, not as_json)  # fmt: skip
                 except CamtoolError as exc:
                     if exc.exit_code != EXIT_ERROR or len(images) == 1:
@@ -287,16 +287,17 @@ def explain(
                 ]
                 written = []
                 for ex in results:
-                    prefix = f"{stem}_{ex.model}" if len(loaded) > 1 else stem
+                    prefix = f"{stem}_{component(ex.model)}" if len(loaded) > 1 else stem
                     outputs = [
-                        ex.save(out / output_name(prefix, s.index, s.name, image_format), i,
-                                alpha=alpha, colormap=colormap, box=box)
+                        ex.save(out / files.claim(prefix, f"_cam_{s.index}_{slug(s.name)}.{image_format}"),
+                                i, alpha=alpha, colormap=colormap, box=box)
                         for i, s in enumerate(ex.explained)
                     ]  # fmt: skip
                     written.append(outputs)
                 if sheet:
                     picture = comparison_sheet(results, alpha=alpha, colormap=colormap, box=box)
-                    written[0].append(picture.save(out / f"{stem}_sheet.{image_format}"))
+                    sheet_name = files.claim(stem, f"_sheet.{image_format}")
+                    written[0].append(picture.save(out / sheet_name))
             except CamtoolError as exc:
                 if exc.exit_code != EXIT_ERROR or len(images) == 1:
                     raise
@@ -317,7 +318,7 @@ def explain(
 
 
 def explain_one_video(
-    path: Path, stem: str, out: Path, model: Any, classes: list[str] | None, crop: bool, smooth: int,
+    path: Path, stem: str, out: Path, files: NameRegistry, model: Any, classes: list[str] | None, crop: bool, smooth: int,
     alpha: float, colormap: str, box: bool, progress: bool,
 ) -> dict[str, Any]:  # fmt: skip
     """``camtool explain clip.mp4``: the overlaid video (``<stem>_cam.mp4``, or ``.avi`` for .avi
@@ -327,7 +328,9 @@ def explain_one_video(
 
     info = video_info(path)
     odd = info.width % 2 or info.height % 2
-    output = out / f"{stem}_cam.{'avi' if odd or path.suffix.lower() == '.avi' else 'mp4'}"
+    output = out / files.claim(
+        stem, f"_cam.{'avi' if odd or path.suffix.lower() == '.avi' else 'mp4'}"
+    )
     report = explain_video(path, output, model, classes=classes, crop=crop, smooth=smooth, alpha=alpha,
                            colormap=colormap, box=box, progress=progress)  # fmt: skip
     if progress:

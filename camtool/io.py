@@ -322,6 +322,7 @@ def open_atomic(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # A fixed short name: a final name of NAME_MAX bytes must still leave room for it.
         fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as exc:
         raise OutputWriteError(
