@@ -47,7 +47,7 @@ from camtool.errors import (
     OutputWriteError,
 )
 from camtool.explanation import Explanation, ModelSpec, build_explanation, get_model, resolve_class
-from camtool.io import IMAGE_SUFFIXES, load_image, open_atomic, save_image, write_bytes_atomic
+from camtool.io import image_suffixes, load_image, open_atomic, save_image, write_bytes_atomic
 from camtool.models import DEFAULT_MODEL, LoadedModel, Preprocessing, Region
 from camtool.progress import ProgressBar
 from camtool.render import COLORMAPS
@@ -108,7 +108,7 @@ def _walk_images(root: Path) -> Iterator[Path | ExportFailure]:
                 elif real not in seen:  # a second link to a folder already walked adds nothing
                     seen.add(real)
                     subfolders.append(Path(entry.path))
-            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+            elif Path(entry.name).suffix.lower() in image_suffixes():
                 yield Path(entry.path)
         stack.extend(reversed(subfolders))
 
