@@ -43,11 +43,19 @@ from camtool.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
     CamtoolError,
+    ImageReadError,
     InvalidArgumentError,
     OutputWriteError,
 )
 from camtool.explanation import Explanation, ModelSpec, build_explanation, get_model, resolve_class
-from camtool.io import image_suffixes, load_image, open_atomic, save_image, write_bytes_atomic
+from camtool.io import (
+    image_suffixes,
+    load_image,
+    open_atomic,
+    read_text_file,
+    save_image,
+    write_bytes_atomic,
+)
 from camtool.models import DEFAULT_MODEL, LoadedModel, Preprocessing, Region
 from camtool.progress import ProgressBar
 from camtool.render import COLORMAPS
@@ -188,9 +196,9 @@ def collect_inputs(
 
 def _read_list(path: Path, failures: list[ExportFailure]) -> list[Path]:
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        failures.append(ExportFailure(f"@{path}", f"cannot read list: {exc}"))
+        lines = read_text_file(path, ImageReadError, "list file", "utf-8-sig").splitlines()
+    except ImageReadError as exc:
+        failures.append(ExportFailure(f"@{path}", f"cannot read list: {exc.problem}"))
         return []
     entries = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     return [Path(os.path.abspath(path.parent / entry)) for entry in entries]

@@ -89,10 +89,14 @@ class _PngRows:
                 if self.expected is not None:
                     first = -self.seen % self.row
                     if max(out[first :: self.row], default=0) > 4:
-                        raise ImageReadError(self.path, "corrupt PNG (a row has an unknown filter type)")
+                        raise ImageReadError(
+                            self.path, "corrupt PNG (a row has an unknown filter type)"
+                        )
                 self.seen += len(out)
         except zlib.error:
-            raise ImageReadError(self.path, "corrupt PNG (its image data does not inflate)") from None
+            raise ImageReadError(
+                self.path, "corrupt PNG (its image data does not inflate)"
+            ) from None
 
     def finish(self) -> None:
         if not self.inflate.eof or (self.expected is not None and self.seen < self.expected):
@@ -288,7 +292,9 @@ def _avif_matches(data: bytes) -> bool:
 
 
 _AVIF_SAMPLE = b"\x00\x00\x00 ftypavif\x00\x00\x00\x00avifmif1miafMA1B\x00\x00\x00\xebmeta"
-_WEBP_SAMPLE = b"RIFF<\x01\x00\x00WEBPVP8L0\x01\x00\x00/\x07\xc0\x01\x00\xff\xe16\x00\x00\xb2\x89\xedd"
+_WEBP_SAMPLE = (
+    b"RIFF<\x01\x00\x00WEBPVP8L0\x01\x00\x00/\x07\xc0\x01\x00\xff\xe16\x00\x00\xb2\x89\xedd"
+)
 
 #: The formats camtool reads, when the installed OpenCV can decode them.
 FORMATS: tuple[ImageFormat, ...] = (

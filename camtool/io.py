@@ -99,7 +99,9 @@ def read_file(
             mode = os.stat(path).st_mode
         except OSError:
             mode = stat.S_IFREG
-        raise error(path, _not_regular(mode, what) or f"cannot read: {exc.strerror or exc}") from None
+        raise error(
+            path, _not_regular(mode, what) or f"cannot read: {exc.strerror or exc}"
+        ) from None
     try:
         info = os.fstat(fd)
         problem = _not_regular(info.st_mode, what)
@@ -198,7 +200,8 @@ def load_image(source: ImageSource, max_pixels: int | None = None) -> Tensor:
     Args:
         source: a file path; a ``Tensor[3,H,W]`` or ``Tensor[H,W]`` (uint8, or float in [0, 1]);
             a numpy array ``[H,W,3]`` RGB or ``[H,W]`` gray (uint8, uint16 or float in [0, 1]);
-            or a PIL image of any mode.
+            or a PIL image of any mode (modes ``I`` and ``F`` carry no range: it is taken from
+            the values, see :func:`_pil_to_image`). NaN or infinite pixels are refused.
         max_pixels: refuse images with more pixels (default: :func:`max_pixels_limit`).
 
     Returns:
@@ -217,22 +220,54 @@ def load_image(source: ImageSource, max_pixels: int | None = None) -> Tensor:
     elif isinstance(source, np.ndarray):
         image = _array_to_image(source, name)
     elif hasattr(source, "convert") and hasattr(source, "mode"):  # a PIL image
-        image = _pil_to_image(source, name)
+        image = _pil_to_image(source, name, limit)
     else:
         raise ImageReadError(name, "not a path, tensor, numpy array or PIL image")
     _check_pixels(name, image.shape[-2], image.shape[-1], limit)
     return image
 
 
-def _pil_to_image(picture: Any, name: str) -> Tensor:
-    from PIL import ImageOps
+def _pil_to_image(picture: Any, name: str, limit: int) -> Tensor:
+    """A PIL image as ``Tensor[3,H,W]`` uint8. Its pixels are decoded here (a lazily opened file
+    is read now), after its size passed the pixel limit. Modes ``I`` (32-bit integers) and ``F``
+    (floats) carry no range, so it is taken from the values: ``I`` in 0..255 is 8-bit and in
+    0..65535 16-bit; ``F`` in [0, 1] is a fraction and in [0, 255] 8-bit; others are refused.
+    ``I;16`` modes are 16-bit."""
+    from PIL import Image, ImageOps
 
-    picture = ImageOps.exif_transpose(picture)  # as a photo viewer shows it
-    if picture.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return _array_to_image(np.asarray(picture).astype(np.uint16), name)
-    if picture.mode == "F":
-        return _array_to_image(np.asarray(picture) / 255.0, name)
-    return _array_to_image(np.asarray(picture.convert("RGB")), name)
+    width, height = picture.size
+    _check_pixels(name, height, width, limit)
+    try:
+        picture.load()
+        picture = ImageOps.exif_transpose(picture)  # as a photo viewer shows it
+        if picture.mode in ("I;16", "I;16B", "I;16L"):
+            return _array_to_image(np.asarray(picture).astype(np.uint16), name)
+        if picture.mode in ("I", "F"):
+            return _array_to_image(_scaled_by_range(np.asarray(picture), picture.mode, name), name)
+        return _array_to_image(np.asarray(picture.convert("RGB")), name)
+    except (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(name, f"cannot decode the PIL image: {exc}") from None
+
+
+def _scaled_by_range(values: np.ndarray[Any, Any], mode: str, name: str) -> np.ndarray[Any, Any]:
+    """Mode ``I`` pixels as uint8 (0..255) or uint16 (0..65535); mode ``F`` as floats in
+    [0, 1], by the range of the values (see :func:`_pil_to_image`)."""
+    if values.size and not np.isfinite(values).all():
+        raise ImageReadError(name, "image has NaN or infinite pixels")
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if mode == "F":
+        if low >= 0 and high <= 1:
+            return values
+        if low >= 0 and high <= 255:
+            return values / 255.0
+        raise ImageReadError(
+            name, f"mode F pixels must lie in [0, 1] or [0, 255], not [{low:g}, {high:g}]"
+        )
+    if low >= 0 and high <= 255:
+        return values.astype(np.uint8)
+    if low >= 0 and high <= 65535:
+        return values.astype(np.uint16)
+    raise ImageReadError(name, f"mode I pixels must lie in 0..65535, not {low:g}..{high:g}")
 
 
 def _check_pixels(name: str, height: int, width: int, limit: int) -> None:
@@ -307,6 +342,8 @@ def _to_uint8(t: Tensor, name: str) -> Tensor:
     if t.dtype == torch.uint16 or (t.dtype == torch.int32 and int(t.max()) > 255):
         return (t.to(torch.int32) // 257).to(torch.uint8)
     if t.is_floating_point():
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            raise ImageReadError(name, "image has NaN or infinite pixels")
         if t.numel() and (float(t.min()) < -1e-3 or float(t.max()) > 1 + 1e-3):
             raise ImageReadError(
                 name, "float pixels must lie in [0, 1] (divide 0..255 values by 255)"
@@ -430,9 +467,7 @@ def open_video(path: str | os.PathLike[str]) -> tuple[VideoInfo, Iterator[Tensor
         ImageReadError: missing, unreadable or without a single decodable frame.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "no such file")
-    capture = cv2.VideoCapture(str(path))
+    capture = _open_capture(path)
     ok, first = capture.read() if capture.isOpened() else (False, None)
     if not ok or first is None:
         capture.release()
@@ -458,6 +493,27 @@ def open_video(path: str | os.PathLike[str]) -> tuple[VideoInfo, Iterator[Tensor
             capture.release()
 
     return info, frames()
+
+
+def _open_capture(path: Path) -> Any:
+    """A ``cv2.VideoCapture`` of a regular file, checked as :func:`read_file` checks files: the
+    file is opened without blocking and its descriptor checked, and (where ``/proc`` exists)
+    OpenCV opens that same descriptor, so no FIFO or device can be swapped in meanwhile."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise ImageReadError(path, "no such file") from None
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        problem = _not_regular(os.fstat(fd).st_mode, "video file")
+        if problem:
+            raise ImageReadError(path, problem)
+        same = f"/proc/self/fd/{fd}"
+        return cv2.VideoCapture(same if os.path.exists(same) else str(path))
+    finally:
+        os.close(fd)
 
 
 def video_info(path: str | os.PathLike[str]) -> VideoInfo:
