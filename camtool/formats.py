@@ -28,21 +28,28 @@ Size = tuple[int, int]
 class ImageFormat:
     """One image file format: its name, the file suffixes that mean it, a sample of its
     signature (enough for a decoder to recognise it), a test for its signature, and its header
-    reader."""
+    reader (cheap: it runs before the pixel limit is checked), and a check of the whole file
+    that runs after it, before the decoder (for formats whose decoder prints complaints)."""
 
     name: str
     suffixes: tuple[str, ...]
     sample: bytes  # the start of a real file (some decoders look past the first bytes)
     matches: Callable[[bytes], bool]
     size: Callable[[bytes, Path], Size]
+    check: Callable[[bytes, Path], None] = lambda data, path: None
 
 
 def _png_size(data: bytes, path: Path) -> Size:
-    """Walk the PNG chunks (checking each CRC) up to IEND and check the image data the way
-    libpng would (it prints its own complaints before OpenCV gives up); return the IHDR's
-    (width, height)."""
+    """The IHDR's (width, height)."""
     if len(data) < 33 or data[12:16] != b"IHDR":
         raise ImageReadError(path, "corrupt PNG (no header)")
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def _png_check(data: bytes, path: Path) -> None:
+    """Walk the PNG chunks (checking each CRC) up to IEND and check the image data the way
+    libpng would (it prints its own complaints before OpenCV gives up)."""
     width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
     rows = _PngRows(width, height, depth, colour, interlace, path)
     pos = 8
@@ -61,7 +68,7 @@ def _png_size(data: bytes, path: Path) -> Size:
             rows.feed(data[pos + 8 : end - 4])
         if kind == b"IEND":
             rows.finish()
-            return width, height
+            return
         pos = end
     raise ImageReadError(path, "truncated PNG (the image data ends early)")
 
@@ -298,7 +305,7 @@ _WEBP_SAMPLE = (
 
 #: The formats camtool reads, when the installed OpenCV can decode them.
 FORMATS: tuple[ImageFormat, ...] = (
-    ImageFormat("PNG", (".png",), b"\x89PNG\r\n\x1a\n", lambda d: d[:8] == b"\x89PNG\r\n\x1a\n", _png_size),
+    ImageFormat("PNG", (".png",), b"\x89PNG\r\n\x1a\n", lambda d: d[:8] == b"\x89PNG\r\n\x1a\n", _png_size, _png_check),
     ImageFormat("JPEG", (".jpg", ".jpeg", ".jpe"), b"\xff\xd8\xff\xe0", lambda d: d[:3] == b"\xff\xd8\xff", _jpeg_size),
     ImageFormat("BMP", (".bmp", ".dib"), b"BM" + b"\x00" * 12 + b"\x28", lambda d: d[:2] == b"BM", _bmp_size),
     ImageFormat("WebP", (".webp",), _WEBP_SAMPLE, lambda d: d[:4] == b"RIFF" and d[8:12] == b"WEBP", _webp_size),

@@ -292,6 +292,7 @@ def _read_image_file(path: Path, limit: int) -> Tensor:
         raise ImageReadError(path, f"this OpenCV build cannot decode {form.name} images")
     width, height = form.size(data, path)
     _check_pixels(str(path), height, width, limit)
+    form.check(data, path)
     try:
         array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     except cv2.error as exc:
