@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import struct
 import subprocess
@@ -20,13 +21,19 @@ import torch
 from PIL import Image
 
 import camtool
-from camtool.errors import ClassSelectionError, ImageReadError, ModelLoadError
+from camtool.errors import ClassSelectionError, ImageReadError
 from camtool.explanation import resolve_class
 from camtool.io import image_suffixes, read_file
-from camtool.models import load_labels
 from tests.conftest import CAT, ROOT
 
 TIMEOUT = 180  # a regression that blocks on a FIFO fails here instead of hanging the suite
+MEMORY = (
+    8 << 30
+)  # and one that reads /dev/zero fails with a MemoryError, not by filling the machine
+
+
+def limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
 
 
 def camtool_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -35,15 +42,16 @@ def camtool_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env.pop("CAMTOOL_DEBUG", None)
     return subprocess.run(
         [sys.executable, "-m", "camtool.cli", *args],
-        capture_output=True, text=True, timeout=TIMEOUT, env=env,
+        capture_output=True, text=True, timeout=TIMEOUT, env=env, preexec_fn=limit_memory,
     )  # fmt: skip
 
 
 def in_subprocess(code: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, env=env
-    )
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, env=env,
+        preexec_fn=limit_memory,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,8 +118,15 @@ def test_labels_list_and_card_fifos_are_refused_without_blocking(tmp_path: Path)
 def test_text_and_image_reads_stop_at_their_limits(tmp_path: Path) -> None:
     zero = tmp_path / "labels.txt"
     zero.symlink_to("/dev/zero")
-    with pytest.raises(ModelLoadError, match=r"not a regular file \(a character device\)"):
-        load_labels(str(zero))
+    probe = in_subprocess(
+        "from camtool.errors import ModelLoadError\n"
+        "from camtool.models import load_labels\n"
+        "try:\n"
+        f"    load_labels({str(zero)!r})\n"
+        "except ModelLoadError as exc:\n"
+        "    print(exc)\n"
+    )
+    assert probe.stdout == f"{zero}: not a regular file (a character device)\n", probe.stderr
     big = tmp_path / "big.bin"
     big.write_bytes(b"x" * 11)
     assert read_file(big, 11) == b"x" * 11
@@ -260,13 +275,22 @@ def test_max_pixels_alone_decides_even_above_opencvs_default(tmp_path: Path) -> 
         b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(rows, 9))
         + png_chunk(b"IEND", b"")
     )  # fmt: skip
-    with pytest.raises(ImageReadError, match="144 megapixels, above the limit of 100"):
-        camtool.load_image(path)
-    with pytest.raises(ImageReadError, match="above the limit of 10 "):
-        camtool.load_image(path, max_pixels=10**7)
-    image = camtool.load_image(path, max_pixels=10**9)
-    assert image.shape == (3, 12000, 12000) and int(image.max()) == 0
-    del image
+    probe = in_subprocess(  # camtool first, as for a user: cv2 is loaded by camtool.io
+        "import camtool\n"
+        "from camtool.errors import ImageTooLargeError\n"
+        "for limit in (None, 10**7):\n"
+        "    try:\n"
+        f"        camtool.load_image({str(path)!r}, max_pixels=limit)\n"
+        "    except ImageTooLargeError as exc:\n"
+        "        print(exc.problem)\n"
+        f"image = camtool.load_image({str(path)!r}, max_pixels=10**9)\n"
+        "print(tuple(image.shape), int(image.max()))\n"
+    )
+    assert probe.stdout.splitlines() == [
+        "image is 12000x12000 = 144 megapixels, above the limit of 100 (set CAMTOOL_MAX_PIXELS to raise it)",
+        "image is 12000x12000 = 144 megapixels, above the limit of 10 (set CAMTOOL_MAX_PIXELS to raise it)",
+        "(3, 12000, 12000) 0",
+    ], probe.stderr
     assert time.perf_counter() - started < 20
 
 
