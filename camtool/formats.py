@@ -40,9 +40,11 @@ class ImageFormat:
 
 
 def _png_size(data: bytes, path: Path) -> Size:
-    """The IHDR's (width, height)."""
+    """The IHDR's (width, height), once its checksum holds."""
     if len(data) < 33 or data[12:16] != b"IHDR":
         raise ImageReadError(path, "corrupt PNG (no header)")
+    if zlib.crc32(data[12:29]) != struct.unpack(">I", data[29:33])[0]:
+        raise ImageReadError(path, "corrupt PNG (bad checksum in its IHDR chunk)")
     width, height = struct.unpack(">II", data[16:24])
     return width, height
 
