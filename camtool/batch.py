@@ -47,12 +47,20 @@ from camtool.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
     CamtoolError,
+    ImageReadError,
     InvalidArgumentError,
     ManifestError,
     OutputWriteError,
 )
 from camtool.explanation import Explanation, ModelSpec, build_explanation, get_model, resolve_class
-from camtool.io import IMAGE_SUFFIXES, encode_image, load_image, open_atomic, write_bytes_atomic
+from camtool.io import (
+    encode_image,
+    image_suffixes,
+    load_image,
+    open_atomic,
+    read_text_file,
+    write_bytes_atomic,
+)
 from camtool.manifest import (
     MANIFEST,
     SUMMARY,
@@ -129,7 +137,7 @@ def _walk_images(root: Path) -> Iterator[Path | ExportFailure]:
                 elif real not in seen:  # a second link to a folder already walked adds nothing
                     seen.add(real)
                     subfolders.append(Path(entry.path))
-            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+            elif Path(entry.name).suffix.lower() in image_suffixes():
                 yield Path(entry.path)
         stack.extend(reversed(subfolders))
 
@@ -220,9 +228,9 @@ def collect_inputs(
 
 def _read_list(path: Path, failures: list[ExportFailure]) -> list[Path]:
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        failures.append(ExportFailure(f"@{path}", f"cannot read list: {exc}"))
+        lines = read_text_file(path, ImageReadError, "list file", "utf-8-sig").splitlines()
+    except ImageReadError as exc:
+        failures.append(ExportFailure(f"@{path}", f"cannot read list: {exc.problem}"))
         return []
     entries = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     return [Path(os.path.abspath(path.parent / entry)) for entry in entries]

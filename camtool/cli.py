@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -592,12 +593,66 @@ def models() -> None:
         console.print(table)
 
 
+def silence_native_stderr() -> None:
+    """Keep what native libraries print off the terminal; camtool's own lines stay.
+
+    libpng, libjpeg and ffmpeg write their complaints ("libpng error: ...", "Corrupt JPEG data:
+    ...", "moov atom not found") straight to file descriptor 2, from whichever thread decodes.
+    camtool reports those files in its own words, so descriptor 2 is pointed at the null device
+    once, for the whole process (no window in which a thread could slip through, nothing to
+    restore while decode threads run), and Python's ``sys.stderr`` (camtool's ``Error:`` lines,
+    rich, tracebacks with CAMTOOL_DEBUG) moves to a duplicate of the original stderr. Does
+    nothing with ``CAMTOOL_DEBUG`` set, or where descriptor 2 cannot be duplicated.
+    """
+    if os.environ.get("CAMTOOL_DEBUG"):
+        return
+    stream = sys.stderr
+    try:
+        stream.flush()
+        original = os.dup(2)
+    except (OSError, AttributeError, ValueError):
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+    except OSError:
+        os.close(original)
+        return
+    sys.stderr = open(  # noqa: SIM115  # lives as long as the process
+        original,
+        "w",
+        encoding=getattr(stream, "encoding", None) or "utf-8",
+        errors=getattr(stream, "errors", None) or "backslashreplace",
+        buffering=1,
+    )
+
+
+def show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """Show a Python warning as one ``Warning:`` line when camtool raised it; drop warnings that
+    libraries (torch, torchvision, timm) raise about their own internals, which a user of the
+    command can do nothing about."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        err_console.print(f"Warning: {' '.join(str(message).split())}", markup=False)
+
+
 def main() -> None:
     """Entry point of the ``camtool`` console script.
 
     Usage errors (an option out of range, a missing argument) become one ``Error:`` line and
-    exit code 2, like every other error, instead of a framed help box.
+    exit code 2, like every other error, instead of a framed help box. Native libraries' messages
+    and library warnings are kept off stderr (:func:`silence_native_stderr`, :func:`show_warning`).
     """
+    silence_native_stderr()
+    if not os.environ.get("CAMTOOL_DEBUG"):
+        warnings.showwarning = show_warning
     try:
         code = app(standalone_mode=False)
     except Exception as exc:  # click's UsageError family, vendored by newer typer releases

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from camtool.errors import ModelLoadError, UnknownModelError
 from camtool.heads import CamHead, FeatureGeometry, find_cam_head
+from camtool.io import read_text_file
 from camtool.naming import fit
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -208,11 +209,10 @@ def user_card_dirs() -> list[Path]:
 def read_card(path: str | os.PathLike[str], builtin: bool = False) -> ModelCard:
     """Read a model card from a TOML file."""
     path = Path(path)
+    text = read_text_file(path, ModelLoadError, "model card")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ModelLoadError(path, f"cannot read model card: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ModelLoadError(path, f"model card is not valid TOML: {exc}") from None
     try:
         return _card_from_table(data, path, builtin)
@@ -625,10 +625,7 @@ def load_labels(spec: str | os.PathLike[str], base: Path | None = None) -> tuple
     path = Path(spec)
     if not path.is_absolute() and base is not None:
         path = base / path
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(path, f"cannot read label file: {exc}") from None
+    lines = read_text_file(path, ModelLoadError, "label file").splitlines()
     names = tuple(line.strip() for line in lines if line.strip())
     if not names:
         raise ModelLoadError(path, "label file has no names")
