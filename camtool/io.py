@@ -87,6 +87,27 @@ def read_file(
     Raises:
         ``error``: missing, unreadable, not a regular file, or above the size limit.
     """
+    fd = _open_regular_fd(path, error, what)
+    try:
+        info = os.fstat(fd)
+        if info.st_size > max_bytes:
+            raise error(path, _too_big(info.st_size, max_bytes))
+        chunks, total = [], 0
+        while chunk := os.read(fd, min(1 << 24, max_bytes + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise error(path, _too_big(total, max_bytes))
+        return b"".join(chunks)
+    except OSError as exc:
+        raise error(path, f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def _open_regular_fd(path: str | os.PathLike[str], error: type[CamtoolError], what: str) -> int:
+    """Open ``path`` for reading without blocking and check the opened descriptor: a regular
+    file, else ``error`` (a FIFO, a device, a directory, ...). The caller closes the descriptor."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags | getattr(os, "O_NOCTTY", 0))
@@ -103,23 +124,22 @@ def read_file(
             path, _not_regular(mode, what) or f"cannot read: {exc.strerror or exc}"
         ) from None
     try:
-        info = os.fstat(fd)
-        problem = _not_regular(info.st_mode, what)
-        if problem:
-            raise error(path, problem)
-        if info.st_size > max_bytes:
-            raise error(path, _too_big(info.st_size, max_bytes))
-        chunks, total = [], 0
-        while chunk := os.read(fd, min(1 << 24, max_bytes + 1 - total)):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > max_bytes:
-                raise error(path, _too_big(total, max_bytes))
-        return b"".join(chunks)
+        problem = _not_regular(os.fstat(fd).st_mode, what)
     except OSError as exc:
-        raise error(path, f"cannot read: {exc.strerror or exc}") from None
-    finally:
+        problem = f"cannot read: {exc.strerror or exc}"
+    if problem:
         os.close(fd)
+        raise error(path, problem)
+    return fd
+
+
+def open_regular_file(
+    path: str | os.PathLike[str], error: type[CamtoolError], what: str
+) -> BinaryIO:
+    """Open a regular file for reading in binary mode, refusing FIFOs, devices and directories
+    on the opened descriptor (see :func:`read_file`), for readers that stream (weights, hashes,
+    manifests) rather than read whole."""
+    return os.fdopen(_open_regular_fd(path, error, what), "rb")
 
 
 def _not_regular(mode: int, what: str) -> str | None:
@@ -539,7 +559,11 @@ class VideoWriter:
 
     def __init__(self, path: str | os.PathLike[str], fps: float, width: int, height: int) -> None:
         self.path = Path(path)
-        self.partial = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
+        # A fixed short temporary name (a long final name must still fit) that a killed run's
+        # clean-up recognises; the suffix tells OpenCV the container.
+        self.partial = self.path.with_name(
+            f"{TEMP_PREFIX}{os.getpid()}{TEMP_SUFFIX}{self.path.suffix}"
+        )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         size = (width, height)
         if self.path.suffix.lower() == ".avi":  # OpenCV's own MJPEG writer keeps odd frame sizes

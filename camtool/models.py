@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from camtool.errors import ModelLoadError, UnknownModelError
 from camtool.heads import CamHead, FeatureGeometry, find_cam_head
-from camtool.io import read_text_file
+from camtool.io import open_regular_file, read_text_file
 from camtool.naming import fit
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -455,7 +455,7 @@ def weights_status(card: ModelCard) -> str:
 def file_sha256(path: Path) -> str:
     """Return the hex sha256 of a file."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open_regular_file(path, ModelLoadError, "weights file") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -468,21 +468,24 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     under ``state_dict`` or ``model`` is unwrapped.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ModelLoadError(path, "no such weights file")
+    handle = open_regular_file(path, ModelLoadError, "weights file")  # never a FIFO or a device
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load
 
-            loaded: Any = load_file(str(path))
+            loaded: Any = load(handle.read())
         else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            loaded = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise ModelLoadError(path, _refusal(path)) from None
     except Exception as exc:  # torch and safetensors raise many types for damaged files
         raise ModelLoadError(
             path, f"not a readable weights file ({type(exc).__name__}: {exc})"
         ) from None
+    finally:
+        handle.close()
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
             loaded = loaded[key]

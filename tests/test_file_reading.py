@@ -115,6 +115,24 @@ def test_labels_list_and_card_fifos_are_refused_without_blocking(tmp_path: Path)
     ], probe.stderr
 
 
+def test_weights_and_manifest_fifos_are_refused_without_blocking(tmp_path: Path) -> None:
+    weights = tmp_path / "w.pth"
+    os.mkfifo(weights)
+    result = camtool_cli("inspect", "resnet18", "--weights", str(weights))
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"Error: {weights}: not a regular file (a FIFO)\n",
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "manifest.jsonl")
+    result = camtool_cli("report", str(out))
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"Error: {out / 'manifest.jsonl'}: not a regular file (a FIFO)\n",
+    )
+
+
 def test_text_and_image_reads_stop_at_their_limits(tmp_path: Path) -> None:
     zero = tmp_path / "labels.txt"
     zero.symlink_to("/dev/zero")
