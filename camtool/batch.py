@@ -46,13 +46,21 @@ from camtool.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
     CamtoolError,
+    ImageReadError,
     InvalidArgumentError,
     ManifestError,
     OutputWriteError,
 )
 from camtool.explanation import BoundMethod, Explanation, ModelSpec, bind_method, build_explanation
 from camtool.image import Preprocessing, Region
-from camtool.io import IMAGE_SUFFIXES, encode_image, load_image, open_atomic, write_bytes_atomic
+from camtool.io import (
+    encode_image,
+    image_suffixes,
+    load_image,
+    open_atomic,
+    read_text_file,
+    write_bytes_atomic,
+)
 from camtool.manifest import (
     MANIFEST,
     SUMMARY,
@@ -67,6 +75,7 @@ from camtool.manifest import (
 )
 from camtool.methods.base import DEFAULT_METHOD, MapBatch, Method
 from camtool.models import DEFAULT_MODEL, LoadedModel
+from camtool.naming import NameRegistry, component, fit, slug
 from camtool.progress import ProgressBar
 from camtool.render import COLORMAPS
 
@@ -129,7 +138,7 @@ def _walk_images(root: Path) -> Iterator[Path | ExportFailure]:
                 elif real not in seen:  # a second link to a folder already walked adds nothing
                     seen.add(real)
                     subfolders.append(Path(entry.path))
-            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+            elif Path(entry.name).suffix.lower() in image_suffixes():
                 yield Path(entry.path)
         stack.extend(reversed(subfolders))
 
@@ -138,7 +147,14 @@ def _relative_stem(path: Path, root: Path) -> PurePosixPath:
     rel = os.path.relpath(path, root)
     parts = [p for p in PurePosixPath(rel.replace(os.sep, "/")).parts if p not in ("..", ".", "/")]
     rel_path = PurePosixPath(*parts) if parts else PurePosixPath(path.name)
-    return rel_path.with_suffix("")
+    return safe_stem(rel_path.with_suffix(""))
+
+
+def safe_stem(stem: PurePosixPath | str) -> PurePosixPath:
+    """A relative output stem whose every part is a safe name (:func:`camtool.naming.component`):
+    never absolute, never ``..``, never empty."""
+    parts = [component(p) for p in PurePosixPath(stem).parts if p not in ("/", ".")]
+    return PurePosixPath(*parts) if parts else PurePosixPath("image")
 
 
 def collect_inputs(
@@ -161,7 +177,7 @@ def collect_inputs(
     """
     items: list[InputItem] = []
     failures: list[ExportFailure] = []
-    used: set[str] = set()
+    names = NameRegistry()
     seen: set[str] = set()
     skip = os.path.realpath(exclude) + os.sep if exclude is not None else None
 
@@ -175,13 +191,9 @@ def collect_inputs(
         if skip and (real + os.sep).startswith(skip):
             left_out.append(path)
             return
-        stem = _relative_stem(path, root)
-        key, n = str(stem), 1
-        while key.lower() in used:  # a.jpg and a.png, or the same name from two inputs
-            n += 1
-            key = f"{stem}_{n}"
-        used.add(key.lower())
-        items.append(InputItem(path, PurePosixPath(key)))
+        # a.jpg and a.png, or the same name from two inputs: one rule, shared with `explain`
+        stem = names.claim(str(_relative_stem(path, root)))
+        items.append(InputItem(path, PurePosixPath(stem)))
 
     for spec in specs:
         text = os.fspath(spec)
@@ -217,9 +229,9 @@ def collect_inputs(
 
 def _read_list(path: Path, failures: list[ExportFailure]) -> list[Path]:
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        failures.append(ExportFailure(f"@{path}", f"cannot read list: {exc}"))
+        lines = read_text_file(path, ImageReadError, "list file", "utf-8-sig").splitlines()
+    except ImageReadError as exc:
+        failures.append(ExportFailure(f"@{path}", f"cannot read list: {exc.problem}"))
         return []
     entries = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     return [Path(os.path.abspath(path.parent / entry)) for entry in entries]
@@ -415,15 +427,13 @@ class ExportOptions:
     box_threshold: float = 0.2
 
 
-def slug(text: str) -> str:
-    """A class name as a file-name part: ``"tiger cat"`` -> ``"tiger_cat"``."""
-    return re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_") or "class"
-
-
 def output_path(out_dir: Path, stem: PurePosixPath, suffix: str) -> Path:
-    """``out_dir/<stem><suffix>``, refusing any path that would land outside ``out_dir``
+    """``out_dir/<stem><suffix>``, every part a safe name that fits the file system (a name
+    longer than :data:`camtool.naming.NAME_MAX` bytes is shortened, see
+    :func:`camtool.naming.fit`), refusing any path that would land outside ``out_dir``
     (through a symlinked folder inside it, say)."""
-    target = out_dir / f"{stem}{suffix}"
+    stem = safe_stem(stem)
+    target = out_dir.joinpath(*stem.parent.parts, fit(stem.name, suffix))
     root = os.path.realpath(out_dir)
     parent = os.path.realpath(target.parent)
     if parent != root and not parent.startswith(root + os.sep):
@@ -862,19 +872,16 @@ def _restore_stems(items: list[InputItem], previous: dict[str, dict[str, Any]]) 
     which may have grown), and keep new inputs off the stems already taken."""
     if not previous:
         return items
-    taken = {str(r["output_stem"]).lower() for r in previous.values() if r.get("output_stem")}
+    stems = {
+        path: safe_stem(str(r["output_stem"]))
+        for path, r in previous.items()
+        if r.get("output_stem")
+    }
+    taken = NameRegistry(str(stem) for stem in stems.values())
     restored = []
     for item in items:
-        record = previous.get(item.resolved)
-        if record and record.get("output_stem"):
-            restored.append(InputItem(item.path, PurePosixPath(record["output_stem"])))
-            continue
-        stem, n = item.stem, 1
-        while str(stem).lower() in taken:
-            n += 1
-            stem = PurePosixPath(f"{item.stem}_{n}")
-        taken.add(str(stem).lower())
-        restored.append(InputItem(item.path, stem))
+        stem = stems.get(item.resolved)
+        restored.append(InputItem(item.path, stem or PurePosixPath(taken.claim(str(item.stem)))))
     return restored
 
 

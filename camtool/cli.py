@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -31,6 +31,7 @@ from camtool.errors import (
     CamtoolError,
     UnsupportedModelError,
 )
+from camtool.naming import NameRegistry, component, input_stems, slug
 
 if TYPE_CHECKING:
     from camtool.explanation import Explanation
@@ -103,23 +104,6 @@ def root(
     """Exact Class Activation Maps: see where a CNN with a global-average-pooling head looks."""
 
 
-def output_name(stem: str, index: int, label: str, suffix: str) -> str:
-    """Return the overlay file name for one class of one input, e.g. ``cat_cam_281_tabby.png``."""
-    slug = re.sub(r"[^0-9a-z]+", "_", label.lower()).strip("_") or "class"
-    return f"{stem}_cam_{index}_{slug}.{suffix}"
-
-
-def unique_stems(paths: list[str]) -> list[str]:
-    """Return a file-name stem per input; inputs with the same stem get ``_2``, ``_3``, ..."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        stem = Path(path).stem or "image"
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return stems
-
-
 def predictions_table(ex: Explanation, outputs: list[Path]) -> Table:
     """Return a rich table of an explanation's top-k classes."""
     from camtool.explanation import residual_text
@@ -162,6 +146,16 @@ WeightsOption = Annotated[
     typer.Option(help="State dict (.pth/.pt read with weights_only=True, or .safetensors)."),
 ]
 LabelsOption = Annotated[Path | None, typer.Option(help="Label file, one class name per line.")]
+
+
+def module_name(value: str | None) -> str | None:
+    """Refuse an empty module name while parsing, so the error names the option (the library
+    refuses it too, see ``camtool.methods.bind``)."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("an empty module name names no module; leave the option out")
+    return value
+
+
 MethodOption = Annotated[
     str,
     typer.Option(
@@ -171,10 +165,14 @@ MethodOption = Annotated[
     ),
 ]
 LayerOption = Annotated[
-    str | None, typer.Option(help="Feature layer (a module name); overrides discovery.")
+    str | None,
+    typer.Option(help="Feature layer (a module name); overrides discovery.", callback=module_name),
 ]
 ClassifierOption = Annotated[
-    str | None, typer.Option(help="Classifier layer (a module name); overrides discovery.")
+    str | None,
+    typer.Option(
+        help="Classifier layer (a module name); overrides discovery.", callback=module_name
+    ),
 ]
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")]
 DtypeOption = Annotated[
@@ -220,7 +218,9 @@ def explain(
     images: Annotated[
         list[Path],
         typer.Argument(
-            help="Image files (or videos: .mp4, .avi, .mov, ...) to explain.", show_default=False
+            help="Image files (or videos: .mp4, .avi, .mov, ...) to explain.",
+            show_default=False,
+            readable=False,  # an unreadable input fails alone, like a missing one (exit 3)
         ),
     ],
     models: Annotated[
@@ -279,7 +279,8 @@ def explain(
             for name in (models or ["efficientnet_lite0"])
         ]
         maps = max(maps, top_k) if sheet and not classes else maps
-        stems = unique_stems([str(p) for p in images])
+        stems = input_stems(images)
+        files = NameRegistry()  # every file this run writes: no result overwrites another
         report: dict[str, Any] = {
             "model": loaded[0].model.name,
             "method": loaded[0].explainer.method,
@@ -298,7 +299,7 @@ def explain(
         for path, stem in zip(images, stems, strict=True):
             if path.suffix.lower() in VIDEO_SUFFIXES:
                 try:
-                    video = explain_one_video(path, stem, out, loaded[0], classes, crop, smooth, alpha,
+                    video = explain_one_video(path, stem, out, files, loaded[0], classes, crop, smooth, alpha,
                                               colormap, box, not as_json)  # fmt: skip
                 except CamtoolError as exc:
                     if exc.exit_code != EXIT_ERROR or len(images) == 1:
@@ -319,16 +320,17 @@ def explain(
                 ]
                 written = []
                 for ex in results:
-                    prefix = f"{stem}_{ex.model}" if len(loaded) > 1 else stem
+                    prefix = f"{stem}_{component(ex.model)}" if len(loaded) > 1 else stem
                     outputs = [
-                        ex.save(out / output_name(prefix, s.index, s.name, image_format), i,
-                                alpha=alpha, colormap=colormap, box=box)
+                        ex.save(out / files.claim(prefix, f"_cam_{s.index}_{slug(s.name)}.{image_format}"),
+                                i, alpha=alpha, colormap=colormap, box=box)
                         for i, s in enumerate(ex.explained)
                     ]  # fmt: skip
                     written.append(outputs)
                 if sheet:
                     picture = comparison_sheet(results, alpha=alpha, colormap=colormap, box=box)
-                    written[0].append(picture.save(out / f"{stem}_sheet.{image_format}"))
+                    sheet_name = files.claim(stem, f"_sheet.{image_format}")
+                    written[0].append(picture.save(out / sheet_name))
             except CamtoolError as exc:
                 if exc.exit_code != EXIT_ERROR or len(images) == 1:
                     raise
@@ -349,7 +351,7 @@ def explain(
 
 
 def explain_one_video(
-    path: Path, stem: str, out: Path, model: Any, classes: list[str] | None, crop: bool, smooth: int,
+    path: Path, stem: str, out: Path, files: NameRegistry, model: Any, classes: list[str] | None, crop: bool, smooth: int,
     alpha: float, colormap: str, box: bool, progress: bool,
 ) -> dict[str, Any]:  # fmt: skip
     """``camtool explain clip.mp4``: the overlaid video (``<stem>_cam.mp4``, or ``.avi`` for .avi
@@ -359,7 +361,9 @@ def explain_one_video(
 
     info = video_info(path)
     odd = info.width % 2 or info.height % 2
-    output = out / f"{stem}_cam.{'avi' if odd or path.suffix.lower() == '.avi' else 'mp4'}"
+    output = out / files.claim(
+        stem, f"_cam.{'avi' if odd or path.suffix.lower() == '.avi' else 'mp4'}"
+    )
     report = explain_video(path, output, model, classes=classes, crop=crop, smooth=smooth, alpha=alpha,
                            colormap=colormap, box=box, progress=progress)  # fmt: skip
     if progress:
@@ -647,12 +651,66 @@ def models() -> None:
         console.print(table)
 
 
+def silence_native_stderr() -> None:
+    """Keep what native libraries print off the terminal; camtool's own lines stay.
+
+    libpng, libjpeg and ffmpeg write their complaints ("libpng error: ...", "Corrupt JPEG data:
+    ...", "moov atom not found") straight to file descriptor 2, from whichever thread decodes.
+    camtool reports those files in its own words, so descriptor 2 is pointed at the null device
+    once, for the whole process (no window in which a thread could slip through, nothing to
+    restore while decode threads run), and Python's ``sys.stderr`` (camtool's ``Error:`` lines,
+    rich, tracebacks with CAMTOOL_DEBUG) moves to a duplicate of the original stderr. Does
+    nothing with ``CAMTOOL_DEBUG`` set, or where descriptor 2 cannot be duplicated.
+    """
+    if os.environ.get("CAMTOOL_DEBUG"):
+        return
+    stream = sys.stderr
+    try:
+        stream.flush()
+        original = os.dup(2)
+    except (OSError, AttributeError, ValueError):
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+    except OSError:
+        os.close(original)
+        return
+    sys.stderr = open(  # noqa: SIM115  # lives as long as the process
+        original,
+        "w",
+        encoding=getattr(stream, "encoding", None) or "utf-8",
+        errors=getattr(stream, "errors", None) or "backslashreplace",
+        buffering=1,
+    )
+
+
+def show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """Show a Python warning as one ``Warning:`` line when camtool raised it; drop warnings that
+    libraries (torch, torchvision, timm) raise about their own internals, which a user of the
+    command can do nothing about."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        err_console.print(f"Warning: {' '.join(str(message).split())}", markup=False)
+
+
 def main() -> None:
     """Entry point of the ``camtool`` console script.
 
     Usage errors (an option out of range, a missing argument) become one ``Error:`` line and
-    exit code 2, like every other error, instead of a framed help box.
+    exit code 2, like every other error, instead of a framed help box. Native libraries' messages
+    and library warnings are kept off stderr (:func:`silence_native_stderr`, :func:`show_warning`).
     """
+    silence_native_stderr()
+    if not os.environ.get("CAMTOOL_DEBUG"):
+        warnings.showwarning = show_warning
     try:
         code = app(standalone_mode=False)
     except Exception as exc:  # click's UsageError family, vendored by newer typer releases

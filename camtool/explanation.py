@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 import difflib
 import html
+import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, cast, overload
+from typing import Any, SupportsIndex, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -225,17 +226,28 @@ def comparison_sheet(
     return Picture(labelled_grid(tiles, captions, columns))
 
 
-def resolve_class(spec: int | str, labels: Sequence[str]) -> int:
-    """Return the class index for an index (int or digits) or a class name (any case).
+def resolve_class(spec: int | str | SupportsIndex, labels: Sequence[str]) -> int:
+    """Return the class index for an index or a class name (any case).
+
+    An index is anything integer-like (``int``, ``numpy.int64``, a one-element integer tensor:
+    whatever has ``__index__``) or a string of digits; booleans and floats are refused.
 
     Raises:
-        ClassSelectionError: an index out of range or an unknown name (with close names).
+        ClassSelectionError: an index out of range, an unknown name (with close names), or
+            something that is neither an integer nor a string.
     """
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
-        index = int(spec)
-        if not 0 <= index < len(labels):
-            raise ClassSelectionError(spec, f"class index out of range 0..{len(labels) - 1}")
-        return index
+    if not isinstance(spec, str):
+        if isinstance(spec, bool) or type(spec).__name__ == "bool_" or _is_bool_tensor(spec):
+            raise ClassSelectionError(spec, "a class is an integer index or a name, not a boolean")
+        try:
+            index = operator.index(spec)
+        except TypeError:
+            raise ClassSelectionError(
+                spec, f"a class is an integer index or a name, not {type(spec).__name__}"
+            ) from None
+        return _checked_index(spec, index, labels)
+    if spec.strip().isdigit():
+        return _checked_index(spec, int(spec), labels)
     wanted = spec.strip().lower()
     lowered = [label.lower() for label in labels]
     if wanted in lowered:
@@ -247,6 +259,16 @@ def resolve_class(spec: int | str, labels: Sequence[str]) -> int:
         else ""
     )
     raise ClassSelectionError(spec, f"unknown class name{hint}")
+
+
+def _is_bool_tensor(spec: object) -> bool:
+    return isinstance(spec, torch.Tensor) and spec.dtype == torch.bool
+
+
+def _checked_index(spec: object, index: int, labels: Sequence[str]) -> int:
+    if not 0 <= index < len(labels):
+        raise ClassSelectionError(spec, f"class index out of range 0..{len(labels) - 1}")
+    return index
 
 
 @lru_cache(maxsize=4)
@@ -294,7 +316,7 @@ class BoundMethod:
 def bind_method(
     model: ModelSpec | BoundMethod = DEFAULT_MODEL,
     method: str | Method = DEFAULT_METHOD,
-    classes: Sequence[int | str] | None = None,
+    classes: Sequence[int | str | SupportsIndex] | None = None,
     *,
     device: str | None = "auto",
     layer: str | None = None,
@@ -323,7 +345,7 @@ def explain(
     model: ModelSpec | BoundMethod = ...,
     *,
     method: str | Method = ...,
-    classes: Sequence[int | str] | None = ...,
+    classes: Sequence[int | str | SupportsIndex] | None = ...,
     maps: int = ...,
     top_k: int = ...,
     crop: bool = ...,
@@ -344,7 +366,7 @@ def explain(
     model: ModelSpec | BoundMethod = ...,
     *,
     method: str | Method = ...,
-    classes: Sequence[int | str] | None = ...,
+    classes: Sequence[int | str | SupportsIndex] | None = ...,
     maps: int = ...,
     top_k: int = ...,
     crop: bool = ...,
@@ -364,7 +386,7 @@ def explain(
     model: ModelSpec | BoundMethod = DEFAULT_MODEL,
     *,
     method: str | Method = DEFAULT_METHOD,
-    classes: Sequence[int | str] | None = None,
+    classes: Sequence[int | str | SupportsIndex] | None = None,
     maps: int = 1,
     top_k: int = 5,
     crop: bool = False,
@@ -384,8 +406,9 @@ def explain(
         model: a model name (default: ``efficientnet_lite0``), card, ``nn.Module``, loaded model
             or :class:`BoundMethod` (which fixes method, classes and layers too).
         method: the method that makes the maps (``camtool.methods.method_names()``; default
-            ``"cam"``: exact Class Activation Maps).
-        classes: classes to map, by index or name; default: the top ``maps`` predictions.
+            ``"auto"``: the first that can explain the model, exact methods first).
+        classes: classes to map, by index (any integer-like) or name; default: the top ``maps``
+            predictions.
         maps: how many top classes to map when ``classes`` is not given.
         top_k: how many predictions to report.
         crop: centre-crop like the classic evaluation transform instead of using the whole image.

@@ -25,6 +25,7 @@ from camtool.errors import CamtoolError, InvalidArgumentError
 from camtool.image import resize_image
 from camtool.io import load_image, open_atomic, save_image
 from camtool.manifest import MANIFEST, read_manifest
+from camtool.naming import fit
 from camtool.progress import ProgressBar
 
 THUMBS = "_thumbs"
@@ -50,7 +51,7 @@ def _thumb(source: Path, folder: Path, stem: str) -> str | None:
     key = hashlib.sha1(
         f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
     ).hexdigest()[:10]
-    target = folder / f"{stem}_{key}.jpg"
+    target = folder / fit(stem, f"_{key}.jpg")  # one safe name that fits, whatever the stem
     try:
         if not target.exists():
             save_image(target, thumbnail(load_image(source)), quality=80)

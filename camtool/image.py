@@ -13,6 +13,10 @@ from torch import Tensor
 #: The longest side of the network input, in multiples of the model's input size.
 MAX_ASPECT = 8
 
+#: The largest input size (pixels on the shorter side) camtool accepts: 4x the largest ImageNet
+#: classifiers' (EfficientNet-B7: 600, timm's 1024-px models); the long side may be MAX_ASPECT x.
+MAX_INPUT_SIZE = 4096
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -48,6 +52,9 @@ class Preprocessing:
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
     crop_pct: float = 0.875
     fixed_size: bool = False
+
+    def __post_init__(self) -> None:
+        check_input_size(self.input_size)
 
     def resized_size(self, height: int, width: int, crop: bool = False) -> tuple[int, int]:
         """Return the (height, width) the image is resized to before any crop.
@@ -95,6 +102,24 @@ class Preprocessing:
         mean = torch.tensor(self.mean, device=pixels.device).mul_(255).view(3, 1, 1)
         std = torch.tensor(self.std, device=pixels.device).mul_(255).view(3, 1, 1)
         return (pixels.float() - mean) / std
+
+
+def check_input_size(size: int) -> None:
+    """Refuse an input size below 16 px or above :data:`MAX_INPUT_SIZE` px.
+
+    Raises:
+        InvalidArgumentError: with the bounds.
+    """
+    from camtool.errors import InvalidArgumentError
+
+    if size < 16:
+        raise InvalidArgumentError(size, f"input size {size} is too small: use at least 16 px")
+    if size > MAX_INPUT_SIZE:
+        raise InvalidArgumentError(
+            size,
+            f"input size {size} is too large: camtool takes at most {MAX_INPUT_SIZE} px (an "
+            f"image's long side may reach {MAX_ASPECT}x that)",
+        )
 
 
 def resize_image(image: Tensor, size: tuple[int, int], interpolation: str = "bicubic") -> Tensor:

@@ -7,16 +7,17 @@ the way a photo viewer shows them (EXIF orientation applied).
 from __future__ import annotations
 
 import os
-import struct
+import stat
 import tempfile
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from camtool.errors import ImageReadError, ImageTooLargeError, OutputWriteError
+from camtool.errors import CamtoolError, ImageReadError, ImageTooLargeError, OutputWriteError
+from camtool.formats import FORMATS, ImageFormat, identify
 
 #: Images with more pixels than this are refused before they are decoded, instead of exhausting
 #: memory (100 megapixels: a 300 MB image, plus heatmaps of the same size). Override with the
@@ -30,8 +31,11 @@ def max_pixels_limit() -> int:
     return int(value) if value and value.isdigit() else MAX_PIXELS
 
 
-# OpenCV checks every format's header against this before allocating (read at its first decode).
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(max_pixels_limit()))
+#: OpenCV's own pixel limit, set far above any ``max_pixels`` so that camtool's limit is the only
+#: one that decides: camtool reads every format's size from its header before decoding (see
+#: :mod:`camtool.formats`). OpenCV reads this variable once, when it is loaded.
+OPENCV_PIXEL_CEILING = 1 << 40
+os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(OPENCV_PIXEL_CEILING)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -41,10 +45,163 @@ from torch import Tensor  # noqa: E402
 # OpenCV's own log lines (a truncated BMP, a bad TIFF) would break the one-line error contract.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
-#: File name suffixes treated as images when a folder is searched.
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pbm", ".pgm", ".ppm"}
+#: Text files camtool reads (label files, ``@list`` files, model cards) may hold at most this many
+#: bytes (64 MiB: a list of about a million paths).
+MAX_TEXT_BYTES = 64 << 20
+
+#: An image file may hold at most this many bytes per allowed pixel (16-bit RGBA, uncompressed),
+#: plus :data:`IMAGE_METADATA_BYTES`; see :func:`image_byte_limit`.
+IMAGE_BYTES_PER_PIXEL = 8
+IMAGE_METADATA_BYTES = 16 << 20
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
 )
+
+
+def image_byte_limit(max_pixels: int) -> int:
+    """The most bytes an image file may hold under a pixel limit of ``max_pixels``."""
+    return IMAGE_BYTES_PER_PIXEL * max_pixels + IMAGE_METADATA_BYTES
+
+
+def read_file(
+    path: str | os.PathLike[str],
+    max_bytes: int,
+    error: type[CamtoolError] = ImageReadError,
+    what: str = "image file",
+) -> bytes:
+    """Read a whole regular file of at most ``max_bytes`` bytes: the one way camtool reads files.
+
+    The file is opened without blocking (opening a FIFO never waits for a writer) and the
+    *opened descriptor* is checked, so a name swapped for a FIFO or a device between a check
+    and the read cannot get past it. Reading stops past ``max_bytes`` (``/dev/zero`` or a file
+    that grows while it is read).
+
+    Args:
+        path: the file. max_bytes: the size limit. error: the :class:`CamtoolError` subclass to
+            raise. what: what the file should be, for messages ("label file").
+
+    Raises:
+        ``error``: missing, unreadable, not a regular file, or above the size limit.
+    """
+    fd = _open_regular_fd(path, error, what)
+    try:
+        info = os.fstat(fd)
+        if info.st_size > max_bytes:
+            raise error(path, _too_big(info.st_size, max_bytes))
+        chunks, total = [], 0
+        while chunk := os.read(fd, min(1 << 24, max_bytes + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise error(path, _too_big(total, max_bytes))
+        return b"".join(chunks)
+    except OSError as exc:
+        raise error(path, f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def _open_regular_fd(path: str | os.PathLike[str], error: type[CamtoolError], what: str) -> int:
+    """Open ``path`` for reading without blocking and check the opened descriptor: a regular
+    file, else ``error`` (a FIFO, a device, a directory, ...). The caller closes the descriptor."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise error(path, "no such file") from None
+    except PermissionError:
+        raise error(path, "permission denied") from None
+    except OSError as exc:  # a socket (ENXIO), a loop of links, ...
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        raise error(
+            path, _not_regular(mode, what) or f"cannot read: {exc.strerror or exc}"
+        ) from None
+    try:
+        problem = _not_regular(os.fstat(fd).st_mode, what)
+    except OSError as exc:
+        problem = f"cannot read: {exc.strerror or exc}"
+    if problem:
+        os.close(fd)
+        raise error(path, problem)
+    return fd
+
+
+def open_regular_file(
+    path: str | os.PathLike[str], error: type[CamtoolError], what: str
+) -> BinaryIO:
+    """Open a regular file for reading in binary mode, refusing FIFOs, devices and directories
+    on the opened descriptor (see :func:`read_file`), for readers that stream (weights, hashes,
+    manifests) rather than read whole."""
+    return os.fdopen(_open_regular_fd(path, error, what), "rb")
+
+
+def _not_regular(mode: int, what: str) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return f"is a directory, not {'an' if what[0] in 'aeiou' else 'a'} {what}"
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+    return f"not a regular file ({kind})"
+
+
+def _too_big(size: int, limit: int) -> str:
+    return f"file holds more than {limit:,} bytes ({size:,} read), above the limit for it"
+
+
+def read_text_file(
+    path: str | os.PathLike[str], error: type[CamtoolError], what: str, encoding: str = "utf-8"
+) -> str:
+    """Read a regular text file of at most :data:`MAX_TEXT_BYTES` (see :func:`read_file`).
+
+    Raises:
+        ``error``: as :func:`read_file`, or the file is not valid text in ``encoding``.
+    """
+    data = read_file(path, MAX_TEXT_BYTES, error, what)
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise error(path, f"{what} is not {encoding} text (byte {exc.start})") from None
+
+
+@cache
+def readable_formats() -> tuple[ImageFormat, ...]:
+    """The formats of :data:`camtool.formats.FORMATS` that the installed OpenCV can decode,
+    probed once by asking OpenCV for a decoder for each format's signature."""
+    readable = []
+    with tempfile.TemporaryDirectory(prefix="camtool-probe-") as folder:
+        for number, form in enumerate(FORMATS):
+            probe = os.path.join(folder, f"probe{number}{form.suffixes[0]}")
+            with open(probe, "wb") as handle:
+                handle.write(form.sample + b"\0" * 64)
+            if _decodes(probe, form):
+                readable.append(form)
+    return tuple(readable)
+
+
+def _decodes(probe: str, form: ImageFormat) -> bool:
+    """Whether OpenCV has a decoder for the signature in file ``probe``, or else decodes a tiny
+    image it encoded in ``form``."""
+    with suppress(cv2.error):
+        if cv2.haveImageReader(probe):
+            return True
+    with suppress(cv2.error):
+        ok, data = cv2.imencode(form.suffixes[0], np.zeros((2, 2, 3), np.uint8))
+        return bool(ok) and cv2.imdecode(data, cv2.IMREAD_COLOR) is not None
+    return False
+
+
+def image_suffixes() -> frozenset[str]:
+    """File name suffixes read as images (the folder walk's list): those of
+    :func:`readable_formats`."""
+    return frozenset(s for form in readable_formats() for s in form.suffixes)
+
 
 ImageSource = str | os.PathLike[str] | Tensor | np.ndarray[Any, Any] | Any
 """Anything :func:`load_image` accepts: a path, a ``Tensor[3,H,W]``, an RGB numpy array, a PIL image."""
@@ -63,7 +220,8 @@ def load_image(source: ImageSource, max_pixels: int | None = None) -> Tensor:
     Args:
         source: a file path; a ``Tensor[3,H,W]`` or ``Tensor[H,W]`` (uint8, or float in [0, 1]);
             a numpy array ``[H,W,3]`` RGB or ``[H,W]`` gray (uint8, uint16 or float in [0, 1]);
-            or a PIL image of any mode.
+            or a PIL image of any mode (modes ``I`` and ``F`` carry no range: it is taken from
+            the values, see :func:`_pil_to_image`). NaN or infinite pixels are refused.
         max_pixels: refuse images with more pixels (default: :func:`max_pixels_limit`).
 
     Returns:
@@ -82,22 +240,54 @@ def load_image(source: ImageSource, max_pixels: int | None = None) -> Tensor:
     elif isinstance(source, np.ndarray):
         image = _array_to_image(source, name)
     elif hasattr(source, "convert") and hasattr(source, "mode"):  # a PIL image
-        image = _pil_to_image(source, name)
+        image = _pil_to_image(source, name, limit)
     else:
         raise ImageReadError(name, "not a path, tensor, numpy array or PIL image")
     _check_pixels(name, image.shape[-2], image.shape[-1], limit)
     return image
 
 
-def _pil_to_image(picture: Any, name: str) -> Tensor:
-    from PIL import ImageOps
+def _pil_to_image(picture: Any, name: str, limit: int) -> Tensor:
+    """A PIL image as ``Tensor[3,H,W]`` uint8. Its pixels are decoded here (a lazily opened file
+    is read now), after its size passed the pixel limit. Modes ``I`` (32-bit integers) and ``F``
+    (floats) carry no range, so it is taken from the values: ``I`` in 0..255 is 8-bit and in
+    0..65535 16-bit; ``F`` in [0, 1] is a fraction and in [0, 255] 8-bit; others are refused.
+    ``I;16`` modes are 16-bit."""
+    from PIL import Image, ImageOps
 
-    picture = ImageOps.exif_transpose(picture)  # as a photo viewer shows it
-    if picture.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return _array_to_image(np.asarray(picture).astype(np.uint16), name)
-    if picture.mode == "F":
-        return _array_to_image(np.asarray(picture) / 255.0, name)
-    return _array_to_image(np.asarray(picture.convert("RGB")), name)
+    width, height = picture.size
+    _check_pixels(name, height, width, limit)
+    try:
+        picture.load()
+        picture = ImageOps.exif_transpose(picture)  # as a photo viewer shows it
+        if picture.mode in ("I;16", "I;16B", "I;16L"):
+            return _array_to_image(np.asarray(picture).astype(np.uint16), name)
+        if picture.mode in ("I", "F"):
+            return _array_to_image(_scaled_by_range(np.asarray(picture), picture.mode, name), name)
+        return _array_to_image(np.asarray(picture.convert("RGB")), name)
+    except (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(name, f"cannot decode the PIL image: {exc}") from None
+
+
+def _scaled_by_range(values: np.ndarray[Any, Any], mode: str, name: str) -> np.ndarray[Any, Any]:
+    """Mode ``I`` pixels as uint8 (0..255) or uint16 (0..65535); mode ``F`` as floats in
+    [0, 1], by the range of the values (see :func:`_pil_to_image`)."""
+    if values.size and not np.isfinite(values).all():
+        raise ImageReadError(name, "image has NaN or infinite pixels")
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if mode == "F":
+        if low >= 0 and high <= 1:
+            return values
+        if low >= 0 and high <= 255:
+            return values / 255.0
+        raise ImageReadError(
+            name, f"mode F pixels must lie in [0, 1] or [0, 255], not [{low:g}, {high:g}]"
+        )
+    if low >= 0 and high <= 255:
+        return values.astype(np.uint8)
+    if low >= 0 and high <= 65535:
+        return values.astype(np.uint16)
+    raise ImageReadError(name, f"mode I pixels must lie in 0..65535, not {low:g}..{high:g}")
 
 
 def _check_pixels(name: str, height: int, width: int, limit: int) -> None:
@@ -112,105 +302,31 @@ def _check_pixels(name: str, height: int, width: int, limit: int) -> None:
 
 
 def _read_image_file(path: Path, limit: int) -> Tensor:
-    data = _read_bytes(path)
-    size = _header_size(data, path)
-    if size is not None:
-        _check_pixels(str(path), size[1], size[0], limit)
+    data = read_file(path, image_byte_limit(limit))
+    if not data:
+        raise ImageReadError(path, "file is empty")
+    form = identify(data)
+    if form is None:
+        raise ImageReadError(path, "not an image file that OpenCV can decode")
+    if form not in readable_formats():
+        raise ImageReadError(path, f"this OpenCV build cannot decode {form.name} images")
+    width, height = form.size(data, path)
+    _check_pixels(str(path), height, width, limit)
+    form.check(data, path)
     try:
         array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     except cv2.error as exc:
-        if "MAX_IMAGE_PIXELS" in str(exc):
+        if "MAX_IMAGE_PIXELS" in str(exc):  # cv2 was loaded before camtool set its ceiling
             raise ImageTooLargeError(
                 path,
-                f"image is above the limit of {limit / 1e6:.0f} megapixels (set CAMTOOL_MAX_PIXELS to raise it)",
+                "image is above OpenCV's own pixel limit (OpenCV was loaded before camtool; set "
+                "OPENCV_IO_MAX_IMAGE_PIXELS before importing cv2 to raise it)",
             ) from None
         array = None
     if array is None:
-        raise ImageReadError(path, "not an image file that OpenCV can decode")
+        raise ImageReadError(path, f"not a {form.name} file that OpenCV can decode")
     rgb = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
     return _array_to_image(rgb, str(path))
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ImageReadError(path, "no such file") from None
-    except IsADirectoryError:
-        raise ImageReadError(path, "is a directory, not an image file") from None
-    except PermissionError:
-        raise ImageReadError(path, "permission denied") from None
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot read: {exc.strerror or exc}") from None
-    if not data:
-        raise ImageReadError(path, "file is empty")
-    return data
-
-
-def _header_size(data: bytes, path: Path) -> tuple[int, int] | None:
-    """Return (width, height) read from a PNG or JPEG header, or None for other formats.
-
-    For PNG and JPEG files this also checks that the file is complete: a PNG must end with its
-    IEND chunk and a JPEG's image data must end with an EOI marker (OpenCV silently fills the
-    missing part of a truncated JPEG with grey, and prints libpng errors for a truncated PNG).
-    """
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return _png_size(data, path)
-    if data[:2] == b"\xff\xd8":
-        return _jpeg_size(data, path)
-    return None
-
-
-def _png_size(data: bytes, path: Path) -> tuple[int, int]:
-    """Walk the PNG chunks (checking each CRC) up to IEND; return the IHDR's (width, height)."""
-    if len(data) < 33 or data[12:16] != b"IHDR":
-        raise ImageReadError(path, "corrupt PNG (no header)")
-    pos = 8
-    while pos + 12 <= len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        end = pos + 12 + length
-        if end > len(data):
-            break
-        (crc,) = struct.unpack(">I", data[end - 4 : end])
-        if zlib.crc32(data[pos + 4 : end - 4]) != crc:
-            raise ImageReadError(
-                path, f"corrupt PNG (bad checksum in its {kind.decode('latin-1')} chunk)"
-            )
-        if kind == b"IEND":
-            width, height = struct.unpack(">II", data[16:24])
-            return width, height
-        pos = end
-    raise ImageReadError(path, "truncated PNG (the image data ends early)")
-
-
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def _jpeg_size(data: bytes, path: Path) -> tuple[int, int]:
-    pos, size = 2, None
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            raise ImageReadError(path, "corrupt JPEG (bad marker)")
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-            pos += 2
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        if marker in _JPEG_SOF and pos + 9 <= len(data):
-            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            size = (width, height)
-        if marker == 0xDA:  # start of scan: the image data follows, it must end with EOI
-            if size is None:
-                raise ImageReadError(path, "corrupt JPEG (no frame header)")
-            if data.rfind(b"\xff\xd9", pos + 2 + length) < 0:
-                raise ImageReadError(path, "truncated JPEG (the image data ends early)")
-            return size
-        pos += 2 + length
-    raise ImageReadError(path, "truncated JPEG (no image data)")
 
 
 def _tensor_to_image(tensor: Tensor, name: str) -> Tensor:
@@ -247,6 +363,8 @@ def _to_uint8(t: Tensor, name: str) -> Tensor:
     if t.dtype == torch.uint16 or (t.dtype == torch.int32 and int(t.max()) > 255):
         return (t.to(torch.int32) // 257).to(torch.uint8)
     if t.is_floating_point():
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            raise ImageReadError(name, "image has NaN or infinite pixels")
         if t.numel() and (float(t.min()) < -1e-3 or float(t.max()) > 1 + 1e-3):
             raise ImageReadError(
                 name, "float pixels must lie in [0, 1] (divide 0..255 values by 255)"
@@ -322,6 +440,7 @@ def open_atomic(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # A fixed short name: a final name of NAME_MAX bytes must still leave room for it.
         fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as exc:
         raise OutputWriteError(
@@ -377,9 +496,7 @@ def open_video(path: str | os.PathLike[str]) -> tuple[VideoInfo, Iterator[Tensor
         ImageReadError: missing, unreadable or without a single decodable frame.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "no such file")
-    capture = cv2.VideoCapture(str(path))
+    capture = _open_capture(path)
     ok, first = capture.read() if capture.isOpened() else (False, None)
     if not ok or first is None:
         capture.release()
@@ -407,6 +524,27 @@ def open_video(path: str | os.PathLike[str]) -> tuple[VideoInfo, Iterator[Tensor
     return info, frames()
 
 
+def _open_capture(path: Path) -> Any:
+    """A ``cv2.VideoCapture`` of a regular file, checked as :func:`read_file` checks files: the
+    file is opened without blocking and its descriptor checked, and (where ``/proc`` exists)
+    OpenCV opens that same descriptor, so no FIFO or device can be swapped in meanwhile."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise ImageReadError(path, "no such file") from None
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        problem = _not_regular(os.fstat(fd).st_mode, "video file")
+        if problem:
+            raise ImageReadError(path, problem)
+        same = f"/proc/self/fd/{fd}"
+        return cv2.VideoCapture(same if os.path.exists(same) else str(path))
+    finally:
+        os.close(fd)
+
+
 def video_info(path: str | os.PathLike[str]) -> VideoInfo:
     """A video's :class:`VideoInfo`, from its first frame (see :func:`open_video` for errors)."""
     info, frames = open_video(path)
@@ -421,7 +559,11 @@ class VideoWriter:
 
     def __init__(self, path: str | os.PathLike[str], fps: float, width: int, height: int) -> None:
         self.path = Path(path)
-        self.partial = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
+        # A fixed short temporary name (a long final name must still fit) that a killed run's
+        # clean-up recognises; the suffix tells OpenCV the container.
+        self.partial = self.path.with_name(
+            f"{TEMP_PREFIX}{os.getpid()}{TEMP_SUFFIX}{self.path.suffix}"
+        )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         size = (width, height)
         if self.path.suffix.lower() == ".avi":  # OpenCV's own MJPEG writer keeps odd frame sizes

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from camtool.errors import ManifestError, OutputBusyError, OutputWriteError
-from camtool.io import TEMP_PREFIX, TEMP_SUFFIX
+from camtool.io import TEMP_PREFIX, TEMP_SUFFIX, open_regular_file
 
 MANIFEST = "manifest.jsonl"
 SUMMARY = "summary.json"
@@ -71,7 +71,8 @@ def load_manifest(path: Path) -> ManifestContents:
     if not path.exists():
         return contents
     try:
-        data = path.read_bytes()
+        with open_regular_file(path, ManifestError, "manifest") as handle:  # never a FIFO
+            data = handle.read()
     except OSError as exc:
         raise ManifestError(path, f"cannot read: {exc.strerror or exc}") from None
     lines = data.split(b"\n")

@@ -17,7 +17,10 @@ import importlib.resources
 import importlib.util
 import os
 import pickle
+import re
 import tomllib
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -30,7 +33,9 @@ from torch import Tensor, nn
 
 from camtool.errors import CamtoolError, ModelLoadError, ModelRunError, UnknownModelError
 from camtool.hooks import eval_mode
-from camtool.image import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from camtool.image import IMAGENET_MEAN, IMAGENET_STD, MAX_INPUT_SIZE, Preprocessing
+from camtool.io import open_regular_file, read_text_file
+from camtool.naming import fit
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -81,11 +86,10 @@ def user_card_dirs() -> list[Path]:
 def read_card(path: str | os.PathLike[str], builtin: bool = False) -> ModelCard:
     """Read a model card from a TOML file."""
     path = Path(path)
+    text = read_text_file(path, ModelLoadError, "model card")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ModelLoadError(path, f"cannot read model card: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ModelLoadError(path, f"model card is not valid TOML: {exc}") from None
     try:
         return _card_from_table(data, path, builtin)
@@ -106,8 +110,10 @@ def _card_from_table(data: dict[str, Any], path: Path, builtin: bool) -> ModelCa
     if interpolation not in ("bicubic", "bilinear"):
         raise ValueError(f"interpolation must be bicubic or bilinear, not {interpolation!r}")
     size, crop_pct = int(prep.get("input_size", 224)), float(prep.get("crop_pct", 0.875))
-    if size < 16 or not 0 < crop_pct <= 1:
-        raise ValueError("input_size must be at least 16 and crop_pct in (0, 1]")
+    if not 16 <= size <= MAX_INPUT_SIZE or not 0 < crop_pct <= 1:
+        raise ValueError(
+            f"input_size must be between 16 and {MAX_INPUT_SIZE} (not {size}) and crop_pct in (0, 1]"
+        )
     weights = data.get("weights")
     if weights is not None and not isinstance(weights, dict):
         raise TypeError("[weights] must be a table")
@@ -172,37 +178,111 @@ def find_card(name: str) -> ModelCard:
 # Weights
 
 
-def hub_cache_path(url: str) -> Path:
-    """Where torch's hub keeps a downloaded checkpoint: ``$TORCH_HOME/hub/checkpoints/<name>``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+_HASH_PREFIX = re.compile(r"-([a-f0-9]{6,})\.")
+
+
+def local_url_path(url: str) -> Path | None:
+    """The file a ``file://`` URL names (read in place, never copied), or None for other URLs."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme != "file":
+        return None
+    return Path(urllib.request.url2pathname(parsed.path))
+
+
+def _url_file_name(url: str) -> str:
+    """The last part of a URL's path, decoded, as one safe file name."""
+    name = urllib.parse.unquote(urllib.parse.urlparse(url).path.rsplit("/", 1)[-1])
+    return fit(name or "weights")
+
+
+def torch_hub_path(url: str) -> Path:
+    """Where torch's hub keeps a downloaded checkpoint: ``$TORCH_HOME/hub/checkpoints/<name>``.
+
+    Shared by every URL of that name, so camtool uses a file there only when its name carries
+    the hash prefix torch.hub checks (``resnet18-f37072fd.pth``, as torchvision's URLs do) and
+    the file matches it.
+    """
+    return Path(torch.hub.get_dir()) / "checkpoints" / _url_file_name(url)
+
+
+def hub_cache_path(url: str, sha256: str | None = None) -> Path:
+    """Where camtool keeps a checkpoint it downloads: one folder per URL (and expected sha256),
+    ``$TORCH_HOME/hub/checkpoints/camtool/<key>/<name>``, so two URLs that end in the same file
+    name never share a file."""
+    key = hashlib.sha256(f"{url}\n{(sha256 or '').lower()}".encode()).hexdigest()[:16]
+    return Path(torch.hub.get_dir()) / "checkpoints" / "camtool" / key / _url_file_name(url)
+
+
+def weights_match(path: Path, url: str, sha256: str | None = None) -> bool:
+    """True when ``path`` has the sha256 expected for ``url`` (the whole one given, or the hex
+    prefix in the URL's file name); True when neither is known."""
+    prefix = _HASH_PREFIX.search(_url_file_name(url))
+    if not sha256 and prefix is None:
+        return True
+    actual = file_sha256(path)
+    if sha256:
+        return actual == sha256.lower()
+    return prefix is None or actual.startswith(prefix[1])
+
+
+def cached_weights(url: str, sha256: str | None = None) -> Path | None:
+    """The local file of ``url`` if there is one (not hashed here: see :func:`download_weights`)."""
+    local = local_url_path(url)
+    if local is not None:
+        return local if local.is_file() else None
+    return next((path for path in _cache_candidates(url, sha256) if path.is_file()), None)
+
+
+def _cache_candidates(url: str, sha256: str | None) -> list[Path]:
+    """camtool's own cache file for ``url``, then torch's when its name carries a hash prefix."""
+    shared = torch_hub_path(url)
+    return [hub_cache_path(url, sha256)] + ([shared] if _HASH_PREFIX.search(shared.name) else [])
 
 
 def download_weights(url: str, sha256: str | None = None) -> Path:
-    """Download ``url`` into torch's hub cache (once) and return the local path.
+    """Return a local, verified file holding ``url``'s checkpoint, downloading it when needed.
 
-    The file is checked against ``sha256`` (whole) or, like torch.hub, against the hex prefix in
-    its name (``resnet18-f37072fd.pth``) before it is moved into place; a file that fails the check
-    is deleted. Works with ``file://`` URLs too.
+    ``file://`` URLs are read in place. Other URLs are looked up in camtool's cache (a folder per
+    URL, :func:`hub_cache_path`) and, for names with a hash prefix, in torch's own
+    (:func:`torch_hub_path`), and downloaded into camtool's cache otherwise. Every use checks the
+    file in camtool's cache against ``sha256`` (whole) or the hash prefix in its name (a file that
+    fails is downloaded again), and a file in torch's cache against ``sha256`` when given; a
+    download that fails its check is deleted.
     """
-    import re
+    from camtool.errors import WeightsHashError
 
-    target = hub_cache_path(url)
-    if target.is_file():
-        return target
-    prefix = re.search(r"-([a-f0-9]{6,})\.", target.name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.part")
+    local = local_url_path(url)
+    if local is not None:
+        if not local.is_file():
+            raise ModelLoadError(url, f"no such weights file: {local}")
+        if not weights_match(local, url, sha256):
+            raise WeightsHashError(
+                local,
+                "sha256 differs from the expected one: the file is damaged or not the expected one",
+            )
+        return local
+    own, *shared = _cache_candidates(url, sha256)
+    if own.is_file() and weights_match(own, url, sha256):
+        return own
+    # torch's own cache: its files were checked against their name's hash prefix when torch (or
+    # torchvision) downloaded them, and torch uses them unchecked since; a card's sha256 is checked.
+    for candidate in shared:
+        if candidate.is_file() and (not sha256 or weights_match(candidate, url, sha256)):
+            return candidate
+    target = hub_cache_path(url, sha256)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelLoadError(
+            target.parent, f"cannot create the cache folder: {exc.strerror or exc}"
+        ) from None
+    partial = target.with_name(f".{target.name[:200]}.part")
     try:
         torch.hub.download_url_to_file(url, str(partial), hash_prefix=None, progress=False)
-        actual = file_sha256(partial)
-        expected = sha256.lower() if sha256 else None
-        if (expected and actual != expected) or (
-            not expected and prefix and not actual.startswith(prefix[1])
-        ):
-            from camtool.errors import WeightsHashError
-
+        if not weights_match(partial, url, sha256):
             raise WeightsHashError(
-                url, f"downloaded file has sha256 {actual[:16]}..., not the expected one"
+                url,
+                f"downloaded file has sha256 {file_sha256(partial)[:16]}..., not the expected one",
             )
         os.replace(partial, target)
     except OSError as exc:
@@ -221,8 +301,7 @@ def weights_path(card: ModelCard) -> Path | None:
     if source is None:
         return None
     if source.url and not source.file:
-        cached = hub_cache_path(source.url)
-        return cached if cached.is_file() else None
+        return cached_weights(source.url, source.sha256)
     if source.file is None:
         return None
     if source.package:
@@ -253,7 +332,7 @@ def weights_status(card: ModelCard) -> str:
 def file_sha256(path: Path) -> str:
     """Return the hex sha256 of a file."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open_regular_file(path, ModelLoadError, "weights file") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -266,32 +345,24 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     under ``state_dict`` or ``model`` is unwrapped.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ModelLoadError(path, "no such weights file")
+    handle = open_regular_file(path, ModelLoadError, "weights file")  # never a FIFO or a device
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load
 
-            loaded: Any = load_file(str(path))
+            loaded: Any = load(handle.read())
         else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        import re
-
-        found = re.search(r"unsupported GLOBAL ([\w.]+)", str(exc))
-        if found is None:
-            raise ModelLoadError(
-                path, "not a readable weights file (damaged, or not a torch file)"
-            ) from None
-        raise ModelLoadError(
-            path,
-            f"refused: the file asks to run Python code ({found[1]}); camtool reads only plain "
-            "tensors (weights_only=True)",
-        ) from None
+            loaded = torch.load(handle, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelLoadError(path, _refusal(path)) from None
     except Exception as exc:  # torch and safetensors raise many types for damaged files
         raise ModelLoadError(
             path, f"not a readable weights file ({type(exc).__name__}: {exc})"
         ) from None
+    finally:
+        handle.close()
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
             loaded = loaded[key]
@@ -300,13 +371,51 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     return {str(k).removeprefix("module."): v for k, v in loaded.items()}
 
 
+#: Globals that hold data, not code, which training scripts often save beside the weights
+#: (torchvision's reference scripts save their ``argparse.Namespace``; metrics as numpy scalars).
+_DATA_GLOBALS = (
+    "argparse.Namespace",
+    "numpy.dtype",
+    "numpy.dtypes.",
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+)
+
+
+def _refusal(path: Path) -> str:
+    """Why ``torch.load(weights_only=True)`` refused ``path``, naming the globals it holds (found by
+    torch's own disassembler, not by reading its message) and what to do about them."""
+    finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    try:
+        names = sorted(finder(path)) if finder is not None else []
+    except Exception:  # not a torch file at all
+        names = []
+    if not names:
+        return "not a readable weights file (damaged, or not a torch file)"
+    listed = ", ".join(names)
+    if not all(
+        any(n == d or (d.endswith(".") and n.startswith(d)) for d in _DATA_GLOBALS) for n in names
+    ):
+        return (
+            f"refused: the file asks to run Python code ({listed}); camtool reads only plain "
+            "tensors (weights_only=True)"
+        )
+    return (
+        f"refused: the checkpoint holds Python objects besides tensors ({listed}), which "
+        "weights_only=True does not load; save the state dict alone (torch.save(model.state_dict(), "
+        "FILE)), or, if you trust the file, allow them in Python with "
+        f"torch.serialization.add_safe_globals([{listed}]) before loading"
+    )
+
+
 def verified_weights_file(card: ModelCard) -> Path:
     """Return the card's weights file after checking its sha256; raise if missing or different."""
     from camtool.errors import WeightsHashError
 
+    source = card.weights
+    if source is not None and source.url and not source.file:
+        return download_weights(source.url, source.sha256)  # checked there, every time
     path = weights_path(card)
-    if path is None and card.weights is not None and card.weights.url:
-        path = download_weights(card.weights.url, card.weights.sha256)
     if path is None:
         raise ModelLoadError(card.name, f"weights not installed ({weights_status(card)})")
     expected = card.weights.sha256 if card.weights else None
@@ -396,10 +505,7 @@ def load_labels(spec: str | os.PathLike[str], base: Path | None = None) -> tuple
     path = Path(spec)
     if not path.is_absolute() and base is not None:
         path = base / path
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(path, f"cannot read label file: {exc}") from None
+    lines = read_text_file(path, ModelLoadError, "label file").splitlines()
     names = tuple(line.strip() for line in lines if line.strip())
     if not names:
         raise ModelLoadError(path, "label file has no names")
@@ -476,10 +582,23 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         resolved = torch.device(device)
     except RuntimeError as exc:
         raise ModelLoadError(device, f"not a device name ({exc})") from None
+    if resolved.type == "meta":
+        from camtool.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(
+            device, "device 'meta' holds no data (shapes only): choose cpu, cuda, mps or auto"
+        )
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(device, "CUDA is not available on this machine")
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise ModelLoadError(device, "MPS is not available on this machine")
+    backend = getattr(torch, resolved.type, None)
+    if resolved.type not in ("cpu", "cuda", "mps") and not (
+        callable(getattr(backend, "is_available", None)) and backend.is_available()  # type: ignore[union-attr]
+    ):
+        raise ModelLoadError(
+            device, f"device '{resolved.type}' is not available here: choose cpu, cuda, mps or auto"
+        )
     return resolved
 
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import functools
 import hashlib
+import http.server
 import json
 import os
 import pickle
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -17,6 +24,7 @@ from typer.testing import CliRunner
 import camtool
 from camtool.cli import app
 from camtool.methods.cam import compute
+from camtool.models import hub_cache_path
 from tests.conftest import CAT, cam_head
 
 runner = CliRunner()
@@ -173,30 +181,103 @@ def test_torchvision_weight_name_uses_the_local_hub_cache(
     )
 
 
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A real HTTP server on localhost serving a folder: (folder, base URL)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def small_net_file(path: Path, seed: int) -> dict[str, torch.Tensor]:
+    """A squeezenet1_1 with 3 classes and random weights from ``seed``, saved at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    state = torchvision.models.squeezenet1_1(num_classes=3).state_dict()
+    torch.save(state, path)
+    return state
+
+
+def url_card(folder: Path, name: str, url: str, sha256: str | None = None) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / "three.txt").write_text("cat\ndog\nteapot\n")
+    sha = f'sha256 = "{sha256}"\n' if sha256 else ""
+    (folder / f"{name}.toml").write_text(
+        f'name = "{name}"\narchitecture = "torchvision:squeezenet1_1"\nlabels = "three.txt"\n'
+        f'[weights]\nurl = "{url}"\n{sha}'
+    )
+
+
+def assert_loaded(model: camtool.LoadedModel, state: dict[str, torch.Tensor]) -> None:
+    own = model.module.state_dict()
+    assert all(torch.equal(own[k].cpu(), v) for k, v in state.items())
+
+
 def test_card_url_downloads_into_the_cache_and_checks_sha256(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, served: tuple[Path, str]
 ) -> None:
-    """The real download code, fed a file:// URL: hash checked, file cached, a bad hash refused."""
+    """The real download code over real HTTP: hash checked, file cached, a bad hash refused."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    source = tmp_path / "served" / "tiny-resnet18.pth"
-    source.parent.mkdir()
-    torch.save(torchvision.models.resnet18().state_dict(), source)
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    folder, base = served
+    state = small_net_file(folder / "tiny-net.pth", 4)
+    digest = hashlib.sha256((folder / "tiny-net.pth").read_bytes()).hexdigest()
     cards = tmp_path / "cards"
-    cards.mkdir()
-    for name, sha in (("good", digest), ("bad", "0" * 64)):
-        (cards / f"{name}.toml").write_text(
-            f'name = "{name}"\narchitecture = "torchvision:resnet18"\n'
-            f'[weights]\nurl = "{source.as_uri()}"\nsha256 = "{sha}"\n'
-        )
+    url_card(cards, "good", f"{base}/tiny-net.pth", digest)
+    url_card(cards, "bad", f"{base}/tiny-net.pth", "0" * 64)
     monkeypatch.setenv("CAMTOOL_MODELS", str(cards))
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     with pytest.raises(camtool.WeightsHashError, match="downloaded file has sha256"):
         camtool.load_model("bad")
-    assert not cache.exists() or list(cache.iterdir()) == []  # nothing half-written or unverified
+    assert [p for p in cache.rglob("*") if p.is_file()] == []  # nothing half-written or unverified
     model = camtool.load_model("good")
-    assert model.weights == str(cache / "tiny-resnet18.pth")
-    assert (cache / "tiny-resnet18.pth").read_bytes() == source.read_bytes()
+    cached = hub_cache_path(f"{base}/tiny-net.pth", digest)
+    assert model.weights == str(cached) and cached.is_relative_to(cache / "camtool")
+    assert cached.read_bytes() == (folder / "tiny-net.pth").read_bytes()
+    assert_loaded(model, state)
+
+
+def test_two_urls_ending_in_the_same_name_keep_their_own_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, served: tuple[Path, str]
+) -> None:
+    """Two cards whose URLs both end in model.pth: each loads its own weights, every time; a cached
+    file that no longer matches its sha256 is fetched again instead of failing for ever."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    folder, base = served
+    first = small_net_file(folder / "a" / "model.pth", 5)
+    second = small_net_file(folder / "b" / "model.pth", 6)
+    digest = hashlib.sha256((folder / "b" / "model.pth").read_bytes()).hexdigest()
+    cards = tmp_path / "cards"
+    url_card(cards, "first", f"{base}/a/model.pth")
+    url_card(cards, "second", f"{base}/b/model.pth", digest)
+    url_card(cards, "third", (folder / "a" / "model.pth").as_uri())
+    url_card(cards, "fourth", (folder / "b" / "model.pth").as_uri(), digest)
+    monkeypatch.setenv("CAMTOOL_MODELS", str(cards))
+    for _ in range(2):  # downloaded, then from the cache
+        assert_loaded(camtool.load_model("first"), first)
+        assert_loaded(camtool.load_model("second"), second)
+    cached = camtool.load_model("second").weights
+    Path(cached).write_bytes(b"damaged")
+    assert_loaded(camtool.load_model("second"), second)
+    assert Path(cached).read_bytes() == (folder / "b" / "model.pth").read_bytes()
+    third, fourth = camtool.load_model("third"), camtool.load_model("fourth")  # file://: in place
+    assert third.weights == str(folder / "a" / "model.pth")
+    assert fourth.weights == str(folder / "b" / "model.pth")
+    assert_loaded(third, first)
+    assert_loaded(fourth, second)
 
 
 def test_torchscript_model_file(tmp_path: Path) -> None:
@@ -271,14 +352,48 @@ def test_offline_download_says_where_to_put_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with socket.socket() as probe:  # a port nothing listens on: the download is refused
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/far-0123abcd.pth"
     (tmp_path / "cards").mkdir()
     (tmp_path / "cards" / "far.toml").write_text(
-        'name = "far"\narchitecture = "torchvision:resnet18"\n'
-        f'[weights]\nurl = "{(tmp_path / "nowhere" / "far-0123abcd.pth").as_uri()}"\n'
+        f'name = "far"\narchitecture = "torchvision:resnet18"\n[weights]\nurl = "{url}"\n'
     )
     monkeypatch.setenv("CAMTOOL_MODELS", str(tmp_path / "cards"))
     with pytest.raises(camtool.ModelLoadError) as info:
         camtool.load_model("far")
-    target = tmp_path / "torch" / "hub" / "checkpoints" / "far-0123abcd.pth"
+    target = hub_cache_path(url)
+    assert target.is_relative_to(tmp_path / "torch" / "hub" / "checkpoints" / "camtool")
     assert str(info.value).endswith(f"; put the file at {target}")
-    assert str(info.value).startswith("file://") and not target.exists()
+    assert str(info.value).startswith(url) and not target.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "names"),
+    [
+        (argparse.Namespace(lr=0.1, epochs=90), "argparse.Namespace"),
+        (np.float64(0.71), "numpy._core.multiarray.scalar, numpy.dtype"),
+    ],
+)
+def test_a_checkpoint_with_training_objects_names_them_and_how_to_load_it(
+    tmp_path: Path, extra: object, names: str
+) -> None:
+    """As torchvision's reference scripts save: {'model': state dict, 'args': Namespace, ...}."""
+    path = tmp_path / "checkpoint.pth"
+    torch.manual_seed(7)
+    state = torchvision.models.squeezenet1_1(num_classes=3).state_dict()
+    torch.save({"model": state, "epoch": 3, "extra": extra}, path)
+    code, _, err = run("inspect", "squeezenet1_1", "--weights", str(path))
+    assert code == 1
+    assert err == (
+        f"Error: {path}: refused: the checkpoint holds Python objects besides tensors ({names}), "
+        "which weights_only=True does not load; save the state dict alone "
+        "(torch.save(model.state_dict(), FILE)), or, if you trust the file, allow them in Python "
+        f"with torch.serialization.add_safe_globals([{names}]) before loading\n"
+    )
+    allowed = [type(extra)] if isinstance(extra, argparse.Namespace) else [
+        np._core.multiarray.scalar, np.dtype, type(np.dtype(np.float64))
+    ]  # fmt: skip
+    with torch.serialization.safe_globals(allowed):  # the advice works
+        model = camtool.load_model("squeezenet1_1", weights=path, device="cpu")
+    assert_loaded(model, state)

@@ -199,7 +199,8 @@ def test_non_finite_weights_are_refused() -> None:
     net = tv("resnet18")().eval()
     with torch.no_grad():
         net.layer4[1].bn2.running_var[0] = float("nan")
-    with pytest.raises(UnsupportedModelError, match="differs from the logits by nan"):
+    # issue 8 item 15c: the message names the tensor and what it holds (was "differs ... by nan")
+    with pytest.raises(UnsupportedModelError, match=r"'layer4\.1\.bn2\.running_var' contain NaN"):
         cam_head(camtool.load_model(net))
 
 

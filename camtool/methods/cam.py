@@ -138,6 +138,15 @@ class CamExplainer:
             residual = identity_residual(features, head, logits)
             scale = relative_scale(logits)
             worst = float(residual.max()) if residual.numel() else 0.0
+            if not bool(torch.isfinite(logits).all()):
+                hint = (
+                    " (float16 overflows above 65504: try --dtype bfloat16 or float32)"
+                    if model.dtype == torch.float16
+                    else ""
+                )
+                raise UnsupportedModelError(
+                    model.name, f"the network's output holds NaN or infinity for this batch{hint}"
+                )
             if not worst <= limit * scale:  # also refuses NaN and infinity
                 raise UnsupportedModelError(
                     model.name,

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from camtool.errors import UnsupportedModelError
+from camtool.errors import InvalidArgumentError, UnsupportedModelError
 from camtool.hooks import capture_input, capture_output, eval_mode
 
 HeadKind = Literal[
@@ -462,6 +462,12 @@ def find_cam_head(
     Raises:
         UnsupportedModelError: no candidate is exact; the message names the reason and module.
     """
+    for option, name in (("layer", layer), ("classifier", classifier)):
+        if name is not None and not name.strip():
+            raise InvalidArgumentError(
+                option, "an empty module name names no module; leave it out to find the head"
+            )
+    check_finite_weights(model)
     failures: list[str] = []
     for make in _candidates(model, layer, classifier):
         try:
@@ -482,6 +488,27 @@ def find_cam_head(
     raise UnsupportedModelError(
         type(model).__name__, f"CAM is not exact for this network: {diagnose(model, failures)}"
     )
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """Refuse a network whose parameters or buffers hold NaN or infinity (a damaged checkpoint, a
+    diverged training): its outputs would be NaN, and no head could be exact.
+
+    Raises:
+        UnsupportedModelError: naming the first such tensor and what it holds.
+    """
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and tensor.device.type != "meta":
+            finite = torch.isfinite(tensor.detach())
+            if not bool(finite.all()):
+                what = "NaN" if bool(torch.isnan(tensor.detach()).any()) else "infinity"
+                bad = int((~finite).sum())
+                raise UnsupportedModelError(
+                    type(model).__name__,
+                    f"the weights '{name}' contain {what} ({bad} of {tensor.numel()} values): "
+                    "the checkpoint is damaged or its training diverged",
+                )
 
 
 _PASSIVE = ("Dropout", "Flatten", "Identity")
