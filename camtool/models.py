@@ -682,6 +682,7 @@ def load_model(
     if fixed is not None and not prep.fixed_size:
         prep = replace(prep, input_size=fixed, fixed_size=True)
         prep_source += f"; the network takes {fixed}x{fixed} inputs only"
+    check_finite_weights(module)
     count = count_classes(module, prep.input_size, name)
     base = card.path.parent if card and card.path else None
     names, labels_source = _labels_for(count, labels, default_labels, base)
@@ -725,6 +726,27 @@ def _triple(values: Any) -> tuple[float, float, float]:
     if len(numbers) == 1:
         numbers *= 3
     return numbers[0], numbers[1], numbers[2]
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """Refuse a network whose parameters or buffers hold NaN or infinity (a damaged checkpoint, a
+    diverged training): its outputs would be NaN, and no head could be exact.
+
+    Raises:
+        ModelLoadError: naming the first such tensor and what it holds.
+    """
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and tensor.device.type != "meta":
+            finite = torch.isfinite(tensor.detach())
+            if not bool(finite.all()):
+                what = "NaN" if bool(torch.isnan(tensor.detach()).any()) else "infinity"
+                bad = int((~finite).sum())
+                raise ModelLoadError(
+                    type(model).__name__,
+                    f"the weights '{name}' contain {what} ({bad} of {tensor.numel()} values): "
+                    "the checkpoint is damaged or its training diverged",
+                )
 
 
 def count_classes(module: nn.Module, size: int, name: str) -> int:

@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 import camtool
-from camtool.errors import UnsupportedModelError
+from camtool.errors import ModelLoadError, UnsupportedModelError
 from camtool.methods.cam import compute
 from tests.conftest import cam_head
 
@@ -199,9 +199,10 @@ def test_non_finite_weights_are_refused() -> None:
     net = tv("resnet18")().eval()
     with torch.no_grad():
         net.layer4[1].bn2.running_var[0] = float("nan")
-    # issue 8 item 15c: the message names the tensor and what it holds (was "differs ... by nan")
-    with pytest.raises(UnsupportedModelError, match=r"'layer4\.1\.bn2\.running_var' contain NaN"):
-        cam_head(camtool.load_model(net))
+    # issue 8 item 15c: the message names the tensor and what it holds (was "differs ... by nan");
+    # issue 9: a damaged network is refused by loading (ModelLoadError), before any method binds.
+    with pytest.raises(ModelLoadError, match=r"'layer4\.1\.bn2\.running_var' contain NaN"):
+        camtool.load_model(net)
 
 
 def test_googlenet_checkpoint_without_auxiliary_heads(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from camtool.errors import InvalidArgumentError, UnsupportedModelError
 from camtool.hooks import capture_input, capture_output, eval_mode
+from camtool.models import check_finite_weights
 
 HeadKind = Literal[
     "explicit", "forward_features", "pool_input", "class_maps", "traced", "sequential"
@@ -467,7 +468,7 @@ def find_cam_head(
             raise InvalidArgumentError(
                 option, "an empty module name names no module; leave it out to find the head"
             )
-    check_finite_weights(model)
+    check_finite_weights(model)  # a damaged network is refused by loading; direct callers too
     failures: list[str] = []
     for make in _candidates(model, layer, classifier):
         try:
@@ -488,27 +489,6 @@ def find_cam_head(
     raise UnsupportedModelError(
         type(model).__name__, f"CAM is not exact for this network: {diagnose(model, failures)}"
     )
-
-
-def check_finite_weights(model: nn.Module) -> None:
-    """Refuse a network whose parameters or buffers hold NaN or infinity (a damaged checkpoint, a
-    diverged training): its outputs would be NaN, and no head could be exact.
-
-    Raises:
-        UnsupportedModelError: naming the first such tensor and what it holds.
-    """
-    tensors = [*model.named_parameters(), *model.named_buffers()]
-    for name, tensor in tensors:
-        if tensor.is_floating_point() and tensor.device.type != "meta":
-            finite = torch.isfinite(tensor.detach())
-            if not bool(finite.all()):
-                what = "NaN" if bool(torch.isnan(tensor.detach()).any()) else "infinity"
-                bad = int((~finite).sum())
-                raise UnsupportedModelError(
-                    type(model).__name__,
-                    f"the weights '{name}' contain {what} ({bad} of {tensor.numel()} values): "
-                    "the checkpoint is damaged or its training diverged",
-                )
 
 
 _PASSIVE = ("Dropout", "Flatten", "Identity")
