@@ -6,7 +6,7 @@
 
 The top level holds the few names a notebook needs; lower-level ones live in namespaces:
 :mod:`camtool.methods` (the method seam, CAM and its head discovery), :mod:`camtool.models`
-(cards, checkpoints), :mod:`camtool.batch` (export's inputs, manifest and runner),
+(cards, checkpoints), :mod:`camtool.export` (its inputs, stages, manifest and runner),
 :mod:`camtool.render`, :mod:`camtool.io`. Names are imported lazily, so ``import camtool`` (and
 ``camtool --help``) stays fast; torch is imported on first use.
 """
@@ -24,12 +24,12 @@ _EXPORTS = {
     "ClassScore": "camtool.explanation",
     "comparison_sheet": "camtool.explanation",
     "Picture": "camtool.explanation",
-    "export": "camtool.batch",
-    "explain_iter": "camtool.batch",
-    "ExportOptions": "camtool.batch",
-    "ExportReport": "camtool.batch",
-    "ExportFailure": "camtool.batch",
-    "ExportInterrupted": "camtool.batch",
+    "export": "camtool.export",
+    "explain_iter": "camtool.export",
+    "ExportOptions": "camtool.export",
+    "ExportReport": "camtool.export",
+    "ExportFailure": "camtool.export",
+    "ExportInterrupted": "camtool.export",
     "explain_video": "camtool.video",
     "VideoReport": "camtool.video",
     "write_gallery": "camtool.gallery",
@@ -121,14 +121,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from camtool import methods
-    from camtool.batch import (
-        ExportFailure,
-        ExportInterrupted,
-        ExportOptions,
-        ExportReport,
-        explain_iter,
-        export,
-    )
     from camtool.errors import (
         CamtoolError,
         ClassSelectionError,
@@ -147,6 +139,14 @@ if TYPE_CHECKING:
         Picture,
         comparison_sheet,
         explain,
+    )
+    from camtool.export import (
+        ExportFailure,
+        ExportInterrupted,
+        ExportOptions,
+        ExportReport,
+        explain_iter,
+        export,
     )
     from camtool.gallery import (
         write_gallery,

@@ -26,15 +26,14 @@ from camtool import __version__
 from camtool.errors import (
     EXIT_ERROR,
     EXIT_OK,
-    EXIT_PARTIAL,
     EXIT_USAGE,
     CamtoolError,
     UnsupportedModelError,
 )
-from camtool.naming import NameRegistry, component, input_stems, slug
 
 if TYPE_CHECKING:
     from camtool.explanation import Explanation
+    from camtool.video import VideoReport
 
 app = typer.Typer(
     name="camtool",
@@ -269,104 +268,54 @@ def explain(
     (or the --class ones), one row per --model when several are given.
     """
     with errors_to_exit_codes():
-        from camtool.explanation import bind_method, comparison_sheet
-        from camtool.explanation import explain as explain_image
-        from camtool.io import VIDEO_SUFFIXES
+        from camtool.explanation import bind_method
+        from camtool.outputs import FilesReport, Rendering, explain_files
 
         options = model_options(weights, labels, layer, classifier, dtype)
-        loaded = [
+        bound = [
             bind_method(name, method, classes, device=device, **options)
             for name in (models or ["efficientnet_lite0"])
         ]
-        maps = max(maps, top_k) if sheet and not classes else maps
-        stems = input_stems(images)
-        files = NameRegistry()  # every file this run writes: no result overwrites another
-        report: dict[str, Any] = {
-            "model": loaded[0].model.name,
-            "method": loaded[0].explainer.method,
-            "head": loaded[0].explainer.describe(),
+        rendering = Rendering(alpha, colormap, box, image_format)
+        report = FilesReport()
+        doc: dict[str, Any] = {
+            "model": bound[0].model.name,
+            "method": bound[0].explainer.method,
+            "head": bound[0].explainer.describe(),
             "models": [
                 {
                     "model": b.model.name,
                     "method": b.explainer.method,
                     "head": b.explainer.describe(),
                 }
-                for b in loaded
+                for b in bound
             ],
             "images": [],
             "errors": [],
         }
-        for path, stem in zip(images, stems, strict=True):
-            if path.suffix.lower() in VIDEO_SUFFIXES:
-                try:
-                    video = explain_one_video(path, stem, out, files, loaded[0], classes, crop, smooth, alpha,
-                                              colormap, box, not as_json)  # fmt: skip
-                except CamtoolError as exc:
-                    if exc.exit_code != EXIT_ERROR or len(images) == 1:
-                        raise
-                    print_error(exc)
-                    report["errors"].append({"input": str(path), "error": str(exc)})
-                    continue
-                report.setdefault("videos", []).append(video)
-                if video["frames"] < video["expected_frames"] - 1:  # containers may count one extra
-                    problem = (f"{path}: only {video['frames']} of {video['expected_frames']} frames could be "
-                               f"decoded; {video['output']} holds those")  # fmt: skip
-                    print_error(problem)
-                    report["errors"].append({"input": str(path), "error": problem})
-                continue
-            try:
-                results = [
-                    explain_image(path, b, maps=maps, top_k=top_k, crop=crop) for b in loaded
-                ]
-                written = []
-                for ex in results:
-                    prefix = f"{stem}_{component(ex.model)}" if len(loaded) > 1 else stem
-                    outputs = [
-                        ex.save(out / files.claim(prefix, f"_cam_{s.index}_{slug(s.name)}.{image_format}"),
-                                i, alpha=alpha, colormap=colormap, box=box)
-                        for i, s in enumerate(ex.explained)
-                    ]  # fmt: skip
-                    written.append(outputs)
-                if sheet:
-                    picture = comparison_sheet(results, alpha=alpha, colormap=colormap, box=box)
-                    sheet_name = files.claim(stem, f"_sheet.{image_format}")
-                    written[0].append(picture.save(out / sheet_name))
-            except CamtoolError as exc:
-                if exc.exit_code != EXIT_ERROR or len(images) == 1:
-                    raise
-                print_error(exc)
-                report["errors"].append({"input": str(path), "error": str(exc)})
-                continue
-            for ex, outputs in zip(results, written, strict=True):
-                report["images"].append({**ex.to_dict(), "outputs": [str(o) for o in outputs]})
+        results = explain_files(
+            images, out, bound, maps=maps, top_k=top_k, crop=crop, rendering=rendering,
+            sheet=sheet, smooth=smooth, progress=not as_json,
+        )  # fmt: skip
+        for result in results:
+            report.results.append(result)
+            if result.error is not None:
+                print_error(result.error)
+                doc["errors"].append({"input": result.input, "error": result.error})
+            if result.video is not None:
+                doc.setdefault("videos", []).append(video_summary(result.video, not as_json))
+            for ex, outputs in zip(result.explanations, result.outputs, strict=True):
+                doc["images"].append({**ex.to_dict(), "outputs": [str(o) for o in outputs]})
                 if not as_json:
-                    console.print(predictions_table(ex, outputs))
+                    console.print(predictions_table(ex, list(outputs)))
         if as_json:
-            sys.stdout.write(json.dumps(report, indent=2) + "\n")
-        if report["errors"]:
-            raise typer.Exit(
-                EXIT_PARTIAL if report["images"] or report.get("videos") else EXIT_ERROR
-            )
-        raise typer.Exit(EXIT_OK)
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        raise typer.Exit(report.exit_code)
 
 
-def explain_one_video(
-    path: Path, stem: str, out: Path, files: NameRegistry, model: Any, classes: list[str] | None, crop: bool, smooth: int,
-    alpha: float, colormap: str, box: bool, progress: bool,
-) -> dict[str, Any]:  # fmt: skip
-    """``camtool explain clip.mp4``: the overlaid video (``<stem>_cam.mp4``, or ``.avi`` for .avi
-    inputs and odd frame sizes, which MPEG-4 cannot keep), and a line saying what was written."""
-    from camtool.io import video_info
-    from camtool.video import explain_video
-
-    info = video_info(path)
-    odd = info.width % 2 or info.height % 2
-    output = out / files.claim(
-        stem, f"_cam.{'avi' if odd or path.suffix.lower() == '.avi' else 'mp4'}"
-    )
-    report = explain_video(path, output, model, classes=classes, crop=crop, smooth=smooth, alpha=alpha,
-                           colormap=colormap, box=box, progress=progress)  # fmt: skip
-    if progress:
+def video_summary(report: VideoReport, show: bool) -> dict[str, Any]:
+    """The JSON summary of an overlaid video; with ``show``, also a line saying what was written."""
+    if show:
         console.print(
             f"{report.source}: wrote {report.output} ({report.frames} frames, {report.width}x{report.height} "
             f"at {report.fps:g} fps, {report.frames_per_second:.1f} frames/s)"
@@ -443,8 +392,8 @@ def export(
     """
     use_large_malloc_thresholds()
     with errors_to_exit_codes():
-        from camtool.batch import ExportOptions
-        from camtool.batch import export as export_images
+        from camtool.export import ExportOptions
+        from camtool.export import export as export_images
 
         options = ExportOptions(
             image_format=image_format, quality=quality, alpha=alpha, colormap=colormap,
@@ -562,9 +511,10 @@ def inspect(
     Architectures without weights are inspected with random weights.
     """
     with errors_to_exit_codes():
+        from camtool.cards import find_card, is_card_name
         from camtool.image import Preprocessing
         from camtool.methods import bind, method_names
-        from camtool.models import find_card, is_card_name, load_model
+        from camtool.models import load_model
 
         options = model_options(weights, labels, None, None, dtype)
         del options["layer"], options["classifier"]
@@ -624,8 +574,9 @@ def inspect_table(spec: str, info: dict[str, Any]) -> Table:
 def models() -> None:
     """List the named models (built-in and from CAMTOOL_MODELS) and whether their weights are installed."""
     with errors_to_exit_codes():
+        from camtool.cards import list_cards
         from camtool.errors import ModelLoadError
-        from camtool.models import list_cards, weights_status
+        from camtool.weights import weights_status
 
         broken: list[ModelLoadError] = []
         cards = list_cards(broken)

@@ -20,19 +20,13 @@ from typing import Any, SupportsIndex, cast, overload
 import torch
 from torch import Tensor, nn
 
+from camtool.cards import ModelCard, find_card, is_card_name
 from camtool.errors import ClassSelectionError
 from camtool.geometry import FeatureGeometry
 from camtool.image import Region
 from camtool.io import ImageSource, encode_image, load_image, save_image, source_name
 from camtool.methods.base import DEFAULT_METHOD, Explainer, MapBatch, Method, bind
-from camtool.models import (
-    DEFAULT_MODEL,
-    LoadedModel,
-    ModelCard,
-    find_card,
-    is_card_name,
-    load_model,
-)
+from camtool.models import DEFAULT_MODEL, LoadedModel, load_model
 from camtool.render import (
     Box,
     cam_to_box,

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from camtool.errors import CamtoolError, InvalidArgumentError
+from camtool.export.manifest import MANIFEST, read_manifest
 from camtool.image import resize_image
 from camtool.io import load_image, open_atomic, save_image
-from camtool.manifest import MANIFEST, read_manifest
 from camtool.naming import fit
 from camtool.progress import ProgressBar
 

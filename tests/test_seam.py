@@ -120,7 +120,7 @@ def test_methods_are_found_by_name_and_bound_once(lite0: camtool.LoadedModel) ->
     assert bind("auto", lite0) is explainer  # auto picks the exact method first
     with pytest.raises(InvalidArgumentError, match=r"^nope: unknown method; choose one of cam"):
         bind("nope", lite0)
-    with pytest.raises(InvalidArgumentError, match="needs a module name"):
+    with pytest.raises(InvalidArgumentError, match=r"^layer: an empty module name"):
         bind("cam", lite0, layer="")
     code, _, err = run("explain", str(CAT), "--method", "nope")
     assert code == 2 and err.startswith("Error: nope: unknown method; choose one of cam")

@@ -182,9 +182,7 @@ def bind(
     chosen = get_method(method)
     for option, value in (("layer", layer), ("classifier", classifier)):
         if value is not None and not value.strip():
-            raise InvalidArgumentError(
-                repr(value), f"--{option} needs a module name (it was empty)"
-            )
+            raise InvalidArgumentError(option, "an empty module name names no module; leave it out")
     known = _BOUND.setdefault(model, {})
     key = (chosen.name, layer, classifier)
     if key not in known:
