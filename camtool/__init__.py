@@ -1,11 +1,14 @@
-"""camtool: exact Class Activation Maps for networks with a global-average-pooling head.
+"""camtool: see where an image classifier looks; exact Class Activation Maps where the maths allows.
 
     >>> import camtool
-    >>> ex = camtool.explain("cat.jpg")      # predictions, CAMs, heatmaps, boxes
+    >>> ex = camtool.explain("cat.jpg")      # predictions, maps, heatmaps, boxes
     >>> ex.save("cat_cam.png")                # the overlay of the top class
 
-The public names below are imported lazily, so ``import camtool`` (and ``camtool --help``) stays
-fast; torch is imported on first use.
+The top level holds the few names a notebook needs; lower-level ones live in namespaces:
+:mod:`camtool.methods` (the method seam, CAM and its head discovery), :mod:`camtool.models`
+(cards, checkpoints), :mod:`camtool.export` (its inputs, stages, manifest and runner),
+:mod:`camtool.render`, :mod:`camtool.io`. Names are imported lazily, so ``import camtool`` (and
+``camtool --help``) stays fast; torch is imported on first use.
 """
 
 from __future__ import annotations
@@ -17,37 +20,23 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "explain": "camtool.explanation",
-    "write_gallery": "camtool.gallery",
-    "explain_video": "camtool.video",
-    "explain_frames": "camtool.video",
-    "VideoReport": "camtool.video",
-    "comparison_sheet": "camtool.explanation",
-    "Picture": "camtool.explanation",
-    "labelled_grid": "camtool.render",
     "Explanation": "camtool.explanation",
     "ClassScore": "camtool.explanation",
-    "resolve_class": "camtool.explanation",
-    "get_model": "camtool.explanation",
-    "export": "camtool.batch",
-    "explain_iter": "camtool.batch",
-    "collect_inputs": "camtool.batch",
-    "ExportOptions": "camtool.batch",
-    "ExportReport": "camtool.batch",
-    "ExportFailure": "camtool.batch",
-    "ExportInterrupted": "camtool.batch",
-    "compute": "camtool.cam",
-    "compute_cams": "camtool.cam",
-    "identity_residual": "camtool.heads",
-    "CamBatch": "camtool.cam",
+    "comparison_sheet": "camtool.explanation",
+    "Picture": "camtool.explanation",
+    "export": "camtool.export",
+    "explain_iter": "camtool.export",
+    "ExportOptions": "camtool.export",
+    "ExportReport": "camtool.export",
+    "ExportFailure": "camtool.export",
+    "ExportInterrupted": "camtool.export",
+    "explain_video": "camtool.video",
+    "VideoReport": "camtool.video",
+    "write_gallery": "camtool.gallery",
     "load_model": "camtool.models",
-    "find_cam_head": "camtool.heads",
-    "list_cards": "camtool.models",
-    "weights_status": "camtool.models",
     "LoadedModel": "camtool.models",
-    "ModelCard": "camtool.models",
-    "CamHead": "camtool.heads",
-    "Preprocessing": "camtool.models",
-    "Region": "camtool.models",
+    "Preprocessing": "camtool.image",
+    "Region": "camtool.image",
     "load_image": "camtool.io",
     "save_image": "camtool.io",
     "normalize_cams": "camtool.render",
@@ -56,6 +45,7 @@ _EXPORTS = {
     "overlay": "camtool.render",
     "cam_to_box": "camtool.render",
     "draw_box": "camtool.render",
+    "labelled_grid": "camtool.render",
     "COLORMAPS": "camtool.render",
     "CamtoolError": "camtool.errors",
     "ImageReadError": "camtool.errors",
@@ -68,11 +58,10 @@ _EXPORTS = {
     "ClassSelectionError": "camtool.errors",
     "InvalidArgumentError": "camtool.errors",
 }
+_NAMESPACES = ("methods",)
 
 __all__ = [
     "COLORMAPS",
-    "CamBatch",
-    "CamHead",
     "CamtoolError",
     "ClassScore",
     "ClassSelectionError",
@@ -85,7 +74,6 @@ __all__ = [
     "ImageTooLargeError",
     "InvalidArgumentError",
     "LoadedModel",
-    "ModelCard",
     "ModelLoadError",
     "OutputWriteError",
     "Picture",
@@ -97,30 +85,21 @@ __all__ = [
     "WeightsHashError",
     "__version__",
     "cam_to_box",
-    "collect_inputs",
     "colorize",
     "comparison_sheet",
-    "compute",
-    "compute_cams",
     "draw_box",
     "explain",
-    "explain_frames",
     "explain_iter",
     "explain_video",
     "export",
-    "find_cam_head",
-    "get_model",
-    "identity_residual",
     "labelled_grid",
-    "list_cards",
     "load_image",
     "load_model",
+    "methods",
     "normalize_cams",
     "overlay",
-    "resolve_class",
     "save_image",
     "upsample_cams",
-    "weights_status",
     "write_gallery",
 ]
 
@@ -128,9 +107,12 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'camtool' has no attribute {name!r}")
+    elif name in _NAMESPACES:
+        value = importlib.import_module(f"camtool.{name}")
+    else:
+        raise AttributeError(f"module 'camtool' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
@@ -138,16 +120,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from camtool.batch import (
-        ExportFailure,
-        ExportInterrupted,
-        ExportOptions,
-        ExportReport,
-        collect_inputs,
-        explain_iter,
-        export,
-    )
-    from camtool.cam import CamBatch, compute, compute_cams
+    from camtool import methods
     from camtool.errors import (
         CamtoolError,
         ClassSelectionError,
@@ -166,20 +139,29 @@ if TYPE_CHECKING:
         Picture,
         comparison_sheet,
         explain,
-        get_model,
-        resolve_class,
     )
-    from camtool.gallery import write_gallery
-    from camtool.heads import CamHead, find_cam_head, identity_residual
-    from camtool.io import load_image, save_image
-    from camtool.models import (
-        LoadedModel,
-        ModelCard,
+    from camtool.export import (
+        ExportFailure,
+        ExportInterrupted,
+        ExportOptions,
+        ExportReport,
+        explain_iter,
+        export,
+    )
+    from camtool.gallery import (
+        write_gallery,
+    )
+    from camtool.image import (
         Preprocessing,
         Region,
-        list_cards,
+    )
+    from camtool.io import (
+        load_image,
+        save_image,
+    )
+    from camtool.models import (
+        LoadedModel,
         load_model,
-        weights_status,
     )
     from camtool.render import (
         COLORMAPS,
@@ -191,4 +173,7 @@ if TYPE_CHECKING:
         overlay,
         upsample_cams,
     )
-    from camtool.video import VideoReport, explain_frames, explain_video
+    from camtool.video import (
+        VideoReport,
+        explain_video,
+    )

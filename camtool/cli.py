@@ -23,11 +23,17 @@ from rich.console import Console
 from rich.table import Table
 
 from camtool import __version__
-from camtool.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, CamtoolError
-from camtool.naming import NameRegistry, component, input_stems, slug
+from camtool.errors import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    CamtoolError,
+    UnsupportedModelError,
+)
 
 if TYPE_CHECKING:
     from camtool.explanation import Explanation
+    from camtool.video import VideoReport
 
 app = typer.Typer(
     name="camtool",
@@ -99,6 +105,8 @@ def root(
 
 def predictions_table(ex: Explanation, outputs: list[Path]) -> Table:
     """Return a rich table of an explanation's top-k classes."""
+    from camtool.explanation import residual_text
+
     table = Table(
         title=f"{ex.source}  ({ex.image.shape[2]}x{ex.image.shape[1]})", title_justify="left"
     )
@@ -109,12 +117,16 @@ def predictions_table(ex: Explanation, outputs: list[Path]) -> Table:
     table.add_column("logit", justify="right")
     explained = {s.index for s in ex.explained}
     for rank, p in enumerate(ex.predictions, 1):
-        mark = " [bold green]◀ CAM[/]" if p.index in explained else ""
+        mark = f" [bold green]◀ {ex.method.upper()}[/]" if p.index in explained else ""
         table.add_row(
             str(rank), f"{p.name}{mark}", str(p.index), f"{p.probability:.4f}", f"{p.logit:.3f}"
         )
     files = ", ".join(str(o) for o in outputs)
-    table.caption = f"{ex.model}: {ex.head}, identity residual {ex.residual:.1e} -> {files}"
+    table.caption = (
+        f"{ex.model}: {ex.method}: {ex.head}{residual_text(ex.residual)} -> {files}"
+        if ex.explained
+        else f"{ex.model}: {ex.head}"
+    )
     table.caption_justify = "left"
     return table
 
@@ -137,12 +149,20 @@ LabelsOption = Annotated[Path | None, typer.Option(help="Label file, one class n
 
 def module_name(value: str | None) -> str | None:
     """Refuse an empty module name while parsing, so the error names the option (the library
-    refuses it too, see ``camtool.heads.find_cam_head``)."""
+    refuses it too, see ``camtool.methods.bind``)."""
     if value is not None and not value.strip():
         raise typer.BadParameter("an empty module name names no module; leave the option out")
     return value
 
 
+MethodOption = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        help="How maps are made: cam (exact Class Activation Maps), or auto (the default: the "
+        "first method that can explain the model; predictions alone when none can).",
+    ),
+]
 LayerOption = Annotated[
     str | None,
     typer.Option(help="Feature layer (a module name); overrides discovery.", callback=module_name),
@@ -211,6 +231,7 @@ def explain(
             "NAME:WEIGHTS, timm:NAME, or a TorchScript file. Repeat to compare models (with --sheet).",
         ),
     ] = None,
+    method: MethodOption = "auto",
     classes: ClassesOption = None,
     top_k: Annotated[
         int, typer.Option("--top-k", "-k", min=1, help="Number of predictions to list.")
@@ -247,94 +268,54 @@ def explain(
     (or the --class ones), one row per --model when several are given.
     """
     with errors_to_exit_codes():
-        from camtool.explanation import comparison_sheet, get_model
-        from camtool.explanation import explain as explain_image
-        from camtool.io import VIDEO_SUFFIXES
+        from camtool.explanation import bind_method
+        from camtool.outputs import FilesReport, Rendering, explain_files
 
         options = model_options(weights, labels, layer, classifier, dtype)
-        loaded = [get_model(name, device, **options) for name in (models or ["efficientnet_lite0"])]
-        maps = max(maps, top_k) if sheet and not classes else maps
-        stems = input_stems(images)
-        files = NameRegistry()  # every file this run writes: no result overwrites another
-        report: dict[str, Any] = {
-            "model": loaded[0].name,
-            "head": loaded[0].head.describe(),
-            "models": [{"model": m.name, "head": m.head.describe()} for m in loaded],
+        bound = [
+            bind_method(name, method, classes, device=device, **options)
+            for name in (models or ["efficientnet_lite0"])
+        ]
+        rendering = Rendering(alpha, colormap, box, image_format)
+        report = FilesReport()
+        doc: dict[str, Any] = {
+            "model": bound[0].model.name,
+            "method": bound[0].explainer.method,
+            "head": bound[0].explainer.describe(),
+            "models": [
+                {
+                    "model": b.model.name,
+                    "method": b.explainer.method,
+                    "head": b.explainer.describe(),
+                }
+                for b in bound
+            ],
             "images": [],
             "errors": [],
         }
-        for path, stem in zip(images, stems, strict=True):
-            if path.suffix.lower() in VIDEO_SUFFIXES:
-                try:
-                    video = explain_one_video(path, stem, out, files, loaded[0], classes, crop, smooth, alpha,
-                                              colormap, box, not as_json)  # fmt: skip
-                except CamtoolError as exc:
-                    if exc.exit_code != EXIT_ERROR or len(images) == 1:
-                        raise
-                    print_error(exc)
-                    report["errors"].append({"input": str(path), "error": str(exc)})
-                    continue
-                report.setdefault("videos", []).append(video)
-                if video["frames"] < video["expected_frames"] - 1:  # containers may count one extra
-                    problem = (f"{path}: only {video['frames']} of {video['expected_frames']} frames could be "
-                               f"decoded; {video['output']} holds those")  # fmt: skip
-                    print_error(problem)
-                    report["errors"].append({"input": str(path), "error": problem})
-                continue
-            try:
-                results = [
-                    explain_image(path, m, classes=classes, maps=maps, top_k=top_k, crop=crop)
-                    for m in loaded
-                ]
-                written = []
-                for ex in results:
-                    prefix = f"{stem}_{component(ex.model)}" if len(loaded) > 1 else stem
-                    outputs = [
-                        ex.save(out / files.claim(prefix, f"_cam_{s.index}_{slug(s.name)}.{image_format}"),
-                                i, alpha=alpha, colormap=colormap, box=box)
-                        for i, s in enumerate(ex.explained)
-                    ]  # fmt: skip
-                    written.append(outputs)
-                if sheet:
-                    picture = comparison_sheet(results, alpha=alpha, colormap=colormap, box=box)
-                    sheet_name = files.claim(stem, f"_sheet.{image_format}")
-                    written[0].append(picture.save(out / sheet_name))
-            except CamtoolError as exc:
-                if exc.exit_code != EXIT_ERROR or len(images) == 1:
-                    raise
-                print_error(exc)
-                report["errors"].append({"input": str(path), "error": str(exc)})
-                continue
-            for ex, outputs in zip(results, written, strict=True):
-                report["images"].append({**ex.to_dict(), "outputs": [str(o) for o in outputs]})
+        results = explain_files(
+            images, out, bound, maps=maps, top_k=top_k, crop=crop, rendering=rendering,
+            sheet=sheet, smooth=smooth, progress=not as_json,
+        )  # fmt: skip
+        for result in results:
+            report.results.append(result)
+            if result.error is not None:
+                print_error(result.error)
+                doc["errors"].append({"input": result.input, "error": result.error})
+            if result.video is not None:
+                doc.setdefault("videos", []).append(video_summary(result.video, not as_json))
+            for ex, outputs in zip(result.explanations, result.outputs, strict=True):
+                doc["images"].append({**ex.to_dict(), "outputs": [str(o) for o in outputs]})
                 if not as_json:
-                    console.print(predictions_table(ex, outputs))
+                    console.print(predictions_table(ex, list(outputs)))
         if as_json:
-            sys.stdout.write(json.dumps(report, indent=2) + "\n")
-        if report["errors"]:
-            raise typer.Exit(
-                EXIT_PARTIAL if report["images"] or report.get("videos") else EXIT_ERROR
-            )
-        raise typer.Exit(EXIT_OK)
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        raise typer.Exit(report.exit_code)
 
 
-def explain_one_video(
-    path: Path, stem: str, out: Path, files: NameRegistry, model: Any, classes: list[str] | None, crop: bool, smooth: int,
-    alpha: float, colormap: str, box: bool, progress: bool,
-) -> dict[str, Any]:  # fmt: skip
-    """``camtool explain clip.mp4``: the overlaid video (``<stem>_cam.mp4``, or ``.avi`` for .avi
-    inputs and odd frame sizes, which MPEG-4 cannot keep), and a line saying what was written."""
-    from camtool.io import video_info
-    from camtool.video import explain_video
-
-    info = video_info(path)
-    odd = info.width % 2 or info.height % 2
-    output = out / files.claim(
-        stem, f"_cam.{'avi' if odd or path.suffix.lower() == '.avi' else 'mp4'}"
-    )
-    report = explain_video(path, output, model, classes=classes, crop=crop, smooth=smooth, alpha=alpha,
-                           colormap=colormap, box=box, progress=progress)  # fmt: skip
-    if progress:
+def video_summary(report: VideoReport, show: bool) -> dict[str, Any]:
+    """The JSON summary of an overlaid video; with ``show``, also a line saying what was written."""
+    if show:
         console.print(
             f"{report.source}: wrote {report.output} ({report.frames} frames, {report.width}x{report.height} "
             f"at {report.fps:g} fps, {report.frames_per_second:.1f} frames/s)"
@@ -356,6 +337,7 @@ def export(
         Path, typer.Option("--out", "-o", help="Output folder (mirrors the inputs' paths).")
     ],
     model: ModelOption = "efficientnet_lite0",
+    method: MethodOption = "auto",
     classes: ClassesOption = None,
     maps: MapsOption = 1,
     top_k: Annotated[
@@ -410,8 +392,8 @@ def export(
     """
     use_large_malloc_thresholds()
     with errors_to_exit_codes():
-        from camtool.batch import ExportOptions
-        from camtool.batch import export as export_images
+        from camtool.export import ExportOptions
+        from camtool.export import export as export_images
 
         options = ExportOptions(
             image_format=image_format, quality=quality, alpha=alpha, colormap=colormap,
@@ -419,7 +401,7 @@ def export(
             top_k=top_k,
         )  # fmt: skip
         report = export_images(
-            inputs, out, model, classes=classes, maps=maps, crop=crop, options=options, resume=resume,
+            inputs, out, model, method=method, classes=classes, maps=maps, crop=crop, options=options, resume=resume,
             device=device, batch_size=batch_size, workers=workers, decoder=decoder, progress=not quiet,
             **model_options(weights, labels, layer, classifier, dtype),
         )  # fmt: skip
@@ -523,51 +505,78 @@ def inspect(
     device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Show the CAM head camtool finds (feature map, classifier, shape, identity residual).
+    """Show a model: its preprocessing and labels (and where they come from), and per method
+    whether it can explain the model (for CAM: the head found, its shape and identity residual).
 
-    Architectures without weights are inspected with random weights. Exits 1 with the reason
-    when CAM cannot be exact for the network.
+    Architectures without weights are inspected with random weights.
     """
     with errors_to_exit_codes():
-        from camtool.models import Preprocessing, find_card, is_card_name, load_model
+        from camtool.cards import find_card, is_card_name
+        from camtool.image import Preprocessing
+        from camtool.methods import bind, method_names
+        from camtool.models import load_model
 
-        options = model_options(weights, labels, layer, classifier, dtype)
+        options = model_options(weights, labels, None, None, dtype)
+        del options["layer"], options["classifier"]
         if input_size is not None:
             known = model.endswith(".toml") or is_card_name(model)
             base = find_card(model).preprocessing if known else Preprocessing()
             options["preprocessing"] = replace(base, input_size=input_size)
         loaded = load_model(model, device=device, random_weights=True, **options)
-        info = {**loaded.describe(), "input_size": loaded.preprocessing.input_size}
+        info = {**loaded.describe(), "input_size": loaded.preprocessing.input_size, "methods": {}}
+        for name in method_names():
+            try:
+                explainer = bind(name, loaded, layer=layer, classifier=classifier)
+            except UnsupportedModelError as exc:
+                info["methods"][name] = {"explains": False, "reason": str(exc)}
+                continue
+            info["methods"][name] = {"explains": True, "uses": explainer.describe()}
+            if name == "cam":
+                info["head"], info["head_detail"] = explainer.describe(), explainer.as_dict()
         if as_json:
             sys.stdout.write(json.dumps(info, indent=2) + "\n")
             return
-        table = Table(title=f"camtool inspect {model}", show_header=False, title_justify="left")
-        table.add_column("field", style="bold")
-        table.add_column("value")
-        detail = loaded.head.as_dict()
-        rows = [
-            ("model", loaded.name),
-            ("weights", loaded.weights),
-            ("parameters", f"{info['parameters']:,}"),
-            ("classes", str(info["classes"])),
-            ("head kind", detail["kind"]),
-            ("feature map", f"{detail['features']}: {'x'.join(map(str, detail['feature_shape']))} "
-                            f"at {detail['probe_size']} px"),
-            ("classifier", detail["classifier"] or "(the feature map holds the class maps)"),
+        console.print(inspect_table(model, info))
+
+
+def inspect_table(spec: str, info: dict[str, Any]) -> Table:
+    """The rich table of ``camtool inspect``: model facts, then one row per method."""
+    table = Table(title=f"camtool inspect {spec}", show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    prep = info["preprocessing"]
+    rows = [
+        ("model", info["name"]),
+        ("weights", info["weights"]),
+        ("parameters", f"{info['parameters']:,}"),
+        ("classes", f"{info['classes']} (labels: {info['labels_source']})"),
+        ("preprocessing", f"{prep['input_size']} px, {prep['interpolation']}, mean "
+                          f"{tuple(prep['mean'])}, std {tuple(prep['std'])}, crop_pct {prep['crop_pct']:g}"),
+        ("  from", prep["source"]),
+        ("dtype", info["dtype"]),
+    ]  # fmt: skip
+    detail = info.get("head_detail")
+    if detail:
+        rows += [
+            ("CAM head", f"{detail['kind']}: {detail['features']} -> {detail['classifier'] or '(class maps)'}"),
+            ("feature map", f"{'x'.join(map(str, detail['feature_shape']))} at {detail['probe_size']} px"),
             ("identity residual", f"{detail['probe_residual']:.2e} (max |mean(CAM) + b - logit|)"),
-            ("dtype", info["dtype"]),
         ]  # fmt: skip
-        for field, value in rows:
-            table.add_row(field, value)
-        console.print(table)
+    for name, verdict in info["methods"].items():
+        text = "yes" if verdict["explains"] else f"[yellow]no[/]: {verdict['reason']}"
+        rows.append((f"method {name}", text))
+    for field, value in rows:
+        table.add_row(field, value)
+    return table
 
 
 @app.command()
 def models() -> None:
     """List the named models (built-in and from CAMTOOL_MODELS) and whether their weights are installed."""
     with errors_to_exit_codes():
+        from camtool.cards import list_cards
         from camtool.errors import ModelLoadError
-        from camtool.models import list_cards, weights_status
+        from camtool.weights import weights_status
 
         broken: list[ModelLoadError] = []
         cards = list_cards(broken)

@@ -67,7 +67,16 @@ class WeightsHashError(ModelLoadError):
 
 
 class UnsupportedModelError(CamtoolError):
-    """A network for which Class Activation Mapping is not exact (or no CAM head was found)."""
+    """A method cannot explain this network (for CAM: it is not exact, or no CAM head was found).
+
+    A usage error: the model loads; choose another method (``camtool inspect`` says which fit).
+    """
+
+    exit_code = EXIT_USAGE
+
+
+class ModelRunError(CamtoolError, RuntimeError):
+    """The network failed while running on a batch (the message names the batch size and why)."""
 
 
 class ClassSelectionError(CamtoolError):

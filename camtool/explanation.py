@@ -15,24 +15,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, SupportsIndex, cast
+from typing import Any, SupportsIndex, cast, overload
 
 import torch
 from torch import Tensor, nn
 
-from camtool.cam import CamBatch, compute
+from camtool.cards import ModelCard, find_card, is_card_name
 from camtool.errors import ClassSelectionError
-from camtool.heads import FeatureGeometry
+from camtool.geometry import FeatureGeometry
+from camtool.image import Region
 from camtool.io import ImageSource, encode_image, load_image, save_image, source_name
-from camtool.models import (
-    DEFAULT_MODEL,
-    LoadedModel,
-    ModelCard,
-    Region,
-    find_card,
-    is_card_name,
-    load_model,
-)
+from camtool.methods.base import DEFAULT_METHOD, Explainer, MapBatch, Method, bind
+from camtool.models import DEFAULT_MODEL, LoadedModel, load_model
 from camtool.render import (
     Box,
     cam_to_box,
@@ -63,7 +57,8 @@ class Explanation:
     Attributes:
         source: the input's path, or ``<Tensor>``/``<ndarray>``/... for in-memory images.
         image: ``Tensor[3,H,W]`` uint8 RGB, the input as loaded.
-        model: the model's name; ``head``: the CAM head used (feature map -> classifier).
+        model: the model's name; ``head``: what the maps were computed from (for CAM, the head:
+            feature map -> classifier); ``method``: the method that made them (``"cam"``).
         predictions: the top-k classes, most probable first.
         explained: the classes that have maps, in the order of ``cams``/``heatmaps``/``boxes``.
         cams: ``Tensor[k,h,w]`` float32 raw CAMs at feature resolution: ``cams[i].mean() +
@@ -72,7 +67,8 @@ class Explanation:
         heatmaps: ``Tensor[k,H,W]`` float32 in [0, 1] at the image's resolution (0 outside
             ``region``).
         boxes: per explained class, the CAM box ``(x1, y1, x2, y2)`` in image pixels, or None.
-        residual: ``max |mean(CAM) + bias - logit|`` over all classes for this image.
+        residual: ``max |mean(CAM) + bias - logit|`` over all classes for this image; None for
+            maps that do not decompose the logit.
         region: the part of the image the network saw (all of it unless cropped).
         input_hw: (height, width) of the network input.
         geometry: where the feature cells sit on that input (heatmaps are aligned with it).
@@ -82,13 +78,14 @@ class Explanation:
     image: Tensor
     model: str
     head: str
+    method: str
     predictions: tuple[ClassScore, ...]
     explained: tuple[ClassScore, ...]
     cams: Tensor
     bias: Tensor
     heatmaps: Tensor
     boxes: tuple[Box | None, ...]
-    residual: float
+    residual: float | None
     region: Region
     input_hw: tuple[int, int]
     geometry: FeatureGeometry
@@ -143,6 +140,7 @@ class Explanation:
             "width": int(self.image.shape[2]),
             "height": int(self.image.shape[1]),
             "model": self.model,
+            "method": self.method,
             "head": self.head,
             "identity_residual": self.residual,
             "predictions": [vars(p) for p in self.predictions],
@@ -153,7 +151,8 @@ class Explanation:
         }
 
     def _repr_png_(self) -> bytes:
-        return encode_image(self.overlay(0, box=True), ".png")
+        picture = self.overlay(0, box=True) if self.explained else self.image
+        return encode_image(picture, ".png")
 
     def _repr_html_(self) -> str:
         png = base64.b64encode(self._repr_png_()).decode("ascii")
@@ -162,14 +161,22 @@ class Explanation:
             f"<td>{p.probability:.3f}</td><td>{p.logit:.2f}</td></tr>"
             for p in self.predictions
         )
-        top = self.explained[0]
+        mapped = (
+            f"{html.escape(self.method)} map of <b>{html.escape(self.explained[0].name)}</b> "
+            f"({html.escape(self.model)}: {html.escape(self.head)}{residual_text(self.residual)})"
+            if self.explained
+            else f"({html.escape(self.model)}: {html.escape(self.head)})"
+        )
         return (
             f"<div><img src='data:image/png;base64,{png}' style='max-width:480px'/>"
-            f"<p>{html.escape(self.source)}: CAM of <b>{html.escape(top.name)}</b> "
-            f"({html.escape(self.model)}, {html.escape(self.head)}, identity residual "
-            f"{self.residual:.1e})</p><table><tr><th>class</th><th>name</th>"
+            f"<p>{html.escape(self.source)}: {mapped}</p><table><tr><th>class</th><th>name</th>"
             f"<th>probability</th><th>logit</th></tr>{rows}</table></div>"
         )
+
+
+def residual_text(residual: float | None) -> str:
+    """``", identity residual 1.2e-06"`` for decompositions, ``""`` for other maps."""
+    return "" if residual is None else f", identity residual {residual:.1e}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -286,10 +293,93 @@ def get_model(model: ModelSpec, device: str | None = "auto", **options: Any) -> 
     return _cached_model(model, stamps, key)
 
 
+@dataclass(frozen=True, eq=False)
+class BoundMethod:
+    """What every entry point starts from: a loaded model, a method bound to it, and the classes
+    to map resolved to indices (None: each image's top predictions)."""
+
+    model: LoadedModel
+    explainer: Explainer
+    classes: list[int] | None
+
+    def __call__(self, batch: Tensor, maps: int = 1) -> MapBatch:
+        """Map a preprocessed ``Tensor[N,3,h,w]`` batch: the fixed classes, else the top ``maps``."""
+        return self.explainer(batch, self.classes, maps=maps)
+
+
+def bind_method(
+    model: ModelSpec | BoundMethod = DEFAULT_MODEL,
+    method: str | Method = DEFAULT_METHOD,
+    classes: Sequence[int | str | SupportsIndex] | None = None,
+    *,
+    device: str | None = "auto",
+    layer: str | None = None,
+    classifier: str | None = None,
+    **load_options: Any,
+) -> BoundMethod:
+    """Load ``model`` (cached, see :func:`get_model`), resolve ``classes`` against its labels and
+    bind ``method`` to it (``layer``/``classifier`` override the method's discovery). A
+    :class:`BoundMethod` is returned as it is (the other arguments are then ignored).
+
+    Raises:
+        camtool's typed errors: an unknown model, method or class; a model the method cannot
+        explain (``UnsupportedModelError``, with the reason).
+    """
+    if isinstance(model, BoundMethod):
+        return model
+    loaded = get_model(model, device, **load_options)
+    wanted = [resolve_class(c, loaded.labels) for c in classes] if classes else None
+    explainer = bind(method, loaded, layer=layer, classifier=classifier)
+    return BoundMethod(loaded, explainer, wanted)
+
+
+@overload
+def explain(
+    images: list[ImageSource] | tuple[ImageSource, ...],
+    model: ModelSpec | BoundMethod = ...,
+    *,
+    method: str | Method = ...,
+    classes: Sequence[int | str | SupportsIndex] | None = ...,
+    maps: int = ...,
+    top_k: int = ...,
+    crop: bool = ...,
+    device: str | None = ...,
+    labels: str | None = ...,
+    weights: str | None = ...,
+    layer: str | None = ...,
+    classifier: str | None = ...,
+    dtype: str | None = ...,
+    batch_size: int = ...,
+    box_threshold: float = ...,
+) -> list[Explanation]: ...
+
+
+@overload
+def explain(
+    images: ImageSource,
+    model: ModelSpec | BoundMethod = ...,
+    *,
+    method: str | Method = ...,
+    classes: Sequence[int | str | SupportsIndex] | None = ...,
+    maps: int = ...,
+    top_k: int = ...,
+    crop: bool = ...,
+    device: str | None = ...,
+    labels: str | None = ...,
+    weights: str | None = ...,
+    layer: str | None = ...,
+    classifier: str | None = ...,
+    dtype: str | None = ...,
+    batch_size: int = ...,
+    box_threshold: float = ...,
+) -> Explanation: ...
+
+
 def explain(
     images: ImageSource | Sequence[ImageSource],
-    model: ModelSpec = DEFAULT_MODEL,
+    model: ModelSpec | BoundMethod = DEFAULT_MODEL,
     *,
+    method: str | Method = DEFAULT_METHOD,
     classes: Sequence[int | str | SupportsIndex] | None = None,
     maps: int = 1,
     top_k: int = 5,
@@ -302,12 +392,15 @@ def explain(
     dtype: str | None = None,
     batch_size: int = 16,
     box_threshold: float = 0.2,
-) -> Any:
-    """Explain one image or several: predictions, exact CAMs, heatmaps and boxes.
+) -> Explanation | list[Explanation]:
+    """Explain one image or several: predictions, maps, heatmaps and boxes.
 
     Args:
         images: one image source (path, ``Tensor[3,H,W]``, numpy RGB array, PIL image) or a list.
-        model: a model name (default: ``efficientnet_lite0``), card, ``nn.Module`` or loaded model.
+        model: a model name (default: ``efficientnet_lite0``), card, ``nn.Module``, loaded model
+            or :class:`BoundMethod` (which fixes method, classes and layers too).
+        method: the method that makes the maps (``camtool.methods.method_names()``; default
+            ``"auto"``: the first that can explain the model, exact methods first).
         classes: classes to map, by index (any integer-like) or name; default: the top ``maps``
             predictions.
         maps: how many top classes to map when ``classes`` is not given.
@@ -315,7 +408,8 @@ def explain(
         crop: centre-crop like the classic evaluation transform instead of using the whole image.
         device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``.
         labels: a label file overriding the model's class names.
-        weights, layer, classifier, dtype: as for :func:`camtool.load_model`.
+        weights, dtype: as for :func:`camtool.load_model`.
+        layer, classifier: module names that override the method's discovery.
         batch_size: images per forward pass (images of equal input size are batched together).
         box_threshold: fraction of the map's maximum used for the CAM box.
 
@@ -324,16 +418,11 @@ def explain(
     """
     single = not isinstance(images, (list, tuple))
     sources: list[ImageSource] = [images] if single else list(cast(Sequence[ImageSource], images))
-    loaded = get_model(
-        model,
-        device,
-        labels=labels,
-        weights=weights,
-        layer=layer,
-        classifier=classifier,
-        dtype=dtype,
-    )
-    wanted = [resolve_class(c, loaded.labels) for c in classes] if classes else None
+    bound = bind_method(
+        model, method, classes, device=device, layer=layer, classifier=classifier,
+        labels=labels, weights=weights, dtype=dtype,
+    )  # fmt: skip
+    loaded = bound.model
     pictures = [load_image(source) for source in sources]
     prepared = [loaded.preprocessing.prepare(picture, crop) for picture in pictures]
     results: list[Explanation | None] = [None] * len(sources)
@@ -343,26 +432,19 @@ def explain(
     for members in groups.values():
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
-            batch = torch.stack([prepared[i][0] for i in chunk])
-            out = compute(loaded, batch, wanted, top_k=maps)
+            out = bound(torch.stack([prepared[i][0] for i in chunk]), maps)
             for row, i in enumerate(chunk):
                 results[i] = build_explanation(
-                    loaded,
-                    out,
-                    row,
-                    source_name(sources[i]),
-                    pictures[i],
-                    prepared[i][1],
-                    top_k,
-                    box_threshold,
-                )
+                    loaded, out, row, source_name(sources[i]), pictures[i], prepared[i][1],
+                    top_k, box_threshold,
+                )  # fmt: skip
     done = [r for r in results if r is not None]
     return done[0] if single else done
 
 
 def build_explanation(
     model: LoadedModel,
-    out: CamBatch,
+    out: MapBatch,
     row: int,
     source: str,
     image: Tensor,
@@ -370,7 +452,7 @@ def build_explanation(
     top_k: int = 5,
     box_threshold: float = 0.2,
 ) -> Explanation:
-    """Turn row ``row`` of a :class:`~camtool.cam.CamBatch` into the :class:`Explanation` of
+    """Turn row ``row`` of a :class:`~camtool.methods.MapBatch` into the :class:`Explanation` of
     ``image`` (``Tensor[3,H,W]`` uint8): scores, heatmaps at image resolution, boxes."""
     input_hw = out.input_hw
     logits = out.logits[row].cpu()
@@ -380,26 +462,28 @@ def build_explanation(
         return ClassScore(index, model.labels[index], float(probs[index]), float(logits[index]))
 
     top = logits.topk(max(1, min(top_k, logits.numel()))).indices.tolist()
-    cams = out.cams[row].cpu().clone()  # a normal tensor, not an inference-mode one
+    cams = out.maps[row].cpu().clone()  # a normal tensor, not an inference-mode one
     x1, y1, x2, y2 = region.as_ints()
     height, width = image.shape[1:]
     heatmaps = torch.zeros((cams.shape[0], height, width))
-    upsampled = upsample_cams(
-        normalize_cams(cams), (input_hw[0], input_hw[1]), (y2 - y1, x2 - x1), out.geometry
-    )
-    heatmaps[:, y1:y2, x1:x2] = upsampled[:, : height - y1, : width - x1]
+    if len(cams):  # a method that could not map this model gives predictions alone
+        upsampled = upsample_cams(
+            normalize_cams(cams), (input_hw[0], input_hw[1]), (y2 - y1, x2 - x1), out.geometry
+        )
+        heatmaps[:, y1:y2, x1:x2] = upsampled[:, : height - y1, : width - x1]
     return Explanation(
         source=source,
         image=image,
         model=model.name,
-        head=model.head.describe(),
+        head=out.summary,
+        method=out.method,
         predictions=tuple(score(i) for i in top),
         explained=tuple(score(int(i)) for i in out.classes[row].tolist()),
         cams=cams,
-        bias=out.bias[row].cpu().clone(),
+        bias=out.bias[row].cpu().clone() if out.bias is not None else torch.zeros(len(cams)),
         heatmaps=heatmaps,
         boxes=tuple(cam_to_box(h, box_threshold) for h in heatmaps),
-        residual=float(out.residual[row]),
+        residual=float(out.residual[row]) if out.residual is not None else None,
         region=region,
         input_hw=(input_hw[0], input_hw[1]),
         geometry=out.geometry,

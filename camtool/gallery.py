@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from camtool.errors import CamtoolError, InvalidArgumentError
+from camtool.export.manifest import MANIFEST, read_manifest
+from camtool.image import resize_image
 from camtool.io import load_image, open_atomic, save_image
-from camtool.manifest import MANIFEST, read_manifest
-from camtool.models import resize_image
 from camtool.naming import fit
 from camtool.progress import ProgressBar
 
@@ -94,7 +94,8 @@ def write_gallery(export_dir: str | os.PathLike[str], progress: bool = False) ->
             bar.stop()
     model = runs[-1].get("settings", {}).get("model", "") if runs else ""
     head = runs[-1].get("head", "") if runs else ""
-    data = {"model": model, "head": head, "cards": cards, "failed": failed}
+    method = runs[-1].get("method", "cam") if runs else ""
+    data = {"model": model, "method": method, "head": head, "cards": cards, "failed": failed}
     page = _PAGE.replace("__DATA__", _script_json(data))
     target = root / "index.html"
     with open_atomic(target) as handle:
@@ -181,7 +182,7 @@ td.p{text-align:right;font-variant-numeric:tabular-nums}
 const data = JSON.parse(document.getElementById("data").textContent);
 const el = (tag, text, cls) => { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; };
 const cls = document.getElementById("cls"), q = document.getElementById("q"), sort = document.getElementById("sort");
-document.getElementById("model").textContent = data.model + " - " + data.head;
+document.getElementById("model").textContent = data.model + " - " + data.method + ": " + data.head;
 [...new Set(data.cards.map(c => c.top))].sort().forEach(name => { const o = el("option", name); o.value = name; cls.appendChild(o); });
 function image(src, href, alt) {
   const a = el("a"); if (href) a.href = href;

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from camtool.errors import InvalidArgumentError
-from camtool.heads import FeatureGeometry
+from camtool.geometry import FeatureGeometry
 
 Box = tuple[int, int, int, int]
 """``(x1, y1, x2, y2)`` in image pixels; ``x2`` and ``y2`` are exclusive."""

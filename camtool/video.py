@@ -13,10 +13,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from camtool.cam import compute
-from camtool.explanation import Explanation, ModelSpec, build_explanation, get_model, resolve_class
+from camtool.errors import UnsupportedModelError
+from camtool.explanation import (
+    BoundMethod,
+    Explanation,
+    ModelSpec,
+    bind_method,
+    build_explanation,
+)
 from camtool.io import VideoWriter, open_video
-from camtool.models import DEFAULT_MODEL, LoadedModel
+from camtool.methods.base import DEFAULT_METHOD, Method
+from camtool.models import DEFAULT_MODEL
 from camtool.progress import ProgressBar
 from camtool.render import draw_label
 
@@ -46,9 +53,10 @@ class VideoReport:
 
 def explain_frames(
     frames: Iterable[Tensor],
-    model: LoadedModel,
+    model: ModelSpec | BoundMethod,
     *,
-    classes: Sequence[int] | None = None,
+    method: str | Method = DEFAULT_METHOD,
+    classes: Sequence[int | str] | None = None,
     crop: bool = False,
     batch_size: int = 16,
     smooth: int = 1,
@@ -59,18 +67,23 @@ def explain_frames(
 
     With ``smooth=N`` each frame's heatmaps are the mean of the last N frames' heatmaps (the
     first frame's are its own; the window starts again when the top class changes), which
-    steadies flickering maps; CAMs, scores and boxes stay the frame's own.
+    steadies flickering maps; CAMs, scores and boxes stay the frame's own. ``model`` is a loaded
+    model (or any spec :func:`camtool.explain` takes, or a bound method); ``method`` makes the
+    maps.
     """
+    bound = model if isinstance(model, BoundMethod) else bind_method(model, method, classes)
+    if bound.explainer.method == "none":
+        raise UnsupportedModelError(bound.model.name, bound.explainer.describe())
     recent: deque[Tensor] = deque(maxlen=max(1, smooth))
     index = 0
     shown: int | None = None
 
     def run(batch: list[Tensor]) -> Iterator[Explanation]:
-        prepared = [model.preprocessing.prepare(frame, crop) for frame in batch]
-        out = compute(model, torch.stack([p[0] for p in prepared]), classes, top_k=1)
+        prepared = [bound.model.preprocessing.prepare(frame, crop) for frame in batch]
+        out = bound(torch.stack([p[0] for p in prepared]), maps=1)
         nonlocal index, shown
         for row, (frame, (_, region)) in enumerate(zip(batch, prepared, strict=True)):
-            ex = build_explanation(model, out, row, f"{source}#{index}", frame, region, top_k)
+            ex = build_explanation(bound.model, out, row, f"{source}#{index}", frame, region, top_k)
             index += 1
             if shown is not None and ex.explained[0].index != shown:
                 recent.clear()  # another class now: do not blend its maps with the last one's
@@ -93,8 +106,9 @@ def explain_frames(
 def explain_video(
     path: str | os.PathLike[str],
     output: str | os.PathLike[str],
-    model: ModelSpec = DEFAULT_MODEL,
+    model: ModelSpec | BoundMethod = DEFAULT_MODEL,
     *,
+    method: str | Method = DEFAULT_METHOD,
     classes: Sequence[int | str] | None = None,
     crop: bool = False,
     batch_size: int = 16,
@@ -116,14 +130,13 @@ def explain_video(
         written.
     """
     started = time.perf_counter()
-    loaded = get_model(model, device, **model_options)
-    wanted = [resolve_class(c, loaded.labels) for c in classes] if classes else None
+    bound = bind_method(model, method, classes, device=device, **model_options)
     info, frames = open_video(path)
     writer = VideoWriter(output, info.fps, info.width, info.height)
     bar = ProgressBar("video", info.frames or None, "frames") if progress else None
     count = 0
     try:
-        stream = explain_frames(frames, loaded, classes=wanted, crop=crop, batch_size=batch_size,
+        stream = explain_frames(frames, bound, crop=crop, batch_size=batch_size,
                                 smooth=smooth, source=str(path))  # fmt: skip
         for ex in stream:
             score = ex.explained[0]

@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 import camtool
+from camtool.methods.cam import CamExplainer
+from camtool.methods.heads import CamHead
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -21,6 +23,13 @@ CAT = EXAMPLES / "chelsea.png"
 COFFEE = EXAMPLES / "coffee.png"
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 ESPRESSO = 967
+
+
+def cam_head(model: camtool.LoadedModel, **overrides: str) -> CamHead:
+    """The CAM head the ``cam`` method binds to (``layer=``/``classifier=`` override discovery)."""
+    explainer = camtool.methods.bind("cam", model, **overrides)
+    assert isinstance(explainer, CamExplainer)
+    return explainer.head
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 import camtool
-from camtool.cam import compute_cams, select_classes
 from camtool.errors import ClassSelectionError, UnsupportedModelError
+from camtool.methods.cam import compute, compute_cams, select_classes
+from tests.conftest import cam_head
 
 
 class TinyGapNet(nn.Module):
@@ -61,12 +62,12 @@ def test_user_module_head_is_discovered_and_exact() -> None:
     torch.manual_seed(0)
     net = TinyGapNet()
     model = camtool.load_model(net)
-    assert model.head.kind == "pool_input"
+    assert cam_head(model).kind == "pool_input"
     assert (
-        model.head.describe()
+        cam_head(model).describe()
         == "squash input -> out (5x8), features 8x112x112 at 224 px, probe residual 0.0e+00"
     )
-    out = camtool.compute(model, torch.randn(3, 3, 32, 40), top_k=5)
+    out = compute(model, torch.randn(3, 3, 32, 40), maps=5)
     assert out.cams.shape == (3, 5, 16, 20)
     torch.testing.assert_close(
         out.cams.mean((-2, -1)) + out.bias, out.logits.gather(1, out.classes)
@@ -76,7 +77,7 @@ def test_user_module_head_is_discovered_and_exact() -> None:
 
 def test_norm_after_pooling_is_refused_with_the_reason() -> None:
     with pytest.raises(UnsupportedModelError) as info:
-        camtool.load_model(NormAfterPool())
+        cam_head(camtool.load_model(NormAfterPool()))
     assert str(info.value) == (
         "NormAfterPool: CAM is not exact for this network: a normalisation after the global "
         "pooling: 'norm' (LayerNorm)"
@@ -100,20 +101,18 @@ def test_model_is_left_exactly_as_it_was_after_normal_and_failing_calls() -> Non
     net.body[1].eval()  # a mixed state must come back mixed
     before = state_of(net)
     model = camtool.load_model(net)
-    camtool.compute(model, torch.randn(2, 3, 32, 32))
+    compute(model, torch.randn(2, 3, 32, 32))
     assert state_of(net) == before
     with pytest.raises(RuntimeError):
-        camtool.compute(
-            model, torch.randn(2, 4, 32, 32)
-        )  # wrong channel count fails inside forward
+        compute(model, torch.randn(2, 4, 32, 32))  # wrong channel count fails inside forward
     assert state_of(net) == before
     with pytest.raises(ClassSelectionError):
-        camtool.compute(model, torch.randn(1, 3, 32, 32), classes=[99])
+        compute(model, torch.randn(1, 3, 32, 32), classes=[99])
     assert state_of(net) == before
 
 
 def test_named_model_has_no_hooks_and_stays_in_eval(lite0: camtool.LoadedModel) -> None:
     before = state_of(lite0.module)
-    camtool.compute(lite0, torch.zeros(1, 3, 224, 224))
+    compute(lite0, torch.zeros(1, 3, 224, 224))
     assert state_of(lite0.module) == before
     assert before[2] == 0 and not any(before[0])

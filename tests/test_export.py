@@ -19,8 +19,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import camtool
-from camtool.batch import ExportOptions, collect_inputs, explain_iter, export, read_manifest
 from camtool.cli import app
+from camtool.export import ExportOptions, collect_inputs, explain_iter, export, read_manifest
 from tests.conftest import CAT, COFFEE, EXAMPLES, make_bad_inputs, make_odd_inputs
 
 runner = CliRunner()

@@ -21,9 +21,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import camtool
-from camtool.batch import ExportOptions, export
 from camtool.cli import app
-from camtool.manifest import load_manifest, read_manifest
+from camtool.export import ExportOptions, export
+from camtool.export.manifest import load_manifest, read_manifest
 from tests.conftest import CAT, COFFEE
 
 runner = CliRunner()

@@ -12,7 +12,9 @@ import torchvision
 from torch import nn
 
 import camtool
-from camtool.errors import UnsupportedModelError
+from camtool.errors import ModelLoadError, UnsupportedModelError
+from camtool.methods.cam import compute
+from tests.conftest import cam_head
 
 timm = pytest.importorskip("timm")
 
@@ -129,10 +131,10 @@ def test_family_is_exact_and_left_untouched(name: str) -> None:
     net = build().train()  # discovery must not leave it in eval mode either
     before = model_state(net)
     model = camtool.load_model(net)
-    head = model.head
+    head = cam_head(model)
     assert (head.kind, head.classifier_name) == (kind, classifier), head.describe()
     assert head.feature_name.startswith(feature), head.describe()
-    out = camtool.compute(model, torch.randn(2, 3, 224, 288), top_k=3)
+    out = compute(model, torch.randn(2, 3, 224, 288), maps=3)
     reconstructed = out.cams.mean(dim=(-2, -1)) + out.bias
     scale = max(1.0, float(out.logits.abs().max()))
     assert float((reconstructed - out.logits.gather(1, out.classes)).abs().max()) < 1e-4 * scale
@@ -146,15 +148,16 @@ def test_family_where_cam_is_not_exact_is_refused_with_the_reason(name: str) -> 
     net = build().eval()
     before = model_state(net)
     with pytest.raises(UnsupportedModelError) as info:
-        camtool.load_model(net)
+        cam_head(camtool.load_model(net))
     assert str(info.value) == f"{type(net).__name__}: CAM is not exact for this network: {reason}"
     assert model_state(net) == before
 
 
 def test_explicit_layer_and_classifier_win_and_are_checked() -> None:
     net = tv("resnet18")().eval()
-    model = camtool.load_model(net, layer="layer4", classifier="fc")
-    assert (model.head.kind, model.head.feature_name, model.head.classifier_name) == (
+    model = camtool.load_model(net)
+    head = cam_head(model, layer="layer4", classifier="fc")
+    assert (head.kind, head.feature_name, head.classifier_name) == (
         "explicit",
         "layer4",
         "fc",
@@ -162,18 +165,16 @@ def test_explicit_layer_and_classifier_win_and_are_checked() -> None:
     with pytest.raises(
         UnsupportedModelError, match=r"^layer4.0: mean\(CAM\) \+ bias differs from the logits by "
     ):
-        camtool.load_model(
-            net, layer="layer4.0", classifier="fc"
-        )  # a 512x7x7 map, not the pooled one
+        cam_head(model, layer="layer4.0", classifier="fc")  # a 512x7x7 map, not the pooled one
     with pytest.raises(
         UnsupportedModelError, match=r"^layer3: gives 256 channels but classifier 'fc' takes 512$"
     ):
-        camtool.load_model(net, layer="layer3", classifier="fc")
+        cam_head(model, layer="layer3", classifier="fc")
     with pytest.raises(
         UnsupportedModelError,
         match=r"^layer9: no layer module of that name in ResNet; did you mean",
     ):
-        camtool.load_model(net, layer="layer9")
+        cam_head(model, layer="layer9")
 
 
 class HeadFirst(nn.Module):
@@ -190,16 +191,17 @@ class HeadFirst(nn.Module):
 
 
 def test_discovery_does_not_depend_on_registration_order() -> None:
-    model = camtool.load_model(HeadFirst())
-    assert (model.head.feature_name, model.head.classifier_name) == ("pool input", "head")
+    head = cam_head(camtool.load_model(HeadFirst()))
+    assert (head.feature_name, head.classifier_name) == ("pool input", "head")
 
 
 def test_non_finite_weights_are_refused() -> None:
     net = tv("resnet18")().eval()
     with torch.no_grad():
         net.layer4[1].bn2.running_var[0] = float("nan")
-    # issue 8 item 15c: the message names the tensor and what it holds (was "differs ... by nan")
-    with pytest.raises(UnsupportedModelError, match=r"'layer4\.1\.bn2\.running_var' contain NaN"):
+    # issue 8 item 15c: the message names the tensor and what it holds (was "differs ... by nan");
+    # issue 9: a damaged network is refused by loading (ModelLoadError), before any method binds.
+    with pytest.raises(ModelLoadError, match=r"'layer4\.1\.bn2\.running_var' contain NaN"):
         camtool.load_model(net)
 
 
@@ -208,4 +210,4 @@ def test_googlenet_checkpoint_without_auxiliary_heads(tmp_path: Path) -> None:
     net = tv("googlenet", aux_logits=False, init_weights=True)()
     torch.save(net.state_dict(), folder / "googlenet.pth")
     model = camtool.load_model("googlenet", weights=folder / "googlenet.pth")
-    assert model.head.classifier_name == "fc"
+    assert cam_head(model).classifier_name == "fc"

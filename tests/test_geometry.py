@@ -8,7 +8,7 @@ from torch import nn
 
 import camtool
 from camtool.efficientnet_lite import Conv2dSame
-from camtool.heads import FeatureGeometry, record_geometry
+from camtool.geometry import FeatureGeometry, record_geometry
 from tests.conftest import CAT
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import camtool
+from camtool.methods.cam import compute
 from tests.conftest import CAT, CAT_CLASSES, COFFEE, ESPRESSO, foolbox_photos
 
 
@@ -46,7 +47,7 @@ def test_identity_holds_on_real_photos(name: str) -> None:
 def test_identity_over_all_1000_classes(lite0: camtool.LoadedModel) -> None:
     image = camtool.load_image(CAT)
     batch, _ = lite0.preprocessing.prepare(image)
-    out = camtool.compute(lite0, batch[None], classes=list(range(1000)))
+    out = compute(lite0, batch[None], classes=list(range(1000)))
     assert out.cams.shape == (1, 1000, 7, 11)
     reconstructed = out.cams.mean(dim=(-2, -1)) + out.bias
     torch.testing.assert_close(reconstructed, out.logits, atol=1e-4, rtol=1e-5)

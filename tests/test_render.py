@@ -7,7 +7,7 @@ import torch
 
 import camtool
 from camtool.errors import InvalidArgumentError
-from camtool.heads import feature_stride
+from camtool.geometry import feature_stride
 
 
 def test_normalize_maps_each_cam_to_unit_range() -> None:

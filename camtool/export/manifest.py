@@ -25,11 +25,13 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from camtool.errors import ManifestError, OutputBusyError, OutputWriteError
+from camtool.export.inputs import InputItem, safe_stem
 from camtool.io import TEMP_PREFIX, TEMP_SUFFIX, open_regular_file
+from camtool.naming import NameRegistry
 
 MANIFEST = "manifest.jsonl"
 SUMMARY = "summary.json"
@@ -247,3 +249,54 @@ def locked_output(out: Path) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# Resuming
+
+
+def earlier_manifest(path: Path, resume: bool) -> ManifestContents | None:
+    """The manifest an earlier run left. A fresh run only needs it to clean up after a killed
+    run, so there an unreadable manifest is no obstacle (it is replaced); ``--resume`` needs it."""
+    try:
+        return load_manifest(path)
+    except ManifestError:
+        if resume:
+            raise
+        return None
+
+
+def restore_stems(items: list[InputItem], previous: dict[str, dict[str, Any]]) -> list[InputItem]:
+    """On resume, give each input the output stem it had (names depend on the whole input set,
+    which may have grown), and keep new inputs off the stems already taken."""
+    if not previous:
+        return items
+    stems = {
+        path: safe_stem(str(r["output_stem"]))
+        for path, r in previous.items()
+        if r.get("output_stem")
+    }
+    taken = NameRegistry(str(stem) for stem in stems.values())
+    restored = []
+    for item in items:
+        stem = stems.get(item.resolved)
+        restored.append(InputItem(item.path, stem or PurePosixPath(taken.claim(str(item.stem)))))
+    return restored
+
+
+def split_resumed(
+    items: list[InputItem], earlier: ManifestContents | None
+) -> tuple[list[InputItem], list[dict[str, Any]]]:
+    """Inputs still to do, and the failure records carried over from the earlier run."""
+    if earlier is None:
+        return items, []
+    todo, carried = [], []
+    for item in items:
+        record = earlier.by_path.get(item.resolved)
+        if record is None:
+            todo.append(item)
+        elif record.get("status") == "failed":
+            carried.append(record)
+        elif not all(os.path.exists(p) for p in earlier.files.get(item.resolved, [])):
+            todo.append(item)
+    return todo, carried

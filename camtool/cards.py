@@ -1,0 +1,184 @@
+"""Model cards and label sets: named models as small TOML files, and class names.
+
+A *model card* names an architecture (``camtool:NAME``, ``timm:NAME`` or ``torchvision:NAME``),
+where its weights come from (with their sha256), the preprocessing they were trained with and
+their label set. Built-in cards ship with camtool; users add their own by putting cards in a folder
+named by ``CAMTOOL_MODELS`` (``os.pathsep``-separated) or by passing a card's path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+import importlib.util
+import os
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from camtool.errors import ModelLoadError, UnknownModelError
+from camtool.image import IMAGENET_MEAN, IMAGENET_STD, MAX_INPUT_SIZE, Preprocessing
+from camtool.io import read_text_file
+
+# --------------------------------------------------------------------------------------------
+# Model cards
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a card's weights come from: a file inside an installed package, a path, or a URL."""
+
+    package: str | None = None
+    distribution: str | None = None
+    file: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A named model: architecture, weights, preprocessing and labels."""
+
+    name: str
+    architecture: str
+    description: str = ""
+    labels: str = "imagenet1k"
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    weights: WeightsSource | None = None
+    path: Path | None = None
+    builtin: bool = False
+
+
+def builtin_card_dir() -> Path:
+    """Return the folder of the built-in cards: ``camtool/_cards`` when installed, else ``models/``."""
+    packaged = importlib.resources.files("camtool") / "_cards"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "models"
+
+
+def user_card_dirs() -> list[Path]:
+    """Return the folders named by ``CAMTOOL_MODELS`` (separated by ``os.pathsep``)."""
+    value = os.environ.get("CAMTOOL_MODELS", "")
+    return [Path(p).expanduser() for p in value.split(os.pathsep) if p]
+
+
+def read_card(path: str | os.PathLike[str], builtin: bool = False) -> ModelCard:
+    """Read a model card from a TOML file."""
+    path = Path(path)
+    text = read_text_file(path, ModelLoadError, "model card")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ModelLoadError(path, f"model card is not valid TOML: {exc}") from None
+    try:
+        return _card_from_table(data, path, builtin)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        problem = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ModelLoadError(path, f"bad model card: {problem}") from None
+
+
+def _card_from_table(data: dict[str, Any], path: Path, builtin: bool) -> ModelCard:
+    prep = data.get("preprocessing", {})
+    if not isinstance(prep, dict):
+        raise TypeError("[preprocessing] must be a table")
+    mean = tuple(float(v) for v in prep.get("mean", IMAGENET_MEAN))
+    std = tuple(float(v) for v in prep.get("std", IMAGENET_STD))
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError("mean and std must be 3 numbers each, std positive")
+    interpolation = prep.get("interpolation", "bicubic")
+    if interpolation not in ("bicubic", "bilinear"):
+        raise ValueError(f"interpolation must be bicubic or bilinear, not {interpolation!r}")
+    size, crop_pct = int(prep.get("input_size", 224)), float(prep.get("crop_pct", 0.875))
+    if not 16 <= size <= MAX_INPUT_SIZE or not 0 < crop_pct <= 1:
+        raise ValueError(
+            f"input_size must be between 16 and {MAX_INPUT_SIZE} (not {size}) and crop_pct in (0, 1]"
+        )
+    weights = data.get("weights")
+    if weights is not None and not isinstance(weights, dict):
+        raise TypeError("[weights] must be a table")
+    if weights is None and data.get("random_weights") is not True:
+        raise ValueError("no [weights] table (write random_weights = true to mean it)")
+    architecture = str(data["architecture"])
+    if architecture.partition(":")[0] not in ("camtool", "timm", "torchvision"):
+        raise ValueError("architecture must be 'camtool:NAME', 'timm:NAME' or 'torchvision:NAME'")
+    return ModelCard(
+        name=str(data.get("name", path.stem)),
+        architecture=architecture,
+        description=str(data.get("description", "")),
+        labels=str(data.get("labels", "imagenet1k")),
+        preprocessing=Preprocessing(
+            size, (mean[0], mean[1], mean[2]), (std[0], std[1], std[2]), interpolation, crop_pct
+        ),
+        weights=WeightsSource(**weights) if weights else None,
+        path=path,
+        builtin=builtin,
+    )
+
+
+def list_cards(broken: list[ModelLoadError] | None = None) -> list[ModelCard]:
+    """Return the built-in cards, then the user cards from ``CAMTOOL_MODELS``.
+
+    A user card that cannot be read is left out (and appended to ``broken`` when given), so one
+    bad file does not stop every other model from loading.
+    """
+    cards = [read_card(p, builtin=True) for p in sorted(builtin_card_dir().glob("*.toml"))]
+    for folder in user_card_dirs():
+        for path in sorted(folder.glob("*.toml")):
+            try:
+                cards.append(read_card(path))
+            except ModelLoadError as exc:
+                if broken is not None:
+                    broken.append(exc)
+    return cards
+
+
+def find_card(name: str) -> ModelCard:
+    """Return the card for a model name, or read ``name`` as a card file if it ends in ``.toml``.
+
+    Raises:
+        UnknownModelError: no card of that name (the message suggests close names).
+        ModelLoadError: the user card of that name (file stem) cannot be read.
+    """
+    if name.endswith(".toml"):
+        return read_card(name)
+    broken: list[ModelLoadError] = []
+    cards = {card.name: card for card in list_cards(broken)}
+    if name in cards:
+        return cards[name]
+    for error in broken:
+        if error.subject and Path(error.subject).stem == name:
+            raise error
+    close = sorted(difflib.get_close_matches(name, list(cards), n=3, cutoff=0.5))
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known models: {', '.join(cards)}"
+    raise UnknownModelError(name, f"unknown model{hint}")
+
+
+@cache
+def imagenet_labels() -> tuple[str, ...]:
+    """Return the 1000 ImageNet-1k class names, in class-index order."""
+    text = (importlib.resources.files("camtool") / "data" / "imagenet1k.txt").read_text("utf-8")
+    return tuple(text.splitlines())
+
+
+def load_labels(spec: str | os.PathLike[str], base: Path | None = None) -> tuple[str, ...]:
+    """Return class names from ``"imagenet1k"`` or a text file with one name per line."""
+    if spec == "imagenet1k":
+        return imagenet_labels()
+    path = Path(spec)
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    lines = read_text_file(path, ModelLoadError, "label file").splitlines()
+    names = tuple(line.strip() for line in lines if line.strip())
+    if not names:
+        raise ModelLoadError(path, "label file has no names")
+    return names
+
+
+def is_card_name(name: str) -> bool:
+    """True for the name of a card, or the file stem of a user card that cannot be read."""
+    broken: list[ModelLoadError] = []
+    names = {card.name for card in list_cards(broken)}
+    return name in names or any(Path(str(e.subject)).stem == name for e in broken)

@@ -1,0 +1,514 @@
+"""The local runner: :func:`export` (many images -> files + manifest, locked, resumable) and
+:func:`explain_iter` (many images -> Explanations), arrangements of :mod:`camtool.export.stages`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from camtool import __version__
+from camtool.errors import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    CamtoolError,
+    InvalidArgumentError,
+    OutputWriteError,
+)
+from camtool.explanation import (
+    BoundMethod,
+    Explanation,
+    ModelSpec,
+    bind_method,
+    build_explanation,
+)
+from camtool.export.inputs import ExportFailure, InputItem, collect_inputs
+from camtool.export.manifest import (
+    MANIFEST,
+    SUMMARY,
+    ManifestWriter,
+    earlier_manifest,
+    locked_output,
+    remove_unfinished,
+    restore_stems,
+    split_resumed,
+)
+from camtool.export.stages import (
+    Decoder,
+    ExportOptions,
+    Written,
+    check_options,
+    default_workers,
+    explain_stream,
+    render_and_write,
+    single_threaded_opencv,
+)
+from camtool.io import (
+    open_atomic,
+)
+from camtool.methods.base import DEFAULT_METHOD, Method
+from camtool.models import DEFAULT_MODEL, LoadedModel
+from camtool.progress import ProgressBar
+
+EXIT_INTERRUPTED = 130
+
+
+def explain_iter(
+    inputs: Sequence[str | os.PathLike[str]],
+    model: ModelSpec = DEFAULT_MODEL,
+    *,
+    method: str | Method = DEFAULT_METHOD,
+    classes: Sequence[int | str] | None = None,
+    maps: int = 1,
+    top_k: int = 5,
+    crop: bool = False,
+    device: str | None = "auto",
+    batch_size: int = 32,
+    workers: int | None = None,
+    box_threshold: float = 0.2,
+    **model_options: Any,
+) -> Iterator[Explanation | ExportFailure]:
+    """Explain many images lazily: yield an :class:`Explanation` (or :class:`ExportFailure`) per
+    input, as batches finish (not in input order; ``Explanation.source`` names the input).
+
+    Takes the inputs of :func:`export` and the options of :func:`camtool.explain`.
+    """
+    bound = bind_method(model, method, classes, device=device, **model_options)
+    loaded = bound.model
+    items, failures = collect_inputs(inputs)
+    yield from failures
+    workers = default_workers() if workers is None else workers
+    for result in explain_stream(items, bound, maps, crop, batch_size, workers):
+        source = str(items[result.index].path)
+        if result.error is not None or result.out is None:
+            yield ExportFailure(source, result.error or "unknown error")
+        else:
+            assert result.image is not None and result.region is not None
+            yield build_explanation(
+                loaded,
+                result.out,
+                result.row,
+                source,
+                result.image,
+                result.region,
+                top_k,
+                box_threshold,
+            )
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What an export did.
+
+    Attributes:
+        out_dir, manifest, summary: where the outputs, the JSON Lines manifest and the summary are.
+        total: inputs found; exported: explained and written in this run; failed: inputs that
+            could not be explained (this run and, with resume, earlier ones); skipped: inputs a
+            resumed run found done already.
+        seconds, images_per_second: wall time of this run and its throughput.
+        failures: ``(input, reason)`` of every failed input.
+        interrupted: the run was stopped (Ctrl-C) before it finished.
+        excluded: inputs left out because they lie inside the output folder (never read as
+            input).
+        removed: unfinished files a killed earlier run had left, removed before this run.
+    """
+
+    out_dir: Path
+    manifest: Path
+    summary: Path
+    total: int
+    exported: int
+    failed: int
+    skipped: int
+    seconds: float
+    images_per_second: float
+    failures: tuple[ExportFailure, ...] = field(default=())
+    interrupted: bool = False
+    excluded: tuple[str, ...] = field(default=())
+    removed: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every input was exported, 3 when some failed, 130 when interrupted."""
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_PARTIAL if self.failed else EXIT_OK
+
+
+class ExportInterrupted(CamtoolError):
+    """Ctrl-C stopped an export; everything finished so far is on disk and in the manifest."""
+
+    exit_code = EXIT_INTERRUPTED
+
+    def __init__(self, report: ExportReport) -> None:
+        self.report = report
+        done = report.exported + report.skipped
+        super().__init__(
+            report.out_dir,
+            f"interrupted after {done} of {report.total} images; run the same command with "
+            "--resume to finish",
+        )
+
+
+def export(
+    inputs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    model: ModelSpec = DEFAULT_MODEL,
+    *,
+    method: str | Method = DEFAULT_METHOD,
+    classes: Sequence[int | str] | None = None,
+    maps: int = 1,
+    crop: bool = False,
+    options: ExportOptions | None = None,
+    resume: bool = False,
+    device: str | None = "auto",
+    batch_size: int | None = None,
+    workers: int | None = None,
+    decoder: Decoder = "threads",
+    writers: int | None = None,
+    progress: bool = False,
+    **model_options: Any,
+) -> ExportReport:
+    """Explain every input image and write the results under ``out_dir``.
+
+    For every input, ``out_dir`` mirrors its relative path: ``<stem>_cam_<index>_<class>.<fmt>``
+    per explained class (and, on request, ``<stem>_heatmap_<index>_<class>.png`` and
+    ``<stem>_cams.npy|npz``). ``manifest.jsonl`` gets one line per input as it finishes (status,
+    top-k predictions, explained classes with boxes, outputs, model and head, or the failure's
+    reason) and ``summary.json`` the totals at the end.
+
+    Args:
+        inputs: files, folders, globs and ``@list.txt`` files (see :func:`collect_inputs`).
+        out_dir: the output folder (created).
+        model, method: as for :func:`camtool.explain`; ``model_options`` (weights, labels,
+            dtype; layer, classifier for the method) as there.
+        classes: fixed classes to explain (names or indices); default: each image's top ``maps``.
+        crop: centre-crop instead of using the whole image.
+        options: rendering and file options (:class:`ExportOptions`).
+        resume: skip inputs the manifest already lists (done or failed) whose outputs exist;
+            inputs are matched by resolved path, however they are spelled.
+        batch_size: images per forward pass (default: 16 on the CPU, 64 on a GPU); workers: decoding workers (default: CPUs - 1, at
+            most 8); decoder: ``"threads"`` or ``"processes"`` (a DataLoader); writers: threads
+            that render and write (default: 2).
+        progress: show a rich progress bar (images/s, ETA, failures).
+
+    The output folder is locked for the run (another export into it fails with
+    :class:`~camtool.errors.OutputBusyError`). Before the run, files that a killed earlier run
+    left unfinished (temporary files, files written but not yet in the manifest) are removed.
+
+    Raises:
+        OutputWriteError: the output folder cannot be written (the run stops; the manifest keeps
+            every finished image). ExportInterrupted: Ctrl-C (the same guarantee).
+        OutputBusyError: another export is writing into ``out_dir``.
+        InvalidArgumentError: every input lies inside ``out_dir`` (nothing to export).
+        ManifestError: resuming from a manifest with a line camtool cannot read.
+    """
+    started = time.perf_counter()
+    options = options or ExportOptions()
+    check_options(options)
+    out = Path(out_dir)
+    with locked_output(out):
+        return _export_locked(
+            inputs, out, model, method, classes, maps, crop, options, resume, device, batch_size,
+            workers, decoder, writers, progress, model_options, started,
+        )  # fmt: skip
+
+
+@dataclass
+class _Plan:
+    """What an export run does, decided before any image is read: the bound method, the inputs
+    (all, and those still to do), what a resumed run carries over, and the run's settings."""
+
+    bound: BoundMethod
+    items: list[InputItem]
+    todo: list[InputItem]
+    carried: list[dict[str, Any]]
+    failures: list[ExportFailure]
+    excluded: list[Path]
+    settings: dict[str, Any]
+    resumed: bool
+    removed: int
+    batch_size: int
+
+
+def _plan(
+    inputs: Sequence[str | os.PathLike[str]],
+    out: Path,
+    model: ModelSpec,
+    method: str | Method,
+    classes: Sequence[int | str] | None,
+    maps: int,
+    crop: bool,
+    options: ExportOptions,
+    resume: bool,
+    device: str | None,
+    batch_size: int | None,
+    model_options: dict[str, Any],
+) -> _Plan:
+    """Bind the method, list the inputs, check a resumed run's settings, and clean up what a
+    killed earlier run left (the output folder's lock is held)."""
+    bound = bind_method(model, method, classes, device=device, **model_options)
+    loaded = bound.model
+    excluded: list[Path] = []
+    items, failures = collect_inputs(inputs, exclude=out, excluded=excluded)
+    if excluded and not items:
+        subject = excluded[0] if len(excluded) == 1 else out
+        what = "it lies" if len(excluded) == 1 else f"all {len(excluded)} inputs lie"
+        raise InvalidArgumentError(
+            subject,
+            f"nothing to export: {what} inside the output folder {out}, which is never read "
+            "as input",
+        )
+    settings = {
+        "model": loaded.name, "weights": loaded.weights, "method": bound.explainer.method,
+        "classes": bound.classes, "maps": maps, "crop": crop,
+        **{k: (str(v) if v is not None else None) for k, v in sorted(model_options.items())},
+        **{k: v for k, v in asdict(options).items() if k != "quality"},
+    }  # fmt: skip
+    earlier = earlier_manifest(out / MANIFEST, resume)
+    resumed = earlier if resume else None
+    previous, runs = (resumed.by_path, resumed.runs) if resumed else ({}, [])
+    if runs and runs[-1].get("settings") != settings:
+        raise InvalidArgumentError(
+            out / MANIFEST,
+            "was written with other settings; use another --out, or the same options",
+        )
+    removed = remove_unfinished(out, earlier)
+    items = restore_stems(items, previous)
+    todo, carried = split_resumed(items, resumed)
+    size = batch_size or (16 if loaded.device.type == "cpu" else 64)
+    return _Plan(
+        bound, items, todo, carried, failures, excluded, settings, bool(runs), removed, size
+    )
+
+
+class _Recorder:
+    """The one place an image's outcome is recorded: its manifest lines (announced files, then
+    done or failed) and the progress bar. Every finished image is recorded before a file-system
+    error stops the run."""
+
+    def __init__(self, manifest: ManifestWriter, bar: ProgressBar | None) -> None:
+        self.manifest, self.bar = manifest, bar
+        self.failed: list[ExportFailure] = []
+        self.exported = 0
+
+    def failure(self, failure: ExportFailure, item: InputItem | None = None) -> None:
+        """Record an input that could not be explained or written."""
+        self.failed.append(failure)
+        where = {"path": item.resolved} if item is not None else {}
+        self.manifest.write(
+            {"type": "image", "input": failure.input, **where, "status": "failed", "error": failure.error}
+        )  # fmt: skip
+        if self.bar:
+            self.bar.advance(failed=len(self.failed))
+
+    def announcer(self, item: InputItem) -> Callable[[list[Path]], None]:
+        """The callback that announces an image's files before they are written."""
+
+        def announce(paths: list[Path]) -> None:
+            self.manifest.write({"type": "writing", "input": str(item.path), "path": item.resolved,
+                                 "outputs": [str(p) for p in paths]})  # fmt: skip
+
+        return announce
+
+    def finish(
+        self, done: set[Future[Written]], inflight: dict[Future[Written], InputItem]
+    ) -> None:
+        """Record every finished image; then raise the first file-system error among them."""
+        error: OutputWriteError | None = None
+        for future in done:
+            item = inflight.pop(future)
+            try:
+                ex, paths, reason = future.result()
+                if ex is None:
+                    self.failure(ExportFailure(str(item.path), reason or "unknown error"), item)
+                    continue
+                self._done(item, ex, paths)
+            except OutputWriteError as exc:
+                error = error or exc
+                continue
+            self.exported += 1
+            if self.bar:
+                self.bar.advance(failed=len(self.failed))
+        if error is not None:
+            raise error
+
+    def _done(self, item: InputItem, ex: Explanation, paths: list[Path]) -> None:
+        try:
+            self.manifest.write({"type": "image", "input": str(item.path), "path": item.resolved, "status": "ok",
+                                 "output_stem": str(item.stem), **ex.to_dict(), "outputs": [str(p) for p in paths]})  # fmt: skip
+        except OutputWriteError:
+            for path in paths:  # files the manifest cannot list must not stay
+                path.unlink(missing_ok=True)
+            raise
+
+    def drain(self, inflight: dict[Future[Written], InputItem]) -> None:
+        """Let the writes in flight complete and record them (a write error is dropped here)."""
+        with contextlib.suppress(CamtoolError, OSError):
+            self.finish(wait(inflight).done, inflight)
+
+
+def _export_locked(
+    inputs: Sequence[str | os.PathLike[str]],
+    out: Path,
+    model: ModelSpec,
+    method: str | Method,
+    classes: Sequence[int | str] | None,
+    maps: int,
+    crop: bool,
+    options: ExportOptions,
+    resume: bool,
+    device: str | None,
+    batch_size: int | None,
+    workers: int | None,
+    decoder: Decoder,
+    writers: int | None,
+    progress: bool,
+    model_options: dict[str, Any],
+    started: float,
+) -> ExportReport:
+    """:func:`export`, once the output folder's lock is held."""
+    plan = _plan(inputs, out, model, method, classes, maps, crop, options, resume, device,
+                 batch_size, model_options)  # fmt: skip
+    explainer = plan.bound.explainer
+    manifest = ManifestWriter(out / MANIFEST, append=resume)
+    head = explainer.describe()
+    manifest.write({"type": "run", "camtool": __version__, "started": _now(), "resumed": plan.resumed, "cwd": os.getcwd(),
+                    "settings": plan.settings, "method": explainer.method, "head": head,
+                    "head_detail": explainer.as_dict(), "excluded": [str(p) for p in plan.excluded],
+                    "removed": plan.removed})  # fmt: skip
+    total, todo = len(plan.items), plan.todo
+    bar = (
+        ProgressBar(
+            "export", total, "img", total - len(todo), len(plan.carried) + len(plan.failures)
+        )
+        if progress
+        else None
+    )
+    recorder = _Recorder(manifest, bar)
+    recorder.failed += [ExportFailure(r["input"], r["error"]) for r in plan.carried]
+    for failure in plan.failures:
+        recorder.failure(failure)
+    workers = default_workers() if workers is None else workers
+    opencv_threads = single_threaded_opencv() if decoder == "threads" else None
+    writer_pool = ThreadPoolExecutor(max_workers=writers or 2, thread_name_prefix="camtool-write")
+    inflight: dict[Future[Written], InputItem] = {}
+    stream = explain_stream(todo, plan.bound, maps, crop, plan.batch_size, workers, decoder)
+    loaded = plan.bound.model
+    with _interrupt_flag() as interrupted:
+        try:
+            for result in stream:
+                if interrupted:
+                    break
+                item = todo[result.index]
+                if result.error is not None or result.out is None:
+                    recorder.failure(
+                        ExportFailure(str(item.path), result.error or "unknown error"), item
+                    )
+                    continue
+                job = writer_pool.submit(
+                    render_and_write, loaded, result, item, out, options, recorder.announcer(item)
+                )
+                inflight[job] = item
+                if len(inflight) >= 2 * plan.batch_size:
+                    recorder.finish(wait(inflight, return_when=FIRST_COMPLETED).done, inflight)
+            recorder.finish(wait(inflight).done, inflight)
+        except BaseException as exc:
+            recorder.drain(inflight)
+            # A DataLoader worker killed by the same Ctrl-C surfaces as a RuntimeError.
+            if not (interrupted and isinstance(exc, (KeyboardInterrupt, RuntimeError))):
+                raise
+        finally:
+            stream.close()  # stops the decoding workers now, not at garbage collection
+            writer_pool.shutdown(wait=True, cancel_futures=True)
+            manifest.close()
+            if bar:
+                bar.stop()
+            if opencv_threads is not None:
+                import cv2
+
+                cv2.setNumThreads(opencv_threads)
+    failures = plan.failures
+    failed = list(failures) + [f for f in recorder.failed if f not in failures]
+    seconds = time.perf_counter() - started
+    exported = recorder.exported
+    report = ExportReport(
+        out, out / MANIFEST, out / SUMMARY, total, exported, len(failed), total - len(todo) - len(plan.carried),
+        seconds, exported / seconds if seconds else 0.0, tuple(failed), bool(interrupted),
+        tuple(str(p) for p in plan.excluded), plan.removed,
+    )  # fmt: skip
+    _write_summary(report, loaded, plan.settings, head)
+    if interrupted:
+        raise ExportInterrupted(report)
+    return report
+
+
+class _Flag:
+    """A boolean set from a signal handler."""
+
+    def __init__(self) -> None:
+        self.set = False
+
+    def __bool__(self) -> bool:
+        return self.set
+
+
+@contextmanager
+def _interrupt_flag() -> Iterator[_Flag]:
+    """Turn Ctrl-C into a flag the export loop checks between images, so that no image is ever
+    left between 'files written' and 'manifest line written'. A second Ctrl-C stops at once."""
+    flag = _Flag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.set:
+            raise KeyboardInterrupt
+        flag.set = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _write_summary(
+    report: ExportReport, model: LoadedModel, settings: dict[str, Any], head: str
+) -> None:
+    summary = {
+        "camtool": __version__, "torch": torch.__version__, "python": platform.python_version(),
+        "finished": _now(), "model": model.name, "method": settings["method"], "head": head,
+        "device": str(model.device),
+        "settings": settings, "total": report.total, "exported": report.exported,
+        "failed": report.failed, "skipped": report.skipped, "seconds": round(report.seconds, 3),
+        "images_per_second": round(report.images_per_second, 2), "interrupted": report.interrupted,
+        "failures": [asdict(f) for f in report.failures],
+        "excluded": {"reason": "inside the output folder, which is never read as input",
+                     "inputs": list(report.excluded)},
+        "removed_unfinished": report.removed,
+    }  # fmt: skip
+    try:
+        with open_atomic(report.summary) as handle:
+            handle.write(json.dumps(summary, indent=2).encode("utf-8"))
+    except OutputWriteError:
+        pass  # the manifest already holds every result; a full disk must not hide that

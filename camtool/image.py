@@ -1,0 +1,140 @@
+"""Image transforms for the network input: :class:`Preprocessing` (whole image or centre crop),
+the :class:`Region` of the image the network saw, and antialiased uint8 resizing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: The longest side of the network input, in multiples of the model's input size.
+MAX_ASPECT = 8
+
+#: The largest input size (pixels on the shorter side) camtool accepts: 4x the largest ImageNet
+#: classifiers' (EfficientNet-B7: 600, timm's 1024-px models); the long side may be MAX_ASPECT x.
+MAX_INPUT_SIZE = 4096
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Region:
+    """The part of the original image the network saw, in original pixels (x2, y2 exclusive)."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+    def as_ints(self) -> tuple[int, int, int, int]:
+        """Return the region rounded to whole pixels."""
+        return round(self.x1), round(self.y1), round(self.x2), round(self.y2)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images are turned into the network's input.
+
+    By default the whole image is used: it is resized (keeping its aspect ratio) so that its
+    shorter side is ``input_size``, and nothing is cropped. With ``crop=True`` the classic
+    evaluation transform is used instead: shorter side to ``input_size / crop_pct``, then a centre
+    crop of ``input_size`` x ``input_size``. ``fixed_size``: the network takes only
+    ``input_size`` x ``input_size`` inputs, so the whole image is squeezed to that square.
+    """
+
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    crop_pct: float = 0.875
+    fixed_size: bool = False
+
+    def __post_init__(self) -> None:
+        check_input_size(self.input_size)
+
+    def resized_size(self, height: int, width: int, crop: bool = False) -> tuple[int, int]:
+        """Return the (height, width) the image is resized to before any crop.
+
+        The shorter side becomes the input size, unless that would make the longer side more
+        than :data:`MAX_ASPECT` times the input size (a panorama): then the longer side is capped
+        there, which bounds the network's input however elongated the image is. A network that
+        takes one input size only (``fixed_size``, e.g. a vision transformer with a fixed position
+        embedding) gets the whole image squeezed to ``input_size`` x ``input_size``.
+        """
+        if self.fixed_size and not crop:
+            return self.input_size, self.input_size
+        short = int(self.input_size / self.crop_pct) if crop else self.input_size
+        scale = short / min(height, width)
+        if not crop:
+            scale = min(scale, MAX_ASPECT * self.input_size / max(height, width))
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def prepare(self, image: Tensor, crop: bool = False) -> tuple[Tensor, Region]:
+        """Resize and normalise one image.
+
+        Args:
+            image: ``Tensor[3,H,W]`` uint8 RGB, on any device.
+            crop: use the centre crop instead of the whole image.
+
+        Returns:
+            ``(tensor, region)``: ``Tensor[3,h,w]`` float32 on the image's device, normalised for
+            the network, and the :class:`Region` of the original image that it shows.
+        """
+        height, width = image.shape[-2:]
+        rh, rw = self.resized_size(height, width, crop)
+        resized = resize_image(image, (rh, rw), self.interpolation)
+        region = Region(0.0, 0.0, float(width), float(height))
+        if crop:
+            top, left = (rh - self.input_size) // 2, (rw - self.input_size) // 2
+            resized = resized[:, top : top + self.input_size, left : left + self.input_size]
+            sy, sx = height / rh, width / rw
+            region = Region(
+                left * sx, top * sy, (left + self.input_size) * sx, (top + self.input_size) * sy
+            )
+        return self.normalize(resized), region
+
+    def normalize(self, pixels: Tensor) -> Tensor:
+        """Map uint8 pixels ``Tensor[..., 3, h, w]`` to the network's float32 input."""
+        mean = torch.tensor(self.mean, device=pixels.device).mul_(255).view(3, 1, 1)
+        std = torch.tensor(self.std, device=pixels.device).mul_(255).view(3, 1, 1)
+        return (pixels.float() - mean) / std
+
+
+def check_input_size(size: int) -> None:
+    """Refuse an input size below 16 px or above :data:`MAX_INPUT_SIZE` px.
+
+    Raises:
+        InvalidArgumentError: with the bounds.
+    """
+    from camtool.errors import InvalidArgumentError
+
+    if size < 16:
+        raise InvalidArgumentError(size, f"input size {size} is too small: use at least 16 px")
+    if size > MAX_INPUT_SIZE:
+        raise InvalidArgumentError(
+            size,
+            f"input size {size} is too large: camtool takes at most {MAX_INPUT_SIZE} px (an "
+            f"image's long side may reach {MAX_ASPECT}x that)",
+        )
+
+
+def resize_image(image: Tensor, size: tuple[int, int], interpolation: str = "bicubic") -> Tensor:
+    """Resize ``Tensor[3,H,W]`` uint8 to ``size`` with antialiasing (as PIL does); uint8 out.
+
+    On the CPU torch resizes uint8 images natively (5x faster than through float32, and the
+    same result as torchvision's ``resize``); elsewhere through float32, rounded.
+    """
+    if tuple(image.shape[-2:]) == size:
+        return image
+    if image.device.type == "cpu":
+        return F.interpolate(
+            image[None], size=size, mode=interpolation, antialias=True, align_corners=False
+        )[0]
+    resized = F.interpolate(
+        image[None].float(), size=size, mode=interpolation, antialias=True, align_corners=False
+    )
+    return resized[0].round_().clamp_(0, 255).to(torch.uint8)

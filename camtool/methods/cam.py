@@ -1,0 +1,219 @@
+"""Class Activation Maps, batched and exact: the ``cam`` method.
+
+For a head ``features -> global average pooling -> linear``::
+
+    logits[n, k] = mean_hw(sum_c W[k, c] * F[n, c, h, w]) + b[k]
+
+so ``cams[n, k] = sum_c W[k, c] * F[n, c]`` decomposes the logit exactly, pixel by pixel. Binding
+finds the head and proves it on a probe batch (:mod:`camtool.methods.heads`); every batch is then
+checked against the identity (``cams.mean + bias == logits``); its residual is part of every result
+and a head that breaks it is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from camtool.errors import ClassSelectionError, UnsupportedModelError
+from camtool.geometry import FeatureGeometry, record_geometry
+from camtool.hooks import eval_mode
+from camtool.methods.base import MapBatch, bind, register
+from camtool.methods.heads import (
+    IDENTITY_TOLERANCE,
+    CamHead,
+    features_and_logits,
+    find_cam_head,
+    identity_residual,
+    relative_scale,
+)
+from camtool.models import network_failures
+
+if TYPE_CHECKING:
+    from camtool.models import LoadedModel
+
+#: The maps of :func:`compute` (the name CAM users know): a :class:`MapBatch` of method "cam".
+CamBatch = MapBatch
+
+
+def compute_cams(features: Tensor, weight: Tensor | None, classes: Tensor) -> Tensor:
+    """Weight feature maps by classifier rows.
+
+    Args:
+        features: ``Tensor[N,C,h,w]``.
+        weight: ``Tensor[K,C]``, the classifier's weight; None when the features already are
+            the class maps (C == K, as in SqueezeNet), which are then just selected.
+        classes: ``Tensor[N,k]`` int64, the classes to map for each image.
+
+    Returns:
+        ``Tensor[N,k,h,w]`` float32 raw CAMs (their spatial mean plus the bias is the logit).
+    """
+    if weight is None:
+        index = classes[:, :, None, None].expand(-1, -1, *features.shape[-2:])
+        return features.float().gather(1, index)
+    rows = weight.float()[classes]  # [N,k,C]
+    return torch.einsum("nkc,nchw->nkhw", rows, features.float())
+
+
+def select_classes(
+    logits: Tensor, classes: Sequence[int] | None, maps: int, num_classes: int
+) -> Tensor:
+    """Return ``Tensor[N,k]`` int64: the given classes for every image, else its top ``maps``."""
+    if classes is not None and len(classes) > 0:
+        for c in classes:
+            if not 0 <= int(c) < num_classes:
+                raise ClassSelectionError(c, f"class index out of range 0..{num_classes - 1}")
+        wanted = torch.tensor([int(c) for c in classes], device=logits.device)
+        return wanted.expand(logits.shape[0], -1)
+    k = max(1, min(maps, num_classes))
+    return logits.topk(k, dim=-1).indices
+
+
+class CamExplainer:
+    """The CAM method bound to one model: its proven head, and where its cells sit per input size.
+
+    Attributes:
+        model: the loaded model; head: the CAM head found (and proven) for it.
+    """
+
+    method = "cam"
+
+    def __init__(self, model: LoadedModel, head: CamHead) -> None:
+        self.model = model
+        self.head = head
+        self._geometry: dict[tuple[int, int], FeatureGeometry] = {}
+
+    def describe(self) -> str:
+        """The head in one line (feature map -> classifier, shapes, probe residual)."""
+        return self.head.describe()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The head, JSON-ready."""
+        return self.head.as_dict()
+
+    def __call__(
+        self,
+        batch: Tensor,
+        classes: Sequence[int] | None = None,
+        maps: int = 1,
+        tolerance: float | None = None,
+    ) -> MapBatch:
+        """Compute the CAMs of a preprocessed batch in one forward pass, with no gradients.
+
+        Args:
+            batch: ``Tensor[N,3,h,w]`` float, normalised for the model (see ``Preprocessing``).
+            classes: class indices to map for every image; default: each image's top ``maps``.
+            maps: how many top classes to map when ``classes`` is not given.
+            tolerance: largest accepted relative identity residual; default: by the model's
+                dtype (see ``camtool.methods.heads.IDENTITY_TOLERANCE``).
+
+        Raises:
+            UnsupportedModelError: the maps do not decompose the logits (CAM would not be exact).
+            ClassSelectionError: a class index out of range.
+        """
+        model, head = self.model, self.head
+        device = model.device
+        batch = batch.to(device)
+        if model.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        limit = IDENTITY_TOLERANCE.get(model.dtype, 5e-2) if tolerance is None else tolerance
+        autocast = torch.autocast(
+            device.type, dtype=model.dtype, enabled=model.dtype != torch.float32
+        )
+        input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
+        known = self._geometry.get(input_hw)
+        with torch.inference_mode(), eval_mode(model.module):
+            # The first batch of each input size also records where the feature cells sit.
+            recording = record_geometry(model.module) if known is None else nullcontext(None)
+            with autocast, recording as recorder, network_failures(model.name, batch):
+                features, logits = features_and_logits(model.module, head, batch)
+            feature_hw = (int(features.shape[-2]), int(features.shape[-1]))
+            geometry = known or (recorder.geometry(input_hw, feature_hw) if recorder else None)
+            geometry = geometry or FeatureGeometry.uniform(input_hw, feature_hw)
+            self._geometry[input_hw] = geometry
+            residual = identity_residual(features, head, logits)
+            scale = relative_scale(logits)
+            worst = float(residual.max()) if residual.numel() else 0.0
+            if not bool(torch.isfinite(logits).all()):
+                hint = (
+                    " (float16 overflows above 65504: try --dtype bfloat16 or float32)"
+                    if model.dtype == torch.float16
+                    else ""
+                )
+                raise UnsupportedModelError(
+                    model.name, f"the network's output holds NaN or infinity for this batch{hint}"
+                )
+            if not worst <= limit * scale:  # also refuses NaN and infinity
+                raise UnsupportedModelError(
+                    model.name,
+                    f"CAM is not exact for head {head.describe()}: mean(CAM) + bias differs from "
+                    f"the logits by {worst:.3g} (logit scale {scale:.3g}); something non-linear "
+                    "sits between the feature map and the classifier",
+                )
+            chosen = select_classes(logits, classes, maps, logits.shape[-1])
+            cams = compute_cams(features, head.weight, chosen)
+            bias = (
+                head.bias.float()[chosen]
+                if head.bias is not None
+                else torch.zeros(chosen.shape, device=cams.device)
+            )
+        c, h, w = (int(v) for v in features.shape[1:])
+        return MapBatch(
+            method=self.method,
+            summary=head.describe(),
+            logits=logits.float(),
+            classes=chosen,
+            maps=cams,
+            geometry=geometry,
+            input_hw=input_hw,
+            features_shape=(c, h, w),
+            bias=bias,
+            residual=residual,
+            details={"head": head.describe(), "head_detail": head.as_dict()},
+        )
+
+
+class Cam:
+    """Class Activation Mapping (Zhou et al., 2016): exact for GAP + linear heads."""
+
+    name = "cam"
+    summary = "Class Activation Maps: exact decomposition of the logit (GAP + linear heads)"
+
+    def bind(
+        self, model: LoadedModel, *, layer: str | None = None, classifier: str | None = None
+    ) -> CamExplainer:
+        """Find the model's CAM head (or use ``layer``/``classifier``) and prove it exact.
+
+        Raises:
+            UnsupportedModelError: no exact CAM head; the message names the reason and module.
+        """
+        head = find_cam_head(
+            model.module, layer, classifier, probe_size=model.preprocessing.input_size
+        )
+        return CamExplainer(model, head)
+
+
+register(Cam())
+
+
+def compute(
+    model: LoadedModel,
+    batch: Tensor,
+    classes: Sequence[int] | None = None,
+    maps: int = 1,
+    tolerance: float | None = None,
+    *,
+    layer: str | None = None,
+    classifier: str | None = None,
+) -> MapBatch:
+    """CAMs of a preprocessed batch: the ``cam`` method bound to ``model`` (once) and called.
+
+    See :meth:`CamExplainer.__call__` for the arguments and errors.
+    """
+    explainer = bind("cam", model, layer=layer, classifier=classifier)
+    assert isinstance(explainer, CamExplainer)
+    return explainer(batch, classes, maps, tolerance)

@@ -1,0 +1,186 @@
+"""Explain named files into an output folder: what ``camtool explain`` does, as a library call.
+
+Images get one overlay per explained class (and, on request, a comparison sheet); videos get an
+overlaid video. This module owns the rules the command line relies on: output names (unique in
+the folder, safe, at most 255 bytes: :mod:`camtool.naming`), and the per-input error policy (a
+bad input is recorded and the others go on; a usage error, or a single input, stops the run).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, SupportsIndex
+
+from camtool.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, CamtoolError
+from camtool.explanation import (
+    BoundMethod,
+    Explanation,
+    ModelSpec,
+    bind_method,
+    comparison_sheet,
+    explain,
+)
+from camtool.io import VIDEO_SUFFIXES, video_info
+from camtool.methods.base import DEFAULT_METHOD, Method
+from camtool.models import DEFAULT_MODEL
+from camtool.naming import NameRegistry, component, input_stems, slug
+from camtool.video import VideoReport, explain_video
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """How overlays look and are stored: opacity, colour map, CAM box, file format."""
+
+    alpha: float = 0.5
+    colormap: str = "jet"
+    box: bool = False
+    image_format: Literal["png", "jpg"] = "png"
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """What became of one input: its explanations (one per model) and the files written for
+    them, or the overlaid video, or the reason it failed.
+
+    Attributes:
+        input: the input as given.
+        explanations: per model, the :class:`Explanation` (images only).
+        outputs: per model, the files written for it (the sheet, if any, with the first model's).
+        video: the video report (videos only).
+        error: one line, when the input (or part of a video) could not be explained.
+    """
+
+    input: str
+    explanations: tuple[Explanation, ...] = ()
+    outputs: tuple[tuple[Path, ...], ...] = ()
+    video: VideoReport | None = None
+    error: str | None = None
+
+
+@dataclass
+class FilesReport:
+    """Everything :func:`explain_files` did; ``exit_code`` follows camtool's policy: 0 when every
+    input was explained, 3 when some failed and others were written, 1 when none was."""
+
+    results: list[FileResult] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        failed = sum(r.error is not None for r in self.results)
+        done = sum(bool(r.explanations) or r.video is not None for r in self.results)
+        if not failed:
+            return EXIT_OK
+        return EXIT_PARTIAL if done else EXIT_ERROR
+
+
+def explain_files(
+    inputs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str] | None,
+    models: Sequence[ModelSpec | BoundMethod] = (DEFAULT_MODEL,),
+    *,
+    method: str | Method = DEFAULT_METHOD,
+    classes: Sequence[int | str | SupportsIndex] | None = None,
+    maps: int = 1,
+    top_k: int = 5,
+    crop: bool = False,
+    rendering: Rendering | None = None,
+    sheet: bool = False,
+    smooth: int = 1,
+    device: str | None = "auto",
+    progress: bool = False,
+    **model_options: Any,
+) -> Iterator[FileResult]:
+    """Explain image and video files, writing their pictures under ``out``; yield a
+    :class:`FileResult` per input, in order.
+
+    Overlays are ``<stem>_cam_<index>_<class>.<format>`` (``<stem>_<model>_cam_...`` when
+    several models are compared), sheets ``<stem>_sheet.<format>``, videos ``<stem>_cam.mp4``
+    (``.avi`` for .avi inputs and odd frame sizes, which MPEG-4 cannot hold). Stems are unique in
+    the folder by construction (``a.png a.jpg`` -> ``a``, ``a_2``). ``out=None`` writes nothing
+    for images (predictions and maps only; videos need a folder).
+
+    Args:
+        inputs: image or video files. models: one or more models (a row each in a sheet).
+        method, classes, maps, top_k, crop, device: as for :func:`camtool.explain`;
+            ``model_options`` (weights, labels, dtype, layer, classifier) too.
+        rendering: overlay look and file format. sheet: also write the comparison sheet
+            (input beside the maps; one row per model). smooth: videos only, see
+            :func:`camtool.explain_video`. progress: videos show a progress bar.
+
+    Raises:
+        CamtoolError: a usage error (an unknown model, method or class; a model the method
+            cannot explain), or any error when there is a single input. Other errors of one
+            input are yielded as its ``FileResult.error`` and the run goes on.
+    """
+    rendering = rendering or Rendering()
+    bound = [bind_method(m, method, classes, device=device, **model_options) for m in models]
+    if sheet and bound[0].classes is None:
+        maps = max(maps, top_k)  # the sheet shows the top-k classes
+    folder = Path(out) if out is not None else None
+    files = NameRegistry()  # every file this run writes: no result overwrites another
+    for path, stem in zip(inputs, input_stems(inputs), strict=True):
+        try:
+            if Path(path).suffix.lower() in VIDEO_SUFFIXES:
+                yield _video(
+                    Path(path), stem, folder, files, bound[0], crop, smooth, rendering, progress
+                )
+            else:
+                yield _image(
+                    Path(path), stem, folder, files, bound, maps, top_k, crop, sheet, rendering
+                )
+        except CamtoolError as exc:
+            if exc.exit_code != EXIT_ERROR or len(inputs) == 1:
+                raise
+            yield FileResult(str(path), error=str(exc))
+
+
+def _image(
+    path: Path, stem: str, folder: Path | None, files: NameRegistry, bound: Sequence[BoundMethod],
+    maps: int, top_k: int, crop: bool, sheet: bool, rendering: Rendering,
+) -> FileResult:  # fmt: skip
+    results = [explain(path, b, maps=maps, top_k=top_k, crop=crop) for b in bound]
+    written: list[list[Path]] = [[] for _ in results]
+    if folder is not None:
+        look: dict[str, Any] = {
+            "alpha": rendering.alpha,
+            "colormap": rendering.colormap,
+            "box": rendering.box,
+        }
+        for ex, outputs in zip(results, written, strict=True):
+            prefix = f"{stem}_{component(ex.model)}" if len(bound) > 1 else stem
+            for i, score in enumerate(ex.explained):
+                tail = f"_cam_{score.index}_{slug(score.name)}.{rendering.image_format}"
+                outputs.append(ex.save(folder / files.claim(prefix, tail), i, **look))
+        if sheet:
+            picture = comparison_sheet(
+                results, alpha=rendering.alpha, colormap=rendering.colormap, box=rendering.box
+            )
+            name = files.claim(stem, f"_sheet.{rendering.image_format}")
+            written[0].append(picture.save(folder / name))
+    return FileResult(str(path), tuple(results), tuple(tuple(w) for w in written))
+
+
+def _video(
+    path: Path, stem: str, folder: Path | None, files: NameRegistry, bound: BoundMethod,
+    crop: bool, smooth: int, rendering: Rendering, progress: bool,
+) -> FileResult:  # fmt: skip
+    if folder is None:
+        raise CamtoolError(path, "a video needs an output folder (--out) for its overlaid video")
+    info = video_info(path)
+    odd = info.width % 2 or info.height % 2
+    suffix = "avi" if odd or path.suffix.lower() == ".avi" else "mp4"
+    output = folder / files.claim(stem, f"_cam.{suffix}")
+    report = explain_video(
+        path, output, bound, crop=crop, smooth=smooth, alpha=rendering.alpha,
+        colormap=rendering.colormap, box=rendering.box, progress=progress,
+    )  # fmt: skip
+    error = None
+    if report.frames < report.expected_frames - 1:  # containers may count one frame extra
+        error = (
+            f"{path}: only {report.frames} of {report.expected_frames} frames could be decoded; "
+            f"{report.output} holds those"
+        )
+    return FileResult(str(path), video=report, error=error)
