@@ -181,7 +181,7 @@ def _integrate(
                 )
                 gradients[:, j] += grad.view(s, n, d).sum(0)
             del out
-            _, tangent = torch.func.jvp(head, (x.detach().clone(),), (delta.repeat(s, 1),))
+            tangent = torch.func.jvp(head, (x.detach().clone(),), (delta.repeat(s, 1),))[1]
             part = (tangent.float().view(s, n, -1) * w[:, None, None]).sum(0)
             totals = part if totals is None else totals + part
         with torch.no_grad():
