@@ -141,7 +141,7 @@ class CamHead:
         return text
 
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready description of the head."""
+        """A JSON-ready description of the head (``folded`` only when something folded)."""
         return {
             "kind": self.kind,
             "features": self.feature_name,
@@ -149,8 +149,11 @@ class CamHead:
             "feature_shape": list(self.feature_shape) if self.feature_shape else None,
             "probe_size": self.probe_size,
             "probe_residual": self.probe_residual,
-            "folded": [{"module": n, "type": kind} for n, kind in self.folded],
-        }
+        } | (
+            {"folded": [{"module": n, "type": kind} for n, kind in self.folded]}
+            if self.folded
+            else {}
+        )
 
 
 # --------------------------------------------------------------------------------------------
