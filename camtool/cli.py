@@ -562,8 +562,15 @@ def inspect_table(spec: str, info: dict[str, Any]) -> Table:
             ("feature map", f"{'x'.join(map(str, detail['feature_shape']))} at {detail['probe_size']} px"),
             ("identity residual", f"{detail['probe_residual']:.2e} (max |mean(CAM) + b - logit|)"),
         ]  # fmt: skip
+        folded = detail.get("folded") or []
+        if folded:
+            rows.append(("folded", ", ".join(f"{f['module']} ({f['type']})" for f in folded)))
     for name, verdict in info["methods"].items():
-        text = "yes" if verdict["explains"] else f"[yellow]no[/]: {verdict['reason']}"
+        text = (
+            f"yes: {verdict['uses']}"
+            if verdict["explains"]
+            else f"[yellow]no[/]: {verdict['reason']}"
+        )
         rows.append((f"method {name}", text))
     for field, value in rows:
         table.add_row(field, value)

@@ -28,12 +28,13 @@ class TinyGapNet(nn.Module):
 
 
 class NormAfterPool(TinyGapNet):
-    """CAM is not exact here: a LayerNorm sits between the pooling and the classifier."""
+    """A LayerNorm between the pooling and the classifier: it folds (one mean and scale per
+    image); a GroupNorm there (statistics per group of channels) does not."""
 
-    def __init__(self) -> None:
+    def __init__(self, norm: nn.Module | None = None) -> None:
         super().__init__()
         del self.out
-        self.norm = nn.LayerNorm(8)
+        self.norm = nn.LayerNorm(8) if norm is None else norm
         self.out = nn.Linear(8, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,12 +76,15 @@ def test_user_module_head_is_discovered_and_exact() -> None:
     assert float(out.residual.max()) < 1e-5
 
 
-def test_norm_after_pooling_is_refused_with_the_reason() -> None:
+def test_layernorm_after_pooling_folds_and_a_group_norm_is_refused() -> None:
+    # issue 11: a LayerNorm over the pooled channels is exact (it used to be refused)
+    assert "folded: LayerNorm" in cam_head(camtool.load_model(NormAfterPool())).describe()
+    net = NormAfterPool(nn.GroupNorm(2, 8))
     with pytest.raises(UnsupportedModelError) as info:
-        cam_head(camtool.load_model(NormAfterPool()))
+        cam_head(camtool.load_model(net))
     assert str(info.value) == (
         "NormAfterPool: CAM is not exact for this network: a normalisation after the global "
-        "pooling: 'norm' (LayerNorm)"
+        "pooling: 'norm' (GroupNorm)"
     )
 
 

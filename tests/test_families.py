@@ -94,10 +94,12 @@ EXACT = {
     "timm_regnety_002": (tm("regnety_002"), "forward_features", "forward_features", "head.fc"),
     "timm_densenet121": (tm("densenet121"), "forward_features", "forward_features", "classifier"),
     "user_module": (PlainGapNet, "pool_input", "squeeze", "decide"),
+    # issue 11: the LayerNorm after ConvNeXt's pooling folds into the classifier (was refused)
+    "convnext_tiny": (tv("convnext_tiny"), "pool_input", "avgpool", "classifier.2"),
+    "timm_convnext_atto": (tm("convnext_atto"), "forward_features", "forward_features", "head.fc"),
 }
 
 REFUSED = {
-    "convnext_tiny": (tv("convnext_tiny"), "a normalisation after the global pooling: 'classifier.0' (LayerNorm2d)"),
     "mobilenet_v3_small": (
         tv("mobilenet_v3_small"),
         "a hidden layer between the global pooling and the classifier: 'classifier.0' (Linear), "
@@ -106,7 +108,6 @@ REFUSED = {
     "vgg11": (tv("vgg11"), "the classifier flattens the 7x7 map of 'avgpool' (AdaptiveAvgPool2d) instead of global average pooling"),
     "alexnet": (tv("alexnet"), "the classifier flattens the 6x6 map of 'avgpool' (AdaptiveAvgPool2d) instead of global average pooling"),
     "vit_b_16": (tv("vit_b_16"), "no spatial feature map: VisionTransformer classifies transformer tokens"),
-    "timm_convnext_atto": (tm("convnext_atto"), "a normalisation after the global pooling: 'head.norm' (LayerNorm2d)"),
     "timm_vit_tiny": (tm("vit_tiny_patch16_224"), "no spatial feature map: VisionTransformer classifies transformer tokens"),
 }  # fmt: skip
 

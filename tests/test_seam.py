@@ -19,16 +19,23 @@ from tests.conftest import CAT
 
 runner = CliRunner()
 
-#: torchvision families that plain CAM cannot explain, and the reason it gives.
+#: torchvision families that ``--method cam`` cannot explain, and the reason it gives.
 REFUSED_BY_CAM = {
-    "convnext_tiny": "ConvNeXt: CAM is not exact for this network: a normalisation after the "
-    "global pooling: 'classifier.0' (LayerNorm2d)",
     "mobilenet_v3_small": "MobileNetV3: CAM is not exact for this network: a hidden layer between "
     "the global pooling and the classifier: 'classifier.0' (Linear), 'classifier.1' (Hardswish)",
     "vgg11": "VGG: CAM is not exact for this network: the classifier flattens the 7x7 map of "
     "'avgpool' (AdaptiveAvgPool2d) instead of global average pooling",
     "vit_b_16": "VisionTransformer: CAM is not exact for this network: no spatial feature map: "
     "VisionTransformer classifies transformer tokens",
+}
+
+#: The method ``auto`` binds for each family: ConvNeXt's LayerNorm folds into CAM, the MLP and
+#: flatten heads are integrated, the class-token transformer gets predictions only.
+AUTO_METHOD = {
+    "convnext_tiny": "cam",
+    "mobilenet_v3_small": "integrated-head",
+    "vgg11": "integrated-head",
+    "vit_b_16": "none",
 }
 
 
@@ -47,8 +54,10 @@ def run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-@pytest.mark.parametrize("architecture", list(REFUSED_BY_CAM))
-def test_model_cam_cannot_explain_loads_and_predicts(tmp_path: Path, architecture: str) -> None:
+@pytest.mark.parametrize("architecture", list(AUTO_METHOD))
+def test_any_classifier_loads_predicts_and_gets_the_first_method_that_explains_it(
+    tmp_path: Path, architecture: str
+) -> None:
     card = random_card(tmp_path, architecture)
     code, out, err = run(
         "explain", str(CAT), "-m", str(card), "--json", "-o", str(tmp_path / "out")
@@ -56,15 +65,21 @@ def test_model_cam_cannot_explain_loads_and_predicts(tmp_path: Path, architectur
     assert code == 0, err
     doc = json.loads(out)
     (image,) = doc["images"]
-    assert len(image["predictions"]) == 5 and image["explained"] == []
-    assert image["method"] == doc["method"] == "none"
-    assert image["identity_residual"] is None and image["outputs"] == []
-    assert doc["head"] == f"no maps: cam: {REFUSED_BY_CAM[architecture]}"
-    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
-
-    code, out, err = run("explain", str(CAT), "-m", str(card), "--method", "cam")
-    assert code == 2 and out == ""
-    assert err == f"Error: {REFUSED_BY_CAM[architecture]}\n"
+    assert len(image["predictions"]) == 5
+    assert image["method"] == doc["method"] == AUTO_METHOD[architecture]
+    if AUTO_METHOD[architecture] == "none":
+        assert image["explained"] == [] and image["outputs"] == []
+        assert image["identity_residual"] is None
+        assert doc["head"].startswith(f"no maps: cam: {REFUSED_BY_CAM[architecture]}; ")
+        assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    else:
+        assert len(image["explained"]) == 1 and len(image["outputs"]) == 1
+        assert image["identity_residual"] is not None
+        assert image["identity_residual"] <= 1e-3 * max(1.0, abs(image["predictions"][0]["logit"]))
+    if architecture in REFUSED_BY_CAM:
+        code, out, err = run("explain", str(CAT), "-m", str(card), "--method", "cam")
+        assert code == 2 and out == ""
+        assert err == f"Error: {REFUSED_BY_CAM[architecture]}\n"
 
 
 def test_a_vision_transformer_gets_its_one_input_size(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 DEFAULT_METHOD = "auto"
 
 #: The methods ``"auto"`` tries, in this order.
-AUTO_ORDER: tuple[str, ...] = ("cam",)
+AUTO_ORDER: tuple[str, ...] = ("cam", "integrated-head")
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def register(method: Method) -> Method:
 
 
 def _load_builtin_methods() -> None:
-    from camtool.methods import cam  # noqa: F401  (registers itself)
+    from camtool.methods import cam, integrated  # noqa: F401  (they register themselves)
 
 
 def method_names() -> tuple[str, ...]:

@@ -4,7 +4,10 @@ For a head ``features -> global average pooling -> linear``::
 
     logits[n, k] = mean_hw(sum_c W[k, c] * F[n, c, h, w]) + b[k]
 
-so ``cams[n, k] = sum_c W[k, c] * F[n, c]`` decomposes the logit exactly, pixel by pixel. Binding
+so ``cams[n, k] = sum_c W[k, c] * F[n, c]`` decomposes the logit exactly, pixel by pixel. Affine
+pieces after the pooling (eval-mode BatchNorm, Linear, Dropout, ...) fold into ``W`` and ``b``, and
+a LayerNorm over the pooled channels folds with one mean and scale per image (ConvNeXt, timm
+transformers that average their patch tokens): see :func:`camtool.methods.heads.fold_head`. Binding
 finds the head and proves it on a probe batch (:mod:`camtool.methods.heads`); every batch is then
 checked against the identity (``cams.mean + bias == logits``); its residual is part of every result
 and a head that breaks it is refused.
@@ -155,12 +158,14 @@ class CamExplainer:
                     "sits between the feature map and the classifier",
                 )
             chosen = select_classes(logits, classes, maps, logits.shape[-1])
-            cams = compute_cams(features, head.weight, chosen)
-            bias = (
-                head.bias.float()[chosen]
-                if head.bias is not None
-                else torch.zeros(chosen.shape, device=cams.device)
-            )
+            affine = head.affine()
+            if affine is None:
+                cams = compute_cams(features, None, chosen)
+                bias = torch.zeros(chosen.shape, device=cams.device)
+            else:
+                chosen = chosen.to(affine.weight.device)
+                cams = affine.cams(features.to(affine.weight.device), chosen)
+                bias = affine.bias[chosen]
         c, h, w = (int(v) for v in features.shape[1:])
         return MapBatch(
             method=self.method,
@@ -178,10 +183,13 @@ class CamExplainer:
 
 
 class Cam:
-    """Class Activation Mapping (Zhou et al., 2016): exact for GAP + linear heads."""
+    """Class Activation Mapping (Zhou et al., 2016): exact for GAP + affine heads."""
 
     name = "cam"
-    summary = "Class Activation Maps: exact decomposition of the logit (GAP + linear heads)"
+    summary = (
+        "Class Activation Maps: exact decomposition of the logit (global average pooling, then "
+        "affine layers and at most one LayerNorm, folded into the classifier)"
+    )
 
     def bind(
         self, model: LoadedModel, *, layer: str | None = None, classifier: str | None = None

@@ -14,7 +14,18 @@ a probe batch is used:
 4. pooling written as a function call in ``forward`` (``F.adaptive_avg_pool2d``, ``x.mean((2, 3))``),
    found by tracing the network with ``torch.fx``;
 5. the network's top-level children run in order up to the pooling (TorchScript models, which take
-   no hooks).
+   no hooks);
+6. a timm transformer that averages its patch tokens (``global_pool='avg'``): the tokens, class and
+   register tokens (``num_prefix_tokens``) left out, reshaped to their grid are the feature map.
+
+Affine pieces between the pooling and the classifier *fold* into it (:func:`fold_head`): eval-mode
+BatchNorm, Linear layers with no activation between them, Dropout, Flatten, Identity compose into
+one ``W_eff [K,C]``, ``b_eff [K]``; a LayerNorm over the pooled channels right after the pooling
+(ConvNeXt, timm's ``fc_norm``) folds too, with one mean ``mu`` and scale ``sigma`` per image::
+
+    cams[n, k] = (1/sigma_n) * sum_c W_eff[k, c] (F[n, c] - mu_n),   bias[k] = b_eff[k]
+
+where ``W_eff`` already holds LayerNorm's ``gamma`` and ``b_eff`` its ``W . beta``.
 
 When none passes, :class:`UnsupportedModelError` names the reason and the offending module.
 """
@@ -22,7 +33,7 @@ When none passes, :class:`UnsupportedModelError` names the reason and the offend
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -34,7 +45,7 @@ from camtool.hooks import capture_input, capture_output, eval_mode
 from camtool.models import check_finite_weights
 
 HeadKind = Literal[
-    "explicit", "forward_features", "pool_input", "class_maps", "traced", "sequential"
+    "explicit", "forward_features", "pool_input", "class_maps", "traced", "sequential", "tokens"
 ]
 
 #: Largest relative identity residual accepted, by compute dtype (residual / max(1, max |logit|)).
@@ -59,6 +70,10 @@ class CamHead:
         runner: for ``traced``/``sequential``: a module that returns the features (and logits).
         feature_shape: ``(C, h, w)`` of the feature map on the probe batch.
         probe_residual: the identity residual on the probe batch (absolute, over all classes).
+        fold: the modules between the pooling and the classifier, in the order they run; the
+            affine ones fold into the classifier (see :func:`fold_head`).
+        prefix_tokens: for ``tokens`` heads, how many class/register tokens precede the patches.
+        patch_size: for ``tokens`` heads, the (height, width) of one patch in input pixels.
     """
 
     kind: HeadKind
@@ -70,21 +85,38 @@ class CamHead:
     feature_shape: tuple[int, int, int] | None = None
     probe_residual: float | None = None
     probe_size: int | None = None
+    fold: tuple[tuple[str, nn.Module], ...] = ()
+    prefix_tokens: int = 0
+    patch_size: tuple[int, int] = (1, 1)
+
+    def affine(self) -> HeadAffine | None:
+        """The classifier with everything between the pooling and it folded in (None for class
+        maps); computed from the current weights on every call.
+
+        Raises:
+            UnsupportedModelError: a module between the pooling and the classifier does not fold.
+        """
+        if self.classifier is None:
+            return None
+        return fold_head(self.fold, self.classifier, self.classifier_name)
+
+    @property
+    def folded(self) -> tuple[tuple[str, str], ...]:
+        """``(module name, type name)`` of each folded module that is not a no-op."""
+        return tuple((n, type(m).__name__) for n, m in self.fold if not _passive(m))
 
     @property
     def weight(self) -> Tensor | None:
-        """``Tensor[K,C]``: the classifier's weight (None for class maps)."""
-        if self.classifier is None:
-            return None
-        weight = self.classifier.weight
-        assert isinstance(weight, Tensor)
-        return weight.reshape(weight.shape[0], -1)
+        """``Tensor[K,C]``: the effective classifier weight, folding included (None for class
+        maps)."""
+        affine = self.affine()
+        return None if affine is None else affine.weight
 
     @property
     def bias(self) -> Tensor | None:
-        """``Tensor[K]``: the classifier's bias, or None."""
-        bias = getattr(self.classifier, "bias", None)
-        return bias if isinstance(bias, Tensor) else None
+        """``Tensor[K]``: the effective classifier bias (folding included), or None."""
+        affine = self.affine()
+        return None if affine is None else affine.bias
 
     @property
     def num_classes(self) -> int:
@@ -99,6 +131,8 @@ class CamHead:
         if self.weight is not None:
             k, c = self.weight.shape
             text = f"{self.feature_name} -> {self.classifier_name} ({k}x{c})"
+            if self.folded:
+                text += f", folded: {', '.join(kind for _, kind in self.folded)}"
         else:
             text = f"{self.feature_name} (class maps)"
         if self.feature_shape is not None:
@@ -108,7 +142,7 @@ class CamHead:
         return text
 
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready description of the head."""
+        """A JSON-ready description of the head (``folded`` only when something folded)."""
         return {
             "kind": self.kind,
             "features": self.feature_name,
@@ -116,7 +150,157 @@ class CamHead:
             "feature_shape": list(self.feature_shape) if self.feature_shape else None,
             "probe_size": self.probe_size,
             "probe_residual": self.probe_residual,
-        }
+        } | (
+            {"folded": [{"module": n, "type": kind} for n, kind in self.folded]}
+            if self.folded
+            else {}
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Folding
+
+
+@dataclass(frozen=True)
+class HeadAffine:
+    """A classifier with the affine pieces after the pooling folded in.
+
+    The scores of pooled features ``p`` (``Tensor[N,C]``) are
+    ``inv_sigma * (p @ weight.T - mu * row_sum) + bias``, where ``mu`` and ``inv_sigma`` are the
+    per-image mean and inverse scale of a LayerNorm over the pooled channels (0 and 1 without one).
+
+    Attributes:
+        weight: ``Tensor[K,C]`` float32, ``W_eff`` (LayerNorm's ``gamma`` included).
+        bias: ``Tensor[K]`` float32, ``b_eff`` (LayerNorm's ``W . beta`` included).
+        norm_eps: the LayerNorm's ``eps``; None when there is no LayerNorm.
+        row_sum: ``Tensor[K]`` float32, ``weight.sum(1)`` (only used with a LayerNorm).
+    """
+
+    weight: Tensor
+    bias: Tensor
+    norm_eps: float | None = None
+    row_sum: Tensor | None = None
+
+    def statistics(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mu Tensor[N], inv_sigma Tensor[N])`` of the pooled features (0, 1 without a norm).
+
+        The variance is the biased one, as LayerNorm computes it.
+        """
+        pooled = pooled.float()
+        n = pooled.shape[0]
+        if self.norm_eps is None:
+            return pooled.new_zeros(n), pooled.new_ones(n)
+        mu = pooled.mean(dim=-1)
+        variance = pooled.var(dim=-1, unbiased=False)
+        return mu, (variance + self.norm_eps).rsqrt()
+
+    def scores(self, pooled: Tensor) -> Tensor:
+        """``Tensor[N,K]`` float32: the head's logits from pooled features ``Tensor[N,C]``."""
+        pooled = pooled.float()
+        mu, inv_sigma = self.statistics(pooled)
+        out = pooled @ self.weight.T
+        if self.row_sum is not None:
+            out = out - mu[:, None] * self.row_sum
+        return inv_sigma[:, None] * out + self.bias
+
+    def cams(self, features: Tensor, classes: Tensor) -> Tensor:
+        """``Tensor[N,k,h,w]`` float32: the maps of ``classes`` (``Tensor[N,k]``), each image
+        with its own ``mu`` and ``sigma``, so that ``mean_hw(cams) + bias`` is the logit."""
+        features = features.float()
+        mu, inv_sigma = self.statistics(features.mean(dim=(-2, -1)))
+        rows = self.weight[classes]  # [N,k,C]
+        cams = torch.einsum("nkc,nchw->nkhw", rows, features)
+        if self.row_sum is not None:
+            cams = cams - (mu[:, None] * self.row_sum[classes])[:, :, None, None]
+        return cams * inv_sigma[:, None, None, None]
+
+
+_PASSIVE = ("Dropout", "Flatten", "Identity")
+
+
+def _passive(module: nn.Module) -> bool:
+    return any(p in type(module).__name__ for p in _PASSIVE)
+
+
+def _is_channel_norm(module: nn.Module) -> bool:
+    """A LayerNorm over one (channel) dimension, incl. torchvision's and timm's LayerNorm2d."""
+    return isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1
+
+
+def fold_problem(fold: Sequence[tuple[str, nn.Module]]) -> tuple[str, nn.Module] | None:
+    """The first module of ``fold`` that does not fold into the classifier, or None."""
+    active = [(n, m) for n, m in fold if not _passive(m)]
+    for index, (name, module) in enumerate(active):
+        if _is_channel_norm(module) and index == 0:
+            continue
+        if _is_classifier(module):
+            continue
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_var is not None:
+            continue
+        return name, module
+    return None
+
+
+def fold_head(
+    fold: Sequence[tuple[str, nn.Module]], classifier: nn.Module, classifier_name: str = ""
+) -> HeadAffine:
+    """Compose the modules of ``fold`` (run in that order after the pooling) and ``classifier``
+    into one :class:`HeadAffine`, in float64, returned in float32.
+
+    Folds: Dropout, Flatten, Identity (no-ops in eval mode); eval-mode BatchNorm
+    (``x * s + t`` with ``s = gamma / sqrt(running_var + eps)``, ``t = beta - running_mean * s``);
+    Linear and 1x1 Conv2d layers; a LayerNorm over the channels when it comes first.
+
+    Raises:
+        UnsupportedModelError: a module that does not fold (an activation, a norm elsewhere).
+    """
+    problem = fold_problem(fold)
+    if problem is not None:
+        name, module = problem
+        what = "a normalisation" if "Norm" in type(module).__name__ else "a hidden layer"
+        raise UnsupportedModelError(
+            name,
+            f"{what} ({type(module).__name__}) between the global pooling and the classifier "
+            f"'{classifier_name}' does not fold into it",
+        )
+    weight_parameter = classifier.weight
+    assert isinstance(weight_parameter, Tensor)
+    weight = weight_parameter.detach().double().reshape(weight_parameter.shape[0], -1)
+    bias_parameter = getattr(classifier, "bias", None)
+    bias = (
+        bias_parameter.detach().double()
+        if isinstance(bias_parameter, Tensor)
+        else weight.new_zeros(weight.shape[0])
+    )
+    active = [m for _, m in fold if not _passive(m)]
+    norm = active.pop(0) if active and _is_channel_norm(active[0]) else None
+    for module in reversed(active):  # from the classifier back to the pooling
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            assert module.running_var is not None and module.running_mean is not None
+            scale = (module.running_var.detach().double() + module.eps).rsqrt()
+            if module.weight is not None:
+                scale = scale * module.weight.detach().double()
+            shift = -module.running_mean.detach().double() * scale
+            if module.bias is not None:
+                shift = shift + module.bias.detach().double()
+            bias = bias + weight @ shift
+            weight = weight * scale
+        else:
+            layer_weight = module.weight
+            assert isinstance(layer_weight, Tensor)
+            layer = layer_weight.detach().double().reshape(layer_weight.shape[0], -1)
+            layer_bias = getattr(module, "bias", None)
+            if isinstance(layer_bias, Tensor):
+                bias = bias + weight @ layer_bias.detach().double()
+            weight = weight @ layer
+    if norm is None:
+        return HeadAffine(weight.float(), bias.float())
+    assert isinstance(norm, nn.LayerNorm)
+    if norm.bias is not None:
+        bias = bias + weight @ norm.bias.detach().double()
+    if norm.weight is not None:
+        weight = weight * norm.weight.detach().double()
+    return HeadAffine(weight.float(), bias.float(), float(norm.eps), weight.sum(1).float())
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,6 +316,10 @@ def features_and_logits(module: nn.Module, head: CamHead, batch: Tensor) -> tupl
     if head.kind == "forward_features":
         features = module.forward_features(batch)  # type: ignore[operator]
         return features, module.forward_head(features)  # type: ignore[operator]
+    if head.kind == "tokens":
+        tokens = module.forward_features(batch)  # type: ignore[operator]
+        grid = tokens_to_grid(tokens, head, (int(batch.shape[-2]), int(batch.shape[-1])))
+        return grid, module.forward_head(tokens)  # type: ignore[operator]
     if head.kind == "traced":
         assert head.runner is not None
         features, logits = head.runner(batch)
@@ -150,6 +338,22 @@ def features_and_logits(module: nn.Module, head: CamHead, batch: Tensor) -> tupl
     return captured.tensor, logits
 
 
+def tokens_to_grid(tokens: Tensor, head: CamHead, input_hw: tuple[int, int]) -> Tensor:
+    """``Tensor[N,T,D]`` transformer tokens -> ``Tensor[N,D,h,w]``: the patch tokens (class and
+    register tokens left out) on their grid of ``input size // patch size`` cells."""
+    if not isinstance(tokens, Tensor) or tokens.ndim != 3:
+        shape = list(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+        raise UnsupportedModelError(head.feature_name, f"gives {shape}, not [N, tokens, D]")
+    h, w = input_hw[0] // head.patch_size[0], input_hw[1] // head.patch_size[1]
+    patches = tokens[:, head.prefix_tokens :]
+    if patches.shape[1] != h * w:
+        raise UnsupportedModelError(
+            head.feature_name,
+            f"gives {patches.shape[1]} patch tokens, not the {h}x{w} grid of the input",
+        )
+    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
+
 def identity_residual(features: Tensor, head: CamHead, logits: Tensor) -> Tensor:
     """Return ``Tensor[N]``: ``max_k |mean_hw(CAM_k) + b_k - logit_k|`` over all K classes.
 
@@ -161,18 +365,13 @@ def identity_residual(features: Tensor, head: CamHead, logits: Tensor) -> Tensor
             "the network's output is not a [N, K] logit tensor",
         )
     pooled = features.float().mean(dim=(-2, -1))
-    weight = head.weight
-    if weight is not None and pooled.shape[-1] != weight.shape[1]:
+    affine = head.affine()
+    if affine is not None and pooled.shape[-1] != affine.weight.shape[1]:
         raise UnsupportedModelError(
             head.feature_name,
-            f"gives {pooled.shape[-1]} channels but classifier '{head.classifier_name}' takes {weight.shape[1]}",
+            f"gives {pooled.shape[-1]} channels but classifier '{head.classifier_name}' takes {affine.weight.shape[1]}",
         )
-    if weight is None:
-        predicted = pooled
-    else:
-        predicted = pooled @ weight.float().T
-        if head.bias is not None:
-            predicted = predicted + head.bias.float()
+    predicted = pooled if affine is None else affine.scores(pooled.to(affine.weight.device))
     if predicted.shape != logits.shape:
         raise UnsupportedModelError(
             head.feature_name,
@@ -257,9 +456,36 @@ def explicit_candidate(model: nn.Module, layer: str | None, classifier: str | No
         classifier, head_module = after[-1]
     if is_global_avg_pool(module):
         return CamHead(
-            "pool_input", f"{layer} input", classifier or "", head_module, capture=module
+            "pool_input",
+            f"{layer} input",
+            classifier or "",
+            head_module,
+            capture=module,
+            fold=_chain(named, module, head_module),
         )
     return CamHead("explicit", layer, classifier or "", head_module, capture=module)
+
+
+def _chain(
+    named: list[tuple[str, nn.Module]], pool: nn.Module, classifier: nn.Module | None
+) -> tuple[tuple[str, nn.Module], ...]:
+    """The leaf modules registered between ``pool`` and ``classifier`` (their order of
+    registration, taken as the order they run in; the probe proves it), or () when the
+    classifier is registered before the pooling."""
+    start = next((i for i, (_, m) in enumerate(named) if m is pool), None)
+    end = next((i for i, (_, m) in enumerate(named) if m is classifier), None)
+    if start is None or end is None or end <= start:
+        return ()
+    inside = f"{named[start][0]}."
+    return tuple((n, m) for n, m in named[start + 1 : end] if _leaf(m) and not n.startswith(inside))
+
+
+def _with_and_without_fold(head: CamHead) -> Iterator[CamHead]:
+    """``head`` folding what sits between its pooling and classifier; then, should that fail,
+    the plain head (a module registered there need not run there)."""
+    yield head
+    if head.fold:
+        yield replace(head, fold=())
 
 
 def timm_candidate(model: nn.Module) -> CamHead | None:
@@ -272,7 +498,52 @@ def timm_candidate(model: nn.Module) -> CamHead | None:
     classifier = model.get_classifier()  # type: ignore[operator]
     if not isinstance(classifier, nn.Module) or not _is_classifier(classifier):
         return None
-    return CamHead("forward_features", "forward_features", _name_of(model, classifier), classifier)
+    named = _named(model)
+    end = next((i for i, (_, m) in enumerate(named) if m is classifier), len(named))
+    pools = [m for _, m in named[:end] if is_global_avg_pool(m)]
+    fold = _chain(named, pools[-1], classifier) if pools else ()
+    return CamHead(
+        "forward_features",
+        "forward_features",
+        _name_of(model, classifier),
+        classifier,
+        fold=fold,
+    )
+
+
+def token_candidate(model: nn.Module) -> CamHead | None:
+    """A timm transformer that averages its patch tokens (``global_pool='avg'``, prefix tokens
+    left out) and then applies ``fc_norm`` and its classifier: the tokens on their grid."""
+    if not all(
+        callable(getattr(model, a, None))
+        for a in ("forward_features", "forward_head", "get_classifier")
+    ):
+        return None
+    if getattr(model, "global_pool", None) != "avg" or getattr(model, "pool_include_prefix", False):
+        return None
+    if getattr(model, "attn_pool", None) is not None:
+        return None
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    prefix = getattr(model, "num_prefix_tokens", None)
+    if not isinstance(prefix, int) or not isinstance(patch, (tuple, list)) or len(patch) != 2:
+        return None
+    classifier = model.get_classifier()  # type: ignore[operator]
+    if not isinstance(classifier, nn.Module) or not isinstance(classifier, nn.Linear):
+        return None
+    fold = tuple(
+        (_name_of(model, m), m)
+        for m in (getattr(model, "fc_norm", None), getattr(model, "head_drop", None))
+        if isinstance(m, nn.Module)
+    )
+    return CamHead(
+        "tokens",
+        "forward_features (patch tokens on their grid)",
+        _name_of(model, classifier),
+        classifier,
+        fold=fold,
+        prefix_tokens=prefix,
+        patch_size=(int(patch[0]), int(patch[1])),
+    )
 
 
 def pool_module_candidates(model: nn.Module) -> Iterator[CamHead]:
@@ -287,7 +558,16 @@ def pool_module_candidates(model: nn.Module) -> Iterator[CamHead]:
             (n, m) for n, m in named[:index] if _is_classifier(m) and not n.startswith(f"{name}.")
         ]
         for classifier_name, classifier in after[-1:] + before[::-1][:3]:
-            yield CamHead("pool_input", f"{name} input", classifier_name, classifier, capture=pool)
+            yield from _with_and_without_fold(
+                CamHead(
+                    "pool_input",
+                    f"{name} input",
+                    classifier_name,
+                    classifier,
+                    capture=pool,
+                    fold=_chain(named, pool, classifier),
+                )
+            )
         if not after:
             yield CamHead("class_maps", f"{name} input", "", None, capture=pool)
 
@@ -400,7 +680,10 @@ def _candidates(
     if layer or classifier:
         yield lambda: explicit_candidate(model, layer, classifier)
         return
-    yield lambda: timm_candidate(model)
+    yield lambda: token_candidate(model)
+    timm_head = timm_candidate(model)
+    for timm_option in _with_and_without_fold(timm_head) if timm_head else ():
+        yield lambda c=timm_option: c  # type: ignore[misc]
     for candidate in pool_module_candidates(model):
         yield lambda c=candidate: c  # type: ignore[misc]
     if isinstance(model, torch.jit.ScriptModule):
@@ -491,20 +774,19 @@ def find_cam_head(
     )
 
 
-_PASSIVE = ("Dropout", "Flatten", "Identity")
-
-
 def diagnose(model: nn.Module, failures: list[str] | None = None) -> str:
     """Explain in one phrase why plain CAM cannot be exact for ``model``."""
     named = _named(model)
     leaves = [(n, m) for n, m in named if _leaf(m)]
     pools = [i for i, (_, m) in enumerate(leaves) if is_global_avg_pool(m)]
     classifiers = [i for i, (_, m) in enumerate(leaves) if _is_classifier(m)]
-    if pools and classifiers and classifiers[-1] > pools[-1]:
-        between = [
-            (n, m) for n, m in leaves[pools[-1] + 1 : classifiers[-1]]
-            if not any(p in type(m).__name__ for p in _PASSIVE)
-        ]  # fmt: skip
+    if (
+        pools
+        and classifiers
+        and classifiers[-1] > pools[-1]
+        and fold_problem(leaves[pools[-1] + 1 : classifiers[-1]]) is not None
+    ):
+        between = [(n, m) for n, m in leaves[pools[-1] + 1 : classifiers[-1]] if not _passive(m)]
         norms = [f"'{n}' ({type(m).__name__})" for n, m in between if "Norm" in type(m).__name__]
         if norms:
             return f"a normalisation after the global pooling: {', '.join(norms)}"
