@@ -122,7 +122,9 @@ class Method(Protocol):
 
 
 _REGISTRY: dict[str, Method] = {}
-_BOUND: weakref.WeakKeyDictionary[Any, dict[tuple[str, str | None, str | None], Explainer]] = (
+#: Bound explainers per model, keyed by (method, layer, classifier); a method object is its own
+#: key, so the same method configured differently (a gradient method's target) binds apart.
+_BOUND: weakref.WeakKeyDictionary[Any, dict[tuple[Any, str | None, str | None], Explainer]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -134,7 +136,7 @@ def register(method: Method) -> Method:
 
 
 def _load_builtin_methods() -> None:
-    from camtool.methods import cam  # noqa: F401  (registers itself)
+    from camtool.methods import cam, eigen, gradient, score  # noqa: F401  (register themselves)
 
 
 def method_names() -> tuple[str, ...]:
@@ -186,7 +188,7 @@ def bind(
                 repr(value), f"--{option} needs a module name (it was empty)"
             )
     known = _BOUND.setdefault(model, {})
-    key = (chosen.name, layer, classifier)
+    key = (chosen, layer, classifier)
     if key not in known:
         known[key] = chosen.bind(model, layer=layer, classifier=classifier)
     return known[key]
