@@ -235,8 +235,10 @@ FAMILIES = {
     "timm_vit_class_token": (tm("vit_tiny_patch16_224"), 224, "blocks.11", 14),
     "timm_vit_avg_pool": (
         tm("vit_tiny_patch16_224", global_pool="avg", class_token=False, fc_norm=True),
-        224, "blocks.11", 14,
-    ),  # fmt: skip
+        224,
+        "blocks.11",
+        14,
+    ),
     "timm_deit_distilled": (tm("deit_tiny_distilled_patch16_224"), 224, "blocks.11", 14),
 }
 
@@ -303,7 +305,9 @@ runner = CliRunner()
 
 
 def test_cli_explain_with_a_gradient_method(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["explain", str(CAT), "--method", "gradcam", "--out", str(tmp_path)])
+    result = runner.invoke(
+        app, ["explain", str(CAT), "--method", "gradcam", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.stderr
     assert "GRADCAM" in result.stdout and "not a decomposition" in result.stdout
     assert "identity residual" not in result.stdout
@@ -322,7 +326,8 @@ def test_cli_explain_with_a_gradient_method(tmp_path: Path) -> None:
 
 def test_cli_refuses_classifier_for_a_layer_method(tmp_path: Path) -> None:
     result = runner.invoke(
-        app, ["explain", str(CAT), "--method", "gradcam", "--classifier", "_fc", "--out", str(tmp_path)]
+        app,
+        ["explain", str(CAT), "--method", "gradcam", "--classifier", "_fc", "--out", str(tmp_path)],
     )
     assert result.exit_code == 2, result.stdout
     assert result.stderr.startswith("Error: _fc: gradcam reads one layer")

@@ -30,7 +30,8 @@ from camtool.methods import bind
 
 cv2 = pytest.importorskip("cv2")
 pgc = pytest.importorskip(
-    "pytorch_grad_cam", reason="pytorch-grad-cam is not installed (scripts/setup.sh test installs it)"
+    "pytorch_grad_cam",
+    reason="pytorch-grad-cam is not installed (scripts/setup.sh test installs it)",
 )
 torchcam_methods = pytest.importorskip(
     "torchcam.methods", reason="torchcam is not installed (scripts/setup.sh test installs it)"
@@ -68,13 +69,17 @@ def peer(cls: type, net: nn.Module, layer: nn.Module, batch: torch.Tensor) -> np
         return cam(input_tensor=batch, targets=[ClassifierOutputTarget(CLASS)])[0]
 
 
-def torchcam_map(cls: type, net: nn.Module, batch: torch.Tensor, layer: str = "layer4") -> torch.Tensor:
+def torchcam_map(
+    cls: type, net: nn.Module, batch: torch.Tensor, layer: str = "layer4"
+) -> torch.Tensor:
     with cls(net, target_layer=layer, input_shape=(3, SIZE, SIZE)) as extractor:
         scores = net(batch)
         return extractor(class_idx=CLASS, scores=scores)[0][0]
 
 
-def ours(name: str, model: camtool.LoadedModel, batch: torch.Tensor, layer: str = "layer4") -> torch.Tensor:
+def ours(
+    name: str, model: camtool.LoadedModel, batch: torch.Tensor, layer: str = "layer4"
+) -> torch.Tensor:
     return bind(name, model, layer=layer)(batch, classes=[CLASS]).maps
 
 
@@ -109,7 +114,9 @@ def test_pytorch_grad_cam_eigencam_up_to_sign_and_relu(setup: tuple) -> None:
     assert float(torch.dot(maps[0, 0].flatten(), mean - mean.mean())) > 0
 
 
-@pytest.mark.parametrize(("name", "cls"), [("gradcam", "GradCAM"), ("xgradcam", "XGradCAM"), ("layercam", "LayerCAM")])
+@pytest.mark.parametrize(
+    ("name", "cls"), [("gradcam", "GradCAM"), ("xgradcam", "XGradCAM"), ("layercam", "LayerCAM")]
+)
 def test_torchcam_agrees(setup: tuple, name: str, cls: str) -> None:
     net, model, batch = setup
     theirs = torchcam_map(getattr(torchcam_methods, cls), net, batch)
@@ -119,11 +126,10 @@ def test_torchcam_agrees(setup: tuple, name: str, cls: str) -> None:
 
 def layer4_and_gradient(net: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A and dlogit/dA at layer4, computed here with a plain hook and autograd."""
-    with camtool.hooks.capture_output(net.layer4) as seen:
-        with torch.enable_grad():
-            x = batch.clone().requires_grad_(True)
-            logit = net(x)[0, CLASS]
-            (grad,) = torch.autograd.grad(logit, seen.tensor)
+    with camtool.hooks.capture_output(net.layer4) as seen, torch.enable_grad():
+        x = batch.clone().requires_grad_(True)
+        logit = net(x)[0, CLASS]
+        (grad,) = torch.autograd.grad(logit, seen.tensor)
     return seen.tensor.detach(), grad
 
 
@@ -133,7 +139,9 @@ def test_torchcam_gradcampp_omits_the_alpha(setup: tuple) -> None:
     a, g = layer4_and_gradient(net, batch)
     without_alpha = ((g**2) * g.relu()).sum((-2, -1))  # what its code computes
     expected = torch.einsum("nc,nchw->nhw", without_alpha, a).relu()[0]
-    torch.testing.assert_close(theirs, torch.from_numpy(minmax(expected.numpy())), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        theirs, torch.from_numpy(minmax(expected.numpy())), atol=1e-4, rtol=0
+    )
     mine = torch.from_numpy(minmax(ours("gradcam++", model, batch)[0, 0].numpy()))
     assert float((mine - theirs).abs().max()) > 1e-2  # camtool keeps the alpha (by-hand test)
 

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 def principal_projection(activations: Tensor) -> Tensor:
     """``Tensor[N,h,w]`` float32: each image's centred activations projected on their first
     principal component, sign fixed as the module docstring says."""
-    n, c, h, w = activations.shape
+    n, _, h, w = activations.shape
     rows = activations.float().flatten(2).transpose(1, 2)  # [N, hw, C]
     centred = rows - rows.mean(dim=1, keepdim=True)
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
@@ -86,12 +86,10 @@ class EigenCamExplainer(LayerExplainer):
             chosen = select_classes(logits, classes, maps, int(logits.shape[-1]))
             projection = principal_projection(activations)
             result = projection[:, None].expand(-1, chosen.shape[1], -1, -1).clone()
-        return self.result(
-            logits, chosen, result, int(activations.shape[1]), input_hw, recorder
-        )
+        return self.result(logits, chosen, result, int(activations.shape[1]), input_hw, recorder)
 
 
-@dataclass(frozen=True)
+@dataclass(unsafe_hash=True)
 class EigenCam:
     """Eigen-CAM: the first principal component of a layer's activations (class-agnostic)."""
 

@@ -147,6 +147,7 @@ def class_gradients(scores: Tensor, activation: Tensor, layer: str) -> Tensor:
         UnsupportedModelError: the scores do not depend on the layer.
     """
     k = int(scores.shape[1])
+    grads: Tensor | None
     if k == 1:
         (grad,) = torch.autograd.grad(scores.sum(), activation, allow_unused=True)
         grads = None if grad is None else grad[None]
@@ -165,7 +166,7 @@ def class_gradients(scores: Tensor, activation: Tensor, layer: str) -> Tensor:
                 torch.autograd.grad(scores[:, j].sum(), activation, retain_graph=True, allow_unused=True)[0]
                 for j in range(k)
             ]  # fmt: skip
-            grads = None if any(p is None for p in parts) else torch.stack(parts)  # type: ignore[misc]
+            grads = None if any(p is None for p in parts) else torch.stack(parts)
     if grads is None:
         raise UnsupportedModelError(layer, "the class scores do not depend on this layer")
     return grads
@@ -224,7 +225,7 @@ class GradientExplainer(LayerExplainer):
         return self.result(logits, chosen, result, int(activations.shape[1]), input_hw, recorder)
 
 
-@dataclass(frozen=True)
+@dataclass(unsafe_hash=True)
 class GradientMethod:
     """A Grad-CAM-family method: its registry name, paper title, formula and score.
 
@@ -259,17 +260,42 @@ class GradientMethod:
 
 
 GRADCAM = register(
-    GradientMethod("gradcam", "Grad-CAM", "Grad-CAM (Selvaraju et al. 2017): gradient-weighted layer maps; not a decomposition", gradcam)
+    GradientMethod(
+        "gradcam",
+        "Grad-CAM",
+        "Grad-CAM (Selvaraju et al. 2017): gradient-weighted layer maps; not a decomposition",
+        gradcam,
+    )
 )
 GRADCAM_PLUS_PLUS = register(
-    GradientMethod("gradcam++", "Grad-CAM++", "Grad-CAM++ (Chattopadhay et al. 2018), with the paper's alpha; not a decomposition", gradcam_plus_plus)
+    GradientMethod(
+        "gradcam++",
+        "Grad-CAM++",
+        "Grad-CAM++ (Chattopadhay et al. 2018), with the paper's alpha; not a decomposition",
+        gradcam_plus_plus,
+    )
 )
 XGRADCAM = register(
-    GradientMethod("xgradcam", "XGrad-CAM", "XGrad-CAM (Fu et al. 2020): activation-weighted gradients; not a decomposition", xgradcam)
+    GradientMethod(
+        "xgradcam",
+        "XGrad-CAM",
+        "XGrad-CAM (Fu et al. 2020): activation-weighted gradients; not a decomposition",
+        xgradcam,
+    )
 )
 LAYERCAM = register(
-    GradientMethod("layercam", "LayerCAM", "LayerCAM (Jiang et al. 2021): positive gradients times activations, cell by cell; not a decomposition", layercam)
+    GradientMethod(
+        "layercam",
+        "LayerCAM",
+        "LayerCAM (Jiang et al. 2021): positive gradients times activations, cell by cell; not a decomposition",
+        layercam,
+    )
 )
 HIRESCAM = register(
-    GradientMethod("hirescam", "HiResCAM", "HiResCAM (Draelos & Carin 2020): gradients times activations, cell by cell, signed; not a decomposition", hirescam)
+    GradientMethod(
+        "hirescam",
+        "HiResCAM",
+        "HiResCAM (Draelos & Carin 2020): gradients times activations, cell by cell, signed; not a decomposition",
+        hirescam,
+    )
 )

@@ -234,12 +234,12 @@ def _token_layer(
         prefix = count - math.isqrt(count) ** 2
     target = TargetLayer(name, module, "output", "tokens", prefix, patch)
     h, w = target.grid_hw(count - prefix, (size, size))
-    return TargetLayer(
-        name, module, "output", "tokens", prefix, patch, (int(shape[2]), h, w), size
-    )
+    return TargetLayer(name, module, "output", "tokens", prefix, patch, (int(shape[2]), h, w), size)
 
 
-def _from_run(model: nn.Module, run: Run, capture: Literal["input", "output"], size: int) -> TargetLayer:
+def _from_run(
+    model: nn.Module, run: Run, capture: Literal["input", "output"], size: int
+) -> TargetLayer:
     shape = run.input_shape if capture == "input" else run.output_shape
     name = f"{run.name} input" if capture == "input" else run.name
     if shape is not None and len(shape) == 3:
@@ -256,7 +256,9 @@ def _from_run(model: nn.Module, run: Run, capture: Literal["input", "output"], s
     )
 
 
-def find_target_layer(model: nn.Module, layer: str | None = None, probe_size: int = 224) -> TargetLayer:
+def find_target_layer(
+    model: nn.Module, layer: str | None = None, probe_size: int = 224
+) -> TargetLayer:
     """Find (or look up) the layer a layer-reading method reads; see the module docstring.
 
     Raises:
@@ -313,9 +315,7 @@ def read_layer(target: TargetLayer) -> Iterator[list[Tensor]]:
             lambda _m, args: seen.append(args[0].detach())
         )
     else:
-        handle = target.module.register_forward_hook(
-            lambda _m, _a, out: seen.append(out.detach())
-        )
+        handle = target.module.register_forward_hook(lambda _m, _a, out: seen.append(out.detach()))
     try:
         yield seen
     finally:

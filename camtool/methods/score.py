@@ -93,9 +93,7 @@ class ScoreCamExplainer(LayerExplainer):
             chosen = select_classes(logits, classes, maps, int(logits.shape[-1]))
             weights = self.channel_weights(batch, activations, chosen)
             result = torch.einsum("nck,nchw->nkhw", weights, activations).relu()
-        return self.result(
-            logits, chosen, result, int(activations.shape[1]), input_hw, recorder
-        )
+        return self.result(logits, chosen, result, int(activations.shape[1]), input_hw, recorder)
 
     def channel_weights(self, batch: Tensor, activations: Tensor, chosen: Tensor) -> Tensor:
         """``Tensor[N,C,k]``: the score of each mapped class on each channel's masked input.
@@ -128,7 +126,7 @@ class ScoreCamExplainer(LayerExplainer):
         return weights
 
 
-@dataclass(frozen=True)
+@dataclass(unsafe_hash=True)
 class ScoreCam:
     """Score-CAM: the class's softmax probability on each channel-masked input weighs the channel."""
 
