@@ -329,8 +329,13 @@ def test_cli_refuses_classifier_for_a_layer_method(tmp_path: Path) -> None:
         app,
         ["explain", str(CAT), "--method", "gradcam", "--classifier", "_fc", "--out", str(tmp_path)],
     )
-    assert result.exit_code == 2, result.stdout
+    assert result.exit_code == 1, result.stdout
     assert result.stderr.startswith("Error: _fc: gradcam reads one layer")
+    # inspect lists it as a method that cannot use a classifier, and does not fail.
+    result = runner.invoke(app, ["inspect", "efficientnet_lite0", "--classifier", "_fc", "--json"])
+    assert result.exit_code == 0, result.stderr
+    verdict = json.loads(result.stdout)["methods"]["gradcam"]
+    assert verdict["explains"] is False and "--classifier is for cam" in verdict["reason"]
 
 
 def test_cli_export_with_a_gradient_method(tmp_path: Path) -> None:

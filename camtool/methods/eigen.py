@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from camtool.errors import InvalidArgumentError
+from camtool.errors import UnsupportedModelError
 from camtool.hooks import eval_mode
 from camtool.methods.base import MapBatch, register
 from camtool.methods.cam import select_classes
@@ -102,10 +102,10 @@ class EigenCam:
         """Find the target layer (or use ``layer``) and prepare to explain ``model``.
 
         Raises:
-            InvalidArgumentError: a ``classifier``; UnsupportedModelError: no usable layer.
+            UnsupportedModelError: a ``classifier`` (only CAM uses one), or no usable layer.
         """
         if classifier is not None:
-            raise InvalidArgumentError(
+            raise UnsupportedModelError(
                 classifier, f"{self.name} reads one layer (--layer); --classifier is for cam"
             )
         found = find_target_layer(model.module, layer, model.preprocessing.input_size)

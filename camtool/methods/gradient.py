@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from camtool.errors import InvalidArgumentError, UnsupportedModelError
+from camtool.errors import UnsupportedModelError
 from camtool.hooks import eval_mode
 from camtool.methods.base import MapBatch, register
 from camtool.methods.cam import select_classes
@@ -248,11 +248,11 @@ class GradientMethod:
         """Find the target layer (or use ``layer``) and prepare to explain ``model``.
 
         Raises:
-            InvalidArgumentError: a ``classifier`` (only CAM uses one);
-            UnsupportedModelError: no usable layer (the message says why).
+            UnsupportedModelError: a ``classifier`` (only CAM uses one), or no usable layer
+            (the message says why).
         """
         if classifier is not None:
-            raise InvalidArgumentError(
+            raise UnsupportedModelError(
                 classifier, f"{self.name} reads one layer (--layer); --classifier is for cam"
             )
         found = find_target_layer(model.module, layer, model.preprocessing.input_size)
