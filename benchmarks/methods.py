@@ -8,7 +8,7 @@ one child process per measurement (so that its peak memory is its own) times ``-
 on one batch after a warm-up call and reports images/s, the ratio of its time to a bare forward pass (measured
 the same way in the same run) and its peak memory above the loaded model's. Score-CAM runs one
 forward pass per channel, so it is measured on ``--score-images`` images of ``--score-size`` px.
-Prints a table (and, with --json, the rows).
+Prints a table, a row as each measurement ends (with --json: the rows as JSON at the end).
 """
 
 from __future__ import annotations
@@ -59,13 +59,13 @@ def measure(
 
     if impl == "forward":
 
-        def call() -> None:
+        def call(batch: torch.Tensor = batch) -> None:
             with torch.inference_mode():
                 net(batch)
     elif impl == "camtool":
         explainer = bind(method, model)
 
-        def call() -> None:
+        def call(batch: torch.Tensor = batch) -> None:
             explainer(batch, classes=[1])
     elif impl == "pytorch-grad-cam":
         import pytorch_grad_cam
@@ -77,9 +77,9 @@ def measure(
         cam = getattr(pytorch_grad_cam, GRAD_CAM[method])(model=net, target_layers=[layer])
         if method == "scorecam":
             cam.batch_size = 64
-        targets = [ClassifierOutputTarget(c) for c in classes]
 
-        def call() -> None:
+        def call(batch: torch.Tensor = batch) -> None:
+            targets = [ClassifierOutputTarget(1)] * len(batch)
             cam(input_tensor=batch, targets=targets)
     else:
         from torchcam import methods as torchcam_methods
@@ -90,17 +90,17 @@ def measure(
             net, target_layer=PEER_LAYER[model_name], input_shape=(3, size, size)
         )
 
-        def call() -> None:
+        def call(batch: torch.Tensor = batch) -> None:
             if method == "scorecam":
                 with torch.no_grad():
                     net(batch)
-                extractor(class_idx=classes)
+                extractor(class_idx=classes[: len(batch)])
             else:
-                extractor(class_idx=classes, scores=net(batch))
+                extractor(class_idx=classes[: len(batch)], scores=net(batch))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        call()  # warm-up
+        call(batch[:1])  # warm-up, on one image
         before = rss_mib()
         start = time.perf_counter()
         for _ in range(repeats):
@@ -142,6 +142,9 @@ def main() -> None:
         print(json.dumps(measure(model, method, impl, int(n), int(size), int(repeats))))
         return
     rows: list[dict[str, Any]] = []
+    if not args.json:  # the table, a row as each measurement ends
+        print(f"{'model':9} {'method':10} {'images':>6} {'px':>4} {'implementation':17} "
+              f"{'img/s':>8} {'x forward':>9} {'peak MiB':>9}", flush=True)  # fmt: skip
     forward: dict[tuple[str, int, int], dict[str, Any] | None] = {}
     for model in args.models.split(","):
         for method in args.methods.split(","):
@@ -160,18 +163,13 @@ def main() -> None:
                     row["vs_forward"] = row["seconds"] / base["seconds"]
                     row["forward_images_per_s"] = base["images_per_s"]
                     rows.append(row)
-                    print(
-                        f"  {model} {method} {impl}: {row['images_per_s']:.2f} img/s",
-                        file=sys.stderr,
-                    )
+                    if not args.json:
+                        r = row
+                        print(f"{r['model']:9} {r['method']:10} {r['batch']:>6} {r['size']:>4} "
+                              f"{r['impl']:17} {r['images_per_s']:>8.2f} {r['vs_forward']:>9.2f} "
+                              f"{r['peak_mib']:>9.0f}", flush=True)  # fmt: skip
     if args.json:
         print(json.dumps(rows, indent=1))
-        return
-    print(f"{'model':9} {'method':10} {'images':>6} {'px':>4} {'implementation':17} "
-          f"{'img/s':>8} {'x forward':>9} {'peak MiB':>9}")  # fmt: skip
-    for r in rows:
-        print(f"{r['model']:9} {r['method']:10} {r['batch']:>6} {r['size']:>4} {r['impl']:17} "
-              f"{r['images_per_s']:>8.2f} {r['vs_forward']:>9.2f} {r['peak_mib']:>9.0f}")  # fmt: skip
 
 
 if __name__ == "__main__":
