@@ -329,7 +329,7 @@ def test_cli_refuses_classifier_for_a_layer_method(tmp_path: Path) -> None:
         app,
         ["explain", str(CAT), "--method", "gradcam", "--classifier", "_fc", "--out", str(tmp_path)],
     )
-    assert result.exit_code == 1, result.stdout
+    assert result.exit_code == 2, result.stdout  # a usage error, as for every unsupported model
     assert result.stderr.startswith("Error: _fc: gradcam reads one layer")
     # inspect lists it as a method that cannot use a classifier, and does not fail.
     result = runner.invoke(app, ["inspect", "efficientnet_lite0", "--classifier", "_fc", "--json"])
