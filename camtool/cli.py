@@ -159,8 +159,10 @@ MethodOption = Annotated[
     str,
     typer.Option(
         "--method",
-        help="How maps are made: cam (exact Class Activation Maps), or auto (the default: the "
-        "first method that can explain the model; predictions alone when none can).",
+        help="How maps are made: cam (exact Class Activation Maps); gradcam, gradcam++, xgradcam, "
+        "layercam, hirescam, scorecam, eigencam (maps of one layer, --layer; not decompositions); "
+        "or auto (the default: the first method that can explain the model; predictions alone "
+        "when none can).",
     ),
 ]
 LayerOption = Annotated[

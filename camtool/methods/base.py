@@ -122,7 +122,9 @@ class Method(Protocol):
 
 
 _REGISTRY: dict[str, Method] = {}
-_BOUND: weakref.WeakKeyDictionary[Any, dict[tuple[str, str | None, str | None], Explainer]] = (
+#: Bound explainers per model, keyed by (method, layer, classifier); a method object is its own
+#: key, so the same method configured differently (a gradient method's target) binds apart.
+_BOUND: weakref.WeakKeyDictionary[Any, dict[tuple[Any, str | None, str | None], Explainer]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -134,7 +136,13 @@ def register(method: Method) -> Method:
 
 
 def _load_builtin_methods() -> None:
-    from camtool.methods import cam, integrated  # noqa: F401  (they register themselves)
+    from camtool.methods import (  # noqa: F401  (they register themselves)
+        cam,
+        eigen,
+        gradient,
+        integrated,
+        score,
+    )
 
 
 def method_names() -> tuple[str, ...]:
@@ -184,7 +192,7 @@ def bind(
         if value is not None and not value.strip():
             raise InvalidArgumentError(option, "an empty module name names no module; leave it out")
     known = _BOUND.setdefault(model, {})
-    key = (chosen.name, layer, classifier)
+    key = (chosen, layer, classifier)
     if key not in known:
         known[key] = chosen.bind(model, layer=layer, classifier=classifier)
     return known[key]

@@ -1,0 +1,115 @@
+"""Eigen-CAM (Muhammad & Yeasin, 2020): the layer's activations projected on their first
+principal component; class-agnostic, no gradients.
+
+Per image, with ``A`` the layer's activation laid out as the ``(h*w) x C`` matrix ``M`` (one row
+per cell)::
+
+    M_c = M - mean over cells (each channel centred)
+    M_c = U S V^T (SVD);   map = M_c v_1   (reshaped to h x w)
+
+The sign of a singular vector is arbitrary (``-v_1`` is as valid), so it is fixed: ``v_1`` is
+oriented so that its components sum to a non-negative number. Equivalently the map correlates
+positively with the channel-mean of the activations (``<M_c v_1, M_c 1> = s_1^2 <v_1, 1>``), i.e.
+the map is bright where the layer is active overall; a tie (sum exactly 0) keeps the SVD's sign.
+The map is the projection itself, signed (pytorch-grad-cam 1.5.7 applies a ReLU to it and keeps
+the SVD's arbitrary sign). Every requested class gets the same map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from camtool.errors import UnsupportedModelError
+from camtool.hooks import eval_mode
+from camtool.methods.base import MapBatch, register
+from camtool.methods.cam import select_classes
+from camtool.methods.layers import (
+    LayerExplainer,
+    autocast_for,
+    find_target_layer,
+    one_tensor,
+    prepare_batch,
+    read_layer,
+)
+
+if TYPE_CHECKING:
+    from camtool.models import LoadedModel
+
+
+def principal_projection(activations: Tensor) -> Tensor:
+    """``Tensor[N,h,w]`` float32: each image's centred activations projected on their first
+    principal component, sign fixed as the module docstring says."""
+    n, _, h, w = activations.shape
+    rows = activations.float().flatten(2).transpose(1, 2)  # [N, hw, C]
+    centred = rows - rows.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    first = vh[:, 0, :]  # [N, C]
+    sign = torch.where(first.sum(dim=-1) < 0, -1.0, 1.0)
+    projection = (centred @ first[:, :, None]).squeeze(-1) * sign[:, None]
+    return projection.view(n, h, w)
+
+
+class EigenCamExplainer(LayerExplainer):
+    """Eigen-CAM bound to one model and layer."""
+
+    method = "eigencam"
+    title = "Eigen-CAM"
+    class_agnostic = True
+
+    def __call__(
+        self, batch: Tensor, classes: Sequence[int] | None = None, maps: int = 1
+    ) -> MapBatch:
+        """Map a preprocessed ``Tensor[N,3,h,w]`` batch: one forward pass and a batched SVD.
+
+        Raises:
+            ClassSelectionError, ModelRunError, UnsupportedModelError (as the gradient methods).
+        """
+        from camtool.models import logits_of, network_failures
+
+        model, target = self.model, self.target
+        batch = prepare_batch(model, batch)
+        input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
+        with (
+            eval_mode(model.module),
+            torch.inference_mode(),
+            self.recording(input_hw) as recorder,
+            network_failures(model.name, batch),
+        ):
+            with autocast_for(model), read_layer(target) as seen:
+                logits = logits_of(model.module(batch), model.name).float()
+            activations = target.to_grid(one_tensor(target, seen), input_hw).float()
+            chosen = select_classes(logits, classes, maps, int(logits.shape[-1]))
+            projection = principal_projection(activations)
+            result = projection[:, None].expand(-1, chosen.shape[1], -1, -1).clone()
+        return self.result(logits, chosen, result, int(activations.shape[1]), input_hw, recorder)
+
+
+@dataclass(unsafe_hash=True)
+class EigenCam:
+    """Eigen-CAM: the first principal component of a layer's activations (class-agnostic)."""
+
+    name: str = "eigencam"
+    summary: str = "Eigen-CAM (Muhammad & Yeasin 2020): first principal component of a layer's activations, class-agnostic; not a decomposition"
+
+    def bind(
+        self, model: LoadedModel, *, layer: str | None = None, classifier: str | None = None
+    ) -> EigenCamExplainer:
+        """Find the target layer (or use ``layer``) and prepare to explain ``model``.
+
+        Raises:
+            UnsupportedModelError: a ``classifier`` (only CAM uses one), or no usable layer.
+        """
+        if classifier is not None:
+            raise UnsupportedModelError(
+                classifier, f"{self.name} reads one layer (--layer); --classifier is for cam"
+            )
+        found = find_target_layer(model.module, layer, model.preprocessing.input_size)
+        return EigenCamExplainer(model, found)
+
+
+EIGENCAM = register(EigenCam())

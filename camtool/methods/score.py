@@ -1,0 +1,158 @@
+"""Score-CAM (Wang et al., 2020): channel weights from the network's own score of masked inputs.
+
+For each channel ``c`` of the target layer's activation ``A`` (``Tensor[N,C,h,w]``)::
+
+    H_c = s(Up(A_c))                 upsampled to the input (bilinear), min-max normalised to [0, 1]
+                                     (a constant channel gives H_c = 0)
+    w_c = softmax(f(X * H_c))[k]     the softmax probability of class k for the masked input
+    map = ReLU(sum_c w_c A_c)
+
+as in the paper's Algorithm 1 (normalise after upsampling; the weight is the class's softmax
+probability). ``target="logit"`` weights by the masked input's logit instead. No gradients: it
+runs under ``torch.inference_mode``, the masked inputs of all images and channels in batches of
+``batch_size``. pytorch-grad-cam 1.5.7 instead weights by a softmax over the channels of the
+logits; torchcam 0.5.0 by a softmax over the channels of the logit increase over the unmasked
+input, and normalises before upsampling (see tests/test_peers.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from camtool.errors import UnsupportedModelError
+from camtool.hooks import eval_mode
+from camtool.methods.base import MapBatch, register
+from camtool.methods.cam import select_classes
+from camtool.methods.layers import (
+    LayerExplainer,
+    Target,
+    TargetLayer,
+    autocast_for,
+    check_target,
+    find_target_layer,
+    one_tensor,
+    prepare_batch,
+    read_layer,
+)
+
+if TYPE_CHECKING:
+    from camtool.models import LoadedModel
+
+
+def channel_masks(activations: Tensor, input_hw: tuple[int, int]) -> Tensor:
+    """``H_c = s(Up(A_c))``: ``Tensor[N,C,H,W]`` float32 in [0, 1] from ``Tensor[N,C,h,w]``."""
+    up = F.interpolate(activations.float(), size=input_hw, mode="bilinear", align_corners=False)
+    flat = up.flatten(-2)
+    low = flat.amin(dim=-1, keepdim=True)
+    span = flat.amax(dim=-1, keepdim=True) - low
+    masks = (flat - low) / torch.where(span > 0, span, torch.ones_like(span))
+    return masks.where(span > 0, torch.zeros_like(masks)).view_as(up)
+
+
+class ScoreCamExplainer(LayerExplainer):
+    """Score-CAM bound to one model and layer."""
+
+    method = "scorecam"
+    title = "Score-CAM"
+
+    def __init__(
+        self, model: LoadedModel, target: TargetLayer, score: Target, batch_size: int
+    ) -> None:
+        super().__init__(model, target, score)
+        self.batch_size = batch_size
+
+    def __call__(
+        self, batch: Tensor, classes: Sequence[int] | None = None, maps: int = 1
+    ) -> MapBatch:
+        """Map a preprocessed ``Tensor[N,3,h,w]`` batch (``N*C`` masked forward passes, batched).
+
+        Raises:
+            ClassSelectionError, ModelRunError, UnsupportedModelError (as the gradient methods).
+        """
+        from camtool.models import logits_of, network_failures
+
+        model, target = self.model, self.target
+        batch = prepare_batch(model, batch)
+        input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
+        with (
+            eval_mode(model.module),
+            torch.inference_mode(),
+            autocast_for(model),
+            network_failures(model.name, batch),
+        ):
+            with self.recording(input_hw) as recorder, read_layer(target) as seen:
+                logits = logits_of(model.module(batch), model.name).float()
+            activations = target.to_grid(one_tensor(target, seen), input_hw).float()
+            self.note_geometry(recorder, input_hw, (activations.shape[-2], activations.shape[-1]))
+            chosen = select_classes(logits, classes, maps, int(logits.shape[-1]))
+            weights = self.channel_weights(batch, activations, chosen)
+            result = torch.einsum("nck,nchw->nkhw", weights, activations).relu()
+        return self.result(logits, chosen, result, int(activations.shape[1]), input_hw, recorder)
+
+    def channel_weights(self, batch: Tensor, activations: Tensor, chosen: Tensor) -> Tensor:
+        """``Tensor[N,C,k]``: the score of each mapped class on each channel's masked input.
+
+        A channel that is constant over the grid has the mask 0, so its masked input is all
+        zeros: that input's score is computed once and shared. The other (image, channel) pairs
+        run ``batch_size`` masked inputs per forward pass.
+        """
+        from camtool.models import logits_of
+
+        model = self.model
+        n, channels = int(activations.shape[0]), int(activations.shape[1])
+        input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
+
+        def scores_of(inputs: Tensor) -> Tensor:
+            if model.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            out = logits_of(model.module(inputs), model.name).float()
+            return out.softmax(-1) if self.score == "probability" else out
+
+        blank = scores_of(torch.zeros_like(batch[:1]))[0]  # [K]
+        weights = blank[chosen][:, None, :].expand(n, channels, -1).clone()
+        flat = activations.flatten(2)
+        live = (flat.amax(dim=-1) > flat.amin(dim=-1)).nonzero()  # [P, 2]: (image, channel)
+        for start in range(0, int(live.shape[0]), self.batch_size):
+            image, channel = live[start : start + self.batch_size].unbind(1)
+            masks = channel_masks(activations[image, channel][:, None], input_hw)
+            masked = batch[image] * masks.to(batch.dtype)
+            weights[image, channel] = scores_of(masked).gather(1, chosen[image])
+        return weights
+
+
+@dataclass(unsafe_hash=True)
+class ScoreCam:
+    """Score-CAM: the class's softmax probability on each channel-masked input weighs the channel."""
+
+    name: str = "scorecam"
+    summary: str = "Score-CAM (Wang et al. 2020): channels weighted by the class's score on masked inputs; not a decomposition"
+    target: Target = "probability"
+    batch_size: int = 64
+
+    def with_target(self, target: str) -> ScoreCam:
+        """This method weighting by ``target`` (``"probability"``, the paper's, or ``"logit"``)."""
+        return replace(self, target=check_target(target))
+
+    def bind(
+        self, model: LoadedModel, *, layer: str | None = None, classifier: str | None = None
+    ) -> ScoreCamExplainer:
+        """Find the target layer (or use ``layer``) and prepare to explain ``model``.
+
+        Raises:
+            UnsupportedModelError: a ``classifier`` (only CAM uses one), or no usable layer.
+        """
+        if classifier is not None:
+            raise UnsupportedModelError(
+                classifier, f"{self.name} reads one layer (--layer); --classifier is for cam"
+            )
+        found = find_target_layer(model.module, layer, model.preprocessing.input_size)
+        return ScoreCamExplainer(model, found, self.target, self.batch_size)
+
+
+SCORECAM = register(ScoreCam())
