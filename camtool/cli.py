@@ -74,6 +74,13 @@ def errors_to_exit_codes() -> Iterator[None]:
     except KeyboardInterrupt:
         print_error("interrupted")
         raise typer.Exit(130) from None
+    except BrokenPipeError:  # `camtool ... | head`: the reader left; nothing more to say
+        raise typer.Exit(EXIT_ERROR) from None
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        print_error(f"<stdout>: cannot write the output: {exc.strerror or exc}")
+        raise typer.Exit(EXIT_ERROR) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:

@@ -327,7 +327,8 @@ def count_classes(module: nn.Module, size: int, name: str) -> int:
         if parameter is not None and parameter.is_floating_point()
         else torch.float32
     )
-    probe = torch.zeros(1, 3, size, size, device=device, dtype=dtype)
+    generator = torch.Generator().manual_seed(0)  # a random image: zeros can hide an overflow
+    probe = torch.randn(1, 3, size, size, generator=generator).to(device=device, dtype=dtype)
     try:
         with torch.inference_mode(), eval_mode(module):
             output = module(probe)
@@ -335,7 +336,14 @@ def count_classes(module: nn.Module, size: int, name: str) -> int:
         raise ModelLoadError(
             name, f"the network fails on a {size}x{size} probe image ({type(exc).__name__}: {exc})"
         ) from None
-    return logits_of(output, name).shape[-1]
+    logits = logits_of(output, name)
+    if not bool(torch.isfinite(logits).all()):
+        raise ModelLoadError(
+            name,
+            "the network's output holds NaN or infinity on a probe image (finite weights that "
+            "overflow: a damaged or mis-scaled checkpoint)",
+        )
+    return logits.shape[-1]
 
 
 @contextmanager

@@ -61,6 +61,49 @@ class ManifestContents:
     announced: set[str] = field(default_factory=set)
 
 
+def _is_list_of(value: Any, kind: type) -> bool:
+    return isinstance(value, list) and all(isinstance(v, kind) for v in value)
+
+
+_SCORE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "index": int,
+    "name": str,
+    "probability": (int, float),
+}
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong with a manifest record's fields (as camtool's readers use them), or None:
+    the schema in one place, so that a hand-edited line is one clear error, never a crash."""
+    kind = record.get("type")
+    if kind == "run":
+        if not isinstance(record.get("cwd", "."), str) or not isinstance(
+            record.get("settings", {}), dict
+        ):
+            return "is a run record whose cwd is not a string or whose settings are not an object"
+        return None
+    if "input" not in record:
+        return None
+    if not isinstance(record["input"], str) or not _is_list_of(record.get("outputs", []), str):
+        return "has no valid input or outputs (a string and a list of strings)"
+    if kind == "image" and record.get("status") not in ("ok", "failed"):
+        return "is an image record whose status is neither ok nor failed"
+    if (
+        kind == "image"
+        and record["status"] == "failed"
+        and not isinstance(record.get("error"), str)
+    ):
+        return "is a failed image record without an error message"
+    for key in ("predictions", "explained"):
+        scores = record.get(key, [])
+        if not isinstance(scores, list) or not all(
+            isinstance(s, dict) and all(isinstance(s.get(k), t) for k, t in _SCORE_FIELDS.items())
+            for s in scores
+        ):
+            return f"has {key} that are not a list of {{index, name, probability}} objects"
+    return None
+
+
 def load_manifest(path: Path) -> ManifestContents:
     """Read a manifest (the only function that parses one). A torn last line, left by a killed
     run, is ignored; a missing file reads as empty.
@@ -90,6 +133,9 @@ def load_manifest(path: Path) -> ManifestContents:
             raise ManifestError(path, f"line {number} is not valid JSON") from None
         if not isinstance(record, dict):
             raise ManifestError(path, f"line {number} is not a JSON object")
+        problem = record_problem(record)
+        if problem:
+            raise ManifestError(path, f"line {number} {problem}")
         kind = record.get("type")
         if kind == "run":
             contents.runs.append(record)
@@ -99,8 +145,6 @@ def load_manifest(path: Path) -> ManifestContents:
             continue
         source = record["input"]
         files = record.get("outputs", [])
-        if not isinstance(source, str) or not isinstance(files, list):
-            raise ManifestError(path, f"line {number} has no valid input or outputs")
         absolute = [os.path.normpath(cwd / str(f)) for f in files]
         key = str(record.get("path") or os.path.realpath(cwd / source))
         if kind == "writing":

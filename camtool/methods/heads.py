@@ -717,6 +717,12 @@ def probe(model: nn.Module, head: CamHead, size: int, tolerance: float) -> CamHe
             raise UnsupportedModelError(
                 head.feature_name, f"gives {shape}, not a [N, C, h, w] feature map"
             )
+        if isinstance(logits, Tensor) and not bool(torch.isfinite(logits).all()):
+            raise UnsupportedModelError(
+                type(model).__name__,
+                "the network's output holds NaN or infinity on a probe image (finite weights "
+                "that overflow: a damaged or mis-scaled checkpoint)",
+            )
         residual = float(identity_residual(features, head, logits).max())
         scale = relative_scale(logits)
     if not residual <= tolerance * scale:  # also refuses NaN and infinity
