@@ -105,15 +105,16 @@ class Preprocessing:
 
 
 def check_input_size(size: int) -> None:
-    """Refuse an input size below 16 px or above :data:`MAX_INPUT_SIZE` px.
+    """Refuse an input size below 1 px or above :data:`MAX_INPUT_SIZE` px (a hand-built test
+    network may take 2x2 images; model cards ask for at least 16).
 
     Raises:
         InvalidArgumentError: with the bounds.
     """
     from camtool.errors import InvalidArgumentError
 
-    if size < 16:
-        raise InvalidArgumentError(size, f"input size {size} is too small: use at least 16 px")
+    if size < 1:
+        raise InvalidArgumentError(size, f"input size {size} is too small: use at least 1 px")
     if size > MAX_INPUT_SIZE:
         raise InvalidArgumentError(
             size,
