@@ -114,6 +114,19 @@ class LoadedModel:
         parameter = next(self.module.parameters(), None)
         return parameter.device if parameter is not None else torch.device("cpu")
 
+    def placed(self, batch: Tensor) -> Tensor:
+        """``batch`` on the network's device, in channels-last when the model runs that way."""
+        batch = batch.to(self.device)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def autocast(self) -> torch.autocast:
+        """Autocast to the compute dtype (off for float32); the network is never converted."""
+        return torch.autocast(
+            self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
+        )
+
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description: name, weights, dtype, parameters, classes, preprocessing."""
         prep = self.preprocessing
@@ -314,12 +327,9 @@ def check_finite_weights(model: nn.Module) -> None:
                 )
 
 
-def count_classes(module: nn.Module, size: int, name: str) -> int:
-    """K, the number of classes: the width of the network's output on one probe image.
-
-    Raises:
-        ModelLoadError: the network fails on the probe, or its output is not ``[N, K]`` scores.
-    """
+def probe_image(module: nn.Module, size: int) -> Tensor:
+    """A seeded random ``Tensor[1,3,size,size]`` on the network's device and in its parameter
+    dtype: the image loading and discovery probe with (zeros can hide an overflow)."""
     parameter = next(module.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = (
@@ -327,8 +337,17 @@ def count_classes(module: nn.Module, size: int, name: str) -> int:
         if parameter is not None and parameter.is_floating_point()
         else torch.float32
     )
-    generator = torch.Generator().manual_seed(0)  # a random image: zeros can hide an overflow
-    probe = torch.randn(1, 3, size, size, generator=generator).to(device=device, dtype=dtype)
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(1, 3, size, size, generator=generator).to(device=device, dtype=dtype)
+
+
+def count_classes(module: nn.Module, size: int, name: str) -> int:
+    """K, the number of classes: the width of the network's output on one probe image.
+
+    Raises:
+        ModelLoadError: the network fails on the probe, or its output is not ``[N, K]`` scores.
+    """
+    probe = probe_image(module, size)
     try:
         with torch.inference_mode(), eval_mode(module):
             output = module(probe)

@@ -119,14 +119,9 @@ class CamExplainer:
             ClassSelectionError: a class index out of range.
         """
         model, head = self.model, self.head
-        device = model.device
-        batch = batch.to(device)
-        if model.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = model.placed(batch)
         limit = IDENTITY_TOLERANCE.get(model.dtype, 5e-2) if tolerance is None else tolerance
-        autocast = torch.autocast(
-            device.type, dtype=model.dtype, enabled=model.dtype != torch.float32
-        )
+        autocast = model.autocast()
         input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
         known = self._geometry.get(input_hw)
         with torch.inference_mode(), eval_mode(model.module):

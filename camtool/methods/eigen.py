@@ -30,7 +30,6 @@ from camtool.methods.base import MapBatch, register
 from camtool.methods.cam import select_classes
 from camtool.methods.layers import (
     LayerExplainer,
-    autocast_for,
     find_target_layer,
     one_tensor,
     prepare_batch,
@@ -80,7 +79,7 @@ class EigenCamExplainer(LayerExplainer):
             self.recording(input_hw) as recorder,
             network_failures(model.name, batch),
         ):
-            with autocast_for(model), read_layer(target) as seen:
+            with model.autocast(), read_layer(target) as seen:
                 logits = logits_of(model.module(batch), model.name).float()
             activations = target.to_grid(one_tensor(target, seen), input_hw).float()
             chosen = select_classes(logits, classes, maps, int(logits.shape[-1]))

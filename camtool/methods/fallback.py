@@ -48,12 +48,8 @@ class PredictionsOnly:
         from camtool.models import logits_of, network_failures
 
         model = self.model
-        batch = batch.to(model.device)
-        if model.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast(
-            model.device.type, dtype=model.dtype, enabled=model.dtype != torch.float32
-        )
+        batch = model.placed(batch)
+        autocast = model.autocast()
         with (
             torch.inference_mode(),
             eval_mode(model.module),

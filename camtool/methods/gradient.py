@@ -53,7 +53,6 @@ from camtool.methods.layers import (
     LayerExplainer,
     Target,
     TargetLayer,
-    autocast_for,
     check_target,
     find_target_layer,
     one_tensor,
@@ -208,7 +207,7 @@ class GradientExplainer(LayerExplainer):
             eval_mode(model.module),
             torch.inference_mode(False),
             torch.no_grad(),
-            autocast_for(model),
+            model.autocast(),
             leaf_at(target) as seen,
             network_failures(model.name, batch),
         ):

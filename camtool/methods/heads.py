@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from camtool.errors import InvalidArgumentError, UnsupportedModelError
 from camtool.hooks import capture_input, capture_output, eval_mode
-from camtool.models import check_finite_weights
+from camtool.models import check_finite_weights, probe_image
 
 HeadKind = Literal[
     "explicit", "forward_features", "pool_input", "class_maps", "traced", "sequential", "tokens"
@@ -699,15 +699,7 @@ def probe(model: nn.Module, head: CamHead, size: int, tolerance: float) -> CamHe
     Raises:
         UnsupportedModelError: the identity does not hold (with the residual in the message).
     """
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    dtype = (
-        parameter.dtype
-        if parameter is not None and parameter.is_floating_point()
-        else torch.float32
-    )
-    generator = torch.Generator().manual_seed(0)
-    batch = torch.randn(1, 3, size, size, generator=generator).to(device=device, dtype=dtype)
+    batch = probe_image(model, size)
     with torch.inference_mode(), eval_mode(model):
         features, logits = features_and_logits(model, head, batch)
         if not isinstance(features, Tensor) or features.ndim != 4:

@@ -45,7 +45,7 @@ from camtool.methods.heads import (
     is_global_avg_pool,
     relative_scale,
 )
-from camtool.models import network_failures
+from camtool.models import network_failures, probe_image
 
 if TYPE_CHECKING:
     from camtool.models import LoadedModel
@@ -436,14 +436,9 @@ class IntegratedHeadExplainer:
             ClassSelectionError: a class index out of range.
         """
         model, head = self.model, self.head
-        device = model.device
-        batch = batch.to(device)
-        if model.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = model.placed(batch)
         limit = INTEGRATION_TOLERANCE.get(model.dtype, 5e-2) if tolerance is None else tolerance
-        autocast = torch.autocast(
-            device.type, dtype=model.dtype, enabled=model.dtype != torch.float32
-        )
+        autocast = model.autocast()
         input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
         known = self._geometry.get(input_hw)
         with eval_mode(model.module):
@@ -514,9 +509,8 @@ def probe(model: LoadedModel, head: IntegrationHead, steps: int, rule: Rule) -> 
         UnsupportedModelError: either check fails (with the numbers).
     """
     size = model.preprocessing.input_size
-    generator = torch.Generator().manual_seed(0)
-    batch = torch.randn(1, 3, size, size, generator=generator).to(model.device)
     module = model.module
+    batch = probe_image(module, size)
     with torch.inference_mode(), eval_mode(module):
         features, logits = head.features_and_logits(module, batch)
         if not isinstance(features, Tensor) or features.ndim != 4:

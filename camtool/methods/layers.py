@@ -346,20 +346,10 @@ def check_target(target: str) -> Target:
 
 def prepare_batch(model: LoadedModel, batch: Tensor) -> Tensor:
     """The batch on the model's device and memory format, as a normal (not inference) tensor."""
-    batch = batch.to(model.device)
     if batch.is_inference():
         with torch.inference_mode(False):
             batch = batch.clone()
-    if model.channels_last:
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    return batch
-
-
-def autocast_for(model: LoadedModel) -> torch.autocast:
-    """Autocast to the model's compute dtype (off for float32)."""
-    return torch.autocast(
-        model.device.type, dtype=model.dtype, enabled=model.dtype != torch.float32
-    )
+    return model.placed(batch)
 
 
 class LayerExplainer:

@@ -33,7 +33,6 @@ from camtool.methods.layers import (
     LayerExplainer,
     Target,
     TargetLayer,
-    autocast_for,
     check_target,
     find_target_layer,
     one_tensor,
@@ -83,7 +82,7 @@ class ScoreCamExplainer(LayerExplainer):
         with (
             eval_mode(model.module),
             torch.inference_mode(),
-            autocast_for(model),
+            model.autocast(),
             network_failures(model.name, batch),
         ):
             with self.recording(input_hw) as recorder, read_layer(target) as seen:
