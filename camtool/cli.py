@@ -677,7 +677,7 @@ def inspect_table(info: dict[str, Any], verbose: bool = False) -> Table:
             text = f"yes: {escape(verdict['uses'])}"
         else:
             text = "yes, exact" if verdict["decomposition"] else "yes, not a decomposition"
-        rows.append((name, text))
+        rows.append((f"method {name}", text))
     for field, value in rows:
         table.add_row(field, value)
     return table

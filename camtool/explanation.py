@@ -271,7 +271,7 @@ def describe_maps(ex: Explanation, verbose: bool = False) -> list[str]:
     )
     noun = "Map" if len(ex.explained) == 1 else "Maps"
     lines = [
-        f"{noun} of {names} made by {ex.method} ({kind}) on a {grid_w}x{grid_h} grid of "
+        f"{noun} of {names} made by {ex.method} ({kind}) on a grid of {grid_w}x{grid_h} "
         f"feature cells, upsampled to the image."
     ]
     if verbose:

@@ -205,7 +205,7 @@ def test_explain_speaks_plainly_at_80_columns_and_never_breaks_a_path(tmp_path: 
     text = "\n".join(lines)
     assert not any(word in text for word in JARGON)
     # the feature grid of this image (337x224 px at the network): 11x7, not the 7x7 of a probe
-    assert "on a 11x7 grid of feature cells" in " ".join(lines)
+    assert "on a grid of 11x7 feature cells" in " ".join(lines)
 
     verbose = "\n".join(terminal("explain", str(CAT), "-o", str(out), "-v"))
     assert "identity residual on this image" in verbose and "forward_features -> _fc" in verbose
