@@ -48,9 +48,7 @@ def load_transformers_folder(folder: str | Path) -> nn.Module:
     try:
         import transformers
     except ImportError:
-        raise ModelLoadError(
-            path, "needs transformers: pip install 'camtool[transformers]'"
-        ) from None
+        raise ModelLoadError(path, "needs transformers: pip install transformers") from None
     try:
         module = transformers.AutoModelForImageClassification.from_pretrained(
             str(path), local_files_only=True, trust_remote_code=False, use_safetensors=True

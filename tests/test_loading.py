@@ -49,10 +49,16 @@ def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module
     model = small_resnet()
     model.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(
-        json.dumps({
-            "image_processor_type": "ConvNextImageProcessor", "size": {"shortest_edge": 96},
-            "crop_pct": 0.875, "resample": 3, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25],
-        })  # fmt: skip
+        json.dumps(
+            {
+                "image_processor_type": "ConvNextImageProcessor",
+                "size": {"shortest_edge": 96},
+                "crop_pct": 0.875,
+                "resample": 3,
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.25, 0.25, 0.25],
+            }
+        )
     )
     return folder, model
 
@@ -252,7 +258,9 @@ def test_timm_weights_in_the_hugging_face_cache_are_used_offline(tmp_path: Path)
     revision = "0123456789abcdef0123456789abcdef01234567"
     snapshot = repo / "snapshots" / revision
     snapshot.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, snapshot / "model.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in net.state_dict().items()}, snapshot / "model.safetensors"
+    )
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
 
@@ -300,7 +308,9 @@ def test_a_card_naming_resnet18_gives_what_the_model_option_gives(tmp_path: Path
         f'[preprocessing]\ninput_size = 224\ninterpolation = "bicubic"\ncrop_pct = 0.875\n\n'
         f'[weights]\nfile = "pets.pth"\nsha256 = "{digest}"\n'
     )
-    by_card = run("explain", str(CAT), "-m", str(card), "--json", "-k", "3", "-o", str(tmp_path / "a"))
+    by_card = run(
+        "explain", str(CAT), "-m", str(card), "--json", "-k", "3", "-o", str(tmp_path / "a")
+    )
     by_name = run(
         "explain", str(CAT), "-m", "resnet18", "--weights", str(weights), "--labels",
         str(tmp_path / "pets.txt"), "--json", "-k", "3", "-o", str(tmp_path / "b"),
