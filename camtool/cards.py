@@ -1,6 +1,7 @@
 """Model cards and label sets: named models as small TOML files, and class names.
 
-A *model card* names an architecture (``camtool:NAME``, ``timm:NAME`` or ``torchvision:NAME``),
+A *model card* names an architecture (a torchvision name such as ``resnet18``, ``camtool:NAME``,
+``timm:NAME`` or ``torchvision:NAME``),
 where its weights come from (with their sha256), the preprocessing they were trained with and
 their label set. Built-in cards ship with camtool; users add their own by putting cards in a folder
 named by ``CAMTOOL_MODELS`` (``os.pathsep``-separated) or by passing a card's path.
@@ -102,8 +103,14 @@ def _card_from_table(data: dict[str, Any], path: Path, builtin: bool) -> ModelCa
     if weights is None and data.get("random_weights") is not True:
         raise ValueError("no [weights] table (write random_weights = true to mean it)")
     architecture = str(data["architecture"])
-    if architecture.partition(":")[0] not in ("camtool", "timm", "torchvision"):
-        raise ValueError("architecture must be 'camtool:NAME', 'timm:NAME' or 'torchvision:NAME'")
+    library, colon, name = architecture.partition(":")
+    if (library not in ("camtool", "timm", "torchvision") or not name) and (
+        colon or not architecture.strip() or architecture != architecture.strip()
+    ):
+        raise ValueError(
+            "architecture must be a model name as --model takes it for an architecture: "
+            "'resnet18' (torchvision), 'torchvision:NAME', 'timm:NAME' or 'camtool:NAME'"
+        )
     return ModelCard(
         name=str(data.get("name", path.stem)),
         architecture=architecture,

@@ -144,7 +144,8 @@ ModelOption = Annotated[
         "--model",
         "-m",
         help="Model: a name from `camtool models`, a card file, a torchvision name with --weights, "
-        "NAME:WEIGHTS (e.g. resnet50:IMAGENET1K_V2), timm:NAME, or a TorchScript file.",
+        "NAME:WEIGHTS (e.g. resnet50:IMAGENET1K_V2), timm:NAME (pretrained: from the Hugging Face cache), "
+        "hf:FOLDER (transformers), or a TorchScript file.",
     ),
 ]
 WeightsOption = Annotated[
@@ -152,6 +153,14 @@ WeightsOption = Annotated[
     typer.Option(help="State dict (.pth/.pt read with weights_only=True, or .safetensors)."),
 ]
 LabelsOption = Annotated[Path | None, typer.Option(help="Label file, one class name per line.")]
+UnsafePickleOption = Annotated[
+    bool,
+    typer.Option(
+        "--unsafe-load-pickle",
+        help="Load a whole pickled model (torch.save(model)) given as --model or --weights. "
+        "This RUNS the file's code: only for files you trust.",
+    ),
+]
 
 
 def module_name(value: str | None) -> str | None:
@@ -209,16 +218,24 @@ CropOption = Annotated[
 
 
 def model_options(
-    weights: Path | None, labels: Path | None, layer: str | None, classifier: str | None, dtype: str
+    weights: Path | None,
+    labels: Path | None,
+    layer: str | None,
+    classifier: str | None,
+    dtype: str,
+    unsafe_load_pickle: bool = False,
 ) -> dict[str, Any]:
     """The keyword arguments of :func:`camtool.load_model` that the CLI options give."""
-    return {
+    options: dict[str, Any] = {
         "weights": str(weights) if weights else None,
         "labels": str(labels) if labels else None,
         "layer": layer,
         "classifier": classifier,
         "dtype": dtype,
     }
+    if unsafe_load_pickle:  # only when given, so an export's recorded settings stay as they were
+        options["unsafe_load_pickle"] = True
+    return options
 
 
 @app.command()
@@ -237,7 +254,8 @@ def explain(
             "--model",
             "-m",
             help="Model: a name from `camtool models`, a card file, a torchvision name with --weights, "
-            "NAME:WEIGHTS, timm:NAME, or a TorchScript file. Repeat to compare models (with --sheet).",
+            "NAME:WEIGHTS, timm:NAME (pretrained: from the Hugging Face cache), hf:FOLDER (transformers), "
+            "or a TorchScript file. Repeat to compare models (with --sheet).",
         ),
     ] = None,
     method: MethodOption = "auto",
@@ -252,6 +270,7 @@ def explain(
     crop: CropOption = False,
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
+    unsafe_load_pickle: UnsafePickleOption = False,
     labels: LabelsOption = None,
     layer: LayerOption = None,
     classifier: ClassifierOption = None,
@@ -280,7 +299,7 @@ def explain(
         from camtool.explanation import bind_method
         from camtool.outputs import FilesReport, Rendering, explain_files
 
-        options = model_options(weights, labels, layer, classifier, dtype)
+        options = model_options(weights, labels, layer, classifier, dtype, unsafe_load_pickle)
         bound = [
             bind_method(name, method, classes, device=device, **options)
             for name in (models or ["efficientnet_lite0"])
@@ -383,6 +402,7 @@ def export(
     ] = "threads",
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
+    unsafe_load_pickle: UnsafePickleOption = False,
     labels: LabelsOption = None,
     layer: LayerOption = None,
     classifier: ClassifierOption = None,
@@ -412,7 +432,7 @@ def export(
         report = export_images(
             inputs, out, model, method=method, classes=classes, maps=maps, crop=crop, options=options, resume=resume,
             device=device, batch_size=batch_size, workers=workers, decoder=decoder, progress=not quiet,
-            **model_options(weights, labels, layer, classifier, dtype),
+            **model_options(weights, labels, layer, classifier, dtype, unsafe_load_pickle),
         )  # fmt: skip
         if report.removed:  # shown even with --quiet: camtool removed files
             console.print(
@@ -504,6 +524,7 @@ def report(
 def inspect(
     model: Annotated[str, typer.Argument(help="Model spec, as for --model of `explain`.")],
     weights: WeightsOption = None,
+    unsafe_load_pickle: UnsafePickleOption = False,
     labels: LabelsOption = None,
     layer: LayerOption = None,
     classifier: ClassifierOption = None,
@@ -525,7 +546,7 @@ def inspect(
         from camtool.methods import bind, method_names
         from camtool.models import load_model
 
-        options = model_options(weights, labels, None, None, dtype)
+        options = model_options(weights, labels, None, None, dtype, unsafe_load_pickle)
         del options["layer"], options["classifier"]
         if input_size is not None:
             known = model.endswith(".toml") or is_card_name(model)
