@@ -211,9 +211,9 @@ def fit(
     out = Path(output)
     settings = TrainSettings(epochs, learning_rate, weight_decay, batch_size, seed)
     _check_settings(head, settings, input_size, finetune_stages)
+    train_set, val_set = _datasets(data, val, val_fraction, seed)
     backbone = _backbone(model, device, input_size)
     assert isinstance(backbone.module, EfficientNetLite)
-    train_set, val_set = _datasets(data, val, val_fraction, seed)
     say(f"{len(train_set.samples)} training and {len(val_set.samples)} validation images, "
         f"{len(train_set.labels)} classes")  # fmt: skip
     hashes, unreadable = hash_files([s.path for s in (*train_set.samples, *val_set.samples)])
