@@ -50,6 +50,9 @@ class ModelCard:
     weights: WeightsSource | None = None
     path: Path | None = None
     builtin: bool = False
+    #: Keyword arguments for the architecture's builder (``[architecture_options]``), e.g.
+    #: ``head = "flatten"`` for a Flatten + Dense head trained by ``camtool fit``.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def builtin_card_dir() -> Path:
@@ -103,6 +106,9 @@ def _card_from_table(data: dict[str, Any], path: Path, builtin: bool) -> ModelCa
     if weights is None and data.get("random_weights") is not True:
         raise ValueError("no [weights] table (write random_weights = true to mean it)")
     architecture = str(data["architecture"])
+    options = data.get("architecture_options", {})
+    if not isinstance(options, dict):
+        raise TypeError("[architecture_options] must be a table")
     library, colon, name = architecture.partition(":")
     if (library not in ("camtool", "timm", "torchvision") or not name) and (
         colon or not architecture.strip() or architecture != architecture.strip()
@@ -122,6 +128,7 @@ def _card_from_table(data: dict[str, Any], path: Path, builtin: bool) -> ModelCa
         weights=WeightsSource(**weights) if weights else None,
         path=path,
         builtin=builtin,
+        options=dict(options),
     )
 
 

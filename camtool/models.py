@@ -96,7 +96,7 @@ def build_architecture(
             return torchvision.models.get_model(name, weights=None, **kwargs)
     except ImportError as exc:
         raise ModelLoadError(architecture, f"needs {exc.name}: pip install {exc.name}") from None
-    except (RuntimeError, ValueError, KeyError) as exc:
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(architecture, f"cannot build this architecture: {exc}") from None
     raise ModelLoadError(
         architecture,
@@ -329,7 +329,9 @@ def _build(
     if isinstance(spec, ModelCard) or spec.endswith(".toml") or is_card_name(spec):
         card = spec if isinstance(spec, ModelCard) else find_card(spec)
         if weights is not None:
-            module = _architecture_with_file(card.architecture, Path(weights), unsafe_load_pickle)
+            module = _architecture_with_file(
+                card.architecture, Path(weights), unsafe_load_pickle, card.options
+            )
             return _Built(
                 module,
                 card.name,
@@ -343,6 +345,7 @@ def _build(
         module = build_architecture(
             card.architecture,
             num_classes=len(load_labels(card.labels, card.path.parent if card.path else None)),
+            **card.options,
         )
         if path is not None:
             load_weights_into(module, load_state_dict_file(path), path)
@@ -454,16 +457,19 @@ def architecture_name(name: str) -> str:
 
 
 def _architecture_with_file(
-    architecture: str, path: Path, unsafe_load_pickle: bool = False
+    architecture: str,
+    path: Path,
+    unsafe_load_pickle: bool = False,
+    options: Mapping[str, Any] | None = None,
 ) -> nn.Module:
-    """Build ``architecture`` with as many classes as the checkpoint's classifier, and load it."""
+    """Build ``architecture`` (with a card's ``options``) with as many classes as the
+    checkpoint's classifier, and load it."""
     state = load_state_dict_file(path, unsafe_load_pickle)
-    module = build_architecture(architecture, **_auxiliary_heads(architecture, state))
+    extra = {**_auxiliary_heads(architecture, state), **(options or {})}
+    module = build_architecture(architecture, **extra)
     wanted = _checkpoint_classes(module, state)
     if wanted is not None:
-        module = build_architecture(
-            architecture, num_classes=wanted, **_auxiliary_heads(architecture, state)
-        )
+        module = build_architecture(architecture, num_classes=wanted, **extra)
     load_weights_into(module, state, path)
     return module
 
