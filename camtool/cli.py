@@ -167,8 +167,8 @@ ModelOption = Annotated[
         "--model",
         "-m",
         help="Model: a name from `camtool models`, a card file, a torchvision name with --weights, "
-        "NAME:WEIGHTS (e.g. resnet50:IMAGENET1K_V2), timm:NAME, or a TorchScript file. "
-        "[default: efficientnet_lite0]",
+        "NAME:WEIGHTS (e.g. resnet50:IMAGENET1K_V2), timm:NAME (pretrained: from the Hugging Face cache), "
+        "hf:FOLDER (transformers), or a TorchScript file. [default: efficientnet_lite0]",
         callback=single,
         show_default=False,
     ),
@@ -178,6 +178,14 @@ WeightsOption = Annotated[
     typer.Option(help="State dict (.pth/.pt read with weights_only=True, or .safetensors)."),
 ]
 LabelsOption = Annotated[Path | None, typer.Option(help="Label file, one class name per line.")]
+UnsafePickleOption = Annotated[
+    bool,
+    typer.Option(
+        "--unsafe-load-pickle",
+        help="Load a whole pickled model (torch.save(model)) given as --model or --weights. "
+        "This RUNS the file's code: only for files you trust.",
+    ),
+]
 
 
 def module_name(value: str | None) -> str | None:
@@ -257,16 +265,24 @@ CropOption = Annotated[
 
 
 def model_options(
-    weights: Path | None, labels: Path | None, layer: str | None, classifier: str | None, dtype: str
+    weights: Path | None,
+    labels: Path | None,
+    layer: str | None,
+    classifier: str | None,
+    dtype: str,
+    unsafe_load_pickle: bool = False,
 ) -> dict[str, Any]:
     """The keyword arguments of :func:`camtool.load_model` that the CLI options give."""
-    return {
+    options: dict[str, Any] = {
         "weights": str(weights) if weights else None,
         "labels": str(labels) if labels else None,
         "layer": layer,
         "classifier": classifier,
         "dtype": dtype,
     }
+    if unsafe_load_pickle:  # only when given, so an export's recorded settings stay as they were
+        options["unsafe_load_pickle"] = True
+    return options
 
 
 @app.command()
@@ -285,7 +301,8 @@ def explain(
             "--model",
             "-m",
             help="Model: a name from `camtool models`, a card file, a torchvision name with --weights, "
-            "NAME:WEIGHTS, timm:NAME, or a TorchScript file. Repeat to compare models (with --sheet).",
+            "NAME:WEIGHTS, timm:NAME (pretrained: from the Hugging Face cache), hf:FOLDER (transformers), "
+            "or a TorchScript file. Repeat to compare models (with --sheet).",
         ),
     ] = None,
     methods: Annotated[
@@ -311,6 +328,7 @@ def explain(
     crop: CropOption = False,
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
+    unsafe_load_pickle: UnsafePickleOption = False,
     labels: LabelsOption = None,
     layer: LayerOption = None,
     classifier: ClassifierOption = None,
@@ -342,7 +360,7 @@ def explain(
         from camtool.explanation import bind_method
         from camtool.outputs import FilesReport, Rendering, explain_files
 
-        options = model_options(weights, labels, layer, classifier, dtype)
+        options = model_options(weights, labels, layer, classifier, dtype, unsafe_load_pickle)
         bound = [
             bind_method(name, method, classes, device=device, **options)
             for name in (models or ["efficientnet_lite0"])
@@ -457,6 +475,7 @@ def export(
     ] = "threads",
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
+    unsafe_load_pickle: UnsafePickleOption = False,
     labels: LabelsOption = None,
     layer: LayerOption = None,
     classifier: ClassifierOption = None,
@@ -486,7 +505,7 @@ def export(
         report = export_images(
             inputs, out, (model or ["efficientnet_lite0"])[0], method=(method or ["auto"])[0], classes=classes, maps=maps, crop=crop, options=options, resume=resume,
             device=device, batch_size=batch_size, workers=workers, decoder=decoder, progress=not quiet,
-            **model_options(weights, labels, layer, classifier, dtype),
+            **model_options(weights, labels, layer, classifier, dtype, unsafe_load_pickle),
         )  # fmt: skip
         if report.removed:  # shown even with --quiet: camtool removed files
             console.print(
@@ -578,6 +597,7 @@ def report(
 def inspect(
     model: Annotated[str, typer.Argument(help="Model spec, as for --model of `explain`.")],
     weights: WeightsOption = None,
+    unsafe_load_pickle: UnsafePickleOption = False,
     labels: LabelsOption = None,
     layer: LayerOption = None,
     classifier: ClassifierOption = None,
@@ -600,7 +620,7 @@ def inspect(
         from camtool.methods import bind, method_names
         from camtool.models import load_model
 
-        options = model_options(weights, labels, None, None, dtype)
+        options = model_options(weights, labels, None, None, dtype, unsafe_load_pickle)
         del options["layer"], options["classifier"]
         if input_size is not None:
             known = model.endswith(".toml") or is_card_name(model)
@@ -718,6 +738,65 @@ def models(verbose: VerboseOption = False) -> None:
         console.print(table)
         for line in files:  # card files, whole (never cut or broken inside the path)
             say(line, whole=True)
+
+
+@app.command()
+def fit(
+    data: Annotated[
+        Path, typer.Argument(help="Folder of class folders, or a CSV of file,label rows.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Backbone: efficientnet_lite0, 1, 2, or a card.")
+    ] = "efficientnet_lite0",
+    head: Annotated[
+        Literal["gap", "flatten"],
+        typer.Option(help="gap (exact CAMs), or flatten: Flatten + Dense, compared with gap."),
+    ] = "gap",
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (the best is kept).")] = 30,
+    val: Annotated[
+        Path | None, typer.Option(help="Validation folder or CSV (default: a held-out part).")
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Part of each class held out without --val.")
+    ] = 0.2,
+    input_size: Annotated[
+        int | None, typer.Option(help="Input size in px (default: the model's).")
+    ] = None,
+    finetune: Annotated[
+        int, typer.Option(min=0, help="Also train the backbone's last N stages (a GPU helps).")
+    ] = 0,
+    learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per training step.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the split, initialisation and order.")] = 0,
+    no_flips: Annotated[
+        bool, typer.Option("--no-flips", help="Do not train on flipped copies.")
+    ] = False,
+    cache: Annotated[
+        Path | None, typer.Option(help="Feature cache folder (default ~/.cache/camtool/fit).")
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Neither read nor write it.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty model folder.")] = False,
+    device: DeviceOption = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train a head for your own classes on a pretrained backbone; write a model that
+    `camtool explain -m OUT/card.toml` loads, and OUT/report/ (confusion matrix, CAM sheets)."""
+    with errors_to_exit_codes():
+        from camtool.training import fit as run_fit
+
+        report = run_fit(
+            data, out, model=model, head=head, epochs=epochs, val=val, val_fraction=val_fraction,
+            input_size=input_size, flips=not no_flips, finetune_stages=finetune,
+            learning_rate=learning_rate, batch_size=batch_size, seed=seed, device=device,
+            cache_dir=cache, use_cache=not no_cache, overwrite=overwrite, progress=not quiet,
+            log=lambda line: err_console.print(line, markup=False),
+        )  # fmt: skip
+        console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)
+        if report.interrupted:
+            raise typer.Exit(report.exit_code)
 
 
 def silence_native_stderr() -> None:
