@@ -33,6 +33,9 @@ _EXPORTS = {
     "explain_video": "camtool.video",
     "VideoReport": "camtool.video",
     "write_gallery": "camtool.gallery",
+    "class_names": "camtool.labels",
+    "ClassName": "camtool.labels",
+    "resolve_class": "camtool.labels",
     "load_model": "camtool.models",
     "LoadedModel": "camtool.models",
     "Preprocessing": "camtool.image",
@@ -63,6 +66,7 @@ _NAMESPACES = ("methods",)
 __all__ = [
     "COLORMAPS",
     "CamtoolError",
+    "ClassName",
     "ClassScore",
     "ClassSelectionError",
     "Explanation",
@@ -85,6 +89,7 @@ __all__ = [
     "WeightsHashError",
     "__version__",
     "cam_to_box",
+    "class_names",
     "colorize",
     "comparison_sheet",
     "draw_box",
@@ -98,6 +103,7 @@ __all__ = [
     "methods",
     "normalize_cams",
     "overlay",
+    "resolve_class",
     "save_image",
     "upsample_cams",
     "write_gallery",
@@ -158,6 +164,11 @@ if TYPE_CHECKING:
     from camtool.io import (
         load_image,
         save_image,
+    )
+    from camtool.labels import (
+        ClassName,
+        class_names,
+        resolve_class,
     )
     from camtool.models import (
         LoadedModel,

@@ -29,6 +29,7 @@ from camtool.cards import (
 from camtool.errors import CamtoolError, ModelLoadError, ModelRunError, UnknownModelError
 from camtool.hooks import eval_mode
 from camtool.image import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from camtool.settings import DEVICE_CHOICES, parse_device, parse_dtype
 from camtool.weights import (
     download_weights,
     load_state_dict_file,
@@ -149,25 +150,34 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """Map ``"auto"``/None to the best available device; check that a named device exists."""
-    if device is None or str(device) == "auto":
+    """Map ``"auto"``/None to the best available device; check that a named device exists.
+
+    A string is read by :func:`camtool.settings.parse_device` (cpu, cuda, cuda:N, mps, auto; any
+    case); a :class:`torch.device` is taken as it is.
+
+    Raises:
+        InvalidArgumentError: a spec that names no device (``"gpu"``, ``""``, ``"meta"``).
+        ModelLoadError: a device this machine does not have (CUDA without a GPU, say).
+    """
+    if not isinstance(device, torch.device):
+        device = parse_device(device)
+    if str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ModelLoadError(device, f"not a device name ({exc})") from None
+    resolved = torch.device(device)
     if resolved.type == "meta":
-        from camtool.errors import InvalidArgumentError
-
-        raise InvalidArgumentError(
-            device, "device 'meta' holds no data (shapes only): choose cpu, cuda, mps or auto"
-        )
+        parse_device("meta")  # raises, naming the choices
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(device, "CUDA is not available on this machine")
+    if resolved.type == "cuda" and resolved.index is not None:
+        count = torch.cuda.device_count()
+        if resolved.index >= count:
+            raise ModelLoadError(
+                device, f"this machine has {count} CUDA device{'' if count == 1 else 's'}"
+            )
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise ModelLoadError(device, "MPS is not available on this machine")
     backend = getattr(torch, resolved.type, None)
@@ -175,22 +185,22 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         callable(getattr(backend, "is_available", None)) and backend.is_available()  # type: ignore[union-attr]
     ):
         raise ModelLoadError(
-            device, f"device '{resolved.type}' is not available here: choose cpu, cuda, mps or auto"
+            device, f"device '{resolved.type}' is not available here: choose {DEVICE_CHOICES}"
         )
     return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """Map ``"float32"``/``"float16"``/``"bfloat16"`` (or a torch dtype, or None) to a dtype."""
-    if dtype is None:
-        return torch.float32
+    """Map a dtype name or alias (``float32``/``fp32``, ``float16``/``fp16``/``half``,
+    ``bfloat16``/``bf16``: :func:`camtool.settings.parse_dtype`), a torch dtype or None
+    (float32) to a torch dtype.
+
+    Raises:
+        InvalidArgumentError: an unknown name.
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in DTYPES:
-        from camtool.errors import InvalidArgumentError
-
-        raise InvalidArgumentError(dtype, f"unknown dtype; choose one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    return DTYPES[parse_dtype(dtype)]
 
 
 def load_model(
@@ -217,11 +227,13 @@ def load_model(
             - a TorchScript file (``model.pt`` saved with ``torch.jit.save``);
             - an ``nn.Module``: used as it is, never moved or converted;
             - an already loaded model (returned as is).
-        device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"`` (models camtool builds).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"`` (models camtool
+            builds; see :func:`resolve_device`).
         labels: a label file, one class name per line; their number must match the output.
         weights: a state dict file (``.pth``/``.pt`` read with ``weights_only=True``, or
             ``.safetensors``) replacing the card's or architecture's weights.
-        dtype: ``"float32"`` (default), ``"float16"`` or ``"bfloat16"`` (autocast).
+        dtype: ``"float32"`` (default), ``"float16"`` or ``"bfloat16"`` (autocast; the aliases
+            ``fp32``, ``fp16``/``half`` and ``bf16`` too).
         channels_last: channels-last memory format; default: on for CPU and CUDA (1.6x faster
             for the built-in EfficientNet-Lite on 2 CPU cores).
         preprocessing: the preprocessing to use; default, in this order: the card's, timm's

@@ -27,6 +27,13 @@ from camtool.io import VIDEO_SUFFIXES, video_info
 from camtool.methods.base import DEFAULT_METHOD, Method
 from camtool.models import DEFAULT_MODEL
 from camtool.naming import NameRegistry, component, input_stems, slug
+from camtool.settings import (
+    DEFAULT_ALPHA,
+    DEFAULT_BOX_THRESHOLD,
+    DEFAULT_COLORMAP,
+    DEFAULT_IMAGE_FORMAT,
+    check_box_threshold,
+)
 from camtool.video import VideoReport, explain_video
 
 
@@ -34,10 +41,10 @@ from camtool.video import VideoReport, explain_video
 class Rendering:
     """How overlays look and are stored: opacity, colour map, CAM box, file format."""
 
-    alpha: float = 0.5
-    colormap: str = "jet"
+    alpha: float = DEFAULT_ALPHA
+    colormap: str = DEFAULT_COLORMAP
     box: bool = False
-    image_format: Literal["png", "jpg"] = "png"
+    image_format: Literal["png", "jpg"] = DEFAULT_IMAGE_FORMAT
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,7 @@ def explain_files(
     maps: int = 1,
     top_k: int = 5,
     crop: bool = False,
+    box_threshold: float = DEFAULT_BOX_THRESHOLD,
     rendering: Rendering | None = None,
     sheet: bool = False,
     smooth: int = 1,
@@ -104,7 +112,8 @@ def explain_files(
 
     Args:
         inputs: image or video files. models: one or more models (a row each in a sheet).
-        method, classes, maps, top_k, crop, device: as for :func:`camtool.explain`;
+        method, classes, maps, top_k, crop, box_threshold, device: as for
+            :func:`camtool.explain`;
             ``model_options`` (weights, labels, dtype, layer, classifier) too.
         rendering: overlay look and file format. sheet: also write the comparison sheet
             (input beside the maps; one row per model). smooth: videos only, see
@@ -116,6 +125,7 @@ def explain_files(
             input are yielded as its ``FileResult.error`` and the run goes on.
     """
     rendering = rendering or Rendering()
+    check_box_threshold(box_threshold)
     bound = [bind_method(m, method, classes, device=device, **model_options) for m in models]
     if sheet and bound[0].classes is None:
         maps = max(maps, top_k)  # the sheet shows the top-k classes
@@ -125,12 +135,14 @@ def explain_files(
         try:
             if Path(path).suffix.lower() in VIDEO_SUFFIXES:
                 yield _video(
-                    Path(path), stem, folder, files, bound[0], crop, smooth, rendering, progress
-                )
+                    Path(path), stem, folder, files, bound[0], crop, box_threshold, smooth,
+                    rendering, progress,
+                )  # fmt: skip
             else:
                 yield _image(
-                    Path(path), stem, folder, files, bound, maps, top_k, crop, sheet, rendering
-                )
+                    Path(path), stem, folder, files, bound, maps, top_k, crop, box_threshold,
+                    sheet, rendering,
+                )  # fmt: skip
         except CamtoolError as exc:
             if exc.exit_code != EXIT_ERROR or len(inputs) == 1:
                 raise
@@ -139,9 +151,12 @@ def explain_files(
 
 def _image(
     path: Path, stem: str, folder: Path | None, files: NameRegistry, bound: Sequence[BoundMethod],
-    maps: int, top_k: int, crop: bool, sheet: bool, rendering: Rendering,
+    maps: int, top_k: int, crop: bool, box_threshold: float, sheet: bool, rendering: Rendering,
 ) -> FileResult:  # fmt: skip
-    results = [explain(path, b, maps=maps, top_k=top_k, crop=crop) for b in bound]
+    results = [
+        explain(path, b, maps=maps, top_k=top_k, crop=crop, box_threshold=box_threshold)
+        for b in bound
+    ]
     written: list[list[Path]] = [[] for _ in results]
     if folder is not None:
         look: dict[str, Any] = {
@@ -165,7 +180,7 @@ def _image(
 
 def _video(
     path: Path, stem: str, folder: Path | None, files: NameRegistry, bound: BoundMethod,
-    crop: bool, smooth: int, rendering: Rendering, progress: bool,
+    crop: bool, box_threshold: float, smooth: int, rendering: Rendering, progress: bool,
 ) -> FileResult:  # fmt: skip
     if folder is None:
         raise CamtoolError(path, "a video needs an output folder (--out) for its overlaid video")
@@ -175,7 +190,8 @@ def _video(
     output = folder / files.claim(stem, f"_cam.{suffix}")
     report = explain_video(
         path, output, bound, crop=crop, smooth=smooth, alpha=rendering.alpha,
-        colormap=rendering.colormap, box=rendering.box, progress=progress,
+        colormap=rendering.colormap, box=rendering.box, box_threshold=box_threshold,
+        progress=progress,
     )  # fmt: skip
     error = None
     if report.frames < report.expected_frames - 1:  # containers may count one frame extra
