@@ -12,7 +12,8 @@ import difflib
 import operator
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple, SupportsIndex
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, SupportsIndex
 
 from camtool.errors import ClassSelectionError
 from camtool.naming import slug
@@ -25,7 +26,8 @@ SHOWN_CONTAINING = 8
 SHOWN_CLOSE = 3
 
 
-class ClassName(NamedTuple):
+@dataclass(frozen=True)
+class ClassName:
     """One class of a label set: its index and its label."""
 
     index: int
@@ -58,10 +60,10 @@ def resolve_class(spec: int | str | SupportsIndex, labels: Sequence[str]) -> int
     wanted = spec.strip()
     if wanted.isdigit():
         return _checked_index(spec, int(wanted), labels)
-    index = label_index(spec, labels)
-    if index is None:
+    found = label_index(spec, labels)
+    if found is None:
         raise ClassSelectionError(spec, f"unknown class name{_hint(wanted, labels)}")
-    return index
+    return found
 
 
 def label_index(name: str, labels: Sequence[str]) -> int | None:
@@ -107,7 +109,7 @@ def suggest_classes(spec: str, labels: Sequence[str]) -> tuple[list[ClassName], 
     containing = words + anywhere
     taken = {c.index for c in containing}
     lowered = [label.lower() for label in labels]
-    close = []
+    close: list[ClassName] = []
     for match in difflib.get_close_matches(
         spec.strip().lower(), lowered, n=len(labels), cutoff=0.6
     ):

@@ -124,12 +124,12 @@ class CamtoolGroup(typer.core.TyperGroup):
     """The ``camtool`` command group: Typer's, with flags shown as flags and usage errors as one
     ``Error:`` line (exit 2) whether it runs as a process or under a test runner."""
 
-    def get_params(self, ctx: typer.Context) -> list[Any]:
+    def get_params(self, ctx: Any) -> list[Any]:
         params = super().get_params(ctx)
         _show_as_flags(params)
         return params
 
-    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
         command = super().get_command(ctx, cmd_name)
         if command is not None:
             _show_as_flags(command.get_params(ctx))
@@ -138,12 +138,12 @@ class CamtoolGroup(typer.core.TyperGroup):
     def stray_flag_value(self, args: Sequence[str]) -> str | None:
         """The error line for ``--flag true`` (a flag followed by a word like ``true`` that is
         not an existing file), or None."""
-        name = next((a for a in args if not a.startswith("-")), None)
-        command = self.commands.get(name) if name else None
-        if command is None:
+        position = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+        command = self.commands.get(args[position]) if position is not None else None
+        if command is None or position is None:
             return None
         flags = _flags(command.params)
-        rest = list(args[list(args).index(name) + 1 :])
+        rest = list(args[position + 1 :])
         if "--" in rest:
             rest = rest[: rest.index("--")]
         for flag, value in itertools.pairwise(rest):

@@ -282,8 +282,8 @@ def test_resume_keeps_names_and_never_exports_its_own_outputs(tmp_path: Path) ->
         "x.png": "x",
         "x.jpg": "x_2",
     }
-    assert (out / "x_cam_285_egyptian_cat.jpg").exists() and (
-        out / "x_2_cam_967_espresso.jpg"
+    assert (out / "x_cam_285_egyptian_cat.png").exists() and (
+        out / "x_2_cam_967_espresso.png"
     ).exists()
     assert (out / "x_cams.npy").exists() and (out / "x_2_cams.npy").exists()
     assert not (out / "out").exists() and len(runs) == 2
