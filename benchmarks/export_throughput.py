@@ -7,7 +7,7 @@ On the same JPEG photos (the bundled and foolbox photos, resized to a mix of siz
 640x480), the same network (EfficientNet-Lite0) and the same batch size, each in its own process:
 
   forward      bare forward passes over already-preprocessed tensors (the ceiling)
-  camtool      `camtool export DIR -o OUT -q`: files in, overlay JPEGs out (whole image, no crop)
+  camtool      `camtool export DIR -o OUT -q --format jpg`: files in, overlay JPEGs out (whole image, no crop)
   camtool-     the same with glibc's default malloc thresholds (CAMTOOL_DEFAULT_MALLOC=1)
   camtool-crop the same with --crop: 224x224 network inputs, as the peers below use
   (the peers get the network as a user has it: weights in the default memory format)
@@ -224,9 +224,8 @@ def run_camtool(
     exe = str(Path(sys.executable).parent / "camtool")
     if not Path(exe).exists():
         exe = str(ROOT / ".venv" / "bin" / "camtool")
-    wall, peak, _ = measure(
-        [exe, "export", f"@{listing}", "-o", str(out), "-q", "--batch-size", str(batch_size)], env
-    )
+    command = [exe, "export", f"@{listing}", "-o", str(out), "-q", "--format", "jpg"]
+    wall, peak, _ = measure([*command, "--batch-size", str(batch_size)], env)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["exported"] == len(paths), summary
     return {"seconds": summary["seconds"], "wall": wall, "peak_mb": peak}

@@ -53,7 +53,7 @@ def main() -> None:
     if not (out / "index.html").exists():
         start = time.perf_counter()
         subprocess.run([str(ROOT / ".venv" / "bin" / "camtool"), "export", f"@{listing}", "-o", str(out), "-q",
-                        "--report"], check=True)  # fmt: skip
+                        "--format", "jpg", "--report"], check=True)  # fmt: skip
         print(f"export + gallery of {args.images} images: {time.perf_counter() - start:.0f} s")
     profile = Path(tempfile.mkdtemp())
     blank = out / "blank.html"

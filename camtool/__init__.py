@@ -35,6 +35,9 @@ _EXPORTS = {
     "explain_video": "camtool.video",
     "VideoReport": "camtool.video",
     "write_gallery": "camtool.gallery",
+    "class_names": "camtool.labels",
+    "ClassName": "camtool.labels",
+    "resolve_class": "camtool.labels",
     "load_model": "camtool.models",
     "LoadedModel": "camtool.models",
     "Preprocessing": "camtool.image",
@@ -65,6 +68,7 @@ _NAMESPACES = ("methods",)
 __all__ = [
     "COLORMAPS",
     "CamtoolError",
+    "ClassName",
     "ClassScore",
     "ClassSelectionError",
     "Explanation",
@@ -88,6 +92,7 @@ __all__ = [
     "WeightsHashError",
     "__version__",
     "cam_to_box",
+    "class_names",
     "colorize",
     "comparison_sheet",
     "draw_box",
@@ -102,6 +107,7 @@ __all__ = [
     "methods",
     "normalize_cams",
     "overlay",
+    "resolve_class",
     "save_image",
     "upsample_cams",
     "write_gallery",
@@ -162,6 +168,11 @@ if TYPE_CHECKING:
     from camtool.io import (
         load_image,
         save_image,
+    )
+    from camtool.labels import (
+        ClassName,
+        class_names,
+        resolve_class,
     )
     from camtool.models import (
         LoadedModel,

@@ -26,17 +26,30 @@ from rich.table import Table
 from camtool import __version__
 from camtool.errors import (
     EXIT_ERROR,
-    EXIT_OK,
-    EXIT_USAGE,
     CamtoolError,
     UnsupportedModelError,
 )
+from camtool.settings import (
+    DEFAULT_ALPHA,
+    DEFAULT_BOX_THRESHOLD,
+    DEFAULT_COLORMAP,
+    DEFAULT_IMAGE_FORMAT,
+    DEFAULT_OUT_DIR,
+    DEVICE_CHOICES,
+    DTYPE_CHOICES,
+    check_box_threshold,
+    output_folder,
+    parse_device,
+    parse_dtype,
+)
+from camtool.usage import CamtoolGroup, checked_by
 
 if TYPE_CHECKING:
     from camtool.explanation import Explanation
     from camtool.video import VideoReport
 
 app = typer.Typer(
+    cls=CamtoolGroup,
     name="camtool",
     help="Exact Class Activation Maps: see where a CNN with a global-average-pooling head looks.",
     no_args_is_help=True,
@@ -51,7 +64,7 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 # Choices, kept here so that `camtool --help` needs no torch (render.COLORMAPS holds the same names).
 Colormap = Literal[
     "jet", "turbo", "viridis", "inferno", "magma", "plasma", "cividis", "hot", "parula", "twilight",
-    "rainbow", "bone",
+    "rainbow", "bone", "gray",
 ]  # fmt: skip
 ImageFormat = Literal["png", "jpg"]
 RawFormat = Literal["npy", "npz"]
@@ -218,9 +231,15 @@ ClassifierOption = Annotated[
         help="Classifier layer (a module name); overrides discovery.", callback=module_name
     ),
 ]
-DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")]
+DeviceOption = Annotated[
+    str, typer.Option(help=f"One of {DEVICE_CHOICES}.", callback=checked_by(parse_device))
+]
 DtypeOption = Annotated[
-    str, typer.Option(help="float32, float16 or bfloat16 (autocast; the identity check adapts).")
+    str,
+    typer.Option(
+        help=f"One of {DTYPE_CHOICES} (autocast; the identity check adapts).",
+        callback=checked_by(parse_dtype),
+    ),
 ]
 
 
@@ -234,9 +253,19 @@ MapsOption = Annotated[
     int, typer.Option("--maps", min=1, help="Map this many top classes when --class is not given.")
 ]
 AlphaOption = Annotated[float, typer.Option(min=0.0, max=1.0, help="Heatmap opacity.")]
-ColormapOption = Annotated[Colormap, typer.Option(help="Colour map.")]
-BoxOption = Annotated[
-    bool, typer.Option("--box", help="Draw the CAM box (20% of the map's maximum).")
+ColormapOption = Annotated[
+    Colormap,
+    typer.Option(case_sensitive=False, help="Colour map (any case; gray: black to white)."),
+]
+BoxOption = Annotated[bool, typer.Option("--box", help="Draw the CAM box (see --box-threshold).")]
+BoxThresholdOption = Annotated[
+    float,
+    typer.Option(
+        "--box-threshold",
+        help="The CAM box keeps pixels at or above this fraction of the map's maximum "
+        "(0 < t < 1; 0.2 in the CAM paper).",
+        callback=checked_by(check_box_threshold),
+    ),
 ]
 ScaleOption = Annotated[
     Scale,
@@ -320,11 +349,12 @@ def explain(
         int, typer.Option("--top-k", "-k", min=1, help="Number of predictions to list.")
     ] = 5,
     maps: MapsOption = 1,
-    alpha: AlphaOption = 0.5,
-    colormap: ColormapOption = "jet",
+    alpha: AlphaOption = DEFAULT_ALPHA,
+    colormap: ColormapOption = DEFAULT_COLORMAP,
     box: BoxOption = False,
     scale: ScaleOption = "joint",
     legend: LegendOption = False,
+    box_threshold: BoxThresholdOption = DEFAULT_BOX_THRESHOLD,
     crop: CropOption = False,
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
@@ -333,10 +363,19 @@ def explain(
     layer: LayerOption = None,
     classifier: ClassifierOption = None,
     dtype: DtypeOption = "float32",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the overlays.")] = Path("."),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help=f"Folder for the pictures (default: {DEFAULT_OUT_DIR}; with --json, none "
+            "are written unless --out or --sheet is given).",
+            show_default=False,
+        ),
+    ] = None,
     image_format: Annotated[
         ImageFormat, typer.Option("--format", help="Overlay file format.")
-    ] = "png",
+    ] = DEFAULT_IMAGE_FORMAT,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON document instead of tables.")
     ] = False,
@@ -392,9 +431,10 @@ def explain(
             "images": [],
             "errors": [],
         }
+        folder = output_folder(out, pictures_wanted=sheet or not as_json)
         results = explain_files(
-            images, out, bound, maps=maps, top_k=top_k, crop=crop, rendering=rendering,
-            sheet=sheet, smooth=smooth, progress=not as_json,
+            images, folder, bound, maps=maps, top_k=top_k, crop=crop, box_threshold=box_threshold,
+            rendering=rendering, sheet=sheet, smooth=smooth, progress=not as_json,
         )  # fmt: skip
         for result in results:
             report.results.append(result)
@@ -433,8 +473,9 @@ def export(
         ),
     ],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output folder (mirrors the inputs' paths).")
-    ],
+        Path,
+        typer.Option("--out", "-o", help="Output folder (mirrors the inputs' paths)."),
+    ] = Path(DEFAULT_OUT_DIR),
     model: ModelOption = None,
     method: MethodOption = None,
     classes: ClassesOption = None,
@@ -443,14 +484,15 @@ def export(
         int, typer.Option("--top-k", "-k", min=1, help="Predictions per image in the manifest.")
     ] = 5,
     image_format: Annotated[
-        ImageFormat, typer.Option("--format", help="Overlay file format.")
-    ] = "jpg",
+        ImageFormat, typer.Option("--format", help="Overlay file format (jpg: smaller, faster).")
+    ] = DEFAULT_IMAGE_FORMAT,
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality.")] = 90,
-    alpha: AlphaOption = 0.5,
-    colormap: ColormapOption = "jet",
+    alpha: AlphaOption = DEFAULT_ALPHA,
+    colormap: ColormapOption = DEFAULT_COLORMAP,
     box: BoxOption = False,
     scale: ScaleOption = "joint",
     legend: LegendOption = False,
+    box_threshold: BoxThresholdOption = DEFAULT_BOX_THRESHOLD,
     heatmap: Annotated[
         bool, typer.Option("--heatmap", help="Also write the bare heatmap (8-bit PNG).")
     ] = False,
@@ -500,7 +542,7 @@ def export(
         options = ExportOptions(
             image_format=image_format, quality=quality, alpha=alpha, colormap=colormap,
             box=box, heatmap=heatmap, raw=raw, raw_dtype=raw_dtype,
-            top_k=top_k, scale=scale, legend=legend,
+            top_k=top_k, scale=scale, legend=legend, box_threshold=box_threshold,
         )  # fmt: skip
         report = export_images(
             inputs, out, (model or ["efficientnet_lite0"])[0], method=(method or ["auto"])[0], classes=classes, maps=maps, crop=crop, options=options, resume=resume,
@@ -799,6 +841,40 @@ def fit(
             raise typer.Exit(report.exit_code)
 
 
+@app.command("classes")
+def list_classes(
+    model: Annotated[
+        str, typer.Argument(help="Model spec, as for --model of `explain`.")
+    ] = "efficientnet_lite0",
+    query: Annotated[
+        str | None,
+        typer.Argument(
+            help="Show only the classes whose label contains this (any case; egyptian_cat "
+            "finds 'Egyptian cat'), or this index.",
+            show_default=False,
+        ),
+    ] = None,
+    labels: LabelsOption = None,
+    weights: WeightsOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of lines.")] = False,
+) -> None:
+    """List a model's classes, index and label: what --class takes (an index, the label in any
+    case, or its file-name form: egyptian_cat)."""
+    with errors_to_exit_codes():
+        from camtool.labels import class_names
+
+        found = class_names(model, query, labels=labels, weights=weights)
+        if as_json:
+            doc = [{"index": c.index, "name": c.name} for c in found]
+            sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+            return
+        width = len(str(found[-1].index)) if found else 1
+        sys.stdout.write("".join(f"{c.index:>{width}}  {c.name}\n" for c in found))
+        if not found:
+            print_error(f"{query}: no class of {model} matches")
+            raise typer.Exit(EXIT_ERROR)
+
+
 def silence_native_stderr() -> None:
     """Keep what native libraries print off the terminal; camtool's own lines stay.
 
@@ -853,21 +929,14 @@ def main() -> None:
     """Entry point of the ``camtool`` console script.
 
     Usage errors (an option out of range, a missing argument) become one ``Error:`` line and
-    exit code 2, like every other error, instead of a framed help box. Native libraries' messages
-    and library warnings are kept off stderr (:func:`silence_native_stderr`, :func:`show_warning`).
+    exit code 2, like every other error, instead of a framed help box (:class:`CamtoolGroup`).
+    Native libraries' messages and library warnings are kept off stderr
+    (:func:`silence_native_stderr`, :func:`show_warning`).
     """
     silence_native_stderr()
     if not os.environ.get("CAMTOOL_DEBUG"):
         warnings.showwarning = show_warning
-    try:
-        code = app(standalone_mode=False)
-    except Exception as exc:  # click's UsageError family, vendored by newer typer releases
-        if not hasattr(exc, "format_message"):
-            raise
-        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
-            print_error(exc.format_message())
-        sys.exit(getattr(exc, "exit_code", EXIT_USAGE))
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
+    app()
 
 
 if __name__ == "__main__":

@@ -7,9 +7,7 @@ top-k table), and gives access to the predictions, raw CAMs, heatmaps, boxes, an
 from __future__ import annotations
 
 import base64
-import difflib
 import html
-import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from camtool.errors import ClassSelectionError
 from camtool.geometry import FeatureGeometry
 from camtool.image import Region
 from camtool.io import ImageSource, encode_image, load_image, save_image, source_name
+from camtool.labels import label_index, resolve_class
 from camtool.methods.base import DEFAULT_METHOD, Explainer, MapBatch, Method, bind
 from camtool.models import DEFAULT_MODEL, LoadedModel, load_model
 from camtool.render import (
@@ -39,6 +38,7 @@ from camtool.render import (
     scale_range,
     upsample_cams,
 )
+from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold
 
 #: Maps per row in a comparison sheet; more wrap onto further rows.
 SHEET_MAPS_PER_ROW = 4
@@ -98,11 +98,11 @@ class Explanation:
     geometry: FeatureGeometry
 
     def _position(self, which: int | str) -> int:
-        if isinstance(which, str):
-            for i, score in enumerate(self.explained):
-                if score.name.lower() == which.lower():
-                    return i
-            raise ClassSelectionError(which, "is not one of the explained classes")
+        if isinstance(which, str):  # a label as --class takes it: exact, any case, or slug
+            found = label_index(which, [score.name for score in self.explained])
+            if found is None:
+                raise ClassSelectionError(which, "is not one of the explained classes")
+            return found
         if not -len(self.explained) <= which < len(self.explained):
             raise ClassSelectionError(which, f"only {len(self.explained)} classes were explained")
         return which
@@ -346,51 +346,6 @@ def comparison_sheet(
     return Picture(labelled_grid(tiles, captions, 1 + per_row))
 
 
-def resolve_class(spec: int | str | SupportsIndex, labels: Sequence[str]) -> int:
-    """Return the class index for an index or a class name (any case).
-
-    An index is anything integer-like (``int``, ``numpy.int64``, a one-element integer tensor:
-    whatever has ``__index__``) or a string of digits; booleans and floats are refused.
-
-    Raises:
-        ClassSelectionError: an index out of range, an unknown name (with close names), or
-            something that is neither an integer nor a string.
-    """
-    if not isinstance(spec, str):
-        if isinstance(spec, bool) or type(spec).__name__ == "bool_" or _is_bool_tensor(spec):
-            raise ClassSelectionError(spec, "a class is an integer index or a name, not a boolean")
-        try:
-            index = operator.index(spec)
-        except TypeError:
-            raise ClassSelectionError(
-                spec, f"a class is an integer index or a name, not {type(spec).__name__}"
-            ) from None
-        return _checked_index(spec, index, labels)
-    if spec.strip().isdigit():
-        return _checked_index(spec, int(spec), labels)
-    wanted = spec.strip().lower()
-    lowered = [label.lower() for label in labels]
-    if wanted in lowered:
-        return lowered.index(wanted)
-    close = difflib.get_close_matches(wanted, lowered, n=3, cutoff=0.6)
-    hint = (
-        f"; did you mean {', '.join(repr(labels[lowered.index(c)]) for c in close)}?"
-        if close
-        else ""
-    )
-    raise ClassSelectionError(spec, f"unknown class name{hint}")
-
-
-def _is_bool_tensor(spec: object) -> bool:
-    return isinstance(spec, torch.Tensor) and spec.dtype == torch.bool
-
-
-def _checked_index(spec: object, index: int, labels: Sequence[str]) -> int:
-    if not 0 <= index < len(labels):
-        raise ClassSelectionError(spec, f"class index out of range 0..{len(labels) - 1}")
-    return index
-
-
 @lru_cache(maxsize=4)
 def _cached_model(
     spec: str, stamps: tuple[int, ...], options: tuple[tuple[str, Any], ...]
@@ -517,7 +472,7 @@ def explain(
     classifier: str | None = None,
     dtype: str | None = None,
     batch_size: int = 16,
-    box_threshold: float = 0.2,
+    box_threshold: float = DEFAULT_BOX_THRESHOLD,
 ) -> Explanation | list[Explanation]:
     """Explain one image or several: predictions, maps, heatmaps and boxes.
 
@@ -537,11 +492,13 @@ def explain(
         weights, dtype: as for :func:`camtool.load_model`.
         layer, classifier: module names that override the method's discovery.
         batch_size: images per forward pass (images of equal input size are batched together).
-        box_threshold: fraction of the map's maximum used for the CAM box.
+        box_threshold: fraction of the map's maximum used for the CAM box, 0 < t < 1 (default
+            0.2, the CAM paper's).
 
     Returns:
         An :class:`Explanation` for a single source, else a list in the input order.
     """
+    check_box_threshold(box_threshold)
     single = not isinstance(images, (list, tuple))
     sources: list[ImageSource] = [images] if single else list(cast(Sequence[ImageSource], images))
     bound = bind_method(
@@ -576,7 +533,7 @@ def build_explanation(
     image: Tensor,
     region: Region,
     top_k: int = 5,
-    box_threshold: float = 0.2,
+    box_threshold: float = DEFAULT_BOX_THRESHOLD,
 ) -> Explanation:
     """Turn row ``row`` of a :class:`~camtool.methods.MapBatch` into the :class:`Explanation` of
     ``image`` (``Tensor[3,H,W]`` uint8): scores, heatmaps at image resolution, boxes."""

@@ -202,11 +202,13 @@ def load_model(
               model (``torch.save(model)``) only with ``unsafe_load_pickle``;
             - an ``nn.Module``: used as it is, never moved or converted;
             - an already loaded model (returned as is).
-        device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"`` (models camtool builds).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"`` (models camtool
+            builds; see :func:`resolve_device`).
         labels: a label file, one class name per line; their number must match the output.
         weights: a state dict file (``.pth``/``.pt`` read with ``weights_only=True``, or
             ``.safetensors``) replacing the card's or architecture's weights.
-        dtype: ``"float32"`` (default), ``"float16"`` or ``"bfloat16"`` (autocast).
+        dtype: ``"float32"`` (default), ``"float16"`` or ``"bfloat16"`` (autocast; the aliases
+            ``fp32``, ``fp16``/``half`` and ``bf16`` too).
         channels_last: channels-last memory format; default: on for CPU and CUDA (1.6x faster
             for the built-in EfficientNet-Lite on 2 CPU cores).
         preprocessing: the preprocessing to use; default, in this order: the card's, timm's

@@ -16,30 +16,40 @@ from torch import Tensor, nn
 
 from camtool.errors import CamtoolError, ModelLoadError, ModelOutputError, ModelRunError
 from camtool.hooks import eval_mode
+from camtool.settings import DEVICE_CHOICES, parse_device, parse_dtype
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """Map ``"auto"``/None to the best available device; check that a named device exists."""
-    if device is None or str(device) == "auto":
+    """Map ``"auto"``/None to the best available device; check that a named device exists.
+
+    A string is read by :func:`camtool.settings.parse_device` (cpu, cuda, cuda:N, mps, auto; any
+    case); a :class:`torch.device` is taken as it is.
+
+    Raises:
+        InvalidArgumentError: a spec that names no device (``"gpu"``, ``""``, ``"meta"``).
+        ModelLoadError: a device this machine does not have (CUDA without a GPU, say).
+    """
+    if not isinstance(device, torch.device):
+        device = parse_device(device)
+    if str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ModelLoadError(device, f"not a device name ({exc})") from None
+    resolved = torch.device(device)
     if resolved.type == "meta":
-        from camtool.errors import InvalidArgumentError
-
-        raise InvalidArgumentError(
-            device, "device 'meta' holds no data (shapes only): choose cpu, cuda, mps or auto"
-        )
+        parse_device("meta")  # raises, naming the choices
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(device, "CUDA is not available on this machine")
+    if resolved.type == "cuda" and resolved.index is not None:
+        count = torch.cuda.device_count()
+        if resolved.index >= count:
+            raise ModelLoadError(
+                device, f"this machine has {count} CUDA device{'' if count == 1 else 's'}"
+            )
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise ModelLoadError(device, "MPS is not available on this machine")
     backend = getattr(torch, resolved.type, None)
@@ -47,22 +57,22 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         callable(getattr(backend, "is_available", None)) and backend.is_available()  # type: ignore[union-attr]
     ):
         raise ModelLoadError(
-            device, f"device '{resolved.type}' is not available here: choose cpu, cuda, mps or auto"
+            device, f"device '{resolved.type}' is not available here: choose {DEVICE_CHOICES}"
         )
     return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """Map ``"float32"``/``"float16"``/``"bfloat16"`` (or a torch dtype, or None) to a dtype."""
-    if dtype is None:
-        return torch.float32
+    """Map a dtype name or alias (``float32``/``fp32``, ``float16``/``fp16``/``half``,
+    ``bfloat16``/``bf16``: :func:`camtool.settings.parse_dtype`), a torch dtype or None
+    (float32) to a torch dtype.
+
+    Raises:
+        InvalidArgumentError: an unknown name.
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in DTYPES:
-        from camtool.errors import InvalidArgumentError
-
-        raise InvalidArgumentError(dtype, f"unknown dtype; choose one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    return DTYPES[parse_dtype(dtype)]
 
 
 def check_finite_weights(model: nn.Module) -> None:

@@ -29,6 +29,13 @@ from camtool.methods.base import DEFAULT_METHOD, Method
 from camtool.models import DEFAULT_MODEL
 from camtool.naming import NameRegistry, component, input_stems, slug
 from camtool.render import DEFAULT_SCALE, check_scale
+from camtool.settings import (
+    DEFAULT_ALPHA,
+    DEFAULT_BOX_THRESHOLD,
+    DEFAULT_COLORMAP,
+    DEFAULT_IMAGE_FORMAT,
+    check_box_threshold,
+)
 from camtool.video import VideoReport, explain_video
 
 
@@ -37,10 +44,10 @@ class Rendering:
     """How overlays look and are stored: opacity, colour map, CAM box, file format, colour
     scale (``"joint"`` or ``"per-map"``, see :meth:`Explanation.overlay`) and legend band."""
 
-    alpha: float = 0.5
-    colormap: str = "jet"
+    alpha: float = DEFAULT_ALPHA
+    colormap: str = DEFAULT_COLORMAP
     box: bool = False
-    image_format: Literal["png", "jpg"] = "png"
+    image_format: Literal["png", "jpg"] = DEFAULT_IMAGE_FORMAT
     scale: str = DEFAULT_SCALE
     legend: bool = False
 
@@ -99,6 +106,7 @@ def explain_files(
     maps: int = 1,
     top_k: int = 5,
     crop: bool = False,
+    box_threshold: float = DEFAULT_BOX_THRESHOLD,
     rendering: Rendering | None = None,
     sheet: bool = False,
     smooth: int = 1,
@@ -120,7 +128,7 @@ def explain_files(
         inputs: image or video files. models: one or more models.
         method: one method or several (each model is explained by each method: one sheet row
             per model and method, models outermost; videos use the first).
-        classes, maps, top_k, crop, device: as for :func:`camtool.explain`;
+        classes, maps, top_k, crop, box_threshold, device: as for :func:`camtool.explain`;
             ``model_options`` (weights, labels, dtype, layer, classifier) too. Without
             ``classes``, the first model and method choose each image's top ``maps`` classes,
             and every other model and method maps those same classes (by index when the label
@@ -136,6 +144,7 @@ def explain_files(
             input are yielded as its ``FileResult.error`` and the run goes on.
     """
     rendering = rendering or Rendering()
+    check_box_threshold(box_threshold)
     methods: list[str | Method] = (
         list(method) if isinstance(method, (list, tuple)) else [cast("str | Method", method)]
     )
@@ -150,12 +159,14 @@ def explain_files(
         try:
             if Path(path).suffix.lower() in VIDEO_SUFFIXES:
                 yield _video(
-                    Path(path), stem, folder, files, bound[0], crop, smooth, rendering, progress
-                )
+                    Path(path), stem, folder, files, bound[0], crop, box_threshold, smooth,
+                    rendering, progress,
+                )  # fmt: skip
             else:
                 yield _image(
-                    Path(path), stem, folder, files, bound, maps, top_k, crop, sheet, rendering
-                )
+                    Path(path), stem, folder, files, bound, maps, top_k, crop, box_threshold,
+                    sheet, rendering,
+                )  # fmt: skip
         except CamtoolError as exc:
             if exc.exit_code != EXIT_ERROR or len(inputs) == 1:
                 raise
@@ -164,12 +175,13 @@ def explain_files(
 
 def _image(
     path: Path, stem: str, folder: Path | None, files: NameRegistry, bound: Sequence[BoundMethod],
-    maps: int, top_k: int, crop: bool, sheet: bool, rendering: Rendering,
+    maps: int, top_k: int, crop: bool, box_threshold: float, sheet: bool, rendering: Rendering,
 ) -> FileResult:  # fmt: skip
-    first = explain(path, bound[0], maps=maps, top_k=top_k, crop=crop)
-    results = [first] + [
-        explain(path, same_classes(first, b), maps=maps, top_k=top_k, crop=crop) for b in bound[1:]
-    ]
+    options: dict[str, Any] = {
+        "maps": maps, "top_k": top_k, "crop": crop, "box_threshold": box_threshold,
+    }  # fmt: skip
+    first = explain(path, bound[0], **options)
+    results = [first] + [explain(path, same_classes(first, b), **options) for b in bound[1:]]
     written: list[list[Path]] = [[] for _ in results]
     several_models = len({b.model.name for b in bound}) > 1
     several_methods = len({b.explainer.method for b in bound}) > 1
@@ -213,7 +225,7 @@ def _same_labels(first: Explanation, bound: BoundMethod) -> bool:
 
 def _video(
     path: Path, stem: str, folder: Path | None, files: NameRegistry, bound: BoundMethod,
-    crop: bool, smooth: int, rendering: Rendering, progress: bool,
+    crop: bool, box_threshold: float, smooth: int, rendering: Rendering, progress: bool,
 ) -> FileResult:  # fmt: skip
     if folder is None:
         raise CamtoolError(path, "a video needs an output folder (--out) for its overlaid video")
@@ -223,7 +235,8 @@ def _video(
     output = folder / files.claim(stem, f"_cam.{suffix}")
     report = explain_video(
         path, output, bound, crop=crop, smooth=smooth, alpha=rendering.alpha,
-        colormap=rendering.colormap, box=rendering.box, progress=progress,
+        colormap=rendering.colormap, box=rendering.box, box_threshold=box_threshold,
+        progress=progress,
     )  # fmt: skip
     error = None
     if report.frames < report.expected_frames - 1:  # containers may count one frame extra

@@ -17,12 +17,14 @@ from torch import Tensor
 
 from camtool.errors import InvalidArgumentError
 from camtool.geometry import FeatureGeometry
+from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold
 
 Box = tuple[int, int, int, int]
 """``(x1, y1, x2, y2)`` in image pixels; ``x2`` and ``y2`` are exclusive."""
 
-#: Colour maps by name (OpenCV's).
-COLORMAPS: dict[str, int] = {
+#: Colour maps by name: OpenCV's colour map, or None for ``gray`` (black to white). Names are
+#: matched in any case (:func:`colormap_name`).
+COLORMAPS: dict[str, int | None] = {
     "jet": cv2.COLORMAP_JET,
     "turbo": cv2.COLORMAP_TURBO,
     "viridis": cv2.COLORMAP_VIRIDIS,
@@ -35,7 +37,32 @@ COLORMAPS: dict[str, int] = {
     "twilight": cv2.COLORMAP_TWILIGHT,
     "rainbow": cv2.COLORMAP_RAINBOW,
     "bone": cv2.COLORMAP_BONE,
+    "gray": None,
 }
+
+
+def colormap_name(name: str) -> str:
+    """Return the :data:`COLORMAPS` name for ``name`` in any case (``"JET"`` -> ``"jet"``).
+
+    Raises:
+        InvalidArgumentError: a name that is not a colour map, listing the choices.
+    """
+    wanted = name.strip().lower() if isinstance(name, str) else name
+    if wanted not in COLORMAPS:
+        raise InvalidArgumentError(
+            name, f"unknown colour map; choose one of {', '.join(COLORMAPS)}"
+        )
+    return wanted
+
+
+@cache
+def _colormap_table(name: str) -> np.ndarray:
+    """The colour map ``name`` (any case) as OpenCV's user table: ``uint8 [256, 1, 3]`` BGR."""
+    code = COLORMAPS[colormap_name(name)]
+    levels = np.arange(256, dtype=np.uint8).reshape(256, 1)
+    if code is None:  # gray: level -> (level, level, level)
+        return np.ascontiguousarray(np.repeat(levels[:, :, None], 3, axis=2))
+    return cv2.applyColorMap(levels, code).reshape(256, 1, 3)
 
 
 #: How maps become colours: ``"joint"`` (the default) puts all maps of one image on one scale
@@ -127,12 +154,8 @@ def upsample_cams(
 
 @cache
 def _colormap_lut(name: str) -> Tensor:
-    if name not in COLORMAPS:
-        raise InvalidArgumentError(
-            name, f"unknown colour map; choose one of {', '.join(COLORMAPS)}"
-        )
-    bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), COLORMAPS[name])
-    return torch.from_numpy(bgr.reshape(256, 3)[:, ::-1].copy())
+    """The colour map ``name`` as ``Tensor[256, 3]`` uint8 RGB."""
+    return torch.from_numpy(_colormap_table(name).reshape(256, 3)[:, ::-1].copy())
 
 
 def colormap_colors(name: str, count: int = 16) -> list[tuple[int, int, int]]:
@@ -165,7 +188,7 @@ def overlay(
         image: ``Tensor[3,H,W]`` uint8 RGB.
         heatmap: ``Tensor[H,W]`` float in [0, 1], same height and width.
         alpha: weight of the heatmap, in [0, 1].
-        colormap: a name from :data:`COLORMAPS`.
+        colormap: a name from :data:`COLORMAPS`, in any case.
         mask: optional ``Tensor[H,W]`` bool; outside it the image is left as it is.
 
     Returns:
@@ -194,28 +217,29 @@ def overlay(
 def _overlay_with_opencv(image: Tensor, heatmap: Tensor, alpha: float, colormap: str) -> Tensor:
     """The same blend as :func:`overlay`, with OpenCV's colour map and ``addWeighted`` (4x faster
     on the CPU than indexing and blending float tensors)."""
-    if colormap not in COLORMAPS:
-        raise InvalidArgumentError(
-            colormap, f"unknown colour map; choose one of {', '.join(COLORMAPS)}"
-        )
+    table = _colormap_table(colormap)
     levels = (heatmap.float().clamp(0, 1) * 255).round_().to(torch.uint8).numpy()
-    colour = cv2.applyColorMap(levels, COLORMAPS[colormap])  # BGR, [H,W,3]
+    colour = cv2.applyColorMap(levels, table)  # BGR, [H,W,3]
     pixels = np.ascontiguousarray(image.permute(1, 2, 0).numpy()[:, :, ::-1])  # RGB -> BGR
     blended = cv2.addWeighted(pixels, 1 - alpha, colour, alpha, 0.0)
     return torch.from_numpy(np.ascontiguousarray(blended[:, :, ::-1])).permute(2, 0, 1)
 
 
-def cam_to_box(heatmap: Tensor, threshold: float = 0.2) -> Box | None:
+def cam_to_box(heatmap: Tensor, threshold: float = DEFAULT_BOX_THRESHOLD) -> Box | None:
     """Return the CAM paper's box: keep pixels at or above ``threshold`` x the map's maximum,
     take the largest connected component, and return its bounding box.
 
     Args:
         heatmap: ``Tensor[H,W]`` float.
-        threshold: fraction of the maximum (the paper uses 0.2).
+        threshold: fraction of the maximum, 0 < threshold < 1 (the paper uses 0.2).
 
     Returns:
         ``(x1, y1, x2, y2)`` in pixels with x2/y2 exclusive, or None for a map with no positive pixel.
+
+    Raises:
+        InvalidArgumentError: a threshold outside (0, 1).
     """
+    check_box_threshold(threshold)
     peak = float(heatmap.max())
     if peak <= 0:
         return None

@@ -26,6 +26,7 @@ from camtool.methods.base import DEFAULT_METHOD, Method
 from camtool.models import DEFAULT_MODEL
 from camtool.progress import ProgressBar
 from camtool.render import draw_label
+from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ def explain_frames(
     smooth: int = 1,
     top_k: int = 5,
     source: str = "<frame>",
+    box_threshold: float = DEFAULT_BOX_THRESHOLD,
 ) -> Iterator[Explanation]:
     """Explain a stream of ``Tensor[3,H,W]`` uint8 frames of one size, ``batch_size`` at a time.
 
@@ -69,8 +71,9 @@ def explain_frames(
     first frame's are its own; the window starts again when the top class changes), which
     steadies flickering maps; CAMs, scores and boxes stay the frame's own. ``model`` is a loaded
     model (or any spec :func:`camtool.explain` takes, or a bound method); ``method`` makes the
-    maps.
+    maps; ``box_threshold`` is as for :func:`camtool.explain`.
     """
+    check_box_threshold(box_threshold)
     bound = model if isinstance(model, BoundMethod) else bind_method(model, method, classes)
     if bound.explainer.method == "none":
         raise UnsupportedModelError(bound.model.name, bound.explainer.describe())
@@ -83,7 +86,9 @@ def explain_frames(
         out = bound(torch.stack([p[0] for p in prepared]), maps=1)
         nonlocal index, shown
         for row, (frame, (_, region)) in enumerate(zip(batch, prepared, strict=True)):
-            ex = build_explanation(bound.model, out, row, f"{source}#{index}", frame, region, top_k)
+            ex = build_explanation(
+                bound.model, out, row, f"{source}#{index}", frame, region, top_k, box_threshold
+            )
             index += 1
             if shown is not None and ex.explained[0].index != shown:
                 recent.clear()  # another class now: do not blend its maps with the last one's
@@ -116,6 +121,7 @@ def explain_video(
     alpha: float = 0.5,
     colormap: str = "jet",
     box: bool = False,
+    box_threshold: float = DEFAULT_BOX_THRESHOLD,
     device: str | None = "auto",
     progress: bool = False,
     **model_options: Any,
@@ -137,7 +143,7 @@ def explain_video(
     count = 0
     try:
         stream = explain_frames(frames, bound, crop=crop, batch_size=batch_size,
-                                smooth=smooth, source=str(path))  # fmt: skip
+                                smooth=smooth, source=str(path), box_threshold=box_threshold)  # fmt: skip
         for ex in stream:
             score = ex.explained[0]
             frame = draw_label(ex.overlay(0, alpha=alpha, colormap=colormap, box=box),

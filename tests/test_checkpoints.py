@@ -344,7 +344,9 @@ def test_reduced_precision_keeps_the_prediction_and_checks_the_identity(
     code, _, err = run("explain", str(CAT), "--dtype", "float8", "-o", str(tmp_path))
     assert (
         code == 2
-        and err == "Error: float8: unknown dtype; choose one of float32, float16, bfloat16\n"
+        and err
+        == "Error: --dtype float8: unknown dtype: choose float32 (fp32), float16 (fp16, "
+        "half) or bfloat16 (bf16)\n"
     )
 
 

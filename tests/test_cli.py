@@ -232,9 +232,11 @@ def test_a_broken_user_card_does_not_break_other_models(
 @pytest.mark.parametrize(
     ("args", "line"),
     [
-        (["explain", str(CAT), "--alpha", "2"], "Error: Invalid value for '--alpha': Input should be less than or equal to 1\n"),
-        (["explain"], "Error: Missing argument 'images'.\n"),
-        (["explain", str(CAT), "--bogus"], "Error: No such option: --bogus (Possible options: --box, --out, --verbose)\n"),
+        (["explain", str(CAT), "--alpha", "2"], "Error: --alpha: input should be less than or equal to 1\n"),
+        (["explain"], "Error: images: missing argument (see 'camtool explain --help')\n"),
+        (["explain", str(CAT), "--bogus"], "Error: --bogus: no such option; did you mean --box, --out, --verbose? (see 'camtool explain --help')\n"),
+        (["explian", str(CAT)], "Error: explian: no such command; did you mean 'explain'? (see 'camtool --help')\n"),
+        (["export", "in", "--raw", "npx"], "Error: --raw: 'npx' is not one of 'npy', 'npz'\n"),
     ],
 )  # fmt: skip
 def test_usage_errors_are_one_line_too(tmp_path: Path, args: list[str], line: str) -> None:

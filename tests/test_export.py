@@ -282,8 +282,8 @@ def test_resume_keeps_names_and_never_exports_its_own_outputs(tmp_path: Path) ->
         "x.png": "x",
         "x.jpg": "x_2",
     }
-    assert (out / "x_cam_285_egyptian_cat.jpg").exists() and (
-        out / "x_2_cam_967_espresso.jpg"
+    assert (out / "x_cam_285_egyptian_cat.png").exists() and (
+        out / "x_2_cam_967_espresso.png"
     ).exists()
     assert (out / "x_cams.npy").exists() and (out / "x_2_cams.npy").exists()
     assert not (out / "out").exists() and len(runs) == 2
@@ -297,11 +297,14 @@ def test_torn_manifest_and_per_image_failures(tmp_path: Path) -> None:
     shutil.copy(CAT, folder / "a.png")
     Image.new("RGB", (70000, 4)).save(folder / "wide.png")  # too wide for JPEG: that image fails
     out = tmp_path / "out"
-    code, _, err = run("export", str(folder), "-o", str(out), "-q", "--workers", "0")
+    jpg = ("--format", "jpg")
+    code, _, err = run("export", str(folder), "-o", str(out), "-q", "--workers", "0", *jpg)
     assert code == 3 and "wide_cam_" in err and "OpenCV cannot encode" in err
     with (out / "manifest.jsonl").open("ab") as handle:
         handle.write('{"input": "torn \u00e9'.encode()[:-1])  # a line cut inside a UTF-8 character
-    code, _, _ = run("export", str(folder), "-o", str(out), "-q", "--workers", "0", "--resume")
+    code, _, _ = run(
+        "export", str(folder), "-o", str(out), "-q", "--workers", "0", "--resume", *jpg
+    )
     assert code == 3
     lines = (out / "manifest.jsonl").read_bytes().splitlines()
     assert all(json.loads(line) for line in lines)  # the torn line is gone, the rest is intact

@@ -156,7 +156,7 @@ def test_label_names_cannot_write_outside_out(tmp_path: Path, label: str) -> Non
         "export", str(image), "--labels", str(labels), "-o", str(out / "e"), "-q", "-c", "285"
     )
     assert code == 0, err
-    exported = [p for p in all_files(out / "e") if p.suffix == ".jpg"]
+    exported = [p for p in all_files(out / "e") if p.suffix == ".png"]
     assert len(exported) == 1 and exported[0].parent == out / "e"
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from camtool.errors import ManifestError, OutputBusyError, OutputWriteError
+from camtool.errors import InvalidArgumentError, ManifestError, OutputBusyError, OutputWriteError
 from camtool.export.inputs import InputItem, safe_stem
 from camtool.io import TEMP_PREFIX, TEMP_SUFFIX, open_regular_file
 from camtool.naming import NameRegistry
@@ -308,6 +308,37 @@ def earlier_manifest(path: Path, resume: bool) -> ManifestContents | None:
         if resume:
             raise
         return None
+
+
+def check_same_settings(path: Path, earlier: dict[str, Any], now: dict[str, Any]) -> None:
+    """Refuse to resume when the settings of the manifest's last run (``earlier``) differ from
+    this run's (``now``): the outputs would mix two kinds of pictures.
+
+    Raises:
+        InvalidArgumentError: naming each setting that changed as ``name: old -> new``.
+    """
+    changes = settings_changes(earlier, now)
+    if changes:
+        raise InvalidArgumentError(
+            path,
+            f"was written with other settings ({'; '.join(changes)}); use another --out, or the "
+            "same options",
+        )
+
+
+def settings_changes(earlier: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Each setting whose value differs, as ``name: old -> new`` (values in JSON, ``(unset)`` for
+    a setting one of the runs did not record), in the order of ``now`` then ``earlier``."""
+
+    def shown(settings: dict[str, Any], name: str) -> str:
+        return json.dumps(settings[name], ensure_ascii=False) if name in settings else "(unset)"
+
+    names = list(now) + [name for name in earlier if name not in now]
+    return [
+        f"{name}: {shown(earlier, name)} -> {shown(now, name)}"
+        for name in names
+        if name not in earlier or name not in now or earlier[name] != now[name]
+    ]
 
 
 def restore_stems(items: list[InputItem], previous: dict[str, dict[str, Any]]) -> list[InputItem]:

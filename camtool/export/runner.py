@@ -41,6 +41,7 @@ from camtool.export.manifest import (
     MANIFEST,
     SUMMARY,
     ManifestWriter,
+    check_same_settings,
     earlier_manifest,
     locked_output,
     remove_unfinished,
@@ -63,6 +64,7 @@ from camtool.io import (
 from camtool.methods.base import DEFAULT_METHOD, Method
 from camtool.models import DEFAULT_MODEL, LoadedModel
 from camtool.progress import ProgressBar
+from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold
 
 EXIT_INTERRUPTED = 130
 
@@ -79,7 +81,7 @@ def explain_iter(
     device: str | None = "auto",
     batch_size: int = 32,
     workers: int | None = None,
-    box_threshold: float = 0.2,
+    box_threshold: float = DEFAULT_BOX_THRESHOLD,
     **model_options: Any,
 ) -> Iterator[Explanation | ExportFailure]:
     """Explain many images lazily: yield an :class:`Explanation` (or :class:`ExportFailure`) per
@@ -87,6 +89,7 @@ def explain_iter(
 
     Takes the inputs of :func:`export` and the options of :func:`camtool.explain`.
     """
+    check_box_threshold(box_threshold)
     bound = bind_method(model, method, classes, device=device, **model_options)
     loaded = bound.model
     items, failures = collect_inputs(inputs)
@@ -218,8 +221,7 @@ def export(
         ManifestError: resuming from a manifest with a line camtool cannot read.
     """
     started = time.perf_counter()
-    options = options or ExportOptions()
-    check_options(options)
+    options = check_options(options or ExportOptions())
     out = Path(out_dir)
     with locked_output(out):
         return _export_locked(
@@ -277,16 +279,14 @@ def _plan(
         "model": loaded.name, "weights": loaded.weights, "method": bound.explainer.method,
         "classes": bound.classes, "maps": maps, "crop": crop,
         **{k: (str(v) if v is not None else None) for k, v in sorted(model_options.items())},
+        **({"dtype": str(loaded.dtype).removeprefix("torch.")} if "dtype" in model_options else {}),
         **{k: v for k, v in asdict(options).items() if k != "quality"},
     }  # fmt: skip
     earlier = earlier_manifest(out / MANIFEST, resume)
     resumed = earlier if resume else None
     previous, runs = (resumed.by_path, resumed.runs) if resumed else ({}, [])
-    if runs and runs[-1].get("settings") != settings:
-        raise InvalidArgumentError(
-            out / MANIFEST,
-            "was written with other settings; use another --out, or the same options",
-        )
+    if runs:
+        check_same_settings(out / MANIFEST, runs[-1].get("settings") or {}, settings)
     removed = remove_unfinished(out, earlier)
     items = restore_stems(items, previous)
     todo, carried = split_resumed(items, resumed)

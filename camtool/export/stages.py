@@ -11,7 +11,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
@@ -39,7 +39,14 @@ from camtool.io import (
 from camtool.methods.base import MapBatch
 from camtool.models import LoadedModel
 from camtool.naming import fit, slug
-from camtool.render import COLORMAPS, DEFAULT_SCALE, check_scale
+from camtool.render import DEFAULT_SCALE, check_scale, colormap_name
+from camtool.settings import (
+    DEFAULT_ALPHA,
+    DEFAULT_BOX_THRESHOLD,
+    DEFAULT_COLORMAP,
+    DEFAULT_IMAGE_FORMAT,
+    check_box_threshold,
+)
 
 EXIT_INTERRUPTED = 130
 
@@ -175,16 +182,16 @@ def explain_stream(
 class ExportOptions:
     """How each image's outputs are rendered and written (see :func:`export`)."""
 
-    image_format: Literal["jpg", "png"] = "jpg"
+    image_format: Literal["jpg", "png"] = DEFAULT_IMAGE_FORMAT
     quality: int = 90
-    alpha: float = 0.5
-    colormap: str = "jet"
+    alpha: float = DEFAULT_ALPHA
+    colormap: str = DEFAULT_COLORMAP
     box: bool = False
     heatmap: bool = False
     raw: Literal["npy", "npz"] | None = None
     raw_dtype: Literal["float16", "float32"] = "float16"
     top_k: int = 5
-    box_threshold: float = 0.2
+    box_threshold: float = DEFAULT_BOX_THRESHOLD
     scale: str = DEFAULT_SCALE
     legend: bool = False
 
@@ -317,16 +324,18 @@ def single_threaded_opencv() -> int:
     return int(previous)
 
 
-def check_options(options: ExportOptions) -> None:
+def check_options(options: ExportOptions) -> ExportOptions:
+    """Return ``options`` with the colour map's name in its canonical case (``JET`` -> ``jet``).
+
+    Raises:
+        InvalidArgumentError: a format, colour map, alpha or box threshold camtool cannot use.
+    """
     if options.image_format not in ("jpg", "png"):
         raise InvalidArgumentError(options.image_format, "image format must be jpg or png")
     if options.raw not in (None, "npy", "npz"):
         raise InvalidArgumentError(options.raw, "raw format must be npy or npz")
-    if options.colormap not in COLORMAPS:
-        raise InvalidArgumentError(
-            options.colormap,
-            f"unknown colour map; choose one of {', '.join(COLORMAPS)}",
-        )
     check_scale(options.scale)
     if not 0 <= options.alpha <= 1:
         raise InvalidArgumentError(options.alpha, "alpha must be between 0 and 1")
+    check_box_threshold(options.box_threshold)
+    return replace(options, colormap=colormap_name(options.colormap))

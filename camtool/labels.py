@@ -1,0 +1,213 @@
+"""Class names: from what a user types (``285``, ``Egyptian cat``, ``egyptian_cat``) to a class
+index, suggestions for a name that matches none, and searching a model's labels.
+
+One rule everywhere (``--class``, ``classes=``, ``camtool classes``): a class is an index, its
+exact label, its label in any case, or the label's slug, the form camtool writes into file names
+(:func:`camtool.naming.slug`: ``Egyptian cat`` -> ``egyptian_cat``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import operator
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, SupportsIndex
+
+from camtool.errors import ClassSelectionError
+from camtool.naming import slug
+
+if TYPE_CHECKING:
+    from camtool.explanation import BoundMethod, ModelSpec
+
+#: How many labels containing the typed name, and how many close spellings, a message lists.
+SHOWN_CONTAINING = 8
+SHOWN_CLOSE = 3
+
+
+@dataclass(frozen=True)
+class ClassName:
+    """One class of a label set: its index and its label."""
+
+    index: int
+    name: str
+
+
+def resolve_class(spec: int | str | SupportsIndex, labels: Sequence[str]) -> int:
+    """Return the class index for ``spec``.
+
+    ``spec`` is, in this order: an index (anything integer-like: ``int``, ``numpy.int64``, a
+    one-element integer tensor, or a string of digits; booleans and floats are refused), a label
+    exactly as written, a label in any case, or a label's slug (``egyptian_cat``, the form in
+    camtool's file names). Blanks around a string are ignored.
+
+    Raises:
+        ClassSelectionError: an index out of range; a name that several labels share in the
+            form it matched (listed with their indices); an unknown name (with the labels that
+            contain it, then close spellings); something that is neither an integer nor a string.
+    """
+    if not isinstance(spec, str):
+        if isinstance(spec, bool) or type(spec).__name__ == "bool_" or _is_bool_tensor(spec):
+            raise ClassSelectionError(spec, "a class is an integer index or a name, not a boolean")
+        try:
+            index = operator.index(spec)
+        except TypeError:
+            raise ClassSelectionError(
+                spec, f"a class is an integer index or a name, not {type(spec).__name__}"
+            ) from None
+        return _checked_index(spec, index, labels)
+    wanted = spec.strip()
+    if wanted.isdigit():
+        return _checked_index(spec, int(wanted), labels)
+    found = label_index(spec, labels)
+    if found is None:
+        raise ClassSelectionError(spec, f"unknown class name{_hint(wanted, labels)}")
+    return found
+
+
+def label_index(name: str, labels: Sequence[str]) -> int | None:
+    """The index of the label ``name`` names: exactly as written, else in any case, else as a
+    slug (``egyptian_cat``); None when it names none. Blanks around ``name`` are ignored.
+
+    Raises:
+        ClassSelectionError: several labels match in the first form that matches at all (two
+            labels that differ only in case, say), listed with their indices.
+    """
+    wanted = name.strip()
+    for form in (_exact, str.lower, _slug):
+        key = form(wanted)
+        found = [i for i, label in enumerate(labels) if key and form(label) == key]
+        if len(found) == 1 or (found and form is _exact):
+            return found[0]
+        if found:
+            listed = ", ".join(f"{i} {labels[i]!r}" for i in found)
+            raise ClassSelectionError(
+                name, f"ambiguous class name: {listed}; give the index or the exact label"
+            )
+    return None
+
+
+def suggest_classes(spec: str, labels: Sequence[str]) -> tuple[list[ClassName], list[ClassName]]:
+    """The classes a name that matches none may have meant: those whose label contains it (as a
+    whole word first, then anywhere; compared as slugs, so case, blanks and ``_`` do not
+    matter), and then close spellings (``difflib``'s ratio, at least 0.6) not listed already.
+
+    Returns:
+        ``(containing, close)``: every label containing ``spec``, in that order, and at most
+        :data:`SHOWN_CLOSE` close ones, best first.
+    """
+    key = slug(spec, fallback="")
+    words, anywhere = [], []
+    if key:
+        for i, label in enumerate(labels):
+            name = slug(label, fallback="")
+            if f"_{key}_" in f"_{name}_":
+                words.append(ClassName(i, label))
+            elif key in name:
+                anywhere.append(ClassName(i, label))
+    containing = words + anywhere
+    taken = {c.index for c in containing}
+    lowered = [label.lower() for label in labels]
+    close: list[ClassName] = []
+    for match in difflib.get_close_matches(
+        spec.strip().lower(), lowered, n=len(labels), cutoff=0.6
+    ):
+        index = lowered.index(match)
+        if index not in taken and len(close) < SHOWN_CLOSE:
+            taken.add(index)
+            close.append(ClassName(index, labels[index]))
+    return containing, close
+
+
+def match_classes(labels: Sequence[str], query: str | None = None) -> list[ClassName]:
+    """The classes of ``labels`` whose label contains ``query`` (in any case, or as a slug:
+    ``tiger_cat`` finds ``tiger cat``) or whose index it is; every class when ``query`` is None
+    or blank. In index order."""
+    every = [ClassName(i, label) for i, label in enumerate(labels)]
+    if query is None or not query.strip():
+        return every
+    text, key = query.strip().lower(), slug(query, fallback="")
+    return [
+        c
+        for c in every
+        if (text.isdigit() and c.index == int(text))
+        or text in c.name.lower()
+        or (key and key in slug(c.name, fallback=""))
+    ]
+
+
+def class_names(
+    model: ModelSpec | BoundMethod | None = None,
+    query: str | None = None,
+    *,
+    labels: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+) -> list[ClassName]:
+    """The classes of a model (index and label), all of them or those matching ``query`` (see
+    :func:`match_classes`); what ``camtool classes [MODEL] [QUERY]`` prints.
+
+    A named model's labels are read from its card, without loading the network; any other
+    model spec is loaded (on the CPU, random weights allowed: only its label count matters).
+
+    Args:
+        model: a model spec as for :func:`camtool.load_model` (default: the default model), a
+            loaded model or a bound method.
+        query: text to look for in the labels, or an index.
+        labels: a label file replacing the model's labels. weights: as for ``load_model``.
+
+    Raises:
+        UnknownModelError, ModelLoadError: the model or its label file cannot be read.
+    """
+    from camtool.cards import find_card, is_card_name, load_labels
+    from camtool.explanation import BoundMethod
+    from camtool.models import DEFAULT_MODEL, LoadedModel, load_model
+
+    model = DEFAULT_MODEL if model is None else model
+    if isinstance(model, BoundMethod):
+        model = model.model
+    if labels is not None:
+        names = load_labels(labels)
+    elif isinstance(model, LoadedModel):
+        names = model.labels
+    elif (
+        isinstance(model, str)
+        and weights is None
+        and (model.endswith(".toml") or is_card_name(model))
+    ):
+        card = find_card(model)
+        names = load_labels(card.labels, card.path.parent if card.path else None)
+    else:
+        names = load_model(model, device="cpu", weights=weights, random_weights=True).labels
+    return match_classes(names, query)
+
+
+def _exact(text: str) -> str:
+    return text
+
+
+def _slug(text: str) -> str:
+    return slug(text, fallback="")
+
+
+def _hint(spec: str, labels: Sequence[str]) -> str:
+    containing, close = suggest_classes(spec, labels)
+    shown = [repr(c.name) for c in containing[:SHOWN_CONTAINING] + close]
+    if not shown:
+        return ""
+    more = len(containing) - SHOWN_CONTAINING
+    extra = f" ({more} more contain {spec!r})" if more > 0 else ""
+    return f"; did you mean {', '.join(shown)}?{extra}"
+
+
+def _is_bool_tensor(spec: object) -> bool:
+    return (
+        type(spec).__module__.startswith("torch")
+        and str(getattr(spec, "dtype", "")) == "torch.bool"
+    )
+
+
+def _checked_index(spec: object, index: int, labels: Sequence[str]) -> int:
+    if not 0 <= index < len(labels):
+        raise ClassSelectionError(spec, f"class index out of range 0..{len(labels) - 1}")
+    return index
