@@ -23,7 +23,7 @@ _EXPORTS = {
     "Explanation": "camtool.explanation",
     "ClassScore": "camtool.explanation",
     "comparison_sheet": "camtool.explanation",
-    "Picture": "camtool.explanation",
+    "Picture": "camtool.picture",
     "export": "camtool.export",
     "explain_iter": "camtool.export",
     "ExportOptions": "camtool.export",
@@ -136,7 +136,6 @@ if TYPE_CHECKING:
     from camtool.explanation import (
         ClassScore,
         Explanation,
-        Picture,
         comparison_sheet,
         explain,
     )
@@ -162,6 +161,9 @@ if TYPE_CHECKING:
     from camtool.models import (
         LoadedModel,
         load_model,
+    )
+    from camtool.picture import (
+        Picture,
     )
     from camtool.render import (
         COLORMAPS,

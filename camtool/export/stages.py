@@ -217,7 +217,9 @@ def write_outputs(
     files: list[tuple[Path, bytes]] = []
     for i, score in enumerate(ex.explained):
         name = f"_cam_{score.index}_{slug(score.name)}"
-        overlay = ex.overlay(i, alpha=options.alpha, colormap=options.colormap, box=options.box)
+        overlay = ex.overlay(
+            i, alpha=options.alpha, colormap=options.colormap, box=options.box
+        ).tensor
         target = output_path(out_dir, stem, f"{name}.{options.image_format}")
         files.append((target, _encoded(target, overlay, options.quality)))
         if options.heatmap:
