@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -106,6 +107,21 @@ def test_overlay_is_a_picture_of_the_input_size(lite0: camtool.LoadedModel) -> N
         camtool.InvalidArgumentError, match=r"uint8 Tensor\[3,H,W\], got torch.float32"
     ):
         camtool.Picture(torch.zeros(3, 4, 4))
+
+
+def test_class_score_fields_have_one_name_everywhere(lite0: camtool.LoadedModel) -> None:
+    """The README, the dataclass, the JSON summary and the manifest's schema name the same fields."""
+    from camtool.export.manifest import _SCORE_FIELDS
+
+    fields = [f.name for f in dataclasses.fields(camtool.ClassScore)]
+    assert fields == ["index", "name", "probability", "logit"]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    mentions = re.findall(r"ClassScore\(([a-z_, ]+)\)", readme)
+    assert mentions and all(m.split(", ") == fields for m in mentions), mentions
+    summary = camtool.explain(CAT, lite0).to_dict()
+    assert list(summary["predictions"][0]) == fields
+    assert list(summary["explained"][0]) == [*fields, "box"]
+    assert set(_SCORE_FIELDS) <= set(fields)
 
 
 def test_public_api_is_pinned() -> None:
