@@ -370,29 +370,6 @@ def explain(
 
 @overload
 def explain(
-    images: str | os.PathLike[str],
-    model: ModelSpec | BoundMethod = ...,
-    *,
-    method: str | Method = ...,
-    classes: Sequence[int | str | SupportsIndex] | None = ...,
-    maps: int = ...,
-    top_k: int = ...,
-    crop: bool = ...,
-    device: str | None = ...,
-    labels: str | None = ...,
-    weights: str | None = ...,
-    layer: str | None = ...,
-    classifier: str | None = ...,
-    dtype: str | None = ...,
-    batch_size: int = ...,
-    box_threshold: float = ...,
-    layout: Layout | None = ...,
-    preprocessed: bool = ...,
-) -> Explanation: ...
-
-
-@overload
-def explain(
     images: Tensor | np.ndarray[Any, Any],
     model: ModelSpec | BoundMethod = ...,
     *,
