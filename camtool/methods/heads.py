@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from camtool.errors import InvalidArgumentError, UnsupportedModelError
 from camtool.hooks import capture_input, capture_output, eval_mode
-from camtool.models import check_finite_weights, probe_image
+from camtool.models import check_finite_weights, logits_of, probe_image
 
 HeadKind = Literal[
     "explicit", "forward_features", "pool_input", "class_maps", "traced", "sequential", "tokens"
@@ -320,17 +320,18 @@ def features_and_logits(module: nn.Module, head: CamHead, batch: Tensor) -> tupl
         tokens = module.forward_features(batch)  # type: ignore[operator]
         grid = tokens_to_grid(tokens, head, (int(batch.shape[-2]), int(batch.shape[-1])))
         return grid, module.forward_head(tokens)  # type: ignore[operator]
+    name = type(module).__name__
     if head.kind == "traced":
         assert head.runner is not None
-        features, logits = head.runner(batch)
-        return features, logits
+        features, output = head.runner(batch)
+        return features, logits_of(output, name)
     if head.kind == "sequential":
         assert head.runner is not None
-        return head.runner(batch), module(batch)
+        return head.runner(batch), logits_of(module(batch), name)
     assert head.capture is not None
     capture = capture_output if head.kind == "explicit" else capture_input
     with capture(head.capture) as captured:
-        logits = module(batch)
+        logits = logits_of(module(batch), name)
     if captured.tensor is None or captured.calls != 1:
         raise UnsupportedModelError(
             head.feature_name, f"ran {captured.calls} times in one forward pass, expected once"

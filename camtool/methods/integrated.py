@@ -45,7 +45,7 @@ from camtool.methods.heads import (
     is_global_avg_pool,
     relative_scale,
 )
-from camtool.models import network_failures, probe_image
+from camtool.models import logits_of, network_failures, probe_image
 
 if TYPE_CHECKING:
     from camtool.models import LoadedModel
@@ -229,7 +229,7 @@ class IntegrationHead:
         assert self.capture is not None
         capture = capture_input if self.kind == "pooled" else capture_output
         with capture(self.capture) as captured:
-            logits = model(batch)
+            logits = logits_of(model(batch), type(model).__name__)
         if captured.tensor is None or captured.calls != 1:
             raise UnsupportedModelError(
                 self.feature_name, f"ran {captured.calls} times in one forward pass, expected once"
