@@ -23,7 +23,7 @@ _EXPORTS = {
     "Explanation": "camtool.explanation",
     "ClassScore": "camtool.explanation",
     "comparison_sheet": "camtool.explanation",
-    "Picture": "camtool.explanation",
+    "Picture": "camtool.picture",
     "export": "camtool.export",
     "fit": "camtool.training",
     "FitReport": "camtool.training",
@@ -146,7 +146,6 @@ if TYPE_CHECKING:
     from camtool.explanation import (
         ClassScore,
         Explanation,
-        Picture,
         comparison_sheet,
         explain,
     )
@@ -177,6 +176,9 @@ if TYPE_CHECKING:
     from camtool.models import (
         LoadedModel,
         load_model,
+    )
+    from camtool.picture import (
+        Picture,
     )
     from camtool.render import (
         COLORMAPS,

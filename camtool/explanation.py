@@ -1,31 +1,33 @@
 """One call from images to explained predictions: :func:`explain` and the :class:`Explanation`.
 
-This is the notebook-facing layer: an :class:`Explanation` shows itself in Jupyter (overlay and
-top-k table), and gives access to the predictions, raw CAMs, heatmaps, boxes, and ``save``.
+This is the notebook-facing layer: an :class:`Explanation` shows itself in Jupyter (the overlay of
+every explained class, captioned, and the top-k table), and gives access to the predictions, raw
+CAMs, heatmaps, boxes, and ``save``.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, SupportsIndex, cast, overload
+from typing import Any, SupportsIndex, overload
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from camtool.cards import ModelCard, find_card, is_card_name
-from camtool.errors import ClassSelectionError
+from camtool.errors import ClassSelectionError, InvalidArgumentError
 from camtool.geometry import FeatureGeometry
-from camtool.image import Region
-from camtool.io import ImageSource, encode_image, load_image, save_image, source_name
+from camtool.image import Layout, Region
+from camtool.io import ImageSource, save_image, source_name
 from camtool.labels import label_index, resolve_class
 from camtool.methods.base import DEFAULT_METHOD, Explainer, MapBatch, Method, bind
 from camtool.models import DEFAULT_MODEL, LoadedModel, load_model
+from camtool.picture import Picture, figures_html
 from camtool.render import (
     DEFAULT_SCALE,
     Box,
@@ -39,6 +41,7 @@ from camtool.render import (
     upsample_cams,
 )
 from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold
+from camtool.sources import Images, NamedImage, gather_images, preprocessed_batch
 
 #: Maps per row in a comparison sheet; more wrap onto further rows.
 SHEET_MAPS_PER_ROW = 4
@@ -48,7 +51,8 @@ ModelSpec = str | ModelCard | nn.Module | LoadedModel
 
 @dataclass(frozen=True)
 class ClassScore:
-    """One class of one image: its index, name, softmax probability and logit."""
+    """One class of one image: its ``index``, ``name`` (its label), softmax ``probability`` and
+    ``logit``. The same four names are the keys of the JSON output and of an export's manifest."""
 
     index: int
     name: str
@@ -61,8 +65,10 @@ class Explanation:
     """The explained prediction of one image.
 
     Attributes:
-        source: the input's path, or ``<Tensor>``/``<ndarray>``/... for in-memory images.
-        image: ``Tensor[3,H,W]`` uint8 RGB, the input as loaded.
+        source: the input's path, or ``<Tensor>``/``<ndarray>``/... for in-memory images
+            (``<Tensor>[2]``: the third image of a batch).
+        image: ``Tensor[3,H,W]`` uint8 RGB, the input as loaded (for a ``preprocessed`` batch:
+            the network's input, de-normalised, at the network's resolution).
         model: the model's name; ``head``: what the maps were computed from (for CAM, the head:
             feature map -> classifier); ``method``: the method that made them (``"cam"``).
         predictions: the top-k classes, most probable first.
@@ -147,8 +153,9 @@ class Explanation:
         box: bool = False,
         scale: str = DEFAULT_SCALE,
         legend: bool = False,
-    ) -> Tensor:
-        """Return the overlay of one explained class: ``Tensor[3,H,W]`` uint8 RGB.
+    ) -> Picture:
+        """Return the overlay of one explained class, a :class:`~camtool.picture.Picture` that
+        shows itself in Jupyter; its ``tensor`` is ``Tensor[3,H,W]`` uint8 RGB, the image's size.
 
         Args:
             which: position in ``explained`` (0: the first) or the class's name.
@@ -174,7 +181,7 @@ class Explanation:
             result = draw_box(result, found)
         if legend:
             result = draw_legend(result, colormap, *self.legend_text(i, scale))
-        return result
+        return Picture(result)
 
     def legend_text(self, which: int | str = 0, scale: str = DEFAULT_SCALE) -> tuple[str, ...]:
         """``(caption, meaning, low, high)`` of the legend of one overlay (see :meth:`overlay`)."""
@@ -208,7 +215,7 @@ class Explanation:
 
     def save(self, path: str | os.PathLike[str], which: int | str = 0, **options: Any) -> Path:
         """Write the overlay of one explained class (see :meth:`overlay` for options) to ``path``."""
-        return save_image(path, self.overlay(which, **options))
+        return save_image(path, self.overlay(which, **options).tensor)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready summary: predictions, explained classes with boxes, model, head."""
@@ -229,26 +236,44 @@ class Explanation:
             ],
         }
 
-    def _repr_png_(self) -> bytes:
-        picture = self.overlay(0, box=True) if self.explained else self.image
-        return encode_image(picture, ".png")
+    def __repr__(self) -> str:
+        """One short line: the input, its size, model, method and explained classes."""
+        name = Path(self.source).name if not self.source.startswith("<") else "image"
+        name = name if len(name) <= 32 else name[:31] + "~"
+        head = (
+            f"Explanation({name} {self.image.shape[2]}x{self.image.shape[1]}, "
+            f"model {self.model}, method {self.method}, classes ["
+        )
+        items = [f"{s.index} {s.name} {s.probability:.2f}" for s in self.explained]
+        shown = items[:1]
+        for item in items[1:]:
+            tail = ", ...])" if len(shown) + 2 < len(items) else "])"
+            if len(head + ", ".join([*shown, item]) + tail) > 120:
+                break
+            shown.append(item)
+        rest = ", ..." if len(shown) < len(items) else ""
+        return head + ", ".join(shown) + rest + "])"
 
     def _repr_html_(self) -> str:
-        png = base64.b64encode(self._repr_png_()).decode("ascii")
+        """The notebook view: each explained class's overlay (with its box) captioned with the
+        class and its probability, each picture embedded once; then the top-k table."""
+        figures = [
+            (self.overlay(i, box=True), f"{s.index} {s.name} {s.probability:.2f}")
+            for i, s in enumerate(self.explained)
+        ] or [(Picture(self.image), "input (no maps)")]
         rows = "".join(
             f"<tr><td>{p.index}</td><td>{html.escape(p.name)}</td>"
             f"<td>{p.probability:.3f}</td><td>{p.logit:.2f}</td></tr>"
             for p in self.predictions
         )
-        mapped = (
-            f"{html.escape(self.method)} map of <b>{html.escape(self.explained[0].name)}</b> "
-            f"({html.escape(self.model)}: {html.escape(self.head)}{residual_text(self.residual)})"
-            if self.explained
-            else f"({html.escape(self.model)}: {html.escape(self.head)})"
+        name = self.source if not self.source.startswith("<") else "image"
+        about = (
+            f"{html.escape(name)} ({self.image.shape[2]}x{self.image.shape[1]}): "
+            f"{html.escape(self.method)} maps, {html.escape(self.model)}: "
+            f"{html.escape(self.head)}{residual_text(self.residual)}"
         )
         return (
-            f"<div><img src='data:image/png;base64,{png}' style='max-width:480px'/>"
-            f"<p>{html.escape(self.source)}: {mapped}</p><table><tr><th>class</th><th>name</th>"
+            f"<div>{figures_html(figures)}<p>{about}</p><table><tr><th>class</th><th>name</th>"
             f"<th>probability</th><th>logit</th></tr>{rows}</table></div>"
         )
 
@@ -293,20 +318,6 @@ def residual_text(residual: float | None) -> str:
     return "" if residual is None else f", identity residual {residual:.1e}"
 
 
-@dataclass(frozen=True, eq=False)
-class Picture:
-    """An image to look at: ``image`` is ``Tensor[3,H,W]`` uint8 RGB; shows itself in Jupyter."""
-
-    image: Tensor
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the picture (PNG, JPEG, ... by the suffix)."""
-        return save_image(path, self.image)
-
-    def _repr_png_(self) -> bytes:
-        return encode_image(self.image, ".png")
-
-
 def comparison_sheet(
     explanations: Sequence[Explanation],
     alpha: float = 0.5,
@@ -330,7 +341,9 @@ def comparison_sheet(
     for ex in explanations:
         who = ": ".join([ex.model] * models + [ex.method] * methods)
         overlays = [
-            ex.overlay(i, alpha=alpha, colormap=colormap, box=box, scale=scale, legend=legend)
+            ex.overlay(
+                i, alpha=alpha, colormap=colormap, box=box, scale=scale, legend=legend
+            ).tensor
             for i in range(len(ex.explained))
         ]
         names = [f"{who}: {s.name} {s.probability:.2f}" if who else f"{s.name} {s.probability:.2f}"
@@ -432,7 +445,32 @@ def explain(
     dtype: str | None = ...,
     batch_size: int = ...,
     box_threshold: float = ...,
+    layout: Layout | None = ...,
+    preprocessed: bool = ...,
 ) -> list[Explanation]: ...
+
+
+@overload
+def explain(
+    images: Tensor | np.ndarray[Any, Any],
+    model: ModelSpec | BoundMethod = ...,
+    *,
+    method: str | Method = ...,
+    classes: Sequence[int | str | SupportsIndex] | None = ...,
+    maps: int = ...,
+    top_k: int = ...,
+    crop: bool = ...,
+    device: str | None = ...,
+    labels: str | None = ...,
+    weights: str | None = ...,
+    layer: str | None = ...,
+    classifier: str | None = ...,
+    dtype: str | None = ...,
+    batch_size: int = ...,
+    box_threshold: float = ...,
+    layout: Layout | None = ...,
+    preprocessed: bool = ...,
+) -> Any: ...  # one image: an Explanation; a batch: a list of them
 
 
 @overload
@@ -453,11 +491,13 @@ def explain(
     dtype: str | None = ...,
     batch_size: int = ...,
     box_threshold: float = ...,
+    layout: Layout | None = ...,
+    preprocessed: bool = ...,
 ) -> Explanation: ...
 
 
 def explain(
-    images: ImageSource | Sequence[ImageSource],
+    images: Images,
     model: ModelSpec | BoundMethod = DEFAULT_MODEL,
     *,
     method: str | Method = DEFAULT_METHOD,
@@ -473,11 +513,16 @@ def explain(
     dtype: str | None = None,
     batch_size: int = 16,
     box_threshold: float = DEFAULT_BOX_THRESHOLD,
+    layout: Layout | None = None,
+    preprocessed: bool = False,
 ) -> Explanation | list[Explanation]:
     """Explain one image or several: predictions, maps, heatmaps and boxes.
 
     Args:
-        images: one image source (path, ``Tensor[3,H,W]``, numpy RGB array, PIL image) or a list.
+        images: one image: a path, a PIL image, or a tensor or numpy array ``[3,H,W]``,
+            ``[H,W,3]`` or ``[H,W]`` (uint8, or float in [0, 1]); a list of images; or a batch,
+            ``Tensor[N,3,H,W]`` or ``[N,H,W,3]`` (tensor or array), whose images are explained
+            together (one forward pass per ``batch_size`` images).
         model: a model name (default: ``efficientnet_lite0``), card, ``nn.Module``, loaded model
             or :class:`BoundMethod` (which fixes method, classes and layers too).
         method: the method that makes the maps (``camtool.methods.method_names()``; default
@@ -494,21 +539,45 @@ def explain(
         batch_size: images per forward pass (images of equal input size are batched together).
         box_threshold: fraction of the map's maximum used for the CAM box, 0 < t < 1 (default
             0.2, the CAM paper's).
+        layout: ``"CHW"`` or ``"HWC"``: where in-memory images keep their channels. By default
+            the shape tells (the axis of length 1, 3 or 4); a shape that cannot tell (``[3,H,3]``)
+            is refused with a request for ``layout``.
+        preprocessed: ``images`` is already the network's input: a float ``Tensor[N,3,h,w]`` (or
+            ``[3,h,w]``) resized and normalised as the model's preprocessing does
+            (``model.preprocessing.prepare``). It goes into the network as it is (``crop`` does not
+            apply); each explanation's ``image`` and overlays show it de-normalised, at the
+            network's resolution.
 
     Returns:
-        An :class:`Explanation` for a single source, else a list in the input order.
+        An :class:`Explanation` for one image, else a list in the input order (a batch's order).
+
+    Raises:
+        ImageReadError: an image that cannot be read or has a shape that is no image (the message
+            names the argument, ``images`` or ``images[i]``, and the shape); InvalidArgumentError:
+            a ``preprocessed`` batch of the wrong shape or dtype; and the errors of
+            :func:`bind_method`.
     """
     check_box_threshold(box_threshold)
-    single = not isinstance(images, (list, tuple))
-    sources: list[ImageSource] = [images] if single else list(cast(Sequence[ImageSource], images))
     bound = bind_method(
         model, method, classes, device=device, layer=layer, classifier=classifier,
         labels=labels, weights=weights, dtype=dtype,
     )  # fmt: skip
     loaded = bound.model
-    pictures = [load_image(source) for source in sources]
-    prepared = [loaded.preprocessing.prepare(picture, crop) for picture in pictures]
-    results: list[Explanation | None] = [None] * len(sources)
+    if preprocessed:
+        if crop:
+            raise InvalidArgumentError("crop", "a preprocessed batch goes in as it is: no crop")
+        batch, single = preprocessed_batch(images, loaded.preprocessing)
+        name = source_name(images)
+        height, width = batch.shape[2:]
+        inputs = [
+            NamedImage(name if single else f"{name}[{i}]", loaded.preprocessing.denormalize(x))
+            for i, x in enumerate(batch)
+        ]
+        prepared = [(x, Region(0.0, 0.0, float(width), float(height))) for x in batch]
+    else:
+        inputs, single = gather_images(images, layout)
+        prepared = [loaded.preprocessing.prepare(item.image, crop) for item in inputs]
+    results: list[Explanation | None] = [None] * len(inputs)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, (tensor, _) in enumerate(prepared):
         groups.setdefault(tuple(tensor.shape), []).append(i)
@@ -518,7 +587,7 @@ def explain(
             out = bound(torch.stack([prepared[i][0] for i in chunk]), maps)
             for row, i in enumerate(chunk):
                 results[i] = build_explanation(
-                    loaded, out, row, source_name(sources[i]), pictures[i], prepared[i][1],
+                    loaded, out, row, inputs[i].name, inputs[i].image, prepared[i][1],
                     top_k, box_threshold,
                 )  # fmt: skip
     done = [r for r in results if r is not None]

@@ -3,8 +3,9 @@ the :class:`Region` of the image the network saw, and antialiased uint8 resizing
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast, get_args
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,13 @@ MAX_ASPECT = 8
 #: The largest input size (pixels on the shorter side) camtool accepts: 4x the largest ImageNet
 #: classifiers' (EfficientNet-B7: 600, timm's 1024-px models); the long side may be MAX_ASPECT x.
 MAX_INPUT_SIZE = 4096
+
+#: Where an in-memory image keeps its colour channels: first (``[C,H,W]``, torch's way) or last
+#: (``[H,W,C]``, numpy's, PIL's and OpenCV's way).
+Layout = Literal["CHW", "HWC"]
+
+#: Channel counts an in-memory image may have: gray, RGB, RGBA (alpha is dropped).
+CHANNEL_COUNTS = (1, 3, 4)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -102,6 +110,57 @@ class Preprocessing:
         mean = torch.tensor(self.mean, device=pixels.device).mul_(255).view(3, 1, 1)
         std = torch.tensor(self.std, device=pixels.device).mul_(255).view(3, 1, 1)
         return (pixels.float() - mean) / std
+
+    def denormalize(self, batch: Tensor) -> Tensor:
+        """Undo :meth:`normalize`: the network's input ``Tensor[..., 3, h, w]`` (any float dtype)
+        back to uint8 pixels of the same shape, on the CPU (rounded, clipped to 0..255)."""
+        batch = batch.detach().float().cpu()
+        mean = torch.tensor(self.mean).mul_(255).view(3, 1, 1)
+        std = torch.tensor(self.std).mul_(255).view(3, 1, 1)
+        return (batch * std + mean).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def image_layout(shape: Sequence[int], layout: str | None, name: str) -> Layout:
+    """Tell where the channels of a three-axis image ``shape`` are.
+
+    The rule: channels are the axis of length 1, 3 or 4 (gray, RGB, RGBA). If only the first
+    axis can be channels the image is ``"CHW"``; if only the last, ``"HWC"``. When both can (a
+    ``[3,H,3]`` image, say) the shape does not tell, and ``layout`` must: it is checked against the
+    shape whenever it is given.
+
+    Args:
+        shape: the three sizes of the image.
+        layout: ``"CHW"``, ``"HWC"`` or None (tell by the shape).
+        name: the input, for error messages.
+
+    Raises:
+        ImageReadError: no axis can be channels, both can and ``layout`` is None, or ``layout``
+            is unknown or contradicts the shape.
+    """
+    from camtool.errors import ImageReadError
+
+    sizes = [int(n) for n in shape]
+    if layout is not None and layout not in get_args(Layout):
+        raise ImageReadError(name, f"layout must be 'CHW' or 'HWC', not {layout!r}")
+    first, last = sizes[0] in CHANNEL_COUNTS, sizes[-1] in CHANNEL_COUNTS
+    if (layout == "CHW" and not first) or (layout == "HWC" and not last):
+        raise ImageReadError(
+            name, f"layout={layout!r} needs 1, 3 or 4 channels on that axis, got shape {sizes}"
+        )
+    if layout is not None:
+        return cast(Layout, layout)
+    if first and last:
+        raise ImageReadError(
+            name,
+            f"shape {sizes} could be [C,H,W] or [H,W,C]: say which with layout='CHW' or "
+            "layout='HWC'",
+        )
+    if not (first or last):
+        raise ImageReadError(
+            name,
+            f"expected 1, 3 or 4 channels first ([3,H,W]) or last ([H,W,3]), got shape {sizes}",
+        )
+    return "CHW" if first else "HWC"
 
 
 def check_input_size(size: int) -> None:

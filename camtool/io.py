@@ -42,6 +42,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from camtool.image import CHANNEL_COUNTS, Layout, image_layout  # noqa: E402
+
 # OpenCV's own log lines (a truncated BMP, a bad TIFF) would break the one-line error contract.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
@@ -204,7 +206,8 @@ def image_suffixes() -> frozenset[str]:
 
 
 ImageSource = str | os.PathLike[str] | Tensor | np.ndarray[Any, Any] | Any
-"""Anything :func:`load_image` accepts: a path, a ``Tensor[3,H,W]``, an RGB numpy array, a PIL image."""
+"""Anything :func:`load_image` accepts: a path, a tensor or numpy array (``[3,H,W]``, ``[H,W,3]``
+or ``[H,W]``), a PIL image."""
 
 
 def source_name(source: ImageSource) -> str:
@@ -214,15 +217,21 @@ def source_name(source: ImageSource) -> str:
     return f"<{type(source).__name__}>"
 
 
-def load_image(source: ImageSource, max_pixels: int | None = None) -> Tensor:
+def load_image(
+    source: ImageSource, max_pixels: int | None = None, layout: Layout | None = None
+) -> Tensor:
     """Load an image from a path, a tensor, a numpy array or a PIL image.
 
     Args:
-        source: a file path; a ``Tensor[3,H,W]`` or ``Tensor[H,W]`` (uint8, or float in [0, 1]);
-            a numpy array ``[H,W,3]`` RGB or ``[H,W]`` gray (uint8, uint16 or float in [0, 1]);
-            or a PIL image of any mode (modes ``I`` and ``F`` carry no range: it is taken from
-            the values, see :func:`_pil_to_image`). NaN or infinite pixels are refused.
+        source: a file path; a tensor or a numpy array holding one RGB image, channels first
+            (``[3,H,W]``) or last (``[H,W,3]``), or a gray ``[H,W]`` one (uint8, uint16, or float
+            in [0, 1]; a fourth channel, alpha, is dropped); or a PIL image of any mode (modes
+            ``I`` and ``F`` carry no range: it is taken from the values, see
+            :func:`_pil_to_image`). NaN or infinite pixels are refused.
         max_pixels: refuse images with more pixels (default: :func:`max_pixels_limit`).
+        layout: ``"CHW"`` or ``"HWC"`` for a tensor or an array; by default the shape tells (the
+            axis of length 1, 3 or 4 holds the channels), and a shape that does not (``[3,H,3]``)
+            is refused with a request for ``layout`` (see :func:`camtool.image.image_layout`).
 
     Returns:
         ``Tensor[3,H,W]`` uint8, RGB.
@@ -236,9 +245,9 @@ def load_image(source: ImageSource, max_pixels: int | None = None) -> Tensor:
     if isinstance(source, (str, os.PathLike)):
         image = _read_image_file(Path(source), limit)
     elif isinstance(source, Tensor):
-        image = _tensor_to_image(source, name)
+        image = _tensor_to_image(source, name, layout)
     elif isinstance(source, np.ndarray):
-        image = _array_to_image(source, name)
+        image = _array_to_image(source, name, layout)
     elif hasattr(source, "convert") and hasattr(source, "mode"):  # a PIL image
         image = _pil_to_image(source, name, limit)
     else:
@@ -329,25 +338,35 @@ def _read_image_file(path: Path, limit: int) -> Tensor:
     return _array_to_image(rgb, str(path))
 
 
-def _tensor_to_image(tensor: Tensor, name: str) -> Tensor:
+def _tensor_to_image(tensor: Tensor, name: str, layout: str | None = None) -> Tensor:
     t = tensor.detach()
     if t.ndim == 2:
-        t = t.unsqueeze(0)
-    if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
+        t, layout = t.unsqueeze(0), "CHW"
+    if t.ndim != 3 or not {t.shape[0], t.shape[2]} & set(CHANNEL_COUNTS):
         raise ImageReadError(
-            name, f"expected a tensor of shape [3, H, W] or [H, W], got {list(tensor.shape)}"
+            name,
+            "expected a tensor of shape [3, H, W], [H, W, 3] or [H, W] (one image), got "
+            f"{list(tensor.shape)}",
         )
+    if image_layout(t.shape, layout, name) == "HWC":
+        t = t.permute(2, 0, 1)
     t = t[:3] if t.shape[0] == 4 else t.expand(3, -1, -1) if t.shape[0] == 1 else t
     return _to_uint8(t, name).cpu().contiguous()
 
 
-def _array_to_image(array: np.ndarray[Any, Any], name: str) -> Tensor:
+def _array_to_image(array: np.ndarray[Any, Any], name: str, layout: str | None = "HWC") -> Tensor:
+    """An image array as ``Tensor[3,H,W]`` uint8; ``layout`` as for :func:`load_image` (arrays
+    decoded by camtool itself are ``[H,W,C]``)."""
     if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        array, layout = array[:, :, None], "HWC"
+    if array.ndim != 3 or not {array.shape[0], array.shape[2]} & set(CHANNEL_COUNTS):
         raise ImageReadError(
-            name, f"expected an array of shape [H, W, 3] or [H, W], got {list(array.shape)}"
+            name,
+            "expected an array of shape [H, W, 3], [3, H, W] or [H, W] (one image), got "
+            f"{list(array.shape)}",
         )
+    if image_layout(array.shape, layout, name) == "CHW":
+        array = array.transpose(1, 2, 0)
     pixels = array[:, :, :3]
     if not (pixels.flags.c_contiguous and pixels.flags.writeable):
         pixels = np.array(pixels, order="C")  # torch.from_numpy wants its own writable copy

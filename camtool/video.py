@@ -146,7 +146,7 @@ def explain_video(
                                 smooth=smooth, source=str(path), box_threshold=box_threshold)  # fmt: skip
         for ex in stream:
             score = ex.explained[0]
-            frame = draw_label(ex.overlay(0, alpha=alpha, colormap=colormap, box=box),
+            frame = draw_label(ex.overlay(0, alpha=alpha, colormap=colormap, box=box).tensor,
                                f"{score.name} {score.probability:.2f}")  # fmt: skip
             writer.write(frame)
             count += 1

@@ -126,7 +126,7 @@ def test_export_equals_explain_whatever_the_batch(
             )
         for i, path in enumerate(record["outputs"]):
             written = camtool.load_image(path).int()
-            expected = alone.overlay(i, box=True).int()
+            expected = alone.overlay(i, box=True).tensor.int()
             assert (written - expected).abs().max() <= 1
 
 

@@ -89,8 +89,8 @@ def test_box_line_scales_with_the_image_and_the_legend_band(tmp_path: Path) -> N
     assert with_legend.shape == (3, 27 + 42, 40)  # the input's size plus the legend band
 
     cat = camtool.explain(CAT)
-    plain = cat.overlay(0)
-    drawn = cat.overlay(0, legend=True)
+    plain = cat.overlay(0).tensor
+    drawn = cat.overlay(0, legend=True).tensor
     band = legend_height(451)
     assert band == 57 and drawn.shape == (3, 300 + band, 451)
     assert torch.equal(drawn[:, :300], plain)  # the overlay itself is untouched

@@ -228,7 +228,7 @@ def write_outputs(
     for i, score in enumerate(ex.explained):
         name = f"_cam_{score.index}_{slug(score.name)}"
         overlay = ex.overlay(i, alpha=options.alpha, colormap=options.colormap, box=options.box,
-                             scale=options.scale, legend=options.legend)  # fmt: skip
+                             scale=options.scale, legend=options.legend).tensor  # fmt: skip
         target = output_path(out_dir, stem, f"{name}.{options.image_format}")
         files.append((target, _encoded(target, overlay, options.quality)))
         if heatmaps is not None:

@@ -247,7 +247,7 @@ def class_sheets(
             caption = f"{kind} p={float(probabilities[i, k]):.2f}"
             if predicted != k:
                 caption += f" as {names[predicted]}"
-            tiles.append(_tile(ex.overlay(which=0)))
+            tiles.append(_tile(ex.overlay(which=0).tensor))
             captions.append(caption)
         sheet = labelled_grid(tiles, captions, columns=examples)
         path = folder / f"class_{k}_{slug(name)}.png"
