@@ -168,8 +168,8 @@ MethodOption = Annotated[
         "--method",
         help="How maps are made: cam (exact Class Activation Maps); gradcam, gradcam++, xgradcam, "
         "layercam, hirescam, scorecam, eigencam (maps of one layer, --layer; not decompositions); "
-        "or auto (the default: the first method that can explain the model; predictions alone "
-        "when none can).",
+        "or auto (the default: cam, else integrated-head, else gradcam: exact methods first; "
+        "predictions alone when none can).",
     ),
 ]
 LayerOption = Annotated[
@@ -180,6 +180,13 @@ ClassifierOption = Annotated[
     str | None,
     typer.Option(
         help="Classifier layer (a module name); overrides discovery.", callback=module_name
+    ),
+]
+TargetOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Score the maps explain: logit or probability (default: the class logit; Score-CAM: "
+        "the probability, as its paper). cam and integrated-head decompose the logit only.",
     ),
 ]
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")]
@@ -209,15 +216,22 @@ CropOption = Annotated[
 
 
 def model_options(
-    weights: Path | None, labels: Path | None, layer: str | None, classifier: str | None, dtype: str
+    weights: Path | None,
+    labels: Path | None,
+    layer: str | None,
+    classifier: str | None,
+    dtype: str,
+    target: str | None = None,
 ) -> dict[str, Any]:
-    """The keyword arguments of :func:`camtool.load_model` that the CLI options give."""
+    """The keyword arguments of :func:`camtool.explanation.bind_method` (loading the model and
+    binding the method) that the CLI options give."""
     return {
         "weights": str(weights) if weights else None,
         "labels": str(labels) if labels else None,
         "layer": layer,
         "classifier": classifier,
         "dtype": dtype,
+        "target": target,
     }
 
 
@@ -255,6 +269,7 @@ def explain(
     labels: LabelsOption = None,
     layer: LayerOption = None,
     classifier: ClassifierOption = None,
+    target: TargetOption = None,
     dtype: DtypeOption = "float32",
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the overlays.")] = Path("."),
     image_format: Annotated[
@@ -280,7 +295,7 @@ def explain(
         from camtool.explanation import bind_method
         from camtool.outputs import FilesReport, Rendering, explain_files
 
-        options = model_options(weights, labels, layer, classifier, dtype)
+        options = model_options(weights, labels, layer, classifier, dtype, target)
         bound = [
             bind_method(name, method, classes, device=device, **options)
             for name in (models or ["efficientnet_lite0"])
@@ -386,6 +401,7 @@ def export(
     labels: LabelsOption = None,
     layer: LayerOption = None,
     classifier: ClassifierOption = None,
+    target: TargetOption = None,
     dtype: DtypeOption = "float32",
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
@@ -412,7 +428,7 @@ def export(
         report = export_images(
             inputs, out, model, method=method, classes=classes, maps=maps, crop=crop, options=options, resume=resume,
             device=device, batch_size=batch_size, workers=workers, decoder=decoder, progress=not quiet,
-            **model_options(weights, labels, layer, classifier, dtype),
+            **model_options(weights, labels, layer, classifier, dtype, target),
         )  # fmt: skip
         if report.removed:  # shown even with --quiet: camtool removed files
             console.print(
@@ -526,7 +542,7 @@ def inspect(
         from camtool.models import load_model
 
         options = model_options(weights, labels, None, None, dtype)
-        del options["layer"], options["classifier"]
+        del options["layer"], options["classifier"], options["target"]
         if input_size is not None:
             known = model.endswith(".toml") or is_card_name(model)
             base = find_card(model).preprocessing if known else Preprocessing()
@@ -542,6 +558,7 @@ def inspect(
             info["methods"][name] = {"explains": True, "uses": explainer.describe()}
             if name == "cam":
                 info["head"], info["head_detail"] = explainer.describe(), explainer.as_dict()
+        info["auto"] = bind("auto", loaded, layer=layer, classifier=classifier).method
         if as_json:
             sys.stdout.write(json.dumps(info, indent=2) + "\n")
             return
@@ -581,6 +598,7 @@ def inspect_table(spec: str, info: dict[str, Any]) -> Table:
             else f"[yellow]no[/]: {verdict['reason']}"
         )
         rows.append((f"method {name}", text))
+    rows.append(("method auto", f"uses {info['auto']}"))
     for field, value in rows:
         table.add_row(field, value)
     return table

@@ -26,7 +26,7 @@ from camtool.explanation import (
 from camtool.io import VIDEO_SUFFIXES, video_info
 from camtool.methods.base import DEFAULT_METHOD, Method
 from camtool.models import DEFAULT_MODEL
-from camtool.naming import NameRegistry, component, input_stems, slug
+from camtool.naming import NameRegistry, component, input_stems, overlay_tail, video_tail
 from camtool.video import VideoReport, explain_video
 
 
@@ -96,9 +96,10 @@ def explain_files(
     """Explain image and video files, writing their pictures under ``out``; yield a
     :class:`FileResult` per input, in order.
 
-    Overlays are ``<stem>_cam_<index>_<class>.<format>`` (``<stem>_<model>_cam_...`` when
-    several models are compared), sheets ``<stem>_sheet.<format>``, videos ``<stem>_cam.mp4``
-    (``.avi`` for .avi inputs and odd frame sizes, which MPEG-4 cannot hold). Stems are unique in
+    Overlays are ``<stem>_<method>_<index>_<class>.<format>`` (``<stem>_cam_285_...``,
+    ``<stem>_gradcam_285_...``; ``<stem>_<model>_<method>_...`` when several models are
+    compared), sheets ``<stem>_sheet.<format>``, videos ``<stem>_<method>.mp4`` (``.avi`` for
+    .avi inputs and odd frame sizes, which MPEG-4 cannot hold). Stems are unique in
     the folder by construction (``a.png a.jpg`` -> ``a``, ``a_2``). ``out=None`` writes nothing
     for images (predictions and maps only; videos need a folder).
 
@@ -152,7 +153,7 @@ def _image(
         for ex, outputs in zip(results, written, strict=True):
             prefix = f"{stem}_{component(ex.model)}" if len(bound) > 1 else stem
             for i, score in enumerate(ex.explained):
-                tail = f"_cam_{score.index}_{slug(score.name)}.{rendering.image_format}"
+                tail = overlay_tail(ex.method, score.index, score.name, rendering.image_format)
                 outputs.append(ex.save(folder / files.claim(prefix, tail), i, **look))
         if sheet:
             picture = comparison_sheet(
@@ -172,7 +173,7 @@ def _video(
     info = video_info(path)
     odd = info.width % 2 or info.height % 2
     suffix = "avi" if odd or path.suffix.lower() == ".avi" else "mp4"
-    output = folder / files.claim(stem, f"_cam.{suffix}")
+    output = folder / files.claim(stem, video_tail(bound.explainer.method, suffix))
     report = explain_video(
         path, output, bound, crop=crop, smooth=smooth, alpha=rendering.alpha,
         colormap=rendering.colormap, box=rendering.box, progress=progress,

@@ -47,13 +47,11 @@ from torch import Tensor
 
 from camtool.errors import UnsupportedModelError
 from camtool.hooks import eval_mode
-from camtool.methods.base import MapBatch, register
+from camtool.methods.base import MapBatch, Target, check_target, register
 from camtool.methods.cam import select_classes
 from camtool.methods.layers import (
     LayerExplainer,
-    Target,
     TargetLayer,
-    check_target,
     find_target_layer,
     one_tensor,
     prepare_batch,

@@ -35,15 +35,13 @@ from torch import Tensor, nn
 from camtool.errors import UnsupportedModelError
 from camtool.geometry import FeatureGeometry, GeometryRecorder, record_geometry
 from camtool.hooks import eval_mode
-from camtool.methods.base import MapBatch
+from camtool.methods.base import MapBatch, Target
 from camtool.methods.heads import _lookup, is_global_avg_pool
 
 if TYPE_CHECKING:
     from camtool.models import LoadedModel
 
 Layout = Literal["NCHW", "NHWC", "tokens"]
-Target = Literal["logit", "probability"]
-TARGETS: tuple[str, ...] = ("logit", "probability")
 
 
 @dataclass(frozen=True, eq=False)
@@ -333,15 +331,6 @@ def one_tensor(target: TargetLayer, seen: Sequence[Tensor]) -> Tensor:
             target.name, f"ran {len(seen)} times in one forward pass, expected once"
         )
     return seen[0]
-
-
-def check_target(target: str) -> Target:
-    """``"logit"`` or ``"probability"``; anything else is a usage error."""
-    from camtool.errors import InvalidArgumentError
-
-    if target not in TARGETS:
-        raise InvalidArgumentError(target, f"unknown target; choose one of {', '.join(TARGETS)}")
-    return "logit" if target == "logit" else "probability"
 
 
 def prepare_batch(model: LoadedModel, batch: Tensor) -> Tensor:
