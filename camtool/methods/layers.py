@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from camtool.errors import UnsupportedModelError
-from camtool.geometry import FeatureGeometry, GeometryRecorder, record_geometry
+from camtool.geometry import GeometryMemo, GeometryRecorder
 from camtool.hooks import eval_mode
 from camtool.methods.base import MapBatch, Target
 from camtool.methods.heads import _lookup, is_global_avg_pool
@@ -333,6 +333,40 @@ def one_tensor(target: TargetLayer, seen: Sequence[Tensor]) -> Tensor:
     return seen[0]
 
 
+def layer_of(
+    method: str, model: LoadedModel, layer: str | None, classifier: str | None
+) -> TargetLayer:
+    """The layer the layer-reading method ``method`` reads in ``model``: ``layer``, else the
+    default of :func:`find_target_layer`.
+
+    Raises:
+        UnsupportedModelError: a ``classifier`` (only CAM uses one), or no usable layer.
+    """
+    if classifier is not None:
+        raise UnsupportedModelError(
+            classifier, f"{method} reads one layer (--layer); --classifier is for cam"
+        )
+    return find_target_layer(model.module, layer, model.preprocessing.input_size)
+
+
+@dataclass(frozen=True)
+class LayerReading:
+    """One forward pass that read the target layer.
+
+    Attributes:
+        batch: ``Tensor[N,3,H,W]``, the batch as the network got it (device, memory format).
+        input_hw: (H, W). logits: ``Tensor[N,K]`` float32. activations: ``Tensor[N,C,h,w]``
+            float32, the layer's tensor on its grid. chosen: ``Tensor[N,k]`` int64, the mapped
+            classes.
+    """
+
+    batch: Tensor
+    input_hw: tuple[int, int]
+    logits: Tensor
+    activations: Tensor
+    chosen: Tensor
+
+
 def prepare_batch(model: LoadedModel, batch: Tensor) -> Tensor:
     """The batch on the model's device and memory format, as a normal (not inference) tensor."""
     if batch.is_inference():
@@ -357,7 +391,7 @@ class LayerExplainer:
         self.model = model
         self.target = target
         self.score = score
-        self._geometry: dict[tuple[int, int], FeatureGeometry] = {}
+        self.geometry = GeometryMemo()
 
     def describe(self) -> str:
         """One line: the method, the score it explains, the layer; and that it is no decomposition."""
@@ -373,32 +407,39 @@ class LayerExplainer:
             "decomposition": False,
         }
 
-    @contextmanager
-    def recording(self, input_hw: tuple[int, int]) -> Iterator[GeometryRecorder | None]:
-        """Record the spatial layers of the forward pass when this input size is new."""
-        if input_hw in self._geometry or self.target.layout == "tokens":
-            yield None
-            return
-        with record_geometry(self.model.module) as recorder:
-            yield recorder
+    def read(self, batch: Tensor, classes: Sequence[int] | None, maps: int) -> LayerReading:
+        """One forward pass without gradients (under the model's autocast) that reads the layer
+        and notes where its cells sit, for methods that need no gradient.
 
-    def note_geometry(
-        self,
-        recorder: GeometryRecorder | None,
-        input_hw: tuple[int, int],
-        grid_hw: tuple[int, int],
-    ) -> FeatureGeometry:
-        """Where the grid's cells sit for this input size (kept): as the recorded layers place
-        them for maps, on the patch centres for tokens."""
-        geometry = self._geometry.get(input_hw)
-        if geometry is None:
-            geometry = (
-                recorder.geometry(input_hw, grid_hw)
-                if recorder is not None
-                else FeatureGeometry.uniform(input_hw, grid_hw)
-            )
-            self._geometry[input_hw] = geometry
-        return geometry
+        Raises:
+            ClassSelectionError: a class index out of range; ModelRunError: the network fails;
+            UnsupportedModelError: the layer does not run once.
+        """
+        from camtool.methods.cam import select_classes
+        from camtool.models import logits_of, network_failures
+
+        model, target = self.model, self.target
+        batch = prepare_batch(model, batch)
+        input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
+        with (
+            eval_mode(model.module),
+            torch.inference_mode(),
+            model.autocast(),
+            network_failures(model.name, batch),
+        ):
+            with self.recording(input_hw) as recorder, read_layer(target) as seen:
+                logits = logits_of(model.module(batch), model.name).float()
+            activations = target.to_grid(one_tensor(target, seen), input_hw).float()
+        self.geometry.note(recorder, input_hw, (activations.shape[-2], activations.shape[-1]))
+        chosen = select_classes(logits, classes, maps, int(logits.shape[-1]))
+        return LayerReading(batch, input_hw, logits, activations, chosen)
+
+    def recording(
+        self, input_hw: tuple[int, int]
+    ) -> AbstractContextManager[GeometryRecorder | None]:
+        """Record the spatial layers of the forward pass when this input size is new (token
+        grids sit on the patch centres: nothing to record)."""
+        return self.geometry.recording(self.model.module, input_hw, self.target.layout == "tokens")
 
     def result(
         self,
@@ -411,7 +452,7 @@ class LayerExplainer:
     ) -> MapBatch:
         """The :class:`MapBatch` of maps ``Tensor[N,k,h,w]`` (float32, not a decomposition)."""
         grid_hw = (int(maps.shape[-2]), int(maps.shape[-1]))
-        geometry = self.note_geometry(recorder, input_hw, grid_hw)
+        geometry = self.geometry.note(recorder, input_hw, grid_hw)
         return MapBatch(
             method=self.method,
             summary=self.describe(),

@@ -25,17 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from camtool.errors import UnsupportedModelError
 from camtool.hooks import eval_mode
 from camtool.methods.base import MapBatch, Target, check_target, register
-from camtool.methods.cam import select_classes
 from camtool.methods.layers import (
     LayerExplainer,
     TargetLayer,
-    find_target_layer,
-    one_tensor,
-    prepare_batch,
-    read_layer,
+    layer_of,
 )
 
 if TYPE_CHECKING:
@@ -72,25 +67,20 @@ class ScoreCamExplainer(LayerExplainer):
         Raises:
             ClassSelectionError, ModelRunError, UnsupportedModelError (as the gradient methods).
         """
-        from camtool.models import logits_of, network_failures
+        from camtool.models import network_failures
 
-        model, target = self.model, self.target
-        batch = prepare_batch(model, batch)
-        input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
+        read = self.read(batch, classes, maps)
+        model = self.model
         with (
             eval_mode(model.module),
             torch.inference_mode(),
             model.autocast(),
-            network_failures(model.name, batch),
+            network_failures(model.name, read.batch),
         ):
-            with self.recording(input_hw) as recorder, read_layer(target) as seen:
-                logits = logits_of(model.module(batch), model.name).float()
-            activations = target.to_grid(one_tensor(target, seen), input_hw).float()
-            self.note_geometry(recorder, input_hw, (activations.shape[-2], activations.shape[-1]))
-            chosen = select_classes(logits, classes, maps, int(logits.shape[-1]))
-            weights = self.channel_weights(batch, activations, chosen)
-            result = torch.einsum("nck,nchw->nkhw", weights, activations).relu()
-        return self.result(logits, chosen, result, int(activations.shape[1]), input_hw, recorder)
+            weights = self.channel_weights(read.batch, read.activations, read.chosen)
+            result = torch.einsum("nck,nchw->nkhw", weights, read.activations).relu()
+        channels = int(read.activations.shape[1])
+        return self.result(read.logits, read.chosen, result, channels, read.input_hw, None)
 
     def channel_weights(self, batch: Tensor, activations: Tensor, chosen: Tensor) -> Tensor:
         """``Tensor[N,C,k]``: the score of each mapped class on each channel's masked input.
@@ -144,11 +134,7 @@ class ScoreCam:
         Raises:
             UnsupportedModelError: a ``classifier`` (only CAM uses one), or no usable layer.
         """
-        if classifier is not None:
-            raise UnsupportedModelError(
-                classifier, f"{self.name} reads one layer (--layer); --classifier is for cam"
-            )
-        found = find_target_layer(model.module, layer, model.preprocessing.input_size)
+        found = layer_of(self.name, model, layer, classifier)
         return ScoreCamExplainer(model, found, self.target, self.batch_size)
 
 
