@@ -85,9 +85,14 @@ class ScoreCamExplainer(LayerExplainer):
     def channel_weights(self, batch: Tensor, activations: Tensor, chosen: Tensor) -> Tensor:
         """``Tensor[N,C,k]``: the score of each mapped class on each channel's masked input.
 
-        A channel that is constant over the grid has the mask 0, so its masked input is all
-        zeros: that input's score is computed once and shared. The other (image, channel) pairs
-        run ``batch_size`` masked inputs per forward pass.
+        Only distinct masked inputs run through the network, ``batch_size`` per forward pass:
+
+        - a channel that is constant over the grid has the mask 0, so its masked input is all
+          zeros: that input's score is computed once and shared;
+        - the mask depends on the channel only through its min-max normalised grid (upsampling
+          is linear and keeps constants, so ``s(Up(a A + b)) = s(Up(A))`` for ``a > 0``): the
+          channels of one image whose normalised grids are equal (after a ReLU, all those with
+          a single active cell there, say) share one masked input and its score.
         """
         from camtool.models import logits_of
 
@@ -104,12 +109,23 @@ class ScoreCamExplainer(LayerExplainer):
         blank = scores_of(torch.zeros_like(batch[:1]))[0]  # [K]
         weights = blank[chosen][:, None, :].expand(n, channels, -1).clone()
         flat = activations.flatten(2)
-        live = (flat.amax(dim=-1) > flat.amin(dim=-1)).nonzero()  # [P, 2]: (image, channel)
-        for start in range(0, int(live.shape[0]), self.batch_size):
-            image, channel = live[start : start + self.batch_size].unbind(1)
-            masks = channel_masks(activations[image, channel][:, None], input_hw)
-            masked = batch[image] * masks.to(batch.dtype)
-            weights[image, channel] = scores_of(masked).gather(1, chosen[image])
+        low, high = flat.amin(dim=-1), flat.amax(dim=-1)
+        live = (high > low).nonzero()  # [P, 2]: (image, channel)
+        image, channel = live.unbind(1)
+        grids = (flat[image, channel] - low[image, channel, None]) / (
+            high[image, channel, None] - low[image, channel, None]
+        )  # [P, h*w], each in [0, 1]
+        keys = torch.cat([image[:, None].to(grids.dtype), grids], dim=1)
+        distinct, which = torch.unique(keys, dim=0, return_inverse=True)  # [U, 1+h*w], [P]
+        owner = distinct[:, 0].long()
+        grid_shape = activations.shape[-2:]
+        scores = torch.empty((int(distinct.shape[0]), int(chosen.shape[1])), device=batch.device)
+        for start in range(0, int(distinct.shape[0]), self.batch_size):
+            rows = slice(start, start + self.batch_size)
+            masks = channel_masks(distinct[rows, 1:].view(-1, 1, *grid_shape), input_hw)
+            masked = batch[owner[rows]] * masks.to(batch.dtype)
+            scores[rows] = scores_of(masked).gather(1, chosen[owner[rows]])
+        weights[image, channel] = scores[which]
         return weights
 
 
