@@ -210,3 +210,37 @@ def test_every_method_through_the_api(method: str) -> None:
     assert ex.method == method and ex.heatmaps.shape == (2, 300, 451)
     assert (ex.residual is not None) == (method in ("cam", "integrated-head"))
     assert ex.to_dict()["method"] == method
+
+
+# --------------------------------------------------------------------------------------------
+# Score-CAM runs each distinct masked input once: channels whose grids differ by a positive
+# scale and shift have the same normalised mask.
+
+
+def test_scorecam_shares_the_masked_input_of_equivalent_channels() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 3, 4, stride=4)
+    with torch.no_grad():  # channel 1 = 2 * channel 0 + 1: the same mask
+        conv.weight[1] = 2 * conv.weight[0]
+        conv.bias[1] = 2 * conv.bias[0] + 1
+    net = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 4))
+    model = camtool.load_model(net, preprocessing=Preprocessing(input_size=16))
+    explainer = bind("scorecam", model, layer="0")
+    seen: list[int] = []
+    handle = net.register_forward_pre_hook(lambda _m, args: seen.append(int(args[0].shape[0])))
+    batch = torch.randn(2, 3, 16, 16)
+    try:
+        out = explainer(batch, classes=[1, 3])
+    finally:
+        handle.remove()
+    assert seen == [2, 1, 4]  # the batch, the blank input, 2 images x 2 distinct masks
+    from camtool.methods.score import channel_masks
+
+    with torch.no_grad():
+        activations = conv(batch)
+        expected = torch.zeros(2, 3, 2)
+        for n in range(2):
+            masks = channel_masks(activations[n][:, None], (16, 16))
+            expected[n] = net(batch[n] * masks).softmax(-1)[:, [1, 3]]
+    maps = torch.einsum("nck,nchw->nkhw", expected, activations).relu()
+    assert torch.allclose(out.maps, maps, rtol=1e-5, atol=1e-6)

@@ -37,6 +37,11 @@ if TYPE_CHECKING:
     from camtool.models import LoadedModel
 
 
+#: Normalised grids are compared (and masks made) at this resolution: finer than float32
+#: rounding of the normalisation makes them differ, far finer than a mask's effect.
+GRID_STEPS = 2**20
+
+
 def channel_masks(activations: Tensor, input_hw: tuple[int, int]) -> Tensor:
     """``H_c = s(Up(A_c))``: ``Tensor[N,C,H,W]`` float32 in [0, 1] from ``Tensor[N,C,h,w]``."""
     up = F.interpolate(activations.float(), size=input_hw, mode="bilinear", align_corners=False)
@@ -91,8 +96,9 @@ class ScoreCamExplainer(LayerExplainer):
           zeros: that input's score is computed once and shared;
         - the mask depends on the channel only through its min-max normalised grid (upsampling
           is linear and keeps constants, so ``s(Up(a A + b)) = s(Up(A))`` for ``a > 0``): the
-          channels of one image whose normalised grids are equal (after a ReLU, all those with
-          a single active cell there, say) share one masked input and its score.
+          channels of one image whose normalised grids are equal to 1/:data:`GRID_STEPS` (float
+          rounding; after a ReLU, all those with a single active cell, say) share one masked
+          input and its score.
         """
         from camtool.models import logits_of
 
@@ -115,6 +121,7 @@ class ScoreCamExplainer(LayerExplainer):
         grids = (flat[image, channel] - low[image, channel, None]) / (
             high[image, channel, None] - low[image, channel, None]
         )  # [P, h*w], each in [0, 1]
+        grids = (grids * GRID_STEPS).round() / GRID_STEPS  # equal up to float rounding
         keys = torch.cat([image[:, None].to(grids.dtype), grids], dim=1)
         distinct, which = torch.unique(keys, dim=0, return_inverse=True)  # [U, 1+h*w], [P]
         owner = distinct[:, 0].long()
