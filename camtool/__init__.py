@@ -25,6 +25,8 @@ _EXPORTS = {
     "comparison_sheet": "camtool.explanation",
     "Picture": "camtool.explanation",
     "export": "camtool.export",
+    "fit": "camtool.training",
+    "FitReport": "camtool.training",
     "explain_iter": "camtool.export",
     "ExportOptions": "camtool.export",
     "ExportReport": "camtool.export",
@@ -70,6 +72,7 @@ __all__ = [
     "ExportInterrupted",
     "ExportOptions",
     "ExportReport",
+    "FitReport",
     "ImageReadError",
     "ImageTooLargeError",
     "InvalidArgumentError",
@@ -92,6 +95,7 @@ __all__ = [
     "explain_iter",
     "explain_video",
     "export",
+    "fit",
     "labelled_grid",
     "load_image",
     "load_model",
@@ -172,6 +176,10 @@ if TYPE_CHECKING:
         normalize_cams,
         overlay,
         upsample_cams,
+    )
+    from camtool.training import (
+        FitReport,
+        fit,
     )
     from camtool.video import (
         VideoReport,

@@ -1,6 +1,7 @@
 """Model cards and label sets: named models as small TOML files, and class names.
 
-A *model card* names an architecture (``camtool:NAME``, ``timm:NAME`` or ``torchvision:NAME``),
+A *model card* names an architecture (a torchvision name such as ``resnet18``, ``camtool:NAME``,
+``timm:NAME`` or ``torchvision:NAME``),
 where its weights come from (with their sha256), the preprocessing they were trained with and
 their label set. Built-in cards ship with camtool; users add their own by putting cards in a folder
 named by ``CAMTOOL_MODELS`` (``os.pathsep``-separated) or by passing a card's path.
@@ -49,6 +50,9 @@ class ModelCard:
     weights: WeightsSource | None = None
     path: Path | None = None
     builtin: bool = False
+    #: Keyword arguments for the architecture's builder (``[architecture_options]``), e.g.
+    #: ``head = "flatten"`` for a Flatten + Dense head trained by ``camtool fit``.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def builtin_card_dir() -> Path:
@@ -102,8 +106,17 @@ def _card_from_table(data: dict[str, Any], path: Path, builtin: bool) -> ModelCa
     if weights is None and data.get("random_weights") is not True:
         raise ValueError("no [weights] table (write random_weights = true to mean it)")
     architecture = str(data["architecture"])
-    if architecture.partition(":")[0] not in ("camtool", "timm", "torchvision"):
-        raise ValueError("architecture must be 'camtool:NAME', 'timm:NAME' or 'torchvision:NAME'")
+    options = data.get("architecture_options", {})
+    if not isinstance(options, dict):
+        raise TypeError("[architecture_options] must be a table")
+    library, colon, name = architecture.partition(":")
+    if (library not in ("camtool", "timm", "torchvision") or not name) and (
+        colon or not architecture.strip() or architecture != architecture.strip()
+    ):
+        raise ValueError(
+            "architecture must be a model name as --model takes it for an architecture: "
+            "'resnet18' (torchvision), 'torchvision:NAME', 'timm:NAME' or 'camtool:NAME'"
+        )
     return ModelCard(
         name=str(data.get("name", path.stem)),
         architecture=architecture,
@@ -115,6 +128,7 @@ def _card_from_table(data: dict[str, Any], path: Path, builtin: bool) -> ModelCa
         weights=WeightsSource(**weights) if weights else None,
         path=path,
         builtin=builtin,
+        options=dict(options),
     )
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from camtool import __version__
@@ -56,6 +57,7 @@ ImageFormat = Literal["png", "jpg"]
 RawFormat = Literal["npy", "npz"]
 RawDtype = Literal["float16", "float32"]
 DecoderKind = Literal["threads", "processes"]
+Scale = Literal["joint", "per-map"]
 
 
 def print_error(error: object) -> None:
@@ -110,13 +112,9 @@ def root(
     """Exact Class Activation Maps: see where a CNN with a global-average-pooling head looks."""
 
 
-def predictions_table(ex: Explanation, outputs: list[Path]) -> Table:
-    """Return a rich table of an explanation's top-k classes."""
-    from camtool.explanation import residual_text
-
-    table = Table(
-        title=f"{ex.source}  ({ex.image.shape[2]}x{ex.image.shape[1]})", title_justify="left"
-    )
+def predictions_table(ex: Explanation) -> Table:
+    """Return a rich table of an explanation's top-k classes (the explained ones marked)."""
+    table = Table()
     table.add_column("#", justify="right")
     table.add_column("class")
     table.add_column("index", justify="right")
@@ -124,27 +122,55 @@ def predictions_table(ex: Explanation, outputs: list[Path]) -> Table:
     table.add_column("logit", justify="right")
     explained = {s.index for s in ex.explained}
     for rank, p in enumerate(ex.predictions, 1):
-        mark = f" [bold green]◀ {ex.method.upper()}[/]" if p.index in explained else ""
+        mark = " [bold green]◀ map[/]" if p.index in explained else ""
         table.add_row(
             str(rank), f"{p.name}{mark}", str(p.index), f"{p.probability:.4f}", f"{p.logit:.3f}"
         )
-    files = ", ".join(str(o) for o in outputs)
-    table.caption = (
-        f"{ex.model}: {ex.method}: {ex.head}{residual_text(ex.residual)} -> {files}"
-        if ex.explained
-        else f"{ex.model}: {ex.head}"
-    )
-    table.caption_justify = "left"
     return table
 
 
+def print_explanation(ex: Explanation, outputs: list[Path], verbose: bool = False) -> None:
+    """Print one explained image: a heading, the top-k table, what the maps are in plain words
+    (``verbose``: also the head, residuals and network input), and the files written, one per
+    line and never wrapped inside a name."""
+    from camtool.explanation import describe_maps
+
+    height, width = int(ex.image.shape[1]), int(ex.image.shape[2])
+    say(f"{ex.source} ({width}x{height} px), {ex.model}", whole=True)
+    console.print(predictions_table(ex))
+    for line in describe_maps(ex, verbose):
+        say(line)
+    if outputs:
+        say("Wrote:")
+        for path in outputs:
+            say(f"  {path}", whole=True)
+
+
+def say(text: str, whole: bool = False) -> None:
+    """Print plain text (no markup); ``whole``: never break the line (paths, names): a terminal
+    narrower than the line wraps it, but rich inserts no line break into it."""
+    console.print(text, markup=False, highlight=False, soft_wrap=whole)
+
+
+def single(value: list[str] | None) -> list[str] | None:
+    """Refuse an option given more than once where only one value makes sense."""
+    if value and len(value) > 1:
+        raise typer.BadParameter(
+            f"given {len(value)} times; this command takes one (explain compares several)"
+        )
+    return value
+
+
 ModelOption = Annotated[
-    str,
+    list[str] | None,
     typer.Option(
         "--model",
         "-m",
         help="Model: a name from `camtool models`, a card file, a torchvision name with --weights, "
-        "NAME:WEIGHTS (e.g. resnet50:IMAGENET1K_V2), timm:NAME, or a TorchScript file.",
+        "NAME:WEIGHTS (e.g. resnet50:IMAGENET1K_V2), timm:NAME (pretrained: from the Hugging Face cache), "
+        "hf:FOLDER (transformers), or a TorchScript file. [default: efficientnet_lite0]",
+        callback=single,
+        show_default=False,
     ),
 ]
 WeightsOption = Annotated[
@@ -152,6 +178,14 @@ WeightsOption = Annotated[
     typer.Option(help="State dict (.pth/.pt read with weights_only=True, or .safetensors)."),
 ]
 LabelsOption = Annotated[Path | None, typer.Option(help="Label file, one class name per line.")]
+UnsafePickleOption = Annotated[
+    bool,
+    typer.Option(
+        "--unsafe-load-pickle",
+        help="Load a whole pickled model (torch.save(model)) given as --model or --weights. "
+        "This RUNS the file's code: only for files you trust.",
+    ),
+]
 
 
 def module_name(value: str | None) -> str | None:
@@ -163,13 +197,15 @@ def module_name(value: str | None) -> str | None:
 
 
 MethodOption = Annotated[
-    str,
+    list[str] | None,
     typer.Option(
         "--method",
         help="How maps are made: cam (exact Class Activation Maps); gradcam, gradcam++, xgradcam, "
         "layercam, hirescam, scorecam, eigencam (maps of one layer, --layer; not decompositions); "
         "or auto (the default: cam, else integrated-head, else gradcam: exact methods first; "
         "predictions alone when none can).",
+        callback=single,
+        show_default=False,
     ),
 ]
 LayerOption = Annotated[
@@ -209,6 +245,26 @@ ColormapOption = Annotated[Colormap, typer.Option(help="Colour map.")]
 BoxOption = Annotated[
     bool, typer.Option("--box", help="Draw the CAM box (20% of the map's maximum).")
 ]
+ScaleOption = Annotated[
+    Scale,
+    typer.Option(
+        help="Colour scale: joint (one scale for all maps of an image, so a weak class looks "
+        "weak; logit units for exact CAM) or per-map (each map stretched to the full range)."
+    ),
+]
+LegendOption = Annotated[
+    bool,
+    typer.Option(
+        "--legend",
+        help="Add a band under each overlay: class, probability and a colour bar with its "
+        "meaning (the overlay grows by that band).",
+    ),
+]
+VerboseOption = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Also print the technical detail.")
+]
+
+
 CropOption = Annotated[
     bool,
     typer.Option("--crop", help="Centre-crop as in evaluation instead of using the whole image."),
@@ -221,18 +277,23 @@ def model_options(
     layer: str | None,
     classifier: str | None,
     dtype: str,
+    unsafe_load_pickle: bool = False,
     target: str | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of :func:`camtool.explanation.bind_method` (loading the model and
     binding the method) that the CLI options give."""
-    return {
+    options: dict[str, Any] = {
         "weights": str(weights) if weights else None,
         "labels": str(labels) if labels else None,
         "layer": layer,
         "classifier": classifier,
         "dtype": dtype,
-        "target": target,
     }
+    if target is not None:  # only when given, so an export's recorded settings stay as they were
+        options["target"] = target
+    if unsafe_load_pickle:  # only when given, so an export's recorded settings stay as they were
+        options["unsafe_load_pickle"] = True
+    return options
 
 
 @app.command()
@@ -251,10 +312,20 @@ def explain(
             "--model",
             "-m",
             help="Model: a name from `camtool models`, a card file, a torchvision name with --weights, "
-            "NAME:WEIGHTS, timm:NAME, or a TorchScript file. Repeat to compare models (with --sheet).",
+            "NAME:WEIGHTS, timm:NAME (pretrained: from the Hugging Face cache), hf:FOLDER (transformers), "
+            "or a TorchScript file. Repeat to compare models (with --sheet).",
         ),
     ] = None,
-    method: MethodOption = "auto",
+    methods: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method",
+            help="How maps are made: cam (exact Class Activation Maps); gradcam, gradcam++, "
+            "xgradcam, layercam, hirescam, scorecam, eigencam (maps of one layer, --layer; not "
+            "decompositions); or auto (the default: the first method that can explain the model; "
+            "predictions alone when none can). Repeat to compare methods (with --sheet).",
+        ),
+    ] = None,
     classes: ClassesOption = None,
     top_k: Annotated[
         int, typer.Option("--top-k", "-k", min=1, help="Number of predictions to list.")
@@ -263,9 +334,12 @@ def explain(
     alpha: AlphaOption = 0.5,
     colormap: ColormapOption = "jet",
     box: BoxOption = False,
+    scale: ScaleOption = "joint",
+    legend: LegendOption = False,
     crop: CropOption = False,
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
+    unsafe_load_pickle: UnsafePickleOption = False,
     labels: LabelsOption = None,
     layer: LayerOption = None,
     classifier: ClassifierOption = None,
@@ -280,40 +354,55 @@ def explain(
     ] = False,
     sheet: Annotated[
         bool,
-        typer.Option("--sheet", help="Also write <stem>_sheet: the input and the top-k overlays."),
+        typer.Option(
+            "--sheet", help="Also write <stem>_sheet: the input and the overlays of the maps."
+        ),
     ] = False,
     smooth: Annotated[
         int, typer.Option(min=1, help="Videos: average each frame's heatmap over this many frames.")
     ] = 1,
+    verbose: VerboseOption = False,
 ) -> None:
     """Classify images, print the top-k classes and write a CAM overlay per image and class.
 
-    With --sheet, also one picture per image: the input beside the overlays of the top-k classes
-    (or the --class ones), one row per --model when several are given.
+    With --sheet, also one picture per image: the input beside the overlays of the mapped
+    classes (--maps or --class), one row per --model and --method when several are given.
     """
     with errors_to_exit_codes():
         from camtool.explanation import bind_method
         from camtool.outputs import FilesReport, Rendering, explain_files
 
-        options = model_options(weights, labels, layer, classifier, dtype, target)
+        options = model_options(
+            weights, labels, layer, classifier, dtype, unsafe_load_pickle, target
+        )
         bound = [
             bind_method(name, method, classes, device=device, **options)
             for name in (models or ["efficientnet_lite0"])
+            for method in (methods or ["auto"])
         ]
-        rendering = Rendering(alpha, colormap, box, image_format)
+        rendering = Rendering(alpha, colormap, box, image_format, scale, legend)
         report = FilesReport()
         doc: dict[str, Any] = {
             "model": bound[0].model.name,
             "method": bound[0].explainer.method,
             "head": bound[0].explainer.describe(),
+            "head_detail": bound[0].explainer.as_dict(),
             "models": [
                 {
                     "model": b.model.name,
                     "method": b.explainer.method,
                     "head": b.explainer.describe(),
+                    "head_detail": b.explainer.as_dict(),
                 }
                 for b in bound
             ],
+            "rendering": {
+                "colormap": colormap,
+                "alpha": alpha,
+                "scale": scale,
+                "legend": legend,
+                "box": box,
+            },
             "images": [],
             "errors": [],
         }
@@ -331,7 +420,7 @@ def explain(
             for ex, outputs in zip(result.explanations, result.outputs, strict=True):
                 doc["images"].append({**ex.to_dict(), "outputs": [str(o) for o in outputs]})
                 if not as_json:
-                    console.print(predictions_table(ex, list(outputs)))
+                    print_explanation(ex, list(outputs), verbose)
         if as_json:
             sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         raise typer.Exit(report.exit_code)
@@ -360,8 +449,8 @@ def export(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output folder (mirrors the inputs' paths).")
     ],
-    model: ModelOption = "efficientnet_lite0",
-    method: MethodOption = "auto",
+    model: ModelOption = None,
+    method: MethodOption = None,
     classes: ClassesOption = None,
     maps: MapsOption = 1,
     top_k: Annotated[
@@ -374,6 +463,8 @@ def export(
     alpha: AlphaOption = 0.5,
     colormap: ColormapOption = "jet",
     box: BoxOption = False,
+    scale: ScaleOption = "joint",
+    legend: LegendOption = False,
     heatmap: Annotated[
         bool, typer.Option("--heatmap", help="Also write the bare heatmap (8-bit PNG).")
     ] = False,
@@ -398,6 +489,7 @@ def export(
     ] = "threads",
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
+    unsafe_load_pickle: UnsafePickleOption = False,
     labels: LabelsOption = None,
     layer: LayerOption = None,
     classifier: ClassifierOption = None,
@@ -423,12 +515,12 @@ def export(
         options = ExportOptions(
             image_format=image_format, quality=quality, alpha=alpha, colormap=colormap,
             box=box, heatmap=heatmap, raw=raw, raw_dtype=raw_dtype,
-            top_k=top_k,
+            top_k=top_k, scale=scale, legend=legend,
         )  # fmt: skip
         report = export_images(
-            inputs, out, model, method=method, classes=classes, maps=maps, crop=crop, options=options, resume=resume,
+            inputs, out, (model or ["efficientnet_lite0"])[0], method=(method or ["auto"])[0], classes=classes, maps=maps, crop=crop, options=options, resume=resume,
             device=device, batch_size=batch_size, workers=workers, decoder=decoder, progress=not quiet,
-            **model_options(weights, labels, layer, classifier, dtype, target),
+            **model_options(weights, labels, layer, classifier, dtype, unsafe_load_pickle, target),
         )  # fmt: skip
         if report.removed:  # shown even with --quiet: camtool removed files
             console.print(
@@ -520,6 +612,7 @@ def report(
 def inspect(
     model: Annotated[str, typer.Argument(help="Model spec, as for --model of `explain`.")],
     weights: WeightsOption = None,
+    unsafe_load_pickle: UnsafePickleOption = False,
     labels: LabelsOption = None,
     layer: LayerOption = None,
     classifier: ClassifierOption = None,
@@ -529,6 +622,7 @@ def inspect(
     ] = None,
     device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Show a model: its preprocessing and labels (and where they come from), and per method
     whether it can explain the model (for CAM: the head found, its shape and identity residual).
@@ -541,8 +635,8 @@ def inspect(
         from camtool.methods import bind, method_names
         from camtool.models import load_model
 
-        options = model_options(weights, labels, None, None, dtype)
-        del options["layer"], options["classifier"], options["target"]
+        options = model_options(weights, labels, None, None, dtype, unsafe_load_pickle)
+        del options["layer"], options["classifier"]
         if input_size is not None:
             known = model.endswith(".toml") or is_card_name(model)
             base = find_card(model).preprocessing if known else Preprocessing()
@@ -555,48 +649,70 @@ def inspect(
             except UnsupportedModelError as exc:
                 info["methods"][name] = {"explains": False, "reason": str(exc)}
                 continue
-            info["methods"][name] = {"explains": True, "uses": explainer.describe()}
+            detail = explainer.as_dict()
+            info["methods"][name] = {
+                "explains": True,
+                "uses": explainer.describe(),
+                "decomposition": bool(detail.get("decomposition", True)),
+                "detail": detail,
+            }
             if name == "cam":
                 info["head"], info["head_detail"] = explainer.describe(), explainer.as_dict()
         info["auto"] = bind("auto", loaded, layer=layer, classifier=classifier).method
         if as_json:
             sys.stdout.write(json.dumps(info, indent=2) + "\n")
             return
-        console.print(inspect_table(model, info))
+        # Names and paths are printed whole on their own lines (a terminal may wrap them, rich
+        # never breaks them); the table holds what wraps well between words.
+        say(info["name"] if info["name"] == model else f"{info['name']} ({model})", whole=True)
+        say(f"weights: {info['weights']}", whole=True)
+        console.print(inspect_table(info, verbose))
 
 
-def inspect_table(spec: str, info: dict[str, Any]) -> Table:
-    """The rich table of ``camtool inspect``: model facts, then one row per method."""
-    table = Table(title=f"camtool inspect {spec}", show_header=False, title_justify="left")
-    table.add_column("field", style="bold")
+def _numbers(values: list[float]) -> str:
+    return ", ".join(f"{v:.3g}" for v in values)
+
+
+def inspect_table(info: dict[str, Any], verbose: bool = False) -> Table:
+    """The rich table of ``camtool inspect``: model facts, then one row per method (``verbose``:
+    with what each method binds to, the CAM head's probe residual and folded layers)."""
+    table = Table(show_header=False, box=None, padding=(0, 1))
+    table.add_column("field", style="bold", no_wrap=True)
     table.add_column("value")
     prep = info["preprocessing"]
+    size = prep["input_size"]
     rows = [
-        ("model", info["name"]),
-        ("weights", info["weights"]),
         ("parameters", f"{info['parameters']:,}"),
         ("classes", f"{info['classes']} (labels: {info['labels_source']})"),
-        ("preprocessing", f"{prep['input_size']} px, {prep['interpolation']}, mean "
-                          f"{tuple(prep['mean'])}, std {tuple(prep['std'])}, crop_pct {prep['crop_pct']:g}"),
-        ("  from", prep["source"]),
+        ("input", f"{size} px on the shorter side, {prep['interpolation']} resizing"),
+        ("normalise", f"mean {_numbers(prep['mean'])}; std {_numbers(prep['std'])}"),
+        ("--crop", f"centre crop of {prep['crop_pct']:g} of the image"),
+        ("settings from", prep["source"]),
         ("dtype", info["dtype"]),
-    ]  # fmt: skip
+    ]
     detail = info.get("head_detail")
-    if detail:
-        rows += [
-            ("CAM head", f"{detail['kind']}: {detail['features']} -> {detail['classifier'] or '(class maps)'}"),
-            ("feature map", f"{'x'.join(map(str, detail['feature_shape']))} at {detail['probe_size']} px"),
-            ("identity residual", f"{detail['probe_residual']:.2e} (max |mean(CAM) + b - logit|)"),
-        ]  # fmt: skip
+    if detail and detail.get("feature_shape"):
+        channels, grid_h, grid_w = detail["feature_shape"]
+        rows.append(
+            ("feature map", f"{channels} channels, {grid_w}x{grid_h} cells for a "
+                            f"{detail['probe_size']} px square image (more for larger images)")
+        )  # fmt: skip
+    if detail and verbose:
+        classifier = detail["classifier"] or "(class maps)"
+        rows.append(("CAM head", f"{detail['kind']}: {detail['features']} -> {classifier}"))
+        rows.append(
+            ("probe residual", f"{detail['probe_residual']:.2e} (max |mean(CAM) + b - logit|)")
+        )
         folded = detail.get("folded") or []
         if folded:
             rows.append(("folded", ", ".join(f"{f['module']} ({f['type']})" for f in folded)))
     for name, verdict in info["methods"].items():
-        text = (
-            f"yes: {verdict['uses']}"
-            if verdict["explains"]
-            else f"[yellow]no[/]: {verdict['reason']}"
-        )
+        if not verdict["explains"]:
+            text = f"[yellow]no[/]: {escape(verdict['reason'])}"
+        elif verbose:
+            text = f"yes: {escape(verdict['uses'])}"
+        else:
+            text = "yes, exact" if verdict["decomposition"] else "yes, not a decomposition"
         rows.append((f"method {name}", text))
     rows.append(("method auto", f"uses {info['auto']}"))
     for field, value in rows:
@@ -605,7 +721,7 @@ def inspect_table(spec: str, info: dict[str, Any]) -> Table:
 
 
 @app.command()
-def models() -> None:
+def models(verbose: VerboseOption = False) -> None:
     """List the named models (built-in and from CAMTOOL_MODELS) and whether their weights are installed."""
     with errors_to_exit_codes():
         from camtool.cards import list_cards
@@ -614,26 +730,90 @@ def models() -> None:
 
         broken: list[ModelLoadError] = []
         cards = list_cards(broken)
-        table = Table(title="camtool models")
-        for column in ("name", "architecture", "input", "weights"):
-            table.add_column(column, no_wrap=True)
+        table = Table(box=None, padding=(0, 1))
+        table.add_column("name", no_wrap=True)
+        if verbose:
+            table.add_column("architecture", no_wrap=True)
+        table.add_column("input", no_wrap=True)
+        table.add_column("weights", no_wrap=True)
         table.add_column("description")
+        files: list[str] = []
         for error in broken:
-            table.add_row(
-                Path(str(error.subject)).stem, "", "", "[red]broken card[/]", error.problem
-            )
+            name = Path(str(error.subject)).stem
+            cells = [name, *[""] * verbose, "", "[red]broken card[/]", escape(error.problem)]
+            table.add_row(*cells)
+            files.append(f"{name}: {error.subject}")
         for card in cards:
             status = weights_status(card)
             style = "green" if status == "installed" else "yellow"
-            name = card.name if card.builtin else f"{card.name} (user: {card.path})"
-            table.add_row(
-                name,
-                card.architecture,
-                str(card.preprocessing.input_size),
-                f"[{style}]{status}[/]",
-                card.description,
-            )
+            name = card.name if card.builtin else f"{card.name} (user)"
+            cells = [name, *[card.architecture] * verbose, str(card.preprocessing.input_size),
+                     f"[{style}]{status}[/]", escape(card.description)]  # fmt: skip
+            table.add_row(*cells)
+            if not card.builtin:
+                files.append(f"{card.name}: {card.path}")
         console.print(table)
+        for line in files:  # card files, whole (never cut or broken inside the path)
+            say(line, whole=True)
+
+
+@app.command()
+def fit(
+    data: Annotated[
+        Path, typer.Argument(help="Folder of class folders, or a CSV of file,label rows.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Backbone: efficientnet_lite0, 1, 2, or a card.")
+    ] = "efficientnet_lite0",
+    head: Annotated[
+        Literal["gap", "flatten"],
+        typer.Option(help="gap (exact CAMs), or flatten: Flatten + Dense, compared with gap."),
+    ] = "gap",
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (the best is kept).")] = 30,
+    val: Annotated[
+        Path | None, typer.Option(help="Validation folder or CSV (default: a held-out part).")
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Part of each class held out without --val.")
+    ] = 0.2,
+    input_size: Annotated[
+        int | None, typer.Option(help="Input size in px (default: the model's).")
+    ] = None,
+    finetune: Annotated[
+        int, typer.Option(min=0, help="Also train the backbone's last N stages (a GPU helps).")
+    ] = 0,
+    learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per training step.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the split, initialisation and order.")] = 0,
+    no_flips: Annotated[
+        bool, typer.Option("--no-flips", help="Do not train on flipped copies.")
+    ] = False,
+    cache: Annotated[
+        Path | None, typer.Option(help="Feature cache folder (default ~/.cache/camtool/fit).")
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Neither read nor write it.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty model folder.")] = False,
+    device: DeviceOption = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train a head for your own classes on a pretrained backbone; write a model that
+    `camtool explain -m OUT/card.toml` loads, and OUT/report/ (confusion matrix, CAM sheets)."""
+    with errors_to_exit_codes():
+        from camtool.training import fit as run_fit
+
+        report = run_fit(
+            data, out, model=model, head=head, epochs=epochs, val=val, val_fraction=val_fraction,
+            input_size=input_size, flips=not no_flips, finetune_stages=finetune,
+            learning_rate=learning_rate, batch_size=batch_size, seed=seed, device=device,
+            cache_dir=cache, use_cache=not no_cache, overwrite=overwrite, progress=not quiet,
+            log=lambda line: err_console.print(line, markup=False),
+        )  # fmt: skip
+        console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)
+        if report.interrupted:
+            raise typer.Exit(report.exit_code)
 
 
 def silence_native_stderr() -> None:

@@ -89,11 +89,28 @@ class MBConvBlock(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite: ``Tensor[N,3,H,W] -> Tensor[N,num_classes]`` logits, any H and W."""
+    """EfficientNet-Lite: ``Tensor[N,3,H,W] -> Tensor[N,num_classes]`` logits, any H and W.
 
-    def __init__(self, variant: str = "efficientnet_lite0", num_classes: int = 1000) -> None:
+    ``head="gap"`` (the original): global average pooling and a linear classifier.
+    ``head="flatten"``: the classic Flatten + Dense head for comparison, as VGG has it: the
+    feature map is average-pooled to ``grid`` x ``grid`` cells (the identity at the input size
+    it was trained at), flattened, and read by a linear layer of ``1280 * grid * grid`` inputs.
+    """
+
+    def __init__(
+        self,
+        variant: str = "efficientnet_lite0",
+        num_classes: int = 1000,
+        head: str = "gap",
+        grid: int = 7,
+    ) -> None:
         super().__init__()
+        if head not in ("gap", "flatten") or grid < 1:
+            raise ValueError(
+                f"head must be 'gap' or 'flatten' and grid positive, not {head!r}, {grid}"
+            )
         width, depth, _ = VARIANTS[variant]
+        self.variant, self.head, self.grid = variant, head, grid
         self._conv_stem = Conv2dSame(3, 32, 3, 2)
         self._bn0 = _bn(32)
         blocks, cin = [], 32
@@ -107,9 +124,10 @@ class EfficientNetLite(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = Conv2dSame(cin, 1280, 1)
         self._bn1 = _bn(1280)
-        self._avg_pooling = nn.AdaptiveAvgPool2d(1)
+        cells = 1 if head == "gap" else grid
+        self._avg_pooling = nn.AdaptiveAvgPool2d(cells)
         self._dropout = nn.Dropout(0.2)
-        self._fc = nn.Linear(1280, num_classes)
+        self._fc = nn.Linear(1280 * cells * cells, num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``Tensor[N,3,H,W] -> Tensor[N,1280,ceil(H/32),ceil(W/32)]``: the map that gets pooled."""
@@ -119,7 +137,8 @@ class EfficientNetLite(nn.Module):
         return F.relu6(self._bn1(self._conv_head(x)))
 
     def forward_head(self, features: Tensor) -> Tensor:
-        """Global average pooling, dropout (inactive in eval) and the linear classifier."""
+        """Average pooling (global, or to the flatten head's grid), flattening, dropout (inactive
+        in eval) and the linear classifier."""
         return self._fc(self._dropout(self._avg_pooling(features).flatten(1)))
 
     def get_classifier(self) -> nn.Linear:

@@ -56,6 +56,11 @@ class ModelLoadError(CamtoolError):
     """A model could not be built or its weights could not be loaded."""
 
 
+class ModelOutputError(ModelLoadError):
+    """A network's output holds no class scores camtool can read (the message names what it
+    returned: its type, shape or keys)."""
+
+
 class UnknownModelError(ModelLoadError):
     """A model name that is neither a built-in card, a user card nor a card file."""
 

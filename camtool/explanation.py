@@ -28,14 +28,20 @@ from camtool.io import ImageSource, encode_image, load_image, save_image, source
 from camtool.methods.base import DEFAULT_METHOD, Explainer, MapBatch, Method, bind
 from camtool.models import DEFAULT_MODEL, LoadedModel, load_model
 from camtool.render import (
+    DEFAULT_SCALE,
     Box,
     cam_to_box,
     draw_box,
+    draw_legend,
     labelled_grid,
     normalize_cams,
     overlay,
+    scale_range,
     upsample_cams,
 )
+
+#: Maps per row in a comparison sheet; more wrap onto further rows.
+SHEET_MAPS_PER_ROW = 4
 
 ModelSpec = str | ModelCard | nn.Module | LoadedModel
 
@@ -65,7 +71,8 @@ class Explanation:
             bias[i]`` equals the logit of ``explained[i]``.
         bias: ``Tensor[k]`` float32, the classifier bias of each explained class.
         heatmaps: ``Tensor[k,H,W]`` float32 in [0, 1] at the image's resolution (0 outside
-            ``region``).
+            ``region``), each map normalised on its own (see :meth:`scaled_heatmaps` for one
+            scale shared by all maps).
         boxes: per explained class, the CAM box ``(x1, y1, x2, y2)`` in image pixels, or None.
         residual: ``max |mean(CAM) + bias - logit|`` over all classes for this image; None for
             maps that do not decompose the logit.
@@ -100,8 +107,46 @@ class Explanation:
             raise ClassSelectionError(which, f"only {len(self.explained)} classes were explained")
         return which
 
+    def scaled_heatmaps(self, scale: str = DEFAULT_SCALE) -> Tensor:
+        """The heatmaps on one colour scale: ``Tensor[k,H,W]`` float32 in [0, 1].
+
+        ``"per-map"`` is :attr:`heatmaps` (each map stretched to [0, 1] on its own); ``"joint"``
+        maps the lowest value of all ``k`` raw maps to 0 and the highest to 1, so maps of
+        several classes compare (for decompositions the raw maps are in logit units).
+        """
+        if scale == "per-map" or len(self.cams) < 2:
+            scale_range(self.cams, scale)  # checks the name
+            return self.heatmaps
+        own_low, own_high = scale_range(self.cams, "per-map")
+        low, high = scale_range(self.cams, scale)
+        span = (high - low)[0]
+        if span <= 0:
+            return torch.zeros_like(self.heatmaps)
+        # Upsampling commutes with an affine change of scale, so the per-map heatmaps can be
+        # rescaled here instead of upsampling again: v = low_i + h * (high_i - low_i).
+        factor = ((own_high - own_low) / span)[:, None, None]
+        shift = ((own_low - low) / span)[:, None, None]
+        x1, y1, x2, y2 = self.region.as_ints()
+        scaled = torch.zeros_like(self.heatmaps)
+        inside = self.heatmaps[:, y1:y2, x1:x2]
+        scaled[:, y1:y2, x1:x2] = (inside * factor + shift).clamp_(0, 1)
+        return scaled
+
+    def value_range(self, which: int | str = 0, scale: str = DEFAULT_SCALE) -> tuple[float, float]:
+        """The raw map values that the coolest and the hottest colour stand for, in the map's
+        units (logit units for decompositions) on ``scale``."""
+        i = self._position(which)
+        low, high = scale_range(self.cams, scale)
+        return float(low[i]), float(high[i])
+
     def overlay(
-        self, which: int | str = 0, alpha: float = 0.5, colormap: str = "jet", box: bool = False
+        self,
+        which: int | str = 0,
+        alpha: float = 0.5,
+        colormap: str = "jet",
+        box: bool = False,
+        scale: str = DEFAULT_SCALE,
+        legend: bool = False,
     ) -> Tensor:
         """Return the overlay of one explained class: ``Tensor[3,H,W]`` uint8 RGB.
 
@@ -109,6 +154,11 @@ class Explanation:
             which: position in ``explained`` (0: the first) or the class's name.
             alpha: heatmap weight; colormap: a name from ``camtool.render.COLORMAPS``.
             box: draw the CAM box.
+            scale: ``"joint"`` (one colour scale for all explained classes of this image) or
+                ``"per-map"`` (each map stretched to the full colour range).
+            legend: add a band below the image (``Tensor[3, H + legend_height(W), W]``, see
+                :func:`camtool.render.legend_height`): the class and its probability, a colour
+                bar and what its ends mean (for decompositions, their values in logit units).
         """
         i = self._position(which)
         x1, y1, x2, y2 = self.region.as_ints()
@@ -116,18 +166,45 @@ class Explanation:
         if (x1, y1, x2, y2) != (0, 0, self.image.shape[2], self.image.shape[1]):
             mask = torch.zeros(self.image.shape[1:], dtype=torch.bool)
             mask[y1:y2, x1:x2] = True
-        result = overlay(self.image, self.heatmaps[i], alpha, colormap, mask)
+        result = overlay(self.image, self.scaled_heatmaps(scale)[i], alpha, colormap, mask)
         if mask is not None:
             result = draw_box(result, (x1, y1, x2, y2), (255, 255, 255), 1)
         found = self.boxes[i]
         if box and found is not None:
             result = draw_box(result, found)
+        if legend:
+            result = draw_legend(result, colormap, *self.legend_text(i, scale))
         return result
 
-    def sheet(self, alpha: float = 0.5, colormap: str = "jet", box: bool = False) -> Picture:
+    def legend_text(self, which: int | str = 0, scale: str = DEFAULT_SCALE) -> tuple[str, ...]:
+        """``(caption, meaning, low, high)`` of the legend of one overlay (see :meth:`overlay`)."""
+        i = self._position(which)
+        score = self.explained[i]
+        caption = f"{score.name}: probability {score.probability:.2f} ({self.method})"
+        if self.residual is not None:  # a decomposition: the colours are logit contributions
+            low, high = self.value_range(i, scale)
+            return (
+                caption,
+                f"contribution to {score.name} (logit units)",
+                f"{low:.2f}",
+                f"{high:.2f}",
+            )
+        shared = " with the other maps" if scale == "joint" and len(self.explained) > 1 else ""
+        return caption, f"{self.method} map of {score.name}, normalised{shared}", "low", "high"
+
+    def sheet(
+        self,
+        alpha: float = 0.5,
+        colormap: str = "jet",
+        box: bool = False,
+        scale: str = DEFAULT_SCALE,
+        legend: bool = False,
+    ) -> Picture:
         """The input beside the overlay of every explained class, captioned: "where does the
         model look for *dog* versus *cat*" in one picture (shows itself in Jupyter)."""
-        return comparison_sheet([self], alpha=alpha, colormap=colormap, box=box)
+        return comparison_sheet(
+            [self], alpha=alpha, colormap=colormap, box=box, scale=scale, legend=legend
+        )
 
     def save(self, path: str | os.PathLike[str], which: int | str = 0, **options: Any) -> Path:
         """Write the overlay of one explained class (see :meth:`overlay` for options) to ``path``."""
@@ -143,6 +220,8 @@ class Explanation:
             "method": self.method,
             "head": self.head,
             "identity_residual": self.residual,
+            "network_input": {"width": self.input_hw[1], "height": self.input_hw[0]},
+            "feature_grid": {"width": int(self.cams.shape[-1]), "height": int(self.cams.shape[-2])},
             "predictions": [vars(p) for p in self.predictions],
             "explained": [
                 {**vars(score), "box": list(box) if box else None}
@@ -174,6 +253,41 @@ class Explanation:
         )
 
 
+def describe_maps(ex: Explanation, verbose: bool = False) -> list[str]:
+    """What an explanation's maps are, in plain sentences (what ``camtool explain`` prints).
+
+    The feature grid and network input are this image's own. ``verbose`` adds the technical
+    detail: what the method bound to (head or layer, as found on a probe image), the identity
+    residual of decompositions, the network input.
+    """
+    if not ex.explained:
+        return [f"No maps: {ex.head.removeprefix('no maps: ')}"]
+    names = ", ".join(s.name for s in ex.explained)
+    grid_h, grid_w = int(ex.cams.shape[-2]), int(ex.cams.shape[-1])
+    kind = (
+        "an exact decomposition of the class score"
+        if ex.residual is not None
+        else "not a decomposition of the class score"
+    )
+    noun = "Map" if len(ex.explained) == 1 else "Maps"
+    lines = [
+        f"{noun} of {names} made by {ex.method} ({kind}) on a grid of {grid_w}x{grid_h} "
+        f"feature cells, upsampled to the image."
+    ]
+    if verbose:
+        lines.append(f"  method: {ex.method}: {ex.head}")
+        lines.append(
+            f"  network input: {ex.input_hw[1]}x{ex.input_hw[0]} px, feature grid "
+            f"{grid_w}x{grid_h} (width x height)"
+        )
+        if ex.residual is not None:
+            lines.append(
+                f"  identity residual on this image: {ex.residual:.1e} "
+                "(max |mean(map) + bias - logit| over all classes)"
+            )
+    return lines
+
+
 def residual_text(residual: float | None) -> str:
     """``", identity residual 1.2e-06"`` for decompositions, ``""`` for other maps."""
     return "" if residual is None else f", identity residual {residual:.1e}"
@@ -198,26 +312,38 @@ def comparison_sheet(
     alpha: float = 0.5,
     colormap: str = "jet",
     box: bool = False,
+    scale: str = DEFAULT_SCALE,
+    legend: bool = False,
 ) -> Picture:
-    """One row per explanation (per model, say), each the input and its classes' overlays.
+    """One row per explanation (per model or per method, say), each the input and its classes'
+    overlays; an explanation with more than :data:`SHEET_MAPS_PER_ROW` maps wraps onto further
+    rows (under a blank cell where the input is).
 
-    Captions name the model (when several are compared), the class and its probability.
+    Captions name the model and the method (when they differ between rows), the class and its
+    probability. ``scale`` and ``legend`` are as for :meth:`Explanation.overlay`.
     """
-    several = len({ex.model for ex in explanations}) > 1
+    models = len({ex.model for ex in explanations}) > 1
+    methods = len({ex.method for ex in explanations}) > 1
     tiles: list[Tensor] = []
     captions: list[str] = []
-    columns = 1 + max(len(ex.explained) for ex in explanations)
+    per_row = min(SHEET_MAPS_PER_ROW, max(len(ex.explained) for ex in explanations))
     for ex in explanations:
-        row = [ex.image] + [
-            ex.overlay(i, alpha=alpha, colormap=colormap, box=box) for i in range(len(ex.explained))
+        who = ": ".join([ex.model] * models + [ex.method] * methods)
+        overlays = [
+            ex.overlay(i, alpha=alpha, colormap=colormap, box=box, scale=scale, legend=legend)
+            for i in range(len(ex.explained))
         ]
-        names = [f"{ex.model}: input" if several else Path(ex.source).name]
-        names += [f"{ex.model}: {s.name} {s.probability:.2f}" if several else f"{s.name} {s.probability:.2f}"
-                  for s in ex.explained]  # fmt: skip
-        blanks = columns - len(row)
-        tiles += row + [torch.full_like(ex.image, 255)] * blanks
-        captions += names + [""] * blanks
-    return Picture(labelled_grid(tiles, captions, columns))
+        names = [f"{who}: {s.name} {s.probability:.2f}" if who else f"{s.name} {s.probability:.2f}"
+                 for s in ex.explained]  # fmt: skip
+        blank = torch.full_like(ex.image, 255)
+        for start in range(0, max(1, len(overlays)), max(1, per_row)):
+            first = start == 0
+            row = [ex.image if first else blank, *overlays[start : start + per_row]]
+            text = [(f"{who}: input" if who else Path(ex.source).name) if first else ""]
+            text += names[start : start + per_row]
+            tiles += row + [blank] * (1 + per_row - len(row))
+            captions += text + [""] * (1 + per_row - len(text))
+    return Picture(labelled_grid(tiles, captions, 1 + per_row))
 
 
 def resolve_class(spec: int | str | SupportsIndex, labels: Sequence[str]) -> int:

@@ -1,7 +1,8 @@
 """An HTML gallery of an export: one self-contained ``index.html`` that works from ``file://``.
 
-For each exported image: the original and the overlay as generated thumbnails (loaded lazily),
-the top-k classes with probabilities, the CAM box, and links to the full-size files; filtering by
+For each exported image: the original and every overlay (one per mapped class) as generated
+thumbnails (loaded lazily), the top-k classes with probabilities, the CAM boxes, and links to the
+full-size files; a colour legend saying what the colours mean; filtering by
 predicted class, a text search on file names, sorting by confidence; and the failed inputs with
 their reasons. No network access: no CDN scripts or fonts. Every string taken from a file name
 or a label reaches the page as data and is inserted with ``textContent``, never as HTML.
@@ -27,6 +28,7 @@ from camtool.image import resize_image
 from camtool.io import load_image, open_atomic, save_image
 from camtool.naming import fit
 from camtool.progress import ProgressBar
+from camtool.render import COLORMAPS, colormap_colors
 
 THUMBS = "_thumbs"
 THUMB_SIZE = 256
@@ -84,9 +86,11 @@ def write_gallery(export_dir: str | os.PathLike[str], progress: bool = False) ->
     base = (
         Path(runs[-1].get("cwd", ".")) if runs else Path(".")
     )  # the export's relative paths start there
+    settings = runs[-1].get("settings", {}) if runs else {}
+    per_class = 2 if settings.get("heatmap") else 1  # outputs: overlay [, heatmap] per class
     try:
         for record in ok:
-            cards.append(_card(root, record, base))
+            cards.append(_card(root, record, base, per_class))
             if bar:
                 bar.advance()
     finally:
@@ -95,7 +99,13 @@ def write_gallery(export_dir: str | os.PathLike[str], progress: bool = False) ->
     model = runs[-1].get("settings", {}).get("model", "") if runs else ""
     head = runs[-1].get("head", "") if runs else ""
     method = runs[-1].get("method", "cam") if runs else ""
-    data = {"model": model, "method": method, "head": head, "cards": cards, "failed": failed}
+    detail = runs[-1].get("head_detail", {}) if runs else {}
+    exact = method not in ("", "none") and bool(
+        detail.get("decomposition", True) if isinstance(detail, dict) else True
+    )
+    data = {"model": model, "method": method, "head": head, "cards": cards, "failed": failed,
+            "legend": colour_legend(str(settings.get("colormap", "jet")),
+                                    str(settings.get("scale", "per-map")), exact)}  # fmt: skip
     page = _PAGE.replace("__DATA__", _script_json(data))
     target = root / "index.html"
     with open_atomic(target) as handle:
@@ -103,13 +113,34 @@ def write_gallery(export_dir: str | os.PathLike[str], progress: bool = False) ->
     return target
 
 
-def _card(root: Path, record: dict[str, Any], base: Path) -> dict[str, Any]:
+def colour_legend(colormap: str, scale: str, exact: bool) -> dict[str, Any]:
+    """What the gallery's colour legend shows: the colour map as CSS colours from its lowest to
+    its highest value, and what the two ends mean for this export's scale and method."""
+    colors = colormap_colors(colormap if colormap in COLORMAPS else "jet")
+    stops = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in colors]
+    units = "contribution to the class's logit" if exact else "map value"
+    if scale == "joint":
+        meaning = (
+            f"low to high {units}, on one scale for all maps of an image: a class the model "
+            "barely sees stays cool"
+        )
+    else:
+        meaning = f"low to high {units}, each map stretched to the full range on its own"
+    return {"colormap": colormap, "scale": scale, "colors": stops, "meaning": meaning}
+
+
+def _card(root: Path, record: dict[str, Any], base: Path, per_class: int = 1) -> dict[str, Any]:
     stem = str(record.get("output_stem", Path(record["input"]).stem))
     outputs = [base / p for p in record["outputs"]]
     original = base / record["input"]
     thumbs = root / THUMBS
     original_thumb = _thumb(original, thumbs, f"{stem}_input")
-    overlay_thumb = _thumb(outputs[0], thumbs, f"{stem}_cam")
+    explained_all = record.get("explained", [])
+    overlays = outputs[0 : per_class * len(explained_all) : per_class] or outputs[:1]
+    overlay_thumbs = [
+        _thumb(path, thumbs, f"{stem}_cam" if i == 0 else f"{stem}_cam{i + 1}")
+        for i, path in enumerate(overlays)
+    ]
 
     def link(path: str | Path | None) -> str | None:
         """A relative URL (percent-encoded: '#', '?' and '%' in file names stay part of the path)."""
@@ -133,7 +164,18 @@ def _card(root: Path, record: dict[str, Any], base: Path) -> dict[str, Any]:
         "box": explained[0].get("box") if explained else None,
         "explained": explained[0].get("name", "") if explained else "",
         "thumb": link(original_thumb),
-        "overlayThumb": link(overlay_thumb),
+        "overlayThumb": link(overlay_thumbs[0]),
+        "maps": [
+            {
+                "name": score.get("name", ""),
+                "index": score.get("index"),
+                "probability": score.get("probability", 0.0),
+                "box": score.get("box"),
+                "thumb": link(thumb),
+                "href": link(path),
+            }
+            for score, thumb, path in zip(explained_all, overlay_thumbs, overlays, strict=False)
+        ],
         "original": link(original),
         "outputs": [[link(p), p.name] for p in outputs],
     }
@@ -165,6 +207,12 @@ table{border-collapse:collapse;width:100%;font-size:13px}
 td{padding:1px 4px}
 td.p{text-align:right;font-variant-numeric:tabular-nums}
 .meta{color:#666;font-size:12px}
+.maps{display:flex;flex-wrap:wrap;gap:6px;margin-top:6px}
+.maps figure{margin:0;width:calc(25% - 5px);min-width:100px}
+.maps img{width:100%;height:100px;object-fit:contain;background:#eee;display:block}
+.maps figcaption{font-size:12px;overflow-wrap:anywhere}
+#legend{display:flex;align-items:center;gap:6px;font-size:12px;color:#444}
+#legend .bar{width:160px;height:12px;border:1px solid #999}
 #failures{padding:0 16px 16px}
 #failures li{overflow-wrap:anywhere}
 </style></head>
@@ -173,7 +221,8 @@ td.p{text-align:right;font-variant-numeric:tabular-nums}
 <label>class <select id="cls"><option value="">all</option></select></label>
 <label>search <input id="q" type="search" placeholder="file name"></label>
 <label>sort <select id="sort"><option value="desc">confidence high-low</option><option value="asc">confidence low-high</option><option value="name">name</option></select></label>
-<span id="count"></span><span class="meta" id="model"></span></header>
+<span id="count"></span><span class="meta" id="model"></span>
+<div id="legend"><span>low</span><span class="bar"></span><span>high</span><span id="meaning"></span></div></header>
 <main id="cards"></main><div id="end"></div>
 <section id="failures"></section>
 <script id="data" type="application/json">__DATA__</script>
@@ -183,6 +232,8 @@ const data = JSON.parse(document.getElementById("data").textContent);
 const el = (tag, text, cls) => { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; };
 const cls = document.getElementById("cls"), q = document.getElementById("q"), sort = document.getElementById("sort");
 document.getElementById("model").textContent = data.model + " - " + data.method + ": " + data.head;
+document.querySelector("#legend .bar").style.background = "linear-gradient(to right, " + data.legend.colors.join(", ") + ")";
+document.getElementById("meaning").textContent = data.legend.colormap + ": " + data.legend.meaning;
 [...new Set(data.cards.map(c => c.top))].sort().forEach(name => { const o = el("option", name); o.value = name; cls.appendChild(o); });
 function image(src, href, alt) {
   const a = el("a"); if (href) a.href = href;
@@ -199,6 +250,15 @@ function card(c) {
   d.appendChild(t);
   const meta = el("div", "CAM of " + c.explained + (c.box ? ", box [" + c.box.join(", ") + "]" : ", no box") + ", " + c.width + "x" + c.height, "meta");
   d.appendChild(meta);
+  if (c.maps.length > 1) {
+    const maps = el("div", undefined, "maps");
+    c.maps.forEach(m => {
+      const f = el("figure"); f.appendChild(image(m.thumb, m.href, "map of " + m.name));
+      f.appendChild(el("figcaption", m.name + " " + m.probability.toFixed(2) + (m.box ? " [" + m.box.join(", ") + "]" : "")));
+      maps.appendChild(f);
+    });
+    d.appendChild(maps);
+  }
   const links = el("div", undefined, "meta");
   c.outputs.forEach(o => { const a = el("a", o[1]); a.href = o[0]; links.appendChild(a); links.appendChild(document.createTextNode(" ")); });
   d.appendChild(links);

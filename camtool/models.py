@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,13 +25,33 @@ from camtool.cards import (
     list_cards,
     load_labels,
 )
-from camtool.errors import CamtoolError, ModelLoadError, ModelRunError, UnknownModelError
-from camtool.hooks import eval_mode
+from camtool.errors import ModelLoadError, UnknownModelError
+from camtool.hub import (
+    HF_PREFIX,
+    check_timm_name,
+    load_transformers_folder,
+    timm_pretrained,
+    transformers_preprocessing,
+)
 from camtool.image import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from camtool.network import (  # the names of running a network, used here and re-exported
+    DTYPES,
+    check_finite_weights,
+    count_classes,
+    describe_output,
+    logits_of,
+    network_failures,
+    probe_image,
+    resolve_device,
+    resolve_dtype,
+)
 from camtool.weights import (
     download_weights,
+    load_pickled_model,
     load_state_dict_file,
     load_weights_into,
+    pickled_model_classes,
+    pickled_model_refusal,
     verified_weights_file,
 )
 
@@ -45,10 +64,16 @@ DEFAULT_MODEL = "efficientnet_lite0"
 def build_architecture(
     architecture: str, num_classes: int | None = None, **options: Any
 ) -> nn.Module:
-    """Build an untrained network from ``camtool:NAME``, ``timm:NAME`` or ``torchvision:NAME``.
+    """Build an untrained network from ``camtool:NAME``, ``timm:NAME``, ``torchvision:NAME`` or a
+    bare torchvision name (``resnet18``).
 
     ``camtool:efficientnet_lite0`` (1, 2) are built in and need neither timm nor torchvision.
+
+    Raises:
+        UnknownModelError: a name no library knows (with close names); ModelLoadError: the
+            library is missing or cannot build it.
     """
+    architecture = architecture_name(architecture)
     library, _, name = architecture.partition(":")
     kwargs: dict[str, Any] = (
         dict(options) if num_classes is None else {**options, "num_classes": num_classes}
@@ -63,6 +88,7 @@ def build_architecture(
         if library == "timm":
             import timm
 
+            check_timm_name(name)
             return timm.create_model(name, pretrained=False, **kwargs)
         if library == "torchvision":
             import torchvision
@@ -70,10 +96,11 @@ def build_architecture(
             return torchvision.models.get_model(name, weights=None, **kwargs)
     except ImportError as exc:
         raise ModelLoadError(architecture, f"needs {exc.name}: pip install {exc.name}") from None
-    except (RuntimeError, ValueError, KeyError) as exc:
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(architecture, f"cannot build this architecture: {exc}") from None
     raise ModelLoadError(
-        architecture, "architecture must be 'camtool:NAME', 'timm:NAME' or 'torchvision:NAME'"
+        architecture,
+        "architecture must be a torchvision name, 'camtool:NAME', 'timm:NAME' or 'torchvision:NAME'",
     )
 
 
@@ -145,54 +172,6 @@ class LoadedModel:
         }  # fmt: skip
 
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """Map ``"auto"``/None to the best available device; check that a named device exists."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ModelLoadError(device, f"not a device name ({exc})") from None
-    if resolved.type == "meta":
-        from camtool.errors import InvalidArgumentError
-
-        raise InvalidArgumentError(
-            device, "device 'meta' holds no data (shapes only): choose cpu, cuda, mps or auto"
-        )
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(device, "CUDA is not available on this machine")
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelLoadError(device, "MPS is not available on this machine")
-    backend = getattr(torch, resolved.type, None)
-    if resolved.type not in ("cpu", "cuda", "mps") and not (
-        callable(getattr(backend, "is_available", None)) and backend.is_available()  # type: ignore[union-attr]
-    ):
-        raise ModelLoadError(
-            device, f"device '{resolved.type}' is not available here: choose cpu, cuda, mps or auto"
-        )
-    return resolved
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """Map ``"float32"``/``"float16"``/``"bfloat16"`` (or a torch dtype, or None) to a dtype."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        from camtool.errors import InvalidArgumentError
-
-        raise InvalidArgumentError(dtype, f"unknown dtype; choose one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
 def load_model(
     spec: str | ModelCard | nn.Module | LoadedModel = DEFAULT_MODEL,
     device: str | torch.device | None = "auto",
@@ -202,6 +181,7 @@ def load_model(
     channels_last: bool | None = None,
     preprocessing: Preprocessing | None = None,
     random_weights: bool = False,
+    unsafe_load_pickle: bool = False,
 ) -> LoadedModel:
     """Load a named model, a card, an architecture with weights, a TorchScript file, or your module.
 
@@ -214,7 +194,12 @@ def load_model(
             - an architecture: a torchvision model name (``resnet50``), ``torchvision:NAME`` or
               ``timm:NAME``, with ``weights=FILE``; or with a torchvision weight name
               (``resnet50:IMAGENET1K_V2``), taken from torch's hub cache or downloaded;
-            - a TorchScript file (``model.pt`` saved with ``torch.jit.save``);
+            - ``timm:NAME`` alone: timm's pretrained weights from the local Hugging Face cache
+              (never downloaded);
+            - ``hf:FOLDER``: a transformers image classifier saved with ``save_pretrained``
+              (``config.json`` + ``model.safetensors``; labels from ``config.id2label``);
+            - a TorchScript file (``model.pt`` saved with ``torch.jit.save``); a whole pickled
+              model (``torch.save(model)``) only with ``unsafe_load_pickle``;
             - an ``nn.Module``: used as it is, never moved or converted;
             - an already loaded model (returned as is).
         device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"`` (models camtool builds).
@@ -228,6 +213,10 @@ def load_model(
             ``pretrained_cfg`` (timm models), torchvision's weights transforms
             (``NAME:WEIGHTS``), else ImageNet defaults (224 px, ImageNet mean and std).
         random_weights: allow an architecture without weights (for ``camtool inspect``).
+        unsafe_load_pickle: unpickle a whole pickled model (``torch.save(model)``) given as
+            ``spec`` or ``weights`` (``weights_only=False``): this RUNS code the file names, so
+            use it only for files you trust. Without it such a file is refused, with how to
+            convert it to a state dict.
 
     Raises:
         UnknownModelError, ModelLoadError, WeightsHashError.
@@ -242,7 +231,7 @@ def load_model(
         last = bool(channels_last)
     else:
         target = resolve_device(device)
-        built = _build(spec, weights, random_weights)
+        built = _build(spec, weights, random_weights, unsafe_load_pickle)
         module, name, card, source, default_labels = built[:5]
         if built.preprocessing is None:
             prep, prep_source = preprocessing_carried_by(module)
@@ -263,7 +252,12 @@ def load_model(
     check_finite_weights(module)
     count = count_classes(module, prep.input_size, name)
     base = card.path.parent if card and card.path else None
-    names, labels_source = _labels_for(count, labels, default_labels, base)
+    carried = labels_carried_by(module, count) if default_labels is None else None
+    if carried is not None:
+        default_labels, carried_source = carried
+    else:
+        carried_source = "the weights' categories"
+    names, labels_source = _labels_for(count, labels, default_labels, base, carried_source)
     return LoadedModel(
         name, module, prep, names, card, source, compute_dtype, last, prep_source, labels_source
     )
@@ -307,7 +301,17 @@ def fixed_input_size(module: nn.Module) -> int | None:
     size = getattr(module, "image_size", None)
     if type(module).__name__ == "VisionTransformer" and isinstance(size, int):
         return size
+    hf_config = getattr(module, "config", None)  # transformers: ViT-style position embeddings
+    hf_size = getattr(hf_config, "image_size", None)
+    if getattr(hf_config, "model_type", None) in _FIXED_SIZE_TRANSFORMERS and isinstance(
+        hf_size, int
+    ):
+        return hf_size
     return None
+
+
+#: transformers model types whose position embeddings fit one input size only.
+_FIXED_SIZE_TRANSFORMERS = frozenset({"vit", "deit", "beit", "data2vec-vision", "vit_msn"})
 
 
 def _triple(values: Any) -> tuple[float, float, float]:
@@ -315,97 +319,6 @@ def _triple(values: Any) -> tuple[float, float, float]:
     if len(numbers) == 1:
         numbers *= 3
     return numbers[0], numbers[1], numbers[2]
-
-
-def check_finite_weights(model: nn.Module) -> None:
-    """Refuse a network whose parameters or buffers hold NaN or infinity (a damaged checkpoint, a
-    diverged training): its outputs would be NaN, and no head could be exact.
-
-    Raises:
-        ModelLoadError: naming the first such tensor and what it holds.
-    """
-    tensors = [*model.named_parameters(), *model.named_buffers()]
-    for name, tensor in tensors:
-        if tensor.is_floating_point() and tensor.device.type != "meta":
-            finite = torch.isfinite(tensor.detach())
-            if not bool(finite.all()):
-                what = "NaN" if bool(torch.isnan(tensor.detach()).any()) else "infinity"
-                bad = int((~finite).sum())
-                raise ModelLoadError(
-                    type(model).__name__,
-                    f"the weights '{name}' contain {what} ({bad} of {tensor.numel()} values): "
-                    "the checkpoint is damaged or its training diverged",
-                )
-
-
-def probe_image(module: nn.Module, size: int) -> Tensor:
-    """A seeded random ``Tensor[1,3,size,size]`` on the network's device and in its parameter
-    dtype: the image loading and discovery probe with (zeros can hide an overflow)."""
-    parameter = next(module.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    dtype = (
-        parameter.dtype
-        if parameter is not None and parameter.is_floating_point()
-        else torch.float32
-    )
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn(1, 3, size, size, generator=generator).to(device=device, dtype=dtype)
-
-
-def count_classes(module: nn.Module, size: int, name: str) -> int:
-    """K, the number of classes: the width of the network's output on one probe image.
-
-    Raises:
-        ModelLoadError: the network fails on the probe, or its output is not ``[N, K]`` scores.
-    """
-    probe = probe_image(module, size)
-    try:
-        with torch.inference_mode(), eval_mode(module):
-            output = module(probe)
-    except Exception as exc:  # a network that cannot run on an image is not loadable
-        raise ModelLoadError(
-            name, f"the network fails on a {size}x{size} probe image ({type(exc).__name__}: {exc})"
-        ) from None
-    logits = logits_of(output, name)
-    if not bool(torch.isfinite(logits).all()):
-        raise ModelLoadError(
-            name,
-            "the network's output holds NaN or infinity on a probe image (finite weights that "
-            "overflow: a damaged or mis-scaled checkpoint)",
-        )
-    return logits.shape[-1]
-
-
-@contextmanager
-def network_failures(name: str, batch: Tensor) -> Iterator[None]:
-    """Turn an exception raised inside the network into a one-line :class:`ModelRunError` naming
-    the model and the batch's shape (camtool's own errors pass through)."""
-    try:
-        yield
-    except CamtoolError:
-        raise
-    except (RuntimeError, AssertionError, ValueError, TypeError, IndexError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise ModelRunError(
-            name,
-            f"the network fails on a batch of shape {list(batch.shape)} ({type(exc).__name__}: {first})",
-        ) from None
-
-
-def logits_of(output: Any, name: str) -> Tensor:
-    """The ``Tensor[N,K]`` class scores in a network's output.
-
-    Raises:
-        ModelLoadError: the output is not a ``[N, K]`` tensor (the message says what it is).
-    """
-    if isinstance(output, Tensor) and output.ndim == 2:
-        return output
-    what = (
-        f"a tensor of shape {list(output.shape)}"
-        if isinstance(output, Tensor)
-        else f"a {type(output).__name__}"
-    )
-    raise ModelLoadError(name, f"the network returns {what}, not [N, K] class scores")
 
 
 class _Built(NamedTuple):
@@ -419,12 +332,17 @@ class _Built(NamedTuple):
 
 
 def _build(
-    spec: str | ModelCard, weights: str | os.PathLike[str] | None, random_weights: bool
+    spec: str | ModelCard,
+    weights: str | os.PathLike[str] | None,
+    random_weights: bool,
+    unsafe_load_pickle: bool = False,
 ) -> _Built:
     if isinstance(spec, ModelCard) or spec.endswith(".toml") or is_card_name(spec):
         card = spec if isinstance(spec, ModelCard) else find_card(spec)
         if weights is not None:
-            module = _architecture_with_file(card.architecture, Path(weights))
+            module = _architecture_with_file(
+                card.architecture, Path(weights), unsafe_load_pickle, card.options
+            )
             return _Built(
                 module,
                 card.name,
@@ -438,6 +356,7 @@ def _build(
         module = build_architecture(
             card.architecture,
             num_classes=len(load_labels(card.labels, card.path.parent if card.path else None)),
+            **card.options,
         )
         if path is not None:
             load_weights_into(module, load_state_dict_file(path), path)
@@ -450,6 +369,8 @@ def _build(
             card.preprocessing,
             f"model card {card.name}",
         )
+    if spec.startswith(HF_PREFIX):
+        return _transformers_folder(spec, weights)
     if Path(spec).is_file() and _is_torchscript(Path(spec)):
         import warnings
 
@@ -461,6 +382,12 @@ def _build(
             raise ModelLoadError(spec, f"not a loadable TorchScript model ({exc})") from None
         return _Built(module, Path(spec).stem, None, spec, None, None)
     if Path(spec).is_file():
+        if unsafe_load_pickle and pickled_model_classes(spec):
+            module = load_pickled_model(spec)
+            return _Built(module, Path(spec).stem, None, f"{spec} (unpickled)", None, None)
+        classes = pickled_model_classes(spec)
+        if classes:
+            raise ModelLoadError(spec, pickled_model_refusal(spec, classes))
         raise ModelLoadError(
             spec,
             "is a weights file, not a model: name the architecture and pass this file as weights (--model resnet50 --weights FILE)",
@@ -470,17 +397,37 @@ def _build(
     )
     if weight_name:
         return _torchvision_named_weights(architecture, weight_name)
-    architecture = _architecture_name(architecture)
+    architecture = architecture_name(architecture)
     if weights is not None:
-        module = _architecture_with_file(architecture, Path(weights))
+        module = _architecture_with_file(architecture, Path(weights), unsafe_load_pickle)
         return _Built(module, spec, None, str(weights), None, None)
-    if not random_weights:
+    if architecture.startswith("timm:"):
+        cached = timm_pretrained(architecture.removeprefix("timm:"), required=not random_weights)
+        if cached is not None:
+            return _Built(cached[0], spec, None, cached[1], None, None)
+    elif not random_weights:
+        named = (
+            f"a torchvision weight name ({spec}:DEFAULT)"
+            if architecture.startswith("torchvision:")
+            else "a named model (camtool models)"
+        )
         raise ModelLoadError(
-            spec,
-            "no weights: pass a weights file (--weights FILE) or a torchvision weight name "
-            f"({spec}:DEFAULT), or use a named model (camtool models)",
+            spec, f"no weights: pass a weights file (--weights FILE) or use {named}"
         )
     return _Built(build_architecture(architecture), spec, None, "random", None, None)
+
+
+def _transformers_folder(spec: str, weights: str | os.PathLike[str] | None) -> _Built:
+    """``hf:FOLDER``: a transformers image classifier saved with ``save_pretrained``."""
+    folder = spec.removeprefix(HF_PREFIX)
+    if weights is not None:
+        raise ModelLoadError(spec, "a transformers folder carries its weights: leave out --weights")
+    module = load_transformers_folder(folder)
+    carried = transformers_preprocessing(folder)
+    name = Path(folder).name or spec
+    if carried is None:
+        return _Built(module, name, None, folder, None, None)
+    return _Built(module, name, None, folder, None, carried[0], carried[1])
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -492,9 +439,19 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
 
 
-def _architecture_name(name: str) -> str:
+def architecture_name(name: str) -> str:
+    """``LIBRARY:NAME`` for an architecture name: bare torchvision names (``resnet18``) and
+    camtool's built-in networks (``efficientnet_lite0``) get their library.
+
+    Raises:
+        UnknownModelError: no library has that name (the message suggests close names).
+    """
     if name.startswith(("timm:", "torchvision:", "camtool:")):
         return name
+    from camtool.efficientnet_lite import VARIANTS
+
+    if name in VARIANTS:
+        return f"camtool:{name}"
     import torchvision
 
     known = torchvision.models.list_models()
@@ -510,15 +467,20 @@ def _architecture_name(name: str) -> str:
     raise UnknownModelError(name, f"unknown model{hint}")
 
 
-def _architecture_with_file(architecture: str, path: Path) -> nn.Module:
-    """Build ``architecture`` with as many classes as the checkpoint's classifier, and load it."""
-    state = load_state_dict_file(path)
-    module = build_architecture(architecture, **_auxiliary_heads(architecture, state))
+def _architecture_with_file(
+    architecture: str,
+    path: Path,
+    unsafe_load_pickle: bool = False,
+    options: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """Build ``architecture`` (with a card's ``options``) with as many classes as the
+    checkpoint's classifier, and load it."""
+    state = load_state_dict_file(path, unsafe_load_pickle)
+    extra = {**_auxiliary_heads(architecture, state), **(options or {})}
+    module = build_architecture(architecture, **extra)
     wanted = _checkpoint_classes(module, state)
     if wanted is not None:
-        module = build_architecture(
-            architecture, num_classes=wanted, **_auxiliary_heads(architecture, state)
-        )
+        module = build_architecture(architecture, num_classes=wanted, **extra)
     load_weights_into(module, state, path)
     return module
 
@@ -581,19 +543,40 @@ def _torchvision_named_weights(architecture: str, weight_name: str) -> _Built:
     return _Built(module, f"{architecture}:{weight_name}", None, str(path), labels, prep, source)
 
 
+def labels_carried_by(module: nn.Module, count: int) -> tuple[tuple[str, ...], str] | None:
+    """The class names a network carries, and where from: a Hugging Face ``config.id2label``
+    with ``count`` entries (not transformers' placeholders ``LABEL_0``, ``LABEL_1``, ...)."""
+    config = getattr(module, "config", None)
+    id2label = getattr(config, "id2label", None)
+    if not isinstance(id2label, Mapping) or len(id2label) != count:
+        return None
+    try:
+        by_index = {int(k): str(v) for k, v in id2label.items()}
+    except (TypeError, ValueError):
+        return None
+    if sorted(by_index) != list(range(count)):
+        return None
+    names = tuple(by_index[i] for i in range(count))
+    if all(name == f"LABEL_{i}" for i, name in enumerate(names)):
+        return None
+    return names, f"the model's config.id2label ({type(config).__name__})"
+
+
 def _labels_for(
     count: int,
     labels: str | os.PathLike[str] | None,
     default: str | tuple[str, ...] | None,
     base: Path | None = None,
+    names_source: str = "the weights' categories",
 ) -> tuple[tuple[str, ...], str]:
-    """The K class names and where they came from: a label file, the weights' categories, the
-    card's label set, ImageNet-1k for 1000 outputs, else numbered names."""
+    """The K class names and where they came from: a label file, the names the weights or the
+    network carry (``names_source`` says which), the card's label set, ImageNet-1k for 1000
+    outputs, else numbered names."""
     if labels is not None:
         names = load_labels(labels)
         source = str(labels)
     elif isinstance(default, tuple):
-        names, source = default, "the weights' categories"
+        names, source = default, names_source
     elif default is not None and (default != "imagenet1k" or count == 1000):
         names, source = load_labels(default, base), str(default)
     elif count == 1000:
@@ -605,3 +588,24 @@ def _labels_for(
     if len(names) != count:
         raise ModelLoadError(source, f"{len(names)} labels for a classifier of {count} classes")
     return names, source
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DTYPES",
+    "LoadedModel",
+    "architecture_name",
+    "build_architecture",
+    "check_finite_weights",
+    "count_classes",
+    "describe_output",
+    "fixed_input_size",
+    "labels_carried_by",
+    "load_model",
+    "logits_of",
+    "network_failures",
+    "preprocessing_carried_by",
+    "probe_image",
+    "resolve_device",
+    "resolve_dtype",
+]

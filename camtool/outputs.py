@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, SupportsIndex
+from typing import Any, Literal, SupportsIndex, cast
 
 from camtool.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, CamtoolError
 from camtool.explanation import (
@@ -22,22 +22,35 @@ from camtool.explanation import (
     bind_method,
     comparison_sheet,
     explain,
+    resolve_class,
 )
 from camtool.io import VIDEO_SUFFIXES, video_info
 from camtool.methods.base import DEFAULT_METHOD, Method
 from camtool.models import DEFAULT_MODEL
 from camtool.naming import NameRegistry, component, input_stems, overlay_tail, video_tail
+from camtool.render import DEFAULT_SCALE, check_scale
 from camtool.video import VideoReport, explain_video
 
 
 @dataclass(frozen=True)
 class Rendering:
-    """How overlays look and are stored: opacity, colour map, CAM box, file format."""
+    """How overlays look and are stored: opacity, colour map, CAM box, file format, colour
+    scale (``"joint"`` or ``"per-map"``, see :meth:`Explanation.overlay`) and legend band."""
 
     alpha: float = 0.5
     colormap: str = "jet"
     box: bool = False
     image_format: Literal["png", "jpg"] = "png"
+    scale: str = DEFAULT_SCALE
+    legend: bool = False
+
+    def __post_init__(self) -> None:
+        check_scale(self.scale)
+
+    def look(self) -> dict[str, Any]:
+        """The keyword arguments of :meth:`Explanation.overlay` this rendering gives."""
+        return {"alpha": self.alpha, "colormap": self.colormap, "box": self.box,
+                "scale": self.scale, "legend": self.legend}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -81,7 +94,7 @@ def explain_files(
     out: str | os.PathLike[str] | None,
     models: Sequence[ModelSpec | BoundMethod] = (DEFAULT_MODEL,),
     *,
-    method: str | Method = DEFAULT_METHOD,
+    method: str | Method | Sequence[str | Method] = DEFAULT_METHOD,
     classes: Sequence[int | str | SupportsIndex] | None = None,
     maps: int = 1,
     top_k: int = 5,
@@ -104,11 +117,17 @@ def explain_files(
     for images (predictions and maps only; videos need a folder).
 
     Args:
-        inputs: image or video files. models: one or more models (a row each in a sheet).
-        method, classes, maps, top_k, crop, device: as for :func:`camtool.explain`;
-            ``model_options`` (weights, labels, dtype, layer, classifier) too.
+        inputs: image or video files. models: one or more models.
+        method: one method or several (each model is explained by each method: one sheet row
+            per model and method, models outermost; videos use the first).
+        classes, maps, top_k, crop, device: as for :func:`camtool.explain`;
+            ``model_options`` (weights, labels, dtype, layer, classifier) too. Without
+            ``classes``, the first model and method choose each image's top ``maps`` classes,
+            and every other model and method maps those same classes (by index when the label
+            sets are the same, else by name).
         rendering: overlay look and file format. sheet: also write the comparison sheet
-            (input beside the maps; one row per model). smooth: videos only, see
+            (input beside exactly the maps asked for; one row per model and method, wrapping
+            after :data:`camtool.explanation.SHEET_MAPS_PER_ROW` maps). smooth: videos only, see
             :func:`camtool.explain_video`. progress: videos show a progress bar.
 
     Raises:
@@ -117,9 +136,14 @@ def explain_files(
             input are yielded as its ``FileResult.error`` and the run goes on.
     """
     rendering = rendering or Rendering()
-    bound = [bind_method(m, method, classes, device=device, **model_options) for m in models]
-    if sheet and bound[0].classes is None:
-        maps = max(maps, top_k)  # the sheet shows the top-k classes
+    methods: list[str | Method] = (
+        list(method) if isinstance(method, (list, tuple)) else [cast("str | Method", method)]
+    )
+    bound = [
+        bind_method(m, chosen, classes, device=device, **model_options)
+        for m in models
+        for chosen in (methods[:1] if isinstance(m, BoundMethod) else methods)
+    ]
     folder = Path(out) if out is not None else None
     files = NameRegistry()  # every file this run writes: no result overwrites another
     for path, stem in zip(inputs, input_stems(inputs), strict=True):
@@ -142,26 +166,44 @@ def _image(
     path: Path, stem: str, folder: Path | None, files: NameRegistry, bound: Sequence[BoundMethod],
     maps: int, top_k: int, crop: bool, sheet: bool, rendering: Rendering,
 ) -> FileResult:  # fmt: skip
-    results = [explain(path, b, maps=maps, top_k=top_k, crop=crop) for b in bound]
+    first = explain(path, bound[0], maps=maps, top_k=top_k, crop=crop)
+    results = [first] + [
+        explain(path, same_classes(first, b), maps=maps, top_k=top_k, crop=crop) for b in bound[1:]
+    ]
     written: list[list[Path]] = [[] for _ in results]
+    several_models = len({b.model.name for b in bound}) > 1
     if folder is not None:
-        look: dict[str, Any] = {
-            "alpha": rendering.alpha,
-            "colormap": rendering.colormap,
-            "box": rendering.box,
-        }
         for ex, outputs in zip(results, written, strict=True):
-            prefix = f"{stem}_{component(ex.model)}" if len(bound) > 1 else stem
+            prefix = f"{stem}_{component(ex.model)}" if several_models else stem
             for i, score in enumerate(ex.explained):
                 tail = overlay_tail(ex.method, score.index, score.name, rendering.image_format)
-                outputs.append(ex.save(folder / files.claim(prefix, tail), i, **look))
+                outputs.append(ex.save(folder / files.claim(prefix, tail), i, **rendering.look()))
         if sheet:
-            picture = comparison_sheet(
-                results, alpha=rendering.alpha, colormap=rendering.colormap, box=rendering.box
-            )
+            picture = comparison_sheet(results, **rendering.look())
             name = files.claim(stem, f"_sheet.{rendering.image_format}")
             written[0].append(picture.save(folder / name))
     return FileResult(str(path), tuple(results), tuple(tuple(w) for w in written))
+
+
+def same_classes(first: Explanation, bound: BoundMethod) -> BoundMethod:
+    """``bound`` set to map the classes ``first`` explained (when it has no classes of its own):
+    by index when both models have the same labels, else by name.
+
+    Raises:
+        ClassSelectionError: a class ``first`` explained is not among ``bound``'s labels.
+    """
+    if bound.classes is not None or not first.explained:
+        return bound
+    if _same_labels(first, bound):
+        return replace(bound, classes=[s.index for s in first.explained])
+    return replace(
+        bound, classes=[resolve_class(s.name, bound.model.labels) for s in first.explained]
+    )
+
+
+def _same_labels(first: Explanation, bound: BoundMethod) -> bool:
+    labels = bound.model.labels
+    return all(s.index < len(labels) and labels[s.index] == s.name for s in first.explained)
 
 
 def _video(

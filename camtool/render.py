@@ -38,8 +38,44 @@ COLORMAPS: dict[str, int] = {
 }
 
 
-def normalize_cams(cams: Tensor) -> Tensor:
-    """Min-max normalise each map of ``Tensor[..., h, w]`` to [0, 1] (a flat map becomes 0)."""
+#: How maps become colours: ``"joint"`` (the default) puts all maps of one image on one scale
+#: (one minimum and maximum over all of them), so a class the model barely sees is drawn cooler
+#: than the top class; ``"per-map"`` stretches each map to the full colour range on its own,
+#: which shows each map's shape best but makes every map look equally strong.
+SCALES: tuple[str, ...] = ("joint", "per-map")
+DEFAULT_SCALE = "joint"
+
+
+def check_scale(scale: str) -> str:
+    """Return ``scale`` when it is one of :data:`SCALES`; raise ``InvalidArgumentError`` else."""
+    if scale not in SCALES:
+        raise InvalidArgumentError(scale, f"unknown scale; choose one of {', '.join(SCALES)}")
+    return scale
+
+
+def scale_range(cams: Tensor, scale: str = DEFAULT_SCALE) -> tuple[Tensor, Tensor]:
+    """The values that become 0 and 1 when ``cams`` (``Tensor[k,h,w]``) are normalised.
+
+    Returns:
+        ``(low, high)``, each ``Tensor[k]`` float32: per map for ``"per-map"``, the same
+        minimum and maximum over all ``k`` maps for ``"joint"``.
+    """
+    flat = cams.float().flatten(-2)
+    low, high = flat.amin(dim=-1), flat.amax(dim=-1)
+    if check_scale(scale) == "joint" and flat.numel():
+        low = low.amin(dim=-1, keepdim=True).expand_as(low)
+        high = high.amax(dim=-1, keepdim=True).expand_as(high)
+    return low, high
+
+
+def normalize_cams(cams: Tensor, scale: str = "per-map") -> Tensor:
+    """Min-max normalise the maps of ``Tensor[..., k, h, w]`` to [0, 1] (a flat map becomes 0).
+
+    ``scale="per-map"`` normalises each map on its own; ``"joint"`` uses one minimum and maximum
+    over the ``k`` maps (the last three dimensions), so the maps stay comparable.
+    """
+    if check_scale(scale) == "joint" and cams.ndim >= 3:
+        return normalize_cams(cams.flatten(-3)[..., None, :], "per-map").view_as(cams)
     flat = cams.float().flatten(-2)
     low = flat.amin(dim=-1, keepdim=True)
     span = flat.amax(dim=-1, keepdim=True) - low
@@ -97,6 +133,14 @@ def _colormap_lut(name: str) -> Tensor:
         )
     bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), COLORMAPS[name])
     return torch.from_numpy(bgr.reshape(256, 3)[:, ::-1].copy())
+
+
+def colormap_colors(name: str, count: int = 16) -> list[tuple[int, int, int]]:
+    """``count`` RGB colours of a colour map, evenly spaced from its lowest value to its highest
+    (for legends drawn elsewhere, an HTML page's gradient, say)."""
+    lut = _colormap_lut(name)
+    picks = torch.linspace(0, 255, max(2, count)).round().long()
+    return [(int(r), int(g), int(b)) for r, g, b in lut[picks].tolist()]
 
 
 def colorize(heatmap: Tensor, colormap: str = "jet") -> Tensor:
@@ -187,13 +231,21 @@ def cam_to_box(heatmap: Tensor, threshold: float = 0.2) -> Box | None:
 def draw_box(
     image: Tensor, box: Box, color: tuple[int, int, int] = (0, 255, 0), width: int | None = None
 ) -> Tensor:
-    """Return a copy of ``image`` (``Tensor[3,H,W]`` uint8) with ``box`` outlined in ``color`` (RGB)."""
-    height, wide = image.shape[1:]
-    width = width or max(2, round(min(height, wide) / 150))
+    """Return a copy of ``image`` (``Tensor[3,H,W]`` uint8) with ``box`` outlined in ``color`` (RGB).
+
+    The line is :func:`box_width` pixels wide unless ``width`` is given.
+    """
+    width = width or box_width(int(image.shape[1]), int(image.shape[2]))
     canvas = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())
     x1, y1, x2, y2 = box
     cv2.rectangle(canvas, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), color, width)
     return torch.from_numpy(canvas).permute(2, 0, 1).contiguous().to(image.device)
+
+
+def box_width(height: int, width: int) -> int:
+    """The CAM box's line width for an image: ``max(1, round(min(height, width) / 200))`` px
+    (1 px up to 299 px, 2 px at 300-499 px, 3 px at 500-699 px, ...)."""
+    return max(1, round(min(height, width) / 200))
 
 
 def labelled_grid(
@@ -252,6 +304,56 @@ def _fit_text(text: str, width: int, scale: float) -> tuple[str, float]:
     while len(text) > 1 and wide(text, size) > width:
         text = text[:-4] + "..." if len(text) > 4 else text[:-1]
     return text, size
+
+
+def legend_height(width: int) -> int:
+    """Height in pixels of the legend band under an overlay ``width`` pixels wide: three rows
+    (caption, colour bar, its meaning) of ``max(14, round(width / 24))`` px each."""
+    return 3 * max(14, round(width / 24))
+
+
+def draw_legend(
+    image: Tensor, colormap: str, caption: str, meaning: str, low: str = "low", high: str = "high"
+) -> Tensor:
+    """Return ``image`` (``Tensor[3,H,W]`` uint8) with a legend band added below it:
+    ``Tensor[3, H + legend_height(W), W]``.
+
+    The band holds ``caption`` (the class and its probability, say), a bar of the colour map from
+    its lowest colour (left) to its highest (right), and under the bar ``low`` at its left end,
+    ``high`` at its right end and ``meaning`` between them (non-ASCII characters become ``?``).
+    """
+    lut = _colormap_lut(colormap).numpy()
+    width = int(image.shape[2])
+    row = legend_height(width) // 3
+    band = np.full((3 * row, width, 3), 255, dtype=np.uint8)
+    pad = max(1, row // 6)
+    bar = np.linspace(0, 255, max(1, width - 2 * pad)).round().astype(np.intp)
+    band[row + pad : 2 * row - pad, pad : pad + len(bar)] = lut[bar][None]
+    scale = row / 32
+
+    def text(line: str, left: int, top: int, room: int, align: str = "left") -> int:
+        shown, size = _fit_text(line.encode("ascii", "replace").decode("ascii"), room, scale)
+        thickness = max(1, round(size * 1.5))
+        (wide, _), _ = cv2.getTextSize(shown, cv2.FONT_HERSHEY_SIMPLEX, size, thickness)
+        x = (
+            left
+            if align == "left"
+            else left + (room - wide) // 2
+            if align == "centre"
+            else left + room - wide
+        )
+        cv2.putText(band, shown, (x, top + int(row * 0.72)), cv2.FONT_HERSHEY_SIMPLEX, size,
+                    (0, 0, 0), thickness, cv2.LINE_AA)  # fmt: skip
+        return int(wide)
+
+    room = width - 2 * pad
+    text(caption, pad, 0, room)
+    used = text(low, pad, 2 * row, room // 4) + 2 * pad
+    used = max(used, text(high, pad, 2 * row, room, "right") + 2 * pad)
+    if room - 2 * used > 4 * row:  # too narrow an image shows the range alone
+        text(meaning, pad + used, 2 * row, room - 2 * used, "centre")
+    pixels = np.concatenate([image.permute(1, 2, 0).cpu().numpy(), band], axis=0)
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).to(image.device)
 
 
 def draw_label(image: Tensor, text: str) -> Tensor:

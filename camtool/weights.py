@@ -188,15 +188,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+def load_state_dict_file(
+    path: str | os.PathLike[str], unsafe_load_pickle: bool = False
+) -> dict[str, Tensor]:
     """Read a state dict from ``.safetensors`` or a torch file, never running pickled code.
 
     Torch files are read with ``weights_only=True``; a checkpoint that wraps its state dict
-    under ``state_dict`` or ``model`` is unwrapped.
+    under ``state_dict`` or ``model`` is unwrapped. With ``unsafe_load_pickle`` a whole pickled
+    model (``torch.save(model)``) is unpickled, which runs code the file names, and its state
+    dict is returned.
     """
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(path, "no such weights file")
+    if unsafe_load_pickle and path.suffix != ".safetensors" and pickled_model_classes(path):
+        return {k: v for k, v in load_pickled_model(path).state_dict().items()}
     handle = open_regular_file(path, ModelLoadError, "weights file")  # never a FIFO or a device
     try:
         if path.suffix == ".safetensors":
@@ -232,16 +238,100 @@ _DATA_GLOBALS = (
 )
 
 
+def _unsafe_globals(path: Path) -> list[str]:
+    """The globals a torch file names beyond plain tensors (torch's own disassembler reads them;
+    nothing is unpickled); empty for a file that is not a torch pickle."""
+    finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    try:
+        return sorted(finder(path)) if finder is not None else []
+    except Exception:  # not a torch file at all
+        return []
+
+
+def pickled_model_classes(path: str | os.PathLike[str]) -> list[str]:
+    """The globals a torch file names (the model's own classes first, then torch's) when it is
+    a whole pickled model (``torch.save(model)``, alone or inside a dict), else an empty list.
+
+    Nothing is unpickled: the names are read from the file, and it is a model when one of them
+    is a ``torch.nn`` module class or an already imported ``nn.Module`` subclass."""
+    import sys
+
+    names = _unsafe_globals(Path(path))
+
+    def is_module_class(name: str) -> bool:
+        if name.startswith("torch.nn.modules."):
+            return True
+        module_name, _, attribute = name.rpartition(".")
+        value = getattr(sys.modules.get(module_name), attribute, None)
+        return isinstance(value, type) and issubclass(value, nn.Module)
+
+    if not any(is_module_class(n) for n in names):
+        return []
+    # the model's own classes (not torch's building blocks) name it best: list them first
+    return sorted(names, key=lambda n: (n.startswith("torch."), n))
+
+
+def load_pickled_model(path: str | os.PathLike[str]) -> nn.Module:
+    """Unpickle a whole model saved with ``torch.save(model)`` (``weights_only=False``: this
+    RUNS code the file names; only for files you trust). A dict holding the model under
+    ``model``, ``module``, ``net`` or ``ema`` is unwrapped.
+
+    Raises:
+        ModelLoadError: the file cannot be unpickled here (its classes must be importable), or
+            holds no ``nn.Module``.
+    """
+    path = Path(path)
+    handle = open_regular_file(path, ModelLoadError, "model file")
+    try:
+        loaded: Any = torch.load(handle, map_location="cpu", weights_only=False)
+    except (AttributeError, ModuleNotFoundError, ImportError) as exc:
+        raise ModelLoadError(
+            path,
+            f"cannot unpickle this model ({type(exc).__name__}: {exc}); the classes it was saved "
+            "with must be importable: run camtool where their module is on PYTHONPATH",
+        ) from None
+    except Exception as exc:  # torch raises many types for damaged files
+        raise ModelLoadError(
+            path, f"not a readable pickled model ({type(exc).__name__}: {exc})"
+        ) from None
+    finally:
+        handle.close()
+    if isinstance(loaded, Mapping):
+        loaded = next(
+            (
+                loaded[k]
+                for k in ("model", "module", "net", "ema")
+                if isinstance(loaded.get(k), nn.Module)
+            ),
+            loaded,
+        )
+    if not isinstance(loaded, nn.Module):
+        raise ModelLoadError(path, f"holds a {type(loaded).__name__}, not a model (an nn.Module)")
+    return loaded
+
+
+def pickled_model_refusal(path: str | os.PathLike[str], classes: list[str]) -> str:
+    """Why camtool does not load a whole pickled model by default, and how to convert it."""
+    shown = ", ".join(classes[:3]) + (", ..." if len(classes) > 3 else "")
+    return (
+        f"is a whole pickled model (torch.save(model); classes {shown}), not a state dict; "
+        "camtool does not unpickle it by default because unpickling runs code the file names. "
+        f"Convert it once, where its classes import: torch.save(torch.load({str(path)!r}, "
+        "weights_only=False).state_dict(), 'weights.pth'), then use --model ARCHITECTURE "
+        "--weights weights.pth; or, if you trust the file, load it as it is with "
+        "--unsafe-load-pickle (this runs the file's code)"
+    )
+
+
 def _refusal(path: Path) -> str:
     """Why ``torch.load(weights_only=True)`` refused ``path``, naming the globals it holds (found by
     torch's own disassembler, not by reading its message) and what to do about them."""
-    finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
-    try:
-        names = sorted(finder(path)) if finder is not None else []
-    except Exception:  # not a torch file at all
-        names = []
+    names = _unsafe_globals(path)
     if not names:
         return "not a readable weights file (damaged, or not a torch file)"
+    classes = pickled_model_classes(path)
+    if classes:
+        return pickled_model_refusal(path, classes)
     listed = ", ".join(names)
     if not all(
         any(n == d or (d.endswith(".") and n.startswith(d)) for d in _DATA_GLOBALS) for n in names

@@ -320,7 +320,7 @@ def test_inspect_reports_the_head_and_refuses_with_the_reason() -> None:
     }  # fmt: skip
     assert info["head_detail"]["probe_residual"] < 1e-4 and info["parameters"] == 11689512
     code, out, _ = run("inspect", "efficientnet_lite0", "--input-size", "320")
-    assert code == 0 and "1280x10x10 at 320 px" in out
+    assert code == 0 and "1280 channels, 10x10 cells for a 320 px square image" in out
     # The model loads (issue: loading knows nothing of its consumer); inspect says why CAM cannot
     # explain it, with the same reason as before.
     code, out, err = run("inspect", "mobilenet_v3_small", "--json")

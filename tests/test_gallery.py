@@ -122,3 +122,21 @@ def test_report_from_another_folder_resolves_the_exports_relative_paths(
     assert runner.invoke(app, ["report", "work/out", "-q"]).exit_code == 0
     page = (tmp_path / "work" / "out" / "index.html").read_text()
     assert '"thumb": null' not in page and '"original": "../in/cat.png"' in page
+
+
+def test_gallery_shows_every_map_of_an_image_and_a_colour_legend(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(CAT, folder / "cat.png")
+    out = tmp_path / "out"
+    args = ["export", str(folder), "-o", str(out), "-q", "--workers", "0", "--maps", "3"]
+    result = runner.invoke(app, [*args, "--heatmap", "--report"])
+    assert result.exit_code == 0, result.stderr
+    dom = browse(out / "index.html", "", tmp_path / "profile", "--dump-dom")
+    figures = [dict(attrs) for tag, attrs in elements(dom) if tag == "img"]
+    maps = [f for f in figures if (f.get("alt") or "").startswith("map of ")]
+    assert [m["alt"] for m in maps] == ["map of Egyptian cat", "map of tiger cat", "map of tabby"]
+    assert all("_cam" in (m.get("src") or "") for m in maps)  # overlays' thumbnails, no heatmaps
+    assert len({m.get("src") for m in maps}) == 3
+    assert "linear-gradient(to right, rgb(0, 0, 128)" in dom  # jet, from its lowest colour
+    assert "jet: low to high contribution to the class's logit, on one scale" in dom

@@ -309,7 +309,7 @@ def test_cli_explain_with_a_gradient_method(tmp_path: Path) -> None:
         app, ["explain", str(CAT), "--method", "gradcam", "--out", str(tmp_path)]
     )
     assert result.exit_code == 0, result.stderr
-    assert "GRADCAM" in result.stdout and "not a decomposition" in result.stdout
+    assert "made by gradcam" in result.stdout and "not a decomposition" in result.stdout
     assert "identity residual" not in result.stdout
     (written,) = tmp_path.iterdir()  # the overlay's name says which method made it
     assert written.name.startswith("chelsea_gradcam_") and Image.open(written).size == (451, 300)

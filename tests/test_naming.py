@@ -65,7 +65,8 @@ LONG_STEMS = ["a" * 250, "é" * 125]  # 250 bytes each in UTF-8; the inputs' own
 def test_explain_shortens_names_the_file_system_cannot_hold(tmp_path: Path) -> None:
     inputs = [small_cat(tmp_path / "in" / f"{stem}.png") for stem in LONG_STEMS]
     out = tmp_path / "out"
-    code, stdout, err = run("explain", *map(str, inputs), "-o", str(out), "--json", "--sheet")
+    args = ("-o", str(out), "--json", "--sheet", "--maps", "5")
+    code, stdout, err = run("explain", *map(str, inputs), *args)
     assert code == 0, err
     report = json.loads(stdout)
     written = [Path(p) for image in report["images"] for p in image["outputs"]]
@@ -127,7 +128,7 @@ def test_a_card_name_cannot_write_outside_out(
         "out",
         "--json",
         "--sheet",
-        "-k",
+        "--maps",
         "2",
     )
     assert code == 0, err

@@ -18,7 +18,7 @@ runner = CliRunner()
 
 def test_sheet_of_the_top_4_classes(tmp_path: Path) -> None:
     result = runner.invoke(
-        app, ["explain", str(CAT), "-k", "4", "--sheet", "-o", str(tmp_path), "--json"]
+        app, ["explain", str(CAT), "--maps", "4", "--sheet", "-o", str(tmp_path), "--json"]
     )
     assert result.exit_code == 0, result.stderr
     (image,) = json.loads(result.stdout)["images"]
@@ -44,7 +44,7 @@ def test_sheet_comparing_two_models_and_in_python(tmp_path: Path) -> None:
         "efficientnet_lite0",
         "-m",
         "efficientnet_lite1",
-        "-k",
+        "--maps",
         "2",
         "--sheet",
     ]

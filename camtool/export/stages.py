@@ -39,7 +39,7 @@ from camtool.io import (
 from camtool.methods.base import MapBatch
 from camtool.models import LoadedModel
 from camtool.naming import fit, heatmap_tail, overlay_tail, raw_tail
-from camtool.render import COLORMAPS
+from camtool.render import COLORMAPS, DEFAULT_SCALE, check_scale
 
 EXIT_INTERRUPTED = 130
 
@@ -185,6 +185,8 @@ class ExportOptions:
     raw_dtype: Literal["float16", "float32"] = "float16"
     top_k: int = 5
     box_threshold: float = 0.2
+    scale: str = DEFAULT_SCALE
+    legend: bool = False
 
 
 def output_path(out_dir: Path, stem: PurePosixPath, suffix: str) -> Path:
@@ -215,13 +217,15 @@ def write_outputs(
     this image are removed, so an image is either complete on disk or absent.
     """
     files: list[tuple[Path, bytes]] = []
+    heatmaps = ex.scaled_heatmaps(options.scale) if options.heatmap else None
     for i, score in enumerate(ex.explained):
         tail = overlay_tail(ex.method, score.index, score.name, options.image_format)
-        overlay = ex.overlay(i, alpha=options.alpha, colormap=options.colormap, box=options.box)
+        overlay = ex.overlay(i, alpha=options.alpha, colormap=options.colormap, box=options.box,
+                             scale=options.scale, legend=options.legend)  # fmt: skip
         target = output_path(out_dir, stem, tail)
         files.append((target, _encoded(target, overlay, options.quality)))
-        if options.heatmap:
-            gray = (ex.heatmaps[i] * 255).round().to(torch.uint8)
+        if heatmaps is not None:
+            gray = (heatmaps[i] * 255).round().to(torch.uint8)
             target = output_path(out_dir, stem, heatmap_tail(ex.method, score.index, score.name))
             files.append((target, _encoded(target, gray, options.quality)))
     if options.raw is not None:
@@ -323,5 +327,6 @@ def check_options(options: ExportOptions) -> None:
             options.colormap,
             f"unknown colour map; choose one of {', '.join(COLORMAPS)}",
         )
+    check_scale(options.scale)
     if not 0 <= options.alpha <= 1:
         raise InvalidArgumentError(options.alpha, "alpha must be between 0 and 1")

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from camtool.errors import InvalidArgumentError, UnsupportedModelError
 from camtool.hooks import capture_input, capture_output, eval_mode
-from camtool.models import check_finite_weights, probe_image
+from camtool.models import check_finite_weights, logits_of, probe_image
 
 HeadKind = Literal[
     "explicit", "forward_features", "pool_input", "class_maps", "traced", "sequential", "tokens"
@@ -328,13 +328,14 @@ def features_and_logits(module: nn.Module, head: CamHead, batch: Tensor) -> tupl
         tokens = module.forward_features(batch)  # type: ignore[operator]
         grid = tokens_to_grid(tokens, head, (int(batch.shape[-2]), int(batch.shape[-1])))
         return grid, module.forward_head(tokens)  # type: ignore[operator]
+    name = type(module).__name__
     if head.kind == "traced":
         assert head.runner is not None
-        features, logits = head.runner(batch)
-        return features, logits
+        features, output = head.runner(batch)
+        return features, logits_of(output, name)
     if head.kind == "sequential":
         assert head.runner is not None
-        return head.runner(batch), module(batch)
+        return head.runner(batch), logits_of(module(batch), name)
     assert head.capture is not None
     return run_capturing(module, batch, head.capture, head.kind != "explicit", head.feature_name)
 
@@ -349,7 +350,7 @@ def run_capturing(
         UnsupportedModelError: ``point`` did not run exactly once.
     """
     with (capture_input if inputs else capture_output)(point) as captured:
-        logits = module(batch)
+        logits = logits_of(module(batch), type(module).__name__)
     if captured.tensor is None or captured.calls != 1:
         raise UnsupportedModelError(
             name, f"ran {captured.calls} times in one forward pass, expected once"
