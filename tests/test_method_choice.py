@@ -244,3 +244,16 @@ def test_scorecam_shares_the_masked_input_of_equivalent_channels() -> None:
             expected[n] = net(batch[n] * masks).softmax(-1)[:, [1, 3]]
     maps = torch.einsum("nck,nchw->nkhw", expected, activations).relu()
     assert torch.allclose(out.maps, maps, rtol=1e-5, atol=1e-6)
+
+
+def test_a_transformers_vit_is_read_at_its_last_block() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, num_labels=10,
+    )  # fmt: skip
+    net = transformers.ViTForImageClassification(config)
+    model = camtool.load_model(net, preprocessing=Preprocessing(input_size=32, fixed_size=True))
+    ex = camtool.explain(CAT, model)
+    assert ex.method == "gradcam" and ex.cams.shape == (1, 4, 4)
+    assert ex.head.startswith("Grad-CAM of the class logit at vit.layers.1 tokens (1 prefix")

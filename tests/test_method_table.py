@@ -36,6 +36,27 @@ def tm(name: str, size: int | None = 32, **options: object) -> Callable[[], camt
     return build
 
 
+def hf(kind: str) -> Callable[[], camtool.LoadedModel]:
+    def build() -> camtool.LoadedModel:
+        transformers = pytest.importorskip("transformers")
+        if kind == "vit":
+            config = transformers.ViTConfig(
+                image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                num_attention_heads=2, intermediate_size=64, num_labels=10,
+            )  # fmt: skip
+            net = transformers.ViTForImageClassification(config)
+            return camtool.load_model(
+                net, preprocessing=Preprocessing(input_size=32, fixed_size=True)
+            )
+        config = transformers.ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=10
+        )
+        net = transformers.ResNetForImageClassification(config)
+        return camtool.load_model(net, preprocessing=Preprocessing(input_size=64))
+
+    return build
+
+
 #: One model per row (the first cell's start), small enough to build in a second or two.
 REPRESENTATIVE = {
     "ResNet, EfficientNet, EfficientNet-Lite": tm("tf_efficientnet_lite0"),
@@ -51,6 +72,8 @@ REPRESENTATIVE = {
     "Swin (torchvision": tv("swin_t", 64),
     "Swin (timm)": tm("swin_tiny_patch4_window7_224", None, img_size=32, window_size=2,
                       embed_dim=24, depths=(1, 1), num_heads=(1, 2)),
+    "ResNet (transformers": hf("resnet"),
+    "ViT (transformers": hf("vit"),
 }  # fmt: skip
 
 

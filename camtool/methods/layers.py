@@ -11,7 +11,8 @@ A :class:`TargetLayer` says which tensor to read and how to lay it out as ``Tens
 Default (:func:`find_target_layer`), checked on a probe batch:
 
 1. a vision transformer: the last block's token output (timm: ``blocks[-1]`` with
-   ``num_prefix_tokens``; torchvision: the last of ``encoder.layers``, after its class token);
+   ``num_prefix_tokens``; torchvision: the last of ``encoder.layers``, after its class token;
+   transformers: the last of ``vit.layers``; tokens beyond a square grid are prefix tokens);
 2. the input of the last global-average-pooling module that runs (what CAM's head discovery
    uses too: exactly the tensor the network averages);
 3. else the output of the last module (in the order they run, outermost last) that gives a 4-D
@@ -213,14 +214,24 @@ def _prefix_and_patch(model: nn.Module) -> tuple[int | None, tuple[int, int] | N
     return (int(prefix) if prefix is not None else None), None
 
 
-def _last_block(model: nn.Module) -> str | None:
-    """The name of a vision transformer's last block (timm ``blocks``, torchvision ``encoder.layers``)."""
-    for path in ("blocks", "encoder.layers"):
-        container = dict(model.named_modules()).get(path)
-        if isinstance(container, (nn.Sequential, nn.ModuleList)) and len(container) > 0:
-            last = list(container.named_children())[-1][0]
-            return f"{path}.{last}"
-    return None
+#: Names of the containers that hold a vision transformer's blocks (timm ``blocks``,
+#: torchvision ``encoder.layers``, transformers ``vit.layers`` / ``vit.encoder.layer``).
+BLOCK_CONTAINERS = ("blocks", "layers", "layer")
+
+
+def _last_blocks(model: nn.Module) -> list[str]:
+    """Names of the last block of every container a vision transformer keeps its blocks in
+    (timm ``blocks``, torchvision ``encoder.layers``, transformers ``vit.layers``), outermost
+    first; the caller keeps the first whose output is tokens."""
+    found = []
+    for name, container in model.named_modules():
+        if (
+            name.rsplit(".", 1)[-1] in BLOCK_CONTAINERS
+            and isinstance(container, (nn.Sequential, nn.ModuleList))
+            and len(container) > 0
+        ):
+            found.append(f"{name}.{list(container.named_children())[-1][0]}")
+    return found
 
 
 def _token_layer(
@@ -279,9 +290,9 @@ def find_target_layer(
             )
         capture: Literal["input", "output"] = "input" if is_global_avg_pool(named) else "output"
         return _from_run(model, runs[0], capture, probe_size)
-    block = _last_block(model)
-    if block is not None:
-        runs = probe.of(dict(model.named_modules())[block])
+    modules = dict(model.named_modules())
+    for block in _last_blocks(model):
+        runs = probe.of(modules[block])
         if len(runs) == 1 and runs[0].output_shape is not None and len(runs[0].output_shape) == 3:
             return _from_run(model, runs[0], "output", probe_size)
     pools = [
