@@ -215,8 +215,8 @@ MethodOption = Annotated[
         "--method",
         help="How maps are made: cam (exact Class Activation Maps); gradcam, gradcam++, xgradcam, "
         "layercam, hirescam, scorecam, eigencam (maps of one layer, --layer; not decompositions); "
-        "or auto (the default: the first method that can explain the model; predictions alone "
-        "when none can).",
+        "or auto (the default: cam, else integrated-head, else gradcam: exact methods first; "
+        "predictions alone when none can).",
         callback=single,
         show_default=False,
     ),
@@ -229,6 +229,13 @@ ClassifierOption = Annotated[
     str | None,
     typer.Option(
         help="Classifier layer (a module name); overrides discovery.", callback=module_name
+    ),
+]
+TargetOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Score the maps explain: logit or probability (default: the class logit; Score-CAM: "
+        "the probability, as its paper). cam and integrated-head decompose the logit only.",
     ),
 ]
 DeviceOption = Annotated[
@@ -300,8 +307,10 @@ def model_options(
     classifier: str | None,
     dtype: str,
     unsafe_load_pickle: bool = False,
+    target: str | None = None,
 ) -> dict[str, Any]:
-    """The keyword arguments of :func:`camtool.load_model` that the CLI options give."""
+    """The keyword arguments of :func:`camtool.explanation.bind_method` (loading the model and
+    binding the method) that the CLI options give."""
     options: dict[str, Any] = {
         "weights": str(weights) if weights else None,
         "labels": str(labels) if labels else None,
@@ -309,6 +318,8 @@ def model_options(
         "classifier": classifier,
         "dtype": dtype,
     }
+    if target is not None:  # only when given, so an export's recorded settings stay as they were
+        options["target"] = target
     if unsafe_load_pickle:  # only when given, so an export's recorded settings stay as they were
         options["unsafe_load_pickle"] = True
     return options
@@ -362,6 +373,7 @@ def explain(
     labels: LabelsOption = None,
     layer: LayerOption = None,
     classifier: ClassifierOption = None,
+    target: TargetOption = None,
     dtype: DtypeOption = "float32",
     out: Annotated[
         Path | None,
@@ -399,7 +411,9 @@ def explain(
         from camtool.explanation import bind_method
         from camtool.outputs import FilesReport, Rendering, explain_files
 
-        options = model_options(weights, labels, layer, classifier, dtype, unsafe_load_pickle)
+        options = model_options(
+            weights, labels, layer, classifier, dtype, unsafe_load_pickle, target
+        )
         bound = [
             bind_method(name, method, classes, device=device, **options)
             for name in (models or ["efficientnet_lite0"])
@@ -521,6 +535,7 @@ def export(
     labels: LabelsOption = None,
     layer: LayerOption = None,
     classifier: ClassifierOption = None,
+    target: TargetOption = None,
     dtype: DtypeOption = "float32",
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
@@ -547,7 +562,7 @@ def export(
         report = export_images(
             inputs, out, (model or ["efficientnet_lite0"])[0], method=(method or ["auto"])[0], classes=classes, maps=maps, crop=crop, options=options, resume=resume,
             device=device, batch_size=batch_size, workers=workers, decoder=decoder, progress=not quiet,
-            **model_options(weights, labels, layer, classifier, dtype, unsafe_load_pickle),
+            **model_options(weights, labels, layer, classifier, dtype, unsafe_load_pickle, target),
         )  # fmt: skip
         if report.removed:  # shown even with --quiet: camtool removed files
             console.print(
@@ -685,6 +700,7 @@ def inspect(
             }
             if name == "cam":
                 info["head"], info["head_detail"] = explainer.describe(), explainer.as_dict()
+        info["auto"] = bind("auto", loaded, layer=layer, classifier=classifier).method
         if as_json:
             sys.stdout.write(json.dumps(info, indent=2) + "\n")
             return
@@ -740,6 +756,7 @@ def inspect_table(info: dict[str, Any], verbose: bool = False) -> Table:
         else:
             text = "yes, exact" if verdict["decomposition"] else "yes, not a decomposition"
         rows.append((f"method {name}", text))
+    rows.append(("method auto", f"uses {info['auto']}"))
     for field, value in rows:
         table.add_row(field, value)
     return table

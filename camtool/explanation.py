@@ -409,11 +409,13 @@ def bind_method(
     device: str | None = "auto",
     layer: str | None = None,
     classifier: str | None = None,
+    target: str | None = None,
     **load_options: Any,
 ) -> BoundMethod:
     """Load ``model`` (cached, see :func:`get_model`), resolve ``classes`` against its labels and
-    bind ``method`` to it (``layer``/``classifier`` override the method's discovery). A
-    :class:`BoundMethod` is returned as it is (the other arguments are then ignored).
+    bind ``method`` to it (``layer``/``classifier`` override the method's discovery; ``target``
+    is the score explained, see :func:`camtool.methods.bind`). A :class:`BoundMethod` is
+    returned as it is (the other arguments are then ignored).
 
     Raises:
         camtool's typed errors: an unknown model, method or class; a model the method cannot
@@ -423,7 +425,7 @@ def bind_method(
         return model
     loaded = get_model(model, device, **load_options)
     wanted = [resolve_class(c, loaded.labels) for c in classes] if classes else None
-    explainer = bind(method, loaded, layer=layer, classifier=classifier)
+    explainer = bind(method, loaded, layer=layer, classifier=classifier, target=target)
     return BoundMethod(loaded, explainer, wanted)
 
 
@@ -442,6 +444,7 @@ def explain(
     weights: str | None = ...,
     layer: str | None = ...,
     classifier: str | None = ...,
+    target: str | None = ...,
     dtype: str | None = ...,
     batch_size: int = ...,
     box_threshold: float = ...,
@@ -488,6 +491,7 @@ def explain(
     weights: str | None = ...,
     layer: str | None = ...,
     classifier: str | None = ...,
+    target: str | None = ...,
     dtype: str | None = ...,
     batch_size: int = ...,
     box_threshold: float = ...,
@@ -510,6 +514,7 @@ def explain(
     weights: str | None = None,
     layer: str | None = None,
     classifier: str | None = None,
+    target: str | None = None,
     dtype: str | None = None,
     batch_size: int = 16,
     box_threshold: float = DEFAULT_BOX_THRESHOLD,
@@ -536,6 +541,9 @@ def explain(
         labels: a label file overriding the model's class names.
         weights, dtype: as for :func:`camtool.load_model`.
         layer, classifier: module names that override the method's discovery.
+        target: the score the maps explain, ``"logit"`` or ``"probability"`` (default: the
+            method's own, the class logit except for Score-CAM; the exact methods decompose
+            the logit and refuse ``"probability"``).
         batch_size: images per forward pass (images of equal input size are batched together).
         box_threshold: fraction of the map's maximum used for the CAM box, 0 < t < 1 (default
             0.2, the CAM paper's).
@@ -560,7 +568,7 @@ def explain(
     check_box_threshold(box_threshold)
     bound = bind_method(
         model, method, classes, device=device, layer=layer, classifier=classifier,
-        labels=labels, weights=weights, dtype=dtype,
+        target=target, labels=labels, weights=weights, dtype=dtype,
     )  # fmt: skip
     loaded = bound.model
     if preprocessed:

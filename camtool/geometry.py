@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,3 +138,38 @@ def record_geometry(model: nn.Module) -> Iterator[GeometryRecorder]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+class GeometryMemo:
+    """Where one explainer's map cells sit, per input size: the first batch of each size records
+    the network's spatial layers (:func:`record_geometry`), later batches reuse the result."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[int, int], FeatureGeometry] = {}
+
+    def recording(
+        self, model: nn.Module, input_hw: tuple[int, int], uniform: bool = False
+    ) -> AbstractContextManager[GeometryRecorder | None]:
+        """Record ``model``'s spatial layers when ``input_hw`` is new (and ``uniform`` is not set:
+        cells on a uniform grid, as transformer patches are); else yield None."""
+        if input_hw in self._known or uniform:
+            return nullcontext(None)
+        return record_geometry(model)
+
+    def note(
+        self,
+        recorder: GeometryRecorder | None,
+        input_hw: tuple[int, int],
+        grid_hw: tuple[int, int],
+    ) -> FeatureGeometry:
+        """The geometry of a ``grid_hw`` map for ``input_hw`` inputs (kept): as ``recorder`` found
+        it, else as known, else a uniform grid."""
+        geometry = self._known.get(input_hw)
+        if geometry is None:
+            geometry = (
+                recorder.geometry(input_hw, grid_hw)
+                if recorder is not None
+                else FeatureGeometry.uniform(input_hw, grid_hw)
+            )
+            self._known[input_hw] = geometry
+        return geometry

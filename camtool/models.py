@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -285,7 +285,18 @@ def preprocessing_carried_by(module: nn.Module) -> tuple[Preprocessing, str]:
 
 def fixed_input_size(module: nn.Module) -> int | None:
     """The one input size a network accepts (a vision transformer with a fixed position
-    embedding: torchvision's ``image_size``, timm's ``fixed_input_size``), else None."""
+    embedding: torchvision's ``image_size``, timm's ``fixed_input_size``), else None.
+
+    A timm patch embedding that insists on its size says it itself (``strict_img_size``), and
+    its ``img_size`` wins over ``pretrained_cfg``, which still names the pretrained size when the
+    model was created with another ``img_size``."""
+    embed = getattr(module, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    strict = getattr(embed, "strict_img_size", False) and not getattr(
+        embed, "dynamic_img_size", False
+    )
+    if strict and isinstance(size, Sequence) and len(size) == 2 and size[0] == size[1]:
+        return int(size[0])
     config = getattr(module, "pretrained_cfg", None)
     if isinstance(config, Mapping) and config.get("fixed_input_size") and config.get("input_size"):
         return int(config["input_size"][-1])

@@ -8,6 +8,8 @@ from label files. Three rules keep them safe and distinct:
 - :func:`fit` keeps a file name within :data:`NAME_MAX` bytes (what file systems hold per name):
   a longer one keeps a prefix, adds a short hash of the whole name and keeps its tail (the part
   camtool adds, e.g. ``_cam_281_tabby.png``), deterministically.
+- The parts camtool adds after a stem name the method (:func:`overlay_tail` and its siblings:
+  ``_cam_281_tabby.png``, ``_gradcam_281_tabby.png``), so two methods never share a name.
 - :class:`NameRegistry` makes names unique: a name already taken (compared case-insensitively,
   as case-insensitive file systems do) gets ``_2``, ``_3``, ...
 """
@@ -130,3 +132,33 @@ def input_stems(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
     a.jpg`` -> ``a_2``, ``a``, ``a_3``). The rule of :meth:`NameRegistry.claim`, as in export."""
     names = NameRegistry()
     return [names.claim(component(PurePath(os.fspath(p)).stem, "image")) for p in paths]
+
+
+def method_part(method: str) -> str:
+    """A method's registry name as a file-name part: ``cam``, ``gradcam``, ``gradcampp`` (for
+    ``gradcam++``), ``integrated-head``: ASCII letters, digits and ``-``, distinct per method."""
+    return re.sub(r"[^0-9a-z-]+", "_", method.lower().replace("+", "p")).strip("_") or "map"
+
+
+def overlay_tail(method: str, index: int, label: str, suffix: str) -> str:
+    """``_<method>_<index>_<label>.<suffix>``: what an overlay's name adds to its stem
+    (``_cam_285_egyptian_cat.png``, ``_gradcam_285_egyptian_cat.png``)."""
+    return f"_{method_part(method)}_{index}_{slug(label)}.{suffix}"
+
+
+def heatmap_tail(method: str, index: int, label: str) -> str:
+    """What a bare heatmap's name adds: ``_heatmap_<index>_<label>.png`` for CAM,
+    ``_<method>_heatmap_<index>_<label>.png`` for the other methods."""
+    part = "" if method == "cam" else f"_{method_part(method)}"
+    return f"{part}_heatmap_{index}_{slug(label)}.png"
+
+
+def raw_tail(method: str, suffix: str) -> str:
+    """What the raw maps' file name adds: ``_cams.<suffix>`` for CAM, ``_<method>_maps.<suffix>``
+    for the other methods."""
+    return f"_cams.{suffix}" if method == "cam" else f"_{method_part(method)}_maps.{suffix}"
+
+
+def video_tail(method: str, suffix: str) -> str:
+    """What an overlaid video's name adds: ``_cam.mp4``, ``_gradcam.mp4``, ..."""
+    return f"_{method_part(method)}.{suffix}"

@@ -27,7 +27,7 @@ from camtool.explanation import (
 from camtool.io import VIDEO_SUFFIXES, video_info
 from camtool.methods.base import DEFAULT_METHOD, Method
 from camtool.models import DEFAULT_MODEL
-from camtool.naming import NameRegistry, component, input_stems, slug
+from camtool.naming import NameRegistry, component, input_stems, overlay_tail, video_tail
 from camtool.render import DEFAULT_SCALE, check_scale
 from camtool.settings import (
     DEFAULT_ALPHA,
@@ -117,10 +117,10 @@ def explain_files(
     """Explain image and video files, writing their pictures under ``out``; yield a
     :class:`FileResult` per input, in order.
 
-    Overlays are ``<stem>_cam_<index>_<class>.<format>`` (``<stem>_<model>_cam_...`` when
-    several models are compared, ``<stem>_<method>_cam_...`` when several methods are, both
-    when both), sheets ``<stem>_sheet.<format>``, videos ``<stem>_cam.mp4``
-    (``.avi`` for .avi inputs and odd frame sizes, which MPEG-4 cannot hold). Stems are unique in
+    Overlays are ``<stem>_<method>_<index>_<class>.<format>`` (``<stem>_cam_285_...``,
+    ``<stem>_gradcam_285_...``; ``<stem>_<model>_<method>_...`` when several models are
+    compared), sheets ``<stem>_sheet.<format>``, videos ``<stem>_<method>.mp4`` (``.avi`` for
+    .avi inputs and odd frame sizes, which MPEG-4 cannot hold). Stems are unique in
     the folder by construction (``a.png a.jpg`` -> ``a``, ``a_2``). ``out=None`` writes nothing
     for images (predictions and maps only; videos need a folder).
 
@@ -184,16 +184,11 @@ def _image(
     results = [first] + [explain(path, same_classes(first, b), **options) for b in bound[1:]]
     written: list[list[Path]] = [[] for _ in results]
     several_models = len({b.model.name for b in bound}) > 1
-    several_methods = len({b.explainer.method for b in bound}) > 1
     if folder is not None:
         for ex, outputs in zip(results, written, strict=True):
-            prefix = "_".join(
-                [stem]
-                + [component(ex.model)] * several_models
-                + [component(ex.method)] * several_methods
-            )
+            prefix = f"{stem}_{component(ex.model)}" if several_models else stem
             for i, score in enumerate(ex.explained):
-                tail = f"_cam_{score.index}_{slug(score.name)}.{rendering.image_format}"
+                tail = overlay_tail(ex.method, score.index, score.name, rendering.image_format)
                 outputs.append(ex.save(folder / files.claim(prefix, tail), i, **rendering.look()))
         if sheet:
             picture = comparison_sheet(results, **rendering.look())
@@ -232,7 +227,7 @@ def _video(
     info = video_info(path)
     odd = info.width % 2 or info.height % 2
     suffix = "avi" if odd or path.suffix.lower() == ".avi" else "mp4"
-    output = folder / files.claim(stem, f"_cam.{suffix}")
+    output = folder / files.claim(stem, video_tail(bound.explainer.method, suffix))
     report = explain_video(
         path, output, bound, crop=crop, smooth=smooth, alpha=rendering.alpha,
         colormap=rendering.colormap, box=rendering.box, box_threshold=box_threshold,

@@ -311,8 +311,8 @@ def test_cli_explain_with_a_gradient_method(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert "made by gradcam" in result.stdout and "not a decomposition" in result.stdout
     assert "identity residual" not in result.stdout
-    (written,) = tmp_path.iterdir()  # overlays keep their "_cam_" names whatever the method
-    assert written.name.startswith("chelsea_cam_") and Image.open(written).size == (451, 300)
+    (written,) = tmp_path.iterdir()  # the overlay's name says which method made it
+    assert written.name.startswith("chelsea_gradcam_") and Image.open(written).size == (451, 300)
     result = runner.invoke(
         app, ["explain", str(CAT), "--method", "layercam", "--json", "--out", str(tmp_path),
               "--layer", "_blocks.15", "--sheet"],

@@ -30,12 +30,12 @@ REFUSED_BY_CAM = {
 }
 
 #: The method ``auto`` binds for each family: ConvNeXt's LayerNorm folds into CAM, the MLP and
-#: flatten heads are integrated, the class-token transformer gets predictions only.
+#: flatten heads are integrated, the class-token transformer gets Grad-CAM (no decomposition).
 AUTO_METHOD = {
     "convnext_tiny": "cam",
     "mobilenet_v3_small": "integrated-head",
     "vgg11": "integrated-head",
-    "vit_b_16": "none",
+    "vit_b_16": "gradcam",
 }
 
 
@@ -67,11 +67,11 @@ def test_any_classifier_loads_predicts_and_gets_the_first_method_that_explains_i
     (image,) = doc["images"]
     assert len(image["predictions"]) == 5
     assert image["method"] == doc["method"] == AUTO_METHOD[architecture]
-    if AUTO_METHOD[architecture] == "none":
-        assert image["explained"] == [] and image["outputs"] == []
+    if AUTO_METHOD[architecture] == "gradcam":
+        assert len(image["explained"]) == 1 and len(image["outputs"]) == 1
         assert image["identity_residual"] is None
-        assert doc["head"].startswith(f"no maps: cam: {REFUSED_BY_CAM[architecture]}; ")
-        assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+        assert "; not a decomposition (auto: no exact decomposition applies: cam: " in doc["head"]
+        assert REFUSED_BY_CAM[architecture] in doc["head"]
     else:
         assert len(image["explained"]) == 1 and len(image["outputs"]) == 1
         assert image["identity_residual"] is not None
@@ -86,7 +86,7 @@ def test_a_vision_transformer_gets_its_one_input_size(tmp_path: Path) -> None:
     model = camtool.load_model(str(random_card(tmp_path, "vit_b_16")))
     assert model.preprocessing.fixed_size and model.preprocessing.input_size == 224
     ex = camtool.explain(CAT, model)
-    assert ex.input_hw == (224, 224) and ex.method == "none" and ex.cams.shape[0] == 0
+    assert ex.input_hw == (224, 224) and ex.method == "gradcam" and ex.cams.shape == (1, 14, 14)
 
 
 def test_timm_model_object_gets_its_own_preprocessing() -> None:

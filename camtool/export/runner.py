@@ -188,9 +188,10 @@ def export(
 ) -> ExportReport:
     """Explain every input image and write the results under ``out_dir``.
 
-    For every input, ``out_dir`` mirrors its relative path: ``<stem>_cam_<index>_<class>.<fmt>``
-    per explained class (and, on request, ``<stem>_heatmap_<index>_<class>.png`` and
-    ``<stem>_cams.npy|npz``). ``manifest.jsonl`` gets one line per input as it finishes (status,
+    For every input, ``out_dir`` mirrors its relative path: ``<stem>_<method>_<index>_<class>.<fmt>``
+    per explained class (``_cam_``, ``_gradcam_``, ...; and, on request, its heatmap and raw maps,
+    named as :mod:`camtool.naming` says: ``<stem>_heatmap_<index>_<class>.png`` and
+    ``<stem>_cams.npy|npz`` for CAM). ``manifest.jsonl`` gets one line per input as it finishes (status,
     top-k predictions, explained classes with boxes, outputs, model and head, or the failure's
     reason) and ``summary.json`` the totals at the end.
 

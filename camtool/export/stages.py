@@ -38,7 +38,7 @@ from camtool.io import (
 )
 from camtool.methods.base import MapBatch
 from camtool.models import LoadedModel
-from camtool.naming import fit, slug
+from camtool.naming import fit, heatmap_tail, overlay_tail, raw_tail
 from camtool.render import DEFAULT_SCALE, check_scale, colormap_name
 from camtool.settings import (
     DEFAULT_ALPHA,
@@ -226,17 +226,17 @@ def write_outputs(
     files: list[tuple[Path, bytes]] = []
     heatmaps = ex.scaled_heatmaps(options.scale) if options.heatmap else None
     for i, score in enumerate(ex.explained):
-        name = f"_cam_{score.index}_{slug(score.name)}"
+        tail = overlay_tail(ex.method, score.index, score.name, options.image_format)
         overlay = ex.overlay(i, alpha=options.alpha, colormap=options.colormap, box=options.box,
                              scale=options.scale, legend=options.legend).tensor  # fmt: skip
-        target = output_path(out_dir, stem, f"{name}.{options.image_format}")
+        target = output_path(out_dir, stem, tail)
         files.append((target, _encoded(target, overlay, options.quality)))
         if heatmaps is not None:
             gray = (heatmaps[i] * 255).round().to(torch.uint8)
-            target = output_path(out_dir, stem, f"_heatmap_{score.index}_{slug(score.name)}.png")
+            target = output_path(out_dir, stem, heatmap_tail(ex.method, score.index, score.name))
             files.append((target, _encoded(target, gray, options.quality)))
     if options.raw is not None:
-        target = output_path(out_dir, stem, f"_cams.{options.raw}")
+        target = output_path(out_dir, stem, raw_tail(ex.method, options.raw))
         files.append((target, _raw_bytes(ex, options)))
     if announce is not None:
         announce([target for target, _ in files])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from torch import Tensor
 
@@ -26,11 +26,28 @@ if TYPE_CHECKING:
     from camtool.models import LoadedModel
 
 #: The method used when none is named: the first of :data:`AUTO_ORDER` that can explain the
-#: model (exact methods first); a model none of them can explain still gets its predictions.
+#: model (exact methods first, then Grad-CAM); a model none of them can explain still gets its
+#: predictions.
 DEFAULT_METHOD = "auto"
 
-#: The methods ``"auto"`` tries, in this order.
-AUTO_ORDER: tuple[str, ...] = ("cam", "integrated-head")
+#: The exact methods (their maps decompose the logit), which ``"auto"`` tries first, in order.
+EXACT_METHODS: tuple[str, ...] = ("cam", "integrated-head")
+
+#: The methods ``"auto"`` tries, in this order: the exact ones, then Grad-CAM for the rest
+#: (class-token transformers, say), whose maps are not a decomposition (its results say so).
+AUTO_ORDER: tuple[str, ...] = (*EXACT_METHODS, "gradcam")
+
+
+#: The score a map explains: the class logit (the default) or its softmax probability.
+Target = Literal["logit", "probability"]
+TARGETS: tuple[str, ...] = ("logit", "probability")
+
+
+def check_target(target: str) -> Target:
+    """``"logit"`` or ``"probability"``; anything else is a usage error."""
+    if target not in TARGETS:
+        raise InvalidArgumentError(target, f"unknown target; choose one of {', '.join(TARGETS)}")
+    return "logit" if target == "logit" else "probability"
 
 
 @dataclass(frozen=True)
@@ -174,20 +191,26 @@ def bind(
     *,
     layer: str | None = None,
     classifier: str | None = None,
+    target: str | None = None,
 ) -> Explainer:
     """Bind ``method`` to ``model`` (once: the explainer is kept while the model lives).
 
     ``method="auto"`` binds the first method of :data:`AUTO_ORDER` that can explain the model,
     and, when none can, an explainer that only classifies (its maps are empty and its
-    ``describe()`` says why).
+    ``describe()`` says why). ``target`` is the score the maps explain (:data:`TARGETS`; None:
+    the method's own, the logit except for Score-CAM, whose paper weighs by the probability).
+    The exact methods decompose the logit, so they refuse ``"probability"`` (and ``"auto"``
+    skips them for it).
 
     Raises:
-        InvalidArgumentError: an unknown method name; ``UnsupportedModelError``: the method
-        cannot explain this model (the message says why).
+        InvalidArgumentError: an unknown method name or target, or a target the method does not
+        explain; ``UnsupportedModelError``: the method cannot explain this model (it says why).
     """
+    if target is not None:
+        target = check_target(target)
     if method == "auto":
-        return _bind_auto(model, layer, classifier)
-    chosen = get_method(method)
+        return _bind_auto(model, layer, classifier, target)
+    chosen = with_target(get_method(method), target)
     for option, value in (("layer", layer), ("classifier", classifier)):
         if value is not None and not value.strip():
             raise InvalidArgumentError(option, "an empty module name names no module; leave it out")
@@ -198,17 +221,55 @@ def bind(
     return known[key]
 
 
-def _bind_auto(model: LoadedModel, layer: str | None, classifier: str | None) -> Explainer:
-    """The first method of :data:`AUTO_ORDER` that binds; else predictions without maps."""
+def with_target(method: Method, target: Target | None) -> Method:
+    """``method`` explaining ``target`` (None: its own default).
+
+    Raises:
+        InvalidArgumentError: ``method`` cannot explain that score: the exact methods decompose
+        the logit (no map's mean plus a bias gives a softmax probability, which depends on every
+        class's logit); a class-agnostic method explains no score.
+    """
+    if target is None:
+        return method
+    configure = getattr(method, "with_target", None)
+    if configure is not None:
+        return configure(target)
+    if target == "logit" and method.name in EXACT_METHODS:
+        return method
+    why = (
+        "decomposes the class logit; the softmax probability has no such decomposition "
+        "(use a gradient method, e.g. gradcam, or --target logit)"
+        if method.name in EXACT_METHODS
+        else "maps no class score (it is class-agnostic); leave --target out"
+    )
+    raise InvalidArgumentError(f"--target {target}", f"{method.name} {why}")
+
+
+def _bind_auto(
+    model: LoadedModel, layer: str | None, classifier: str | None, target: Target | None
+) -> Explainer:
+    """The first method of :data:`AUTO_ORDER` that binds (a method that is no decomposition
+    says why no exact one applied); else predictions without maps."""
     from camtool.errors import UnsupportedModelError
-    from camtool.methods.fallback import PredictionsOnly
+    from camtool.methods.fallback import PredictionsOnly, Substitute
 
     reasons = []
     for name in AUTO_ORDER:
+        if name in EXACT_METHODS and target == "probability":
+            reasons.append(f"{name}: decomposes the logit, not the probability")
+            continue
         try:
-            return bind(name, model, layer=layer, classifier=classifier)
+            explainer = bind(name, model, layer=layer, classifier=classifier, target=target)
         except UnsupportedModelError as exc:
             reasons.append(f"{name}: {exc}")
+            continue
+        if name in EXACT_METHODS:
+            return explainer
+        key: tuple[Any, str | None, str | None] = (("auto", name, target), layer, classifier)
+        known = _BOUND.setdefault(model, {})
+        if key not in known:
+            known[key] = Substitute(explainer, reasons)
+        return known[key]
     known = _BOUND.setdefault(model, {})
     key = ("none", layer, classifier)
     if key not in known:

@@ -16,23 +16,22 @@ and a head that breaks it is refused.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from camtool.errors import ClassSelectionError, UnsupportedModelError
-from camtool.geometry import FeatureGeometry, record_geometry
+from camtool.geometry import GeometryMemo
 from camtool.hooks import eval_mode
 from camtool.methods.base import MapBatch, bind, register
 from camtool.methods.heads import (
     IDENTITY_TOLERANCE,
     CamHead,
+    check_exact,
     features_and_logits,
     find_cam_head,
     identity_residual,
-    relative_scale,
 )
 from camtool.models import network_failures
 
@@ -88,7 +87,7 @@ class CamExplainer:
     def __init__(self, model: LoadedModel, head: CamHead) -> None:
         self.model = model
         self.head = head
-        self._geometry: dict[tuple[int, int], FeatureGeometry] = {}
+        self.geometry = GeometryMemo()
 
     def describe(self) -> str:
         """The head in one line (feature map -> classifier, shapes, probe residual)."""
@@ -123,19 +122,14 @@ class CamExplainer:
         limit = IDENTITY_TOLERANCE.get(model.dtype, 5e-2) if tolerance is None else tolerance
         autocast = model.autocast()
         input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
-        known = self._geometry.get(input_hw)
         with torch.inference_mode(), eval_mode(model.module):
             # The first batch of each input size also records where the feature cells sit.
-            recording = record_geometry(model.module) if known is None else nullcontext(None)
+            recording = self.geometry.recording(model.module, input_hw)
             with autocast, recording as recorder, network_failures(model.name, batch):
                 features, logits = features_and_logits(model.module, head, batch)
             feature_hw = (int(features.shape[-2]), int(features.shape[-1]))
-            geometry = known or (recorder.geometry(input_hw, feature_hw) if recorder else None)
-            geometry = geometry or FeatureGeometry.uniform(input_hw, feature_hw)
-            self._geometry[input_hw] = geometry
+            geometry = self.geometry.note(recorder, input_hw, feature_hw)
             residual = identity_residual(features, head, logits)
-            scale = relative_scale(logits)
-            worst = float(residual.max()) if residual.numel() else 0.0
             if not bool(torch.isfinite(logits).all()):
                 hint = (
                     " (float16 overflows above 65504: try --dtype bfloat16 or float32)"
@@ -145,13 +139,10 @@ class CamExplainer:
                 raise UnsupportedModelError(
                     model.name, f"the network's output holds NaN or infinity for this batch{hint}"
                 )
-            if not worst <= limit * scale:  # also refuses NaN and infinity
-                raise UnsupportedModelError(
-                    model.name,
-                    f"CAM is not exact for head {head.describe()}: mean(CAM) + bias differs from "
-                    f"the logits by {worst:.3g} (logit scale {scale:.3g}); something non-linear "
-                    "sits between the feature map and the classifier",
-                )
+            check_exact(
+                model.name, residual, logits, limit, f"CAM is not exact for head {head.describe()}",
+                "; something non-linear sits between the feature map and the classifier", "CAM",
+            )  # fmt: skip
             chosen = select_classes(logits, classes, maps, logits.shape[-1])
             affine = head.affine()
             if affine is None:

@@ -24,16 +24,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from camtool.errors import UnsupportedModelError
-from camtool.hooks import eval_mode
 from camtool.methods.base import MapBatch, register
-from camtool.methods.cam import select_classes
 from camtool.methods.layers import (
     LayerExplainer,
-    find_target_layer,
-    one_tensor,
-    prepare_batch,
-    read_layer,
+    layer_of,
 )
 
 if TYPE_CHECKING:
@@ -68,24 +62,11 @@ class EigenCamExplainer(LayerExplainer):
         Raises:
             ClassSelectionError, ModelRunError, UnsupportedModelError (as the gradient methods).
         """
-        from camtool.models import logits_of, network_failures
-
-        model, target = self.model, self.target
-        batch = prepare_batch(model, batch)
-        input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
-        with (
-            eval_mode(model.module),
-            torch.inference_mode(),
-            self.recording(input_hw) as recorder,
-            network_failures(model.name, batch),
-        ):
-            with model.autocast(), read_layer(target) as seen:
-                logits = logits_of(model.module(batch), model.name).float()
-            activations = target.to_grid(one_tensor(target, seen), input_hw).float()
-            chosen = select_classes(logits, classes, maps, int(logits.shape[-1]))
-            projection = principal_projection(activations)
-            result = projection[:, None].expand(-1, chosen.shape[1], -1, -1).clone()
-        return self.result(logits, chosen, result, int(activations.shape[1]), input_hw, recorder)
+        read = self.read(batch, classes, maps)
+        projection = principal_projection(read.activations)
+        result = projection[:, None].expand(-1, read.chosen.shape[1], -1, -1).clone()
+        channels = int(read.activations.shape[1])
+        return self.result(read.logits, read.chosen, result, channels, read.input_hw, None)
 
 
 @dataclass(unsafe_hash=True)
@@ -103,12 +84,7 @@ class EigenCam:
         Raises:
             UnsupportedModelError: a ``classifier`` (only CAM uses one), or no usable layer.
         """
-        if classifier is not None:
-            raise UnsupportedModelError(
-                classifier, f"{self.name} reads one layer (--layer); --classifier is for cam"
-            )
-        found = find_target_layer(model.module, layer, model.preprocessing.input_size)
-        return EigenCamExplainer(model, found)
+        return EigenCamExplainer(model, layer_of(self.name, model, layer, classifier))
 
 
 EIGENCAM = register(EigenCam())

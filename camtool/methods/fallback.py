@@ -1,12 +1,15 @@
-"""What ``method="auto"`` gives a model that no method can explain: predictions, no maps.
+"""What ``method="auto"`` gives a model that no exact method can explain.
 
-The model still classifies (loading never depends on a method); the result says why there are no
-maps, so the user can pick a layer or a method that fits.
+:class:`Substitute`: another method's maps (Grad-CAM), whose summary says that they are not a
+decomposition and why no exact method applied. :class:`PredictionsOnly`, when no method at all can
+explain the model: it still classifies (loading never depends on a method) and the result says
+why there are no maps, so the user can pick a layer or a method that fits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -14,7 +17,7 @@ from torch import Tensor
 
 from camtool.geometry import FeatureGeometry
 from camtool.hooks import eval_mode
-from camtool.methods.base import MapBatch
+from camtool.methods.base import Explainer, MapBatch
 
 if TYPE_CHECKING:
     from camtool.models import LoadedModel
@@ -70,3 +73,42 @@ class PredictionsOnly:
             features_shape=(0, 1, 1),
             details=self.as_dict(),
         )
+
+
+class Substitute:
+    """An explainer standing in for the exact methods that refused the model: it runs
+    ``explainer`` and says, in every result's summary and details, that its maps are no
+    decomposition and why each exact method did not apply.
+
+    Attributes:
+        explainer: the method that makes the maps; reasons: ``"name: reason"`` per exact method.
+    """
+
+    def __init__(self, explainer: Explainer, reasons: Sequence[str]) -> None:
+        self.explainer = explainer
+        self.method = explainer.method
+        self.reasons = tuple(reasons)
+
+    def describe(self) -> str:
+        """The method's line, then why no exact method applied."""
+        return (
+            f"{self.explainer.describe()} (auto: no exact decomposition applies: "
+            + "; ".join(self.reasons)
+            + ")"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The method's facts, with ``auto_reasons``."""
+        return {
+            **self.explainer.as_dict(),
+            "decomposition": False,
+            "auto_reasons": list(self.reasons),
+        }
+
+    def __call__(
+        self, batch: Tensor, classes: Sequence[int] | None = None, maps: int = 1
+    ) -> MapBatch:
+        """The method's :class:`MapBatch`, with this summary and details."""
+        out = self.explainer(batch, classes, maps)
+        details = {**out.details, "auto_reasons": list(self.reasons)}
+        return replace(out, summary=self.describe(), details=details)

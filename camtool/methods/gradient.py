@@ -47,14 +47,12 @@ from torch import Tensor
 
 from camtool.errors import UnsupportedModelError
 from camtool.hooks import eval_mode
-from camtool.methods.base import MapBatch, register
+from camtool.methods.base import MapBatch, Target, check_target, register
 from camtool.methods.cam import select_classes
 from camtool.methods.layers import (
     LayerExplainer,
-    Target,
     TargetLayer,
-    check_target,
-    find_target_layer,
+    layer_of,
     one_tensor,
     prepare_batch,
 )
@@ -250,11 +248,7 @@ class GradientMethod:
             UnsupportedModelError: a ``classifier`` (only CAM uses one), or no usable layer
             (the message says why).
         """
-        if classifier is not None:
-            raise UnsupportedModelError(
-                classifier, f"{self.name} reads one layer (--layer); --classifier is for cam"
-            )
-        found = find_target_layer(model.module, layer, model.preprocessing.input_size)
+        found = layer_of(self.name, model, layer, classifier)
         return GradientExplainer(model, found, self.target, self.name, self.title, self.formula)
 
 

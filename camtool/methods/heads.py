@@ -57,6 +57,18 @@ IDENTITY_TOLERANCE: dict[torch.dtype, float] = {
 }
 
 
+def probe_text(
+    feature_shape: Sequence[int] | None, probe_size: int | None, residual: float | None
+) -> str:
+    """``", features 2048x7x7 at 224 px, probe residual 2.0e-06"`` (the parts that are known)."""
+    text = ""
+    if feature_shape is not None:
+        text += f", features {'x'.join(map(str, feature_shape))} at {probe_size} px"
+    if residual is not None:
+        text += f", probe residual {residual:.1e}"
+    return text
+
+
 @dataclass(frozen=True, eq=False)
 class CamHead:
     """Where the CAM comes from in a network (see the module docstring for the kinds).
@@ -135,11 +147,7 @@ class CamHead:
                 text += f", folded: {', '.join(kind for _, kind in self.folded)}"
         else:
             text = f"{self.feature_name} (class maps)"
-        if self.feature_shape is not None:
-            text += f", features {'x'.join(map(str, self.feature_shape))} at {self.probe_size} px"
-        if self.probe_residual is not None:
-            text += f", probe residual {self.probe_residual:.1e}"
-        return text
+        return text + probe_text(self.feature_shape, self.probe_size, self.probe_residual)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready description of the head (``folded`` only when something folded)."""
@@ -329,12 +337,23 @@ def features_and_logits(module: nn.Module, head: CamHead, batch: Tensor) -> tupl
         assert head.runner is not None
         return head.runner(batch), logits_of(module(batch), name)
     assert head.capture is not None
-    capture = capture_output if head.kind == "explicit" else capture_input
-    with capture(head.capture) as captured:
-        logits = logits_of(module(batch), name)
+    return run_capturing(module, batch, head.capture, head.kind != "explicit", head.feature_name)
+
+
+def run_capturing(
+    module: nn.Module, batch: Tensor, point: nn.Module, inputs: bool, name: str
+) -> tuple[Tensor, Tensor]:
+    """Run ``module`` on ``batch`` once, capturing the input (``inputs``) or the output of
+    ``point`` (named ``name``): ``(captured tensor, logits)``.
+
+    Raises:
+        UnsupportedModelError: ``point`` did not run exactly once.
+    """
+    with (capture_input if inputs else capture_output)(point) as captured:
+        logits = logits_of(module(batch), type(module).__name__)
     if captured.tensor is None or captured.calls != 1:
         raise UnsupportedModelError(
-            head.feature_name, f"ran {captured.calls} times in one forward pass, expected once"
+            name, f"ran {captured.calls} times in one forward pass, expected once"
         )
     return captured.tensor, logits
 
@@ -384,6 +403,32 @@ def identity_residual(features: Tensor, head: CamHead, logits: Tensor) -> Tensor
 def relative_scale(logits: Tensor) -> float:
     """The scale residuals are measured against: ``max(1, max |logit|)``."""
     return float(logits.float().abs().amax().clamp(min=1.0))
+
+
+def check_exact(
+    subject: str,
+    residual: Tensor,
+    logits: Tensor,
+    limit: float,
+    problem: str,
+    advice: str,
+    maps: str = "map",
+) -> None:
+    """Refuse maps whose ``residual`` (``Tensor[N]``) is above ``limit`` relative to the logits'
+    scale (NaN and infinity too).
+
+    Raises:
+        UnsupportedModelError: ``"<problem>: mean(<maps>) + bias differs from the logits by
+        ... (logit scale ...)<advice>"``.
+    """
+    scale = relative_scale(logits)
+    worst = float(residual.max()) if residual.numel() else 0.0
+    if not worst <= limit * scale:  # also refuses NaN and infinity
+        raise UnsupportedModelError(
+            subject,
+            f"{problem}: mean({maps}) + bias differs from the logits by {worst:.3g} (logit scale "
+            f"{scale:.3g}){advice}",
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ forward-mode derivative per step gives all K totals) and refused above a toleran
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from camtool.errors import InvalidArgumentError, UnsupportedModelError
-from camtool.geometry import FeatureGeometry, record_geometry
-from camtool.hooks import capture_input, capture_output, eval_mode
+from camtool.geometry import GeometryMemo
+from camtool.hooks import eval_mode
 from camtool.methods.base import MapBatch, register
 from camtool.methods.cam import select_classes
 from camtool.methods.heads import (
@@ -42,10 +41,13 @@ from camtool.methods.heads import (
     _leaf,
     _lookup,
     _named,
+    check_exact,
     is_global_avg_pool,
+    probe_text,
     relative_scale,
+    run_capturing,
 )
-from camtool.models import logits_of, network_failures, probe_image
+from camtool.models import network_failures, probe_image
 
 if TYPE_CHECKING:
     from camtool.models import LoadedModel
@@ -227,14 +229,7 @@ class IntegrationHead:
             features = model.forward_features(batch)  # type: ignore[operator]
             return features, model.forward_head(features)  # type: ignore[operator]
         assert self.capture is not None
-        capture = capture_input if self.kind == "pooled" else capture_output
-        with capture(self.capture) as captured:
-            logits = logits_of(model(batch), type(model).__name__)
-        if captured.tensor is None or captured.calls != 1:
-            raise UnsupportedModelError(
-                self.feature_name, f"ran {captured.calls} times in one forward pass, expected once"
-            )
-        return captured.tensor, logits
+        return run_capturing(model, batch, self.capture, self.kind == "pooled", self.feature_name)
 
     def pool(self, features: Tensor) -> Tensor:
         """``Tensor[N,D]`` float32: the head's input, from ``Tensor[N,C,h,w]`` features."""
@@ -268,11 +263,7 @@ class IntegrationHead:
         text = f"{self.feature_name} -> {self.head_name}"
         if self.modules:
             text += f" ({', '.join(type(m).__name__ for _, m in self.modules)})"
-        if self.feature_shape is not None:
-            text += f", features {'x'.join(map(str, self.feature_shape))} at {self.probe_size} px"
-        if self.probe_residual is not None:
-            text += f", probe residual {self.probe_residual:.1e}"
-        return text
+        return text + probe_text(self.feature_shape, self.probe_size, self.probe_residual)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready description."""
@@ -395,7 +386,7 @@ class IntegratedHeadExplainer:
         self.steps = steps
         self.rule = rule
         self.baseline = baseline
-        self._geometry: dict[tuple[int, int], FeatureGeometry] = {}
+        self.geometry = GeometryMemo()
 
     def describe(self) -> str:
         """The head and the quadrature in one line."""
@@ -440,16 +431,13 @@ class IntegratedHeadExplainer:
         limit = INTEGRATION_TOLERANCE.get(model.dtype, 5e-2) if tolerance is None else tolerance
         autocast = model.autocast()
         input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
-        known = self._geometry.get(input_hw)
         with eval_mode(model.module):
             with torch.inference_mode():
-                recording = record_geometry(model.module) if known is None else nullcontext(None)
+                recording = self.geometry.recording(model.module, input_hw)
                 with autocast, recording as recorder, network_failures(model.name, batch):
                     features, logits = head.features_and_logits(model.module, batch)
                 feature_hw = (int(features.shape[-2]), int(features.shape[-1]))
-                geometry = known or (recorder.geometry(input_hw, feature_hw) if recorder else None)
-                geometry = geometry or FeatureGeometry.uniform(input_hw, feature_hw)
-                self._geometry[input_hw] = geometry
+                geometry = self.geometry.note(recorder, input_hw, feature_hw)
                 logits = logits.float()
                 chosen = select_classes(logits, classes, maps, logits.shape[-1])
                 pooled = head.pool(features)
@@ -465,15 +453,11 @@ class IntegratedHeadExplainer:
                 )
         with torch.inference_mode():
             residual = (integral.totals + integral.at_baseline - logits).abs().amax(dim=-1)
-            scale = relative_scale(logits)
-            worst = float(residual.max()) if residual.numel() else 0.0
-            if not worst <= limit * scale:  # also refuses NaN and infinity
-                raise UnsupportedModelError(
-                    model.name,
-                    f"the integrated head is not exact enough for {head.describe()}: "
-                    f"mean(map) + bias differs from the logits by {worst:.3g} (logit scale "
-                    f"{scale:.3g}) with {self.steps} {self.rule} steps; use more steps",
-                )
+            check_exact(
+                model.name, residual, logits, limit,
+                f"the integrated head is not exact enough for {head.describe()}",
+                f" with {self.steps} {self.rule} steps; use more steps",
+            )  # fmt: skip
             cams = self._maps(features.float(), integral.gradients, baseline)
             bias = integral.at_baseline[chosen]
         c, h, w = (int(v) for v in features.shape[1:])

@@ -11,7 +11,8 @@ A :class:`TargetLayer` says which tensor to read and how to lay it out as ``Tens
 Default (:func:`find_target_layer`), checked on a probe batch:
 
 1. a vision transformer: the last block's token output (timm: ``blocks[-1]`` with
-   ``num_prefix_tokens``; torchvision: the last of ``encoder.layers``, after its class token);
+   ``num_prefix_tokens``; torchvision: the last of ``encoder.layers``, after its class token;
+   transformers: the last of ``vit.layers``; tokens beyond a square grid are prefix tokens);
 2. the input of the last global-average-pooling module that runs (what CAM's head discovery
    uses too: exactly the tensor the network averages);
 3. else the output of the last module (in the order they run, outermost last) that gives a 4-D
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,17 +34,15 @@ import torch
 from torch import Tensor, nn
 
 from camtool.errors import UnsupportedModelError
-from camtool.geometry import FeatureGeometry, GeometryRecorder, record_geometry
+from camtool.geometry import GeometryMemo, GeometryRecorder
 from camtool.hooks import eval_mode
-from camtool.methods.base import MapBatch
+from camtool.methods.base import MapBatch, Target
 from camtool.methods.heads import _lookup, is_global_avg_pool
 
 if TYPE_CHECKING:
     from camtool.models import LoadedModel
 
 Layout = Literal["NCHW", "NHWC", "tokens"]
-Target = Literal["logit", "probability"]
-TARGETS: tuple[str, ...] = ("logit", "probability")
 
 
 @dataclass(frozen=True, eq=False)
@@ -215,14 +214,24 @@ def _prefix_and_patch(model: nn.Module) -> tuple[int | None, tuple[int, int] | N
     return (int(prefix) if prefix is not None else None), None
 
 
-def _last_block(model: nn.Module) -> str | None:
-    """The name of a vision transformer's last block (timm ``blocks``, torchvision ``encoder.layers``)."""
-    for path in ("blocks", "encoder.layers"):
-        container = dict(model.named_modules()).get(path)
-        if isinstance(container, (nn.Sequential, nn.ModuleList)) and len(container) > 0:
-            last = list(container.named_children())[-1][0]
-            return f"{path}.{last}"
-    return None
+#: Names of the containers that hold a vision transformer's blocks (timm ``blocks``,
+#: torchvision ``encoder.layers``, transformers ``vit.layers`` / ``vit.encoder.layer``).
+BLOCK_CONTAINERS = ("blocks", "layers", "layer")
+
+
+def _last_blocks(model: nn.Module) -> list[str]:
+    """Names of the last block of every container a vision transformer keeps its blocks in
+    (timm ``blocks``, torchvision ``encoder.layers``, transformers ``vit.layers``), outermost
+    first; the caller keeps the first whose output is tokens."""
+    found = []
+    for name, container in model.named_modules():
+        if (
+            name.rsplit(".", 1)[-1] in BLOCK_CONTAINERS
+            and isinstance(container, (nn.Sequential, nn.ModuleList))
+            and len(container) > 0
+        ):
+            found.append(f"{name}.{list(container.named_children())[-1][0]}")
+    return found
 
 
 def _token_layer(
@@ -281,9 +290,9 @@ def find_target_layer(
             )
         capture: Literal["input", "output"] = "input" if is_global_avg_pool(named) else "output"
         return _from_run(model, runs[0], capture, probe_size)
-    block = _last_block(model)
-    if block is not None:
-        runs = probe.of(dict(model.named_modules())[block])
+    modules = dict(model.named_modules())
+    for block in _last_blocks(model):
+        runs = probe.of(modules[block])
         if len(runs) == 1 and runs[0].output_shape is not None and len(runs[0].output_shape) == 3:
             return _from_run(model, runs[0], "output", probe_size)
     pools = [
@@ -335,13 +344,38 @@ def one_tensor(target: TargetLayer, seen: Sequence[Tensor]) -> Tensor:
     return seen[0]
 
 
-def check_target(target: str) -> Target:
-    """``"logit"`` or ``"probability"``; anything else is a usage error."""
-    from camtool.errors import InvalidArgumentError
+def layer_of(
+    method: str, model: LoadedModel, layer: str | None, classifier: str | None
+) -> TargetLayer:
+    """The layer the layer-reading method ``method`` reads in ``model``: ``layer``, else the
+    default of :func:`find_target_layer`.
 
-    if target not in TARGETS:
-        raise InvalidArgumentError(target, f"unknown target; choose one of {', '.join(TARGETS)}")
-    return "logit" if target == "logit" else "probability"
+    Raises:
+        UnsupportedModelError: a ``classifier`` (only CAM uses one), or no usable layer.
+    """
+    if classifier is not None:
+        raise UnsupportedModelError(
+            classifier, f"{method} reads one layer (--layer); --classifier is for cam"
+        )
+    return find_target_layer(model.module, layer, model.preprocessing.input_size)
+
+
+@dataclass(frozen=True)
+class LayerReading:
+    """One forward pass that read the target layer.
+
+    Attributes:
+        batch: ``Tensor[N,3,H,W]``, the batch as the network got it (device, memory format).
+        input_hw: (H, W). logits: ``Tensor[N,K]`` float32. activations: ``Tensor[N,C,h,w]``
+            float32, the layer's tensor on its grid. chosen: ``Tensor[N,k]`` int64, the mapped
+            classes.
+    """
+
+    batch: Tensor
+    input_hw: tuple[int, int]
+    logits: Tensor
+    activations: Tensor
+    chosen: Tensor
 
 
 def prepare_batch(model: LoadedModel, batch: Tensor) -> Tensor:
@@ -368,7 +402,7 @@ class LayerExplainer:
         self.model = model
         self.target = target
         self.score = score
-        self._geometry: dict[tuple[int, int], FeatureGeometry] = {}
+        self.geometry = GeometryMemo()
 
     def describe(self) -> str:
         """One line: the method, the score it explains, the layer; and that it is no decomposition."""
@@ -384,32 +418,39 @@ class LayerExplainer:
             "decomposition": False,
         }
 
-    @contextmanager
-    def recording(self, input_hw: tuple[int, int]) -> Iterator[GeometryRecorder | None]:
-        """Record the spatial layers of the forward pass when this input size is new."""
-        if input_hw in self._geometry or self.target.layout == "tokens":
-            yield None
-            return
-        with record_geometry(self.model.module) as recorder:
-            yield recorder
+    def read(self, batch: Tensor, classes: Sequence[int] | None, maps: int) -> LayerReading:
+        """One forward pass without gradients (under the model's autocast) that reads the layer
+        and notes where its cells sit, for methods that need no gradient.
 
-    def note_geometry(
-        self,
-        recorder: GeometryRecorder | None,
-        input_hw: tuple[int, int],
-        grid_hw: tuple[int, int],
-    ) -> FeatureGeometry:
-        """Where the grid's cells sit for this input size (kept): as the recorded layers place
-        them for maps, on the patch centres for tokens."""
-        geometry = self._geometry.get(input_hw)
-        if geometry is None:
-            geometry = (
-                recorder.geometry(input_hw, grid_hw)
-                if recorder is not None
-                else FeatureGeometry.uniform(input_hw, grid_hw)
-            )
-            self._geometry[input_hw] = geometry
-        return geometry
+        Raises:
+            ClassSelectionError: a class index out of range; ModelRunError: the network fails;
+            UnsupportedModelError: the layer does not run once.
+        """
+        from camtool.methods.cam import select_classes
+        from camtool.models import logits_of, network_failures
+
+        model, target = self.model, self.target
+        batch = prepare_batch(model, batch)
+        input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
+        with (
+            eval_mode(model.module),
+            torch.inference_mode(),
+            model.autocast(),
+            network_failures(model.name, batch),
+        ):
+            with self.recording(input_hw) as recorder, read_layer(target) as seen:
+                logits = logits_of(model.module(batch), model.name).float()
+            activations = target.to_grid(one_tensor(target, seen), input_hw).float()
+        self.geometry.note(recorder, input_hw, (activations.shape[-2], activations.shape[-1]))
+        chosen = select_classes(logits, classes, maps, int(logits.shape[-1]))
+        return LayerReading(batch, input_hw, logits, activations, chosen)
+
+    def recording(
+        self, input_hw: tuple[int, int]
+    ) -> AbstractContextManager[GeometryRecorder | None]:
+        """Record the spatial layers of the forward pass when this input size is new (token
+        grids sit on the patch centres: nothing to record)."""
+        return self.geometry.recording(self.model.module, input_hw, self.target.layout == "tokens")
 
     def result(
         self,
@@ -422,7 +463,7 @@ class LayerExplainer:
     ) -> MapBatch:
         """The :class:`MapBatch` of maps ``Tensor[N,k,h,w]`` (float32, not a decomposition)."""
         grid_hw = (int(maps.shape[-2]), int(maps.shape[-1]))
-        geometry = self.note_geometry(recorder, input_hw, grid_hw)
+        geometry = self.geometry.note(recorder, input_hw, grid_hw)
         return MapBatch(
             method=self.method,
             summary=self.describe(),

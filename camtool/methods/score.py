@@ -25,23 +25,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from camtool.errors import UnsupportedModelError
 from camtool.hooks import eval_mode
-from camtool.methods.base import MapBatch, register
-from camtool.methods.cam import select_classes
+from camtool.methods.base import MapBatch, Target, check_target, register
 from camtool.methods.layers import (
     LayerExplainer,
-    Target,
     TargetLayer,
-    check_target,
-    find_target_layer,
-    one_tensor,
-    prepare_batch,
-    read_layer,
+    layer_of,
 )
 
 if TYPE_CHECKING:
     from camtool.models import LoadedModel
+
+
+#: Normalised grids are compared (and masks made) at this resolution: finer than float32
+#: rounding of the normalisation makes them differ, far finer than a mask's effect.
+GRID_STEPS = 2**20
 
 
 def channel_masks(activations: Tensor, input_hw: tuple[int, int]) -> Tensor:
@@ -74,32 +72,33 @@ class ScoreCamExplainer(LayerExplainer):
         Raises:
             ClassSelectionError, ModelRunError, UnsupportedModelError (as the gradient methods).
         """
-        from camtool.models import logits_of, network_failures
+        from camtool.models import network_failures
 
-        model, target = self.model, self.target
-        batch = prepare_batch(model, batch)
-        input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
+        read = self.read(batch, classes, maps)
+        model = self.model
         with (
             eval_mode(model.module),
             torch.inference_mode(),
             model.autocast(),
-            network_failures(model.name, batch),
+            network_failures(model.name, read.batch),
         ):
-            with self.recording(input_hw) as recorder, read_layer(target) as seen:
-                logits = logits_of(model.module(batch), model.name).float()
-            activations = target.to_grid(one_tensor(target, seen), input_hw).float()
-            self.note_geometry(recorder, input_hw, (activations.shape[-2], activations.shape[-1]))
-            chosen = select_classes(logits, classes, maps, int(logits.shape[-1]))
-            weights = self.channel_weights(batch, activations, chosen)
-            result = torch.einsum("nck,nchw->nkhw", weights, activations).relu()
-        return self.result(logits, chosen, result, int(activations.shape[1]), input_hw, recorder)
+            weights = self.channel_weights(read.batch, read.activations, read.chosen)
+            result = torch.einsum("nck,nchw->nkhw", weights, read.activations).relu()
+        channels = int(read.activations.shape[1])
+        return self.result(read.logits, read.chosen, result, channels, read.input_hw, None)
 
     def channel_weights(self, batch: Tensor, activations: Tensor, chosen: Tensor) -> Tensor:
         """``Tensor[N,C,k]``: the score of each mapped class on each channel's masked input.
 
-        A channel that is constant over the grid has the mask 0, so its masked input is all
-        zeros: that input's score is computed once and shared. The other (image, channel) pairs
-        run ``batch_size`` masked inputs per forward pass.
+        Only distinct masked inputs run through the network, ``batch_size`` per forward pass:
+
+        - a channel that is constant over the grid has the mask 0, so its masked input is all
+          zeros: that input's score is computed once and shared;
+        - the mask depends on the channel only through its min-max normalised grid (upsampling
+          is linear and keeps constants, so ``s(Up(a A + b)) = s(Up(A))`` for ``a > 0``): the
+          channels of one image whose normalised grids are equal to 1/:data:`GRID_STEPS` (float
+          rounding; after a ReLU, all those with a single active cell, say) share one masked
+          input and its score.
         """
         from camtool.models import logits_of
 
@@ -116,12 +115,24 @@ class ScoreCamExplainer(LayerExplainer):
         blank = scores_of(torch.zeros_like(batch[:1]))[0]  # [K]
         weights = blank[chosen][:, None, :].expand(n, channels, -1).clone()
         flat = activations.flatten(2)
-        live = (flat.amax(dim=-1) > flat.amin(dim=-1)).nonzero()  # [P, 2]: (image, channel)
-        for start in range(0, int(live.shape[0]), self.batch_size):
-            image, channel = live[start : start + self.batch_size].unbind(1)
-            masks = channel_masks(activations[image, channel][:, None], input_hw)
-            masked = batch[image] * masks.to(batch.dtype)
-            weights[image, channel] = scores_of(masked).gather(1, chosen[image])
+        low, high = flat.amin(dim=-1), flat.amax(dim=-1)
+        live = (high > low).nonzero()  # [P, 2]: (image, channel)
+        image, channel = live.unbind(1)
+        grids = (flat[image, channel] - low[image, channel, None]) / (
+            high[image, channel, None] - low[image, channel, None]
+        )  # [P, h*w], each in [0, 1]
+        grids = (grids * GRID_STEPS).round() / GRID_STEPS  # equal up to float rounding
+        keys = torch.cat([image[:, None].to(grids.dtype), grids], dim=1)
+        distinct, which = torch.unique(keys, dim=0, return_inverse=True)  # [U, 1+h*w], [P]
+        owner = distinct[:, 0].long()
+        grid_shape = activations.shape[-2:]
+        scores = torch.empty((int(distinct.shape[0]), int(chosen.shape[1])), device=batch.device)
+        for start in range(0, int(distinct.shape[0]), self.batch_size):
+            rows = slice(start, start + self.batch_size)
+            masks = channel_masks(distinct[rows, 1:].view(-1, 1, *grid_shape), input_hw)
+            masked = batch[owner[rows]] * masks.to(batch.dtype)
+            scores[rows] = scores_of(masked).gather(1, chosen[owner[rows]])
+        weights[image, channel] = scores[which]
         return weights
 
 
@@ -146,11 +157,7 @@ class ScoreCam:
         Raises:
             UnsupportedModelError: a ``classifier`` (only CAM uses one), or no usable layer.
         """
-        if classifier is not None:
-            raise UnsupportedModelError(
-                classifier, f"{self.name} reads one layer (--layer); --classifier is for cam"
-            )
-        found = find_target_layer(model.module, layer, model.preprocessing.input_size)
+        found = layer_of(self.name, model, layer, classifier)
         return ScoreCamExplainer(model, found, self.target, self.batch_size)
 
 
