@@ -213,3 +213,28 @@ def test_ctrl_c_keeps_the_best_checkpoint(trained: dict[str, Path], tmp_path: Pa
     model = camtool.load_model(str(out / "card.toml"), device="cpu")
     assert model.labels[0] == "Ankle boot" and tuple(model.module._fc.weight.shape) == (10, 1280)
     assert torch.isfinite(model.module._fc.weight).all()
+
+
+def test_finetune_trains_the_last_stage_and_stays_exact(tmp_path: Path) -> None:
+    """`finetune_stages=1` changes the backbone's last stage (not the earlier ones), and the saved
+    model reloads with the predictions training made, explained by exact CAM."""
+    data = fashion_mnist.write_folder(tmp_path / "fm", train=40, val=20, seed=1)
+    report = camtool.fit(
+        data / "train", tmp_path / "tuned", val=data / "val", input_size=32, epochs=2,
+        finetune_stages=1, device="cpu", report=False, use_cache=False,
+    )  # fmt: skip
+    base = camtool.load_model("efficientnet_lite0", device="cpu").module.state_dict()
+    tuned = report.model.module.state_dict()
+    changed = {
+        name for name, value in tuned.items()
+        if name in base and value.shape == base[name].shape and value.is_floating_point()
+        and not torch.equal(value.cpu(), base[name].cpu())
+    }  # fmt: skip
+    assert changed, "fine-tuning changed no backbone weight"
+    early = ("_conv_stem.", "_bn0.", "_blocks.0.", "_blocks.1.")
+    assert not any(name.startswith(early) for name in changed), sorted(changed)[:5]
+    assert any(name.startswith("_conv_head.") for name in changed), sorted(changed)[:5]
+    image = report.validation[0]
+    ex = camtool.explain(image.path, report.model, method="cam", device="cpu")
+    assert ex.method == "cam" and ex.residual is not None and abs(ex.residual) < 1e-3
+    assert ex.predictions[0].index == image.predicted
