@@ -180,7 +180,8 @@ def test_export_names_overlay_heatmap_and_raw_maps_by_method(tmp_path: Path) -> 
     Image.open(CAT).resize((90, 60)).save(folder / "a.png")
     for method in ("cam", "layercam"):
         code, _, err = run("export", str(folder), "-o", str(tmp_path / method), "--method",
-                           method, "--heatmap", "--raw", "npz", "--quiet", "--report")  # fmt: skip
+                           method, "--heatmap", "--raw", "npz", "--quiet", "--report",
+                           "--format", "jpg")  # fmt: skip
         assert code == 0, err
     assert {p.name for p in (tmp_path / "cam").glob("a_*")} == {
         "a_cam_285_egyptian_cat.jpg", "a_heatmap_285_egyptian_cat.png", "a_cams.npz"}  # fmt: skip
