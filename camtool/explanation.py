@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, SupportsIndex, overload
+from typing import Any, SupportsIndex, TypedDict, Unpack, overload
 
 import numpy as np
 import torch
@@ -429,27 +429,32 @@ def bind_method(
     return BoundMethod(loaded, explainer, wanted)
 
 
+class ExplainOptions(TypedDict, total=False):
+    """The keyword options of :func:`explain` (one list for all its call forms)."""
+
+    method: str | Method
+    classes: Sequence[int | str | SupportsIndex] | None
+    maps: int
+    top_k: int
+    crop: bool
+    device: str | None
+    labels: str | None
+    weights: str | None
+    layer: str | None
+    classifier: str | None
+    target: str | None
+    dtype: str | None
+    batch_size: int
+    box_threshold: float
+    layout: Layout | None
+    preprocessed: bool
+
+
 @overload
 def explain(
     images: list[ImageSource] | tuple[ImageSource, ...],
     model: ModelSpec | BoundMethod = ...,
-    *,
-    method: str | Method = ...,
-    classes: Sequence[int | str | SupportsIndex] | None = ...,
-    maps: int = ...,
-    top_k: int = ...,
-    crop: bool = ...,
-    device: str | None = ...,
-    labels: str | None = ...,
-    weights: str | None = ...,
-    layer: str | None = ...,
-    classifier: str | None = ...,
-    target: str | None = ...,
-    dtype: str | None = ...,
-    batch_size: int = ...,
-    box_threshold: float = ...,
-    layout: Layout | None = ...,
-    preprocessed: bool = ...,
+    **options: Unpack[ExplainOptions],
 ) -> list[Explanation]: ...
 
 
@@ -457,22 +462,7 @@ def explain(
 def explain(
     images: Tensor | np.ndarray[Any, Any],
     model: ModelSpec | BoundMethod = ...,
-    *,
-    method: str | Method = ...,
-    classes: Sequence[int | str | SupportsIndex] | None = ...,
-    maps: int = ...,
-    top_k: int = ...,
-    crop: bool = ...,
-    device: str | None = ...,
-    labels: str | None = ...,
-    weights: str | None = ...,
-    layer: str | None = ...,
-    classifier: str | None = ...,
-    dtype: str | None = ...,
-    batch_size: int = ...,
-    box_threshold: float = ...,
-    layout: Layout | None = ...,
-    preprocessed: bool = ...,
+    **options: Unpack[ExplainOptions],
 ) -> Any: ...  # one image: an Explanation; a batch: a list of them
 
 
@@ -480,23 +470,7 @@ def explain(
 def explain(
     images: ImageSource,
     model: ModelSpec | BoundMethod = ...,
-    *,
-    method: str | Method = ...,
-    classes: Sequence[int | str | SupportsIndex] | None = ...,
-    maps: int = ...,
-    top_k: int = ...,
-    crop: bool = ...,
-    device: str | None = ...,
-    labels: str | None = ...,
-    weights: str | None = ...,
-    layer: str | None = ...,
-    classifier: str | None = ...,
-    target: str | None = ...,
-    dtype: str | None = ...,
-    batch_size: int = ...,
-    box_threshold: float = ...,
-    layout: Layout | None = ...,
-    preprocessed: bool = ...,
+    **options: Unpack[ExplainOptions],
 ) -> Explanation: ...
 
 

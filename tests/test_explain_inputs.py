@@ -140,3 +140,22 @@ def test_a_preprocessed_batch_goes_into_the_network_as_it_is(
         camtool.explain(torch.zeros(1, 8, 8, 3), lite0, preprocessed=True)
     with pytest.raises(camtool.InvalidArgumentError, match="NaN or infinite"):
         camtool.explain(torch.full((1, 3, 8, 8), float("inf")), lite0, preprocessed=True)
+
+
+def test_every_call_form_of_explain_takes_every_option() -> None:
+    """Each typed call form (a path, a list, a tensor or array) accepts the same keyword options
+    as the function itself, so a type checker never refuses ``explain(tensor, target=...)``."""
+    import inspect
+    import typing
+
+    from camtool.explanation import ExplainOptions
+
+    real = inspect.signature(camtool.explain).parameters
+    keywords = {name for name, p in real.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert set(typing.get_type_hints(ExplainOptions)) == keywords
+    forms = typing.get_overloads(camtool.explain)
+    assert len(forms) == 3
+    for form in forms:
+        params = inspect.signature(form).parameters
+        assert [p.kind for p in params.values()][-1] is inspect.Parameter.VAR_KEYWORD
+        assert "Unpack[ExplainOptions]" in str(params["options"].annotation)
