@@ -130,6 +130,52 @@ def train_head(
         )
 
 
+@dataclass
+class _EpochRun:
+    """What :func:`_run_epochs` kept: the best epoch's weights and how the run went."""
+
+    best_state: dict[str, Tensor]
+    best_epoch: int
+    done: int
+    seconds: float
+    interrupted: bool
+
+
+def _run_epochs(
+    module: nn.Module,
+    epochs: int,
+    one_epoch: Callable[[], None],
+    validate: Callable[[], tuple[float, float]],
+    bar_title: str | None,
+) -> _EpochRun:
+    """Run ``one_epoch`` up to ``epochs`` times, keeping ``module``'s weights of the epoch with the
+    best validation (accuracy, then lower loss). Ctrl-C after the first epoch ends the run early
+    (``interrupted``); before it, it propagates."""
+    best: tuple[float, float] | None = None
+    best_state: dict[str, Tensor] = {}
+    best_epoch, done, interrupted = 0, 0, False
+    started = time.perf_counter()
+    bar = ProgressBar(bar_title, epochs, "epoch") if bar_title is not None else None
+    try:
+        for epoch in range(1, epochs + 1):
+            one_epoch()
+            accuracy, val_loss = validate()
+            done = epoch
+            if best is None or (accuracy, -val_loss) > best:
+                best, best_epoch = (accuracy, -val_loss), epoch
+                best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            if bar is not None:
+                bar.advance()
+    except KeyboardInterrupt:
+        if best is None:
+            raise
+        interrupted = True
+    finally:
+        if bar is not None:
+            bar.stop()
+    return _EpochRun(best_state, best_epoch, done, time.perf_counter() - started, interrupted)
+
+
 def _train_linear(
     kind: HeadKind,
     inputs: Tensor,
@@ -151,44 +197,31 @@ def _train_linear(
     optimiser = torch.optim.AdamW(
         linear.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
-    best: tuple[float, float] | None = None
-    best_state: dict[str, Tensor] = {}
-    best_epoch, done, interrupted = 0, 0, False
-    started = time.perf_counter()
-    bar = ProgressBar(f"{kind} head", settings.epochs, "epoch") if progress else None
-    try:
-        for epoch in range(1, settings.epochs + 1):
-            linear.train()
-            order = torch.randperm(len(every), generator=generator)
-            for start in range(0, len(order), settings.batch_size):
-                rows = order[start : start + settings.batch_size]
-                x = F.dropout(every[rows].float(), DROPOUT, training=True)
-                loss = F.cross_entropy(linear(x), every_labels[rows])
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-            linear.eval()
-            accuracy, val_loss = evaluate(_chunked(linear, val_inputs), val_labels)
-            done = epoch
-            if best is None or (accuracy, -val_loss) > best:
-                best, best_epoch = (accuracy, -val_loss), epoch
-                best_state = {k: v.detach().clone() for k, v in linear.state_dict().items()}
-            if bar is not None:
-                bar.advance()
-    except KeyboardInterrupt:
-        if best is None:
-            raise
-        interrupted = True
-    finally:
-        if bar is not None:
-            bar.stop()
-    linear.load_state_dict(best_state)
+
+    def one_epoch() -> None:
+        linear.train()
+        order = torch.randperm(len(every), generator=generator)
+        for start in range(0, len(order), settings.batch_size):
+            rows = order[start : start + settings.batch_size]
+            x = F.dropout(every[rows].float(), DROPOUT, training=True)
+            loss = F.cross_entropy(linear(x), every_labels[rows])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+        linear.eval()
+
+    run = _run_epochs(
+        linear, settings.epochs, one_epoch,
+        lambda: evaluate(_chunked(linear, val_inputs), val_labels),
+        f"{kind} head" if progress else None,
+    )  # fmt: skip
+    linear.load_state_dict(run.best_state)
     linear.eval()
     train_accuracy, train_loss = evaluate(_chunked(linear, inputs), labels)
     val_accuracy, val_loss = evaluate(_chunked(linear, val_inputs), val_labels)
     result = HeadResult(
         kind, sum(p.numel() for p in linear.parameters()), train_accuracy, train_loss,
-        val_accuracy, val_loss, best_epoch, done, time.perf_counter() - started, interrupted,
+        val_accuracy, val_loss, run.best_epoch, run.done, run.seconds, run.interrupted,
     )  # fmt: skip
     return linear, result
 
@@ -287,35 +320,21 @@ def finetune(
         with torch.no_grad():
             return torch.cat([tail(x) for x in inputs]).float().cpu()
 
-    best: tuple[float, float] | None = None
-    best_state: dict[str, Tensor] = {}
-    best_epoch, done, interrupted = 0, 0, False
-    started = time.perf_counter()
-    bar = ProgressBar("fine-tuning", settings.epochs, "epoch") if progress else None
-    try:
-        for epoch in range(1, settings.epochs + 1):
-            network.eval()
-            network._dropout.train()  # dropout on, batch-norm statistics frozen
-            for i in torch.randperm(len(train_in), generator=generator).tolist():
-                loss = F.cross_entropy(tail(train_in[i]), train_labels[i])
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-            accuracy, val_loss = evaluate(logits_of(val_in), val_labels)
-            done = epoch
-            if best is None or (accuracy, -val_loss) > best:
-                best, best_epoch = (accuracy, -val_loss), epoch
-                best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-            if bar is not None:
-                bar.advance()
-    except KeyboardInterrupt:
-        if best is None:
-            raise
-        interrupted = True
-    finally:
-        if bar is not None:
-            bar.stop()
-    network.load_state_dict(best_state)
+    def one_epoch() -> None:
+        network.eval()
+        network._dropout.train()  # dropout on, batch-norm statistics frozen
+        for i in torch.randperm(len(train_in), generator=generator).tolist():
+            loss = F.cross_entropy(tail(train_in[i]), train_labels[i])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+
+    run = _run_epochs(
+        network, settings.epochs, one_epoch,
+        lambda: evaluate(logits_of(val_in), val_labels),
+        "fine-tuning" if progress else None,
+    )  # fmt: skip
+    network.load_state_dict(run.best_state)
     for parameter in network.parameters():
         parameter.requires_grad_(False)
     network.eval()
@@ -324,6 +343,6 @@ def finetune(
     val_accuracy, val_loss = evaluate(val_logits, val_labels)
     result = HeadResult(
         kind, sum(p.numel() for p in trainable), train_accuracy, train_loss, val_accuracy,
-        val_loss, best_epoch, done, time.perf_counter() - started, interrupted,
+        val_loss, run.best_epoch, run.done, run.seconds, run.interrupted,
     )  # fmt: skip
     return network, result, val_logits
