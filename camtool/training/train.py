@@ -94,42 +94,6 @@ def _chunked(run: Callable[[Tensor], Tensor], inputs: Tensor, size: int = 1024) 
         return torch.cat([run(inputs[i : i + size].float()) for i in range(0, len(inputs), size)])
 
 
-def train_head(
-    kind: HeadKind,
-    inputs: Tensor,
-    labels: Tensor,
-    val_inputs: Tensor,
-    val_labels: Tensor,
-    classes: int,
-    settings: TrainSettings,
-    augmented: Tensor | None = None,
-    progress: bool = False,
-) -> tuple[nn.Linear, HeadResult]:
-    """Train a linear classifier on features.
-
-    Args:
-        kind: ``gap`` (inputs ``Tensor[N,C]``) or ``flatten`` (inputs ``Tensor[N,C*g*g]``).
-        inputs, labels: training features (float32 or float16) and ``Tensor[N]`` int64 labels.
-        val_inputs, val_labels: the validation set's.
-        augmented: the features of the flipped training images (same labels), or None.
-
-    Returns:
-        The classifier at its best epoch, and its :class:`HeadResult`.
-    """
-    with one_thread():  # see one_thread
-        return _train_linear(
-            kind=kind,
-            inputs=inputs,
-            labels=labels,
-            val_inputs=val_inputs,
-            val_labels=val_labels,
-            classes=classes,
-            settings=settings,
-            augmented=augmented,
-            progress=progress,
-        )
-
-
 @dataclass
 class _EpochRun:
     """What :func:`_run_epochs` kept: the best epoch's weights and how the run went."""
@@ -176,7 +140,8 @@ def _run_epochs(
     return _EpochRun(best_state, best_epoch, done, time.perf_counter() - started, interrupted)
 
 
-def _train_linear(
+@one_thread()  # see one_thread
+def train_head(
     kind: HeadKind,
     inputs: Tensor,
     labels: Tensor,
@@ -187,6 +152,17 @@ def _train_linear(
     augmented: Tensor | None = None,
     progress: bool = False,
 ) -> tuple[nn.Linear, HeadResult]:
+    """Train a linear classifier on features.
+
+    Args:
+        kind: ``gap`` (inputs ``Tensor[N,C]``) or ``flatten`` (inputs ``Tensor[N,C*g*g]``).
+        inputs, labels: training features (float32 or float16) and ``Tensor[N]`` int64 labels.
+        val_inputs, val_labels: the validation set's.
+        augmented: the features of the flipped training images (same labels), or None.
+
+    Returns:
+        The classifier at its best epoch, and its :class:`HeadResult`.
+    """
     generator = torch.Generator().manual_seed(settings.seed)
     linear = nn.Linear(inputs.shape[1], classes)
     with torch.no_grad():
