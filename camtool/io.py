@@ -7,6 +7,7 @@ the way a photo viewer shows them (EXIF orientation applied).
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -571,6 +572,37 @@ def video_info(path: str | os.PathLike[str]) -> VideoInfo:
     return info
 
 
+_VIDEO_PART = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)" + re.escape(TEMP_SUFFIX) + r"\.\w+")
+
+
+def remove_orphaned_videos(folder: Path) -> list[Path]:
+    """Remove the unfinished videos (``.camtool-<pid>.part.<ext>``) in ``folder`` whose writing
+    process no longer exists (a run killed with SIGKILL cannot remove its own); return them.
+    A live process's file, and any other file, is left alone."""
+    removed: list[Path] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = _VIDEO_PART.fullmatch(name)
+        if match is None or _process_exists(int(match.group(1))):
+            continue
+        _remove_quietly(str(folder / name))
+        removed.append(folder / name)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process (or a pid we cannot ask about): keep its file
+    return True
+
+
 class VideoWriter:
     """Write ``Tensor[3,H,W]`` uint8 RGB frames to a video (MPEG-4 in .mp4/.mov/.m4v, which needs
     even frame sizes; Motion-JPEG in .avi, any size), under a temporary name renamed on
@@ -584,6 +616,7 @@ class VideoWriter:
             f"{TEMP_PREFIX}{os.getpid()}{TEMP_SUFFIX}{self.path.suffix}"
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_orphaned_videos(self.path.parent)
         size = (width, height)
         if self.path.suffix.lower() == ".avi":  # OpenCV's own MJPEG writer keeps odd frame sizes
             fourcc = cv2.VideoWriter.fourcc(*"MJPG")

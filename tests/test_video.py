@@ -100,3 +100,33 @@ def test_odd_frame_sizes_are_kept_and_a_bad_video_among_images_is_one_failure(
     info, frames = open_video(out / "odd_cam.avi")  # MPEG-4 cannot keep odd sizes; Motion-JPEG can
     assert (info.width, info.height) == (321, 241) and len(list(frames)) == 3
     assert (out / "chelsea_cam_285_egyptian_cat.png").exists()
+
+
+def test_a_video_left_unfinished_by_sigkill_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    """SIGKILL leaves the killed run's temporary video; the next video written into that folder
+    removes it (its process is gone) and the folder holds only finished files."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    clip = make_clip(tmp_path / "long.mp4", frames=200, size=(160, 120))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "camtool.cli", "explain", str(clip), "-o", str(out)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    partial = out / f".camtool-{process.pid}.part.mp4"
+    deadline = time.monotonic() + 120
+    while not partial.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert partial.exists() and not (out / "long_cam.mp4").exists()
+    result = runner.invoke(
+        app, ["explain", str(make_clip(tmp_path / "short.mp4", 2)), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["short_cam.mp4"]
