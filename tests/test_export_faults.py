@@ -289,3 +289,21 @@ def test_batch_size_changes_results_only_within_rounding(
             a16 = camtool.load_image(one).int()
             worst = max(worst, int((a16 - camtool.load_image(twelve).int()).abs().max()))
     assert worst <= 3
+
+
+def test_clean_up_leaves_a_nested_export_folder_alone(tmp_path: Path) -> None:
+    """An export into OUT removes stale temporary files under OUT, but not those inside OUT/sub
+    while another export holds OUT/sub (its lock file is there)."""
+    from camtool.export.manifest import locked_output
+
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "old").mkdir()
+    theirs = out / "sub" / ".camtool-abcd1234.part"
+    stale = out / "old" / ".camtool-wxyz9876.part"
+    theirs.write_bytes(b"being written")
+    stale.write_bytes(b"left by a killed run")
+    with locked_output(out / "sub"):
+        code, _, err = run("export", str(CAT), "-o", str(out), "--workers", "0", "-q")
+        assert code == 0, err
+        assert theirs.exists() and not stale.exists()

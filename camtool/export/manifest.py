@@ -168,7 +168,8 @@ def read_manifest(path: Path) -> tuple[dict[str, dict[str, Any]], list[dict[str,
 
 def remove_unfinished(out: Path, contents: ManifestContents | None) -> int:
     """Remove what killed runs left in ``out``: ``.camtool-*.part`` temporary files anywhere
-    under it, and files that a ``writing`` line announced but no image line lists. Return how
+    under it (except inside a subfolder that is another export's output folder, which holds its
+    lock file), and files that a ``writing`` line announced but no image line lists. Return how
     many files were removed. Nothing else is touched (and nothing outside ``out``)."""
     removed = 0
     root = os.path.realpath(out)
@@ -181,7 +182,10 @@ def remove_unfinished(out: Path, contents: ManifestContents | None) -> int:
                 if not os.path.isdir(name):
                     os.unlink(name)
                     removed += 1
-    for folder, _, names in os.walk(out):
+    for folder, subfolders, names in os.walk(out):
+        if LOCK in names and os.path.realpath(folder) != root:
+            subfolders[:] = []  # another export's output folder: its own run cleans it
+            continue
         for name in names:
             if _TEMP_NAME.fullmatch(name):
                 with contextlib.suppress(FileNotFoundError):
