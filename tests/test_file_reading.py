@@ -10,7 +10,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -285,7 +284,6 @@ def test_integer_like_classes_are_accepted_and_floats_and_bools_refused(
 def test_max_pixels_alone_decides_even_above_opencvs_default(tmp_path: Path) -> None:
     """A real 12000x12000 (144 MP) PNG: refused under the default limit, read with a higher one
     (OpenCV's own limit, fixed when it loads, must not refuse it)."""
-    started = time.perf_counter()
     rows = bytes(12000 // 8 + 1) * 12000  # 1-bit gray, all black: 18 MB inflated, 20 kB on disk
     header = struct.pack(">IIBBBBB", 12000, 12000, 1, 0, 0, 0, 0)
     path = tmp_path / "huge.png"
@@ -308,8 +306,7 @@ def test_max_pixels_alone_decides_even_above_opencvs_default(tmp_path: Path) -> 
         "image is 12000x12000 = 144 megapixels, above the limit of 100 (set CAMTOOL_MAX_PIXELS to raise it)",
         "image is 12000x12000 = 144 megapixels, above the limit of 10 (set CAMTOOL_MAX_PIXELS to raise it)",
         "(3, 12000, 12000) 0",
-    ], probe.stderr
-    assert time.perf_counter() - started < 20
+    ], probe.stderr  # in_subprocess bounds the run: a hang fails at its timeout
 
 
 # --------------------------------------------------------------------------------------------
