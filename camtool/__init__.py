@@ -5,7 +5,8 @@
     >>> ex.save("cat_cam.png")                # the overlay of the top class
 
 The top level holds the few names a notebook needs; lower-level ones live in namespaces:
-:mod:`camtool.methods` (the method seam, CAM and its head discovery), :mod:`camtool.models`
+:mod:`camtool.methods` (the method seam, CAM and its head discovery), :mod:`camtool.metrics`
+(faithfulness and localization measures), :mod:`camtool.models`
 (cards, checkpoints), :mod:`camtool.export` (its inputs, stages, manifest and runner),
 :mod:`camtool.render`, :mod:`camtool.io`. Names are imported lazily, so ``import camtool`` (and
 ``camtool --help``) stays fast; torch is imported on first use.
@@ -63,7 +64,7 @@ _EXPORTS = {
     "ClassSelectionError": "camtool.errors",
     "InvalidArgumentError": "camtool.errors",
 }
-_NAMESPACES = ("methods",)
+_NAMESPACES = ("methods", "metrics")
 
 __all__ = [
     "COLORMAPS",
@@ -105,6 +106,7 @@ __all__ = [
     "load_image",
     "load_model",
     "methods",
+    "metrics",
     "normalize_cams",
     "overlay",
     "resolve_class",
@@ -130,7 +132,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from camtool import methods
+    from camtool import methods, metrics
     from camtool.errors import (
         CamtoolError,
         ClassSelectionError,
