@@ -36,6 +36,8 @@ _EXPORTS = {
     "explain_video": "camtool.video",
     "VideoReport": "camtool.video",
     "write_gallery": "camtool.gallery",
+    "evaluate": "camtool.metrics.evaluate",
+    "EvalReport": "camtool.metrics.evaluate",
     "class_names": "camtool.labels",
     "ClassName": "camtool.labels",
     "resolve_class": "camtool.labels",
@@ -72,6 +74,7 @@ __all__ = [
     "ClassName",
     "ClassScore",
     "ClassSelectionError",
+    "EvalReport",
     "Explanation",
     "ExportFailure",
     "ExportInterrupted",
@@ -97,6 +100,7 @@ __all__ = [
     "colorize",
     "comparison_sheet",
     "draw_box",
+    "evaluate",
     "explain",
     "explain_iter",
     "explain_video",
@@ -174,6 +178,10 @@ if TYPE_CHECKING:
         ClassName,
         class_names,
         resolve_class,
+    )
+    from camtool.metrics.evaluate import (
+        EvalReport,
+        evaluate,
     )
     from camtool.models import (
         LoadedModel,

@@ -15,6 +15,8 @@ See docs/metrics.md for each measure's definition and protocol.
 
 from __future__ import annotations
 
+from camtool.metrics.annotations import AnnotationError, read_annotations
+from camtool.metrics.evaluate import EvalReport, evaluate
 from camtool.metrics.localization import (
     LocalizationResult,
     MaxBoxAccResult,
@@ -46,7 +48,11 @@ from camtool.metrics.perturbation import (
 )
 from camtool.metrics.road import ROAD_PERCENTAGES, RoadResult, impute, road
 
-__all__ = [
+__all__ = [  # noqa: RUF022  (evaluate's names first, kept apart to ease merging)
+    "AnnotationError",
+    "EvalReport",
+    "evaluate",
+    "read_annotations",
     "ROAD_PERCENTAGES",
     "AverageDropResult",
     "CompletenessResult",
