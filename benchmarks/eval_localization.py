@@ -77,13 +77,13 @@ def main() -> None:
         pointing = pointing_game(truth, boxes).accuracy
         mba = max_box_accuracy(truth, boxes).value
         for threshold in THRESHOLDS:
-            found = localization_error(maps5, top5, label_t, boxes, threshold=threshold)
+            result = localization_error(maps5, top5, label_t, boxes, threshold=threshold)
             gt_known = localization_error(
                 truth[:, None], label_t[:, None], label_t, boxes, threshold=threshold
             )
             rows.append({
                 "size": size, "threshold": threshold,
-                "top1_loc_error": 100 * found.top1_error, "top5_loc_error": 100 * found.top5_error,
+                "top1_loc_error": 100 * result.top1_error, "top5_loc_error": 100 * result.top5_error,
                 "gt_known_loc_error": 100 * gt_known.top1_error,
                 "classification_top1_error": 100 * float((top5[:, 0] != label_t).float().mean()),
                 "pointing_game": 100 * pointing, "max_box_acc_v2": 100 * mba,
