@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -374,7 +374,7 @@ def _evaluate(
     )  # fmt: skip
     if out is not None and write_report and not interrupted:
         files = write_report_files(report, run.model, run.sources)
-        report = EvalReport(**{**report.__dict__, "files": tuple(files)})
+        report = replace(report, files=tuple(files))
     if interrupted:
         raise EvalInterrupted(report)
     return report
