@@ -153,7 +153,7 @@ def _baseline_tensor(baseline: float | tuple[float, float, float], like: Tensor)
 def _step_counts(pixels: int, pixels_per_step: int | None) -> tuple[list[int], int]:
     step = math.ceil(pixels / RISE_STEPS) if pixels_per_step is None else pixels_per_step
     check_positive_int(step, "pixels_per_step")
-    counts = list(range(0, pixels, step)) + [pixels]
+    counts = [*range(0, pixels, step), pixels]
     return counts, step
 
 
