@@ -109,7 +109,10 @@ def main() -> None:
         targets = [ClassifierOutputSoftmaxTarget(int(c)) for c in classes]
 
         def ours_drop() -> None:
-            metrics.average_drop(forward, images, source(images, classes).maps, classes)
+            facts = source(images, classes)  # its logits are the unmasked scores
+            metrics.average_drop(
+                forward, images, facts.maps, classes, original_logits=facts.network_logits
+            )
 
         def torchcam_drop() -> None:
             with warnings.catch_warnings():
@@ -135,9 +138,24 @@ def main() -> None:
         )
 
         def ours_curves() -> None:
-            m = source(images, classes).maps
-            metrics.deletion(forward, images, m, classes, pixels_per_step=per_step)
-            metrics.insertion(forward, images, m, classes, pixels_per_step=per_step)
+            facts = source(images, classes)
+            known = facts.network_logits
+            metrics.deletion(
+                forward,
+                images,
+                facts.maps,
+                classes,
+                pixels_per_step=per_step,
+                original_logits=known,
+            )
+            metrics.insertion(
+                forward,
+                images,
+                facts.maps,
+                classes,
+                pixels_per_step=per_step,
+                original_logits=known,
+            )
 
         def torchcam_curves() -> None:
             with warnings.catch_warnings():

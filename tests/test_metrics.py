@@ -80,6 +80,31 @@ def test_deletion_of_the_ideal_map_and_the_anti_map_in_closed_form() -> None:
     assert prob.protocol["baseline"].startswith("black")
 
 
+def test_known_original_logits_skip_a_forward_pass_and_change_nothing() -> None:
+    net = RegionNet()
+    calls: list[int] = []
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        calls.append(int(x.shape[0]))
+        return net(x)
+
+    known = net(ones())
+    for metric in (metrics.deletion, metrics.insertion):
+        plain = metric(counted, ones(), region_map(), CLASS0, pixels_per_step=4)
+        seen = sum(calls)
+        calls.clear()
+        reused = metric(
+            counted, ones(), region_map(), CLASS0, pixels_per_step=4, original_logits=known
+        )
+        assert torch.equal(plain.scores, reused.scores) and sum(calls) == seen - 1
+        calls.clear()
+    plain_drop = metrics.average_drop(counted, ones(), region_map(), CLASS0)
+    assert sum(calls) == 2
+    calls.clear()
+    reused_drop = metrics.average_drop(counted, ones(), region_map(), CLASS0, original_logits=known)
+    assert sum(calls) == 1 and torch.equal(plain_drop.drop, reused_drop.drop)
+
+
 def test_deletion_default_step_is_the_papers_fraction_and_ties_go_in_raster_order() -> None:
     net = RegionNet()
     result = metrics.deletion(net, ones(), torch.zeros(1, SIZE, SIZE), CLASS0, score="logit")
