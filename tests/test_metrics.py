@@ -98,6 +98,12 @@ def test_known_original_logits_skip_a_forward_pass_and_change_nothing() -> None:
         )
         assert torch.equal(plain.scores, reused.scores) and sum(calls) == seen - 1
         calls.clear()
+    # deletion's last point (all black) is one image for all: 2 images x 16 points + 1
+    two = metrics.deletion(
+        counted, ones(2), region_map().expand(2, -1, -1), torch.tensor([0, 0]), pixels_per_step=4
+    )
+    assert sum(calls) == 2 * 16 + 1 and torch.equal(two.scores[0], two.scores[1])
+    calls.clear()
     plain_drop = metrics.average_drop(counted, ones(), region_map(), CLASS0)
     assert sum(calls) == 2
     calls.clear()

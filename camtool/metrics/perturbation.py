@@ -168,11 +168,14 @@ def _curve(
     score: Score,
     batch_size: int,
     original: tuple[int, Tensor] | None = None,
+    uniform_finish: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """Move pixels from ``start`` to ``finish`` in order of the map, most important first.
 
     ``original``: ``(point, scores Tensor[N])`` when the scores at one point (the unperturbed
     image: deletion's first, insertion's last) are known already; that point is not recomputed.
+    ``uniform_finish``: ``finish`` is the same image for every image (deletion's baseline), so
+    the last point (every pixel moved) runs through the network once, not N times.
     """
     n, _, height, width = start.shape
     pixels = height * width
@@ -183,9 +186,15 @@ def _curve(
     if original is not None:
         known = len(counts) - 1 if original[0] < 0 else original[0]
         scores[:, known] = original[1].float().cpu()
-    jobs = [(i, k, c) for k, c in enumerate(counts) if k != known for i in range(n)]
+    last = len(counts) - 1
+    shared = uniform_finish and known != last
+    skip = {known, last} if shared else {known}
+    jobs = [(i, k, c) for k, c in enumerate(counts) if k not in skip for i in range(n)]
     flat_start, flat_finish = start.flatten(2), finish.flatten(2)
     with torch.inference_mode():
+        if shared:  # every pixel moved: the same image for all
+            logits = forward(finish[:1]).expand(n, -1)
+            scores[:, last] = class_scores(logits, classes, score).cpu()
         for begin in range(0, len(jobs), batch_size):
             chunk = jobs[begin : begin + batch_size]
             rows = torch.tensor([j[0] for j in chunk], device=start.device)
@@ -275,6 +284,7 @@ def deletion(
         score,
         batch_size,
         known,
+        uniform_finish=True,
     )
     protocol = {
         "metric": "deletion", "paper": "Petsiuk et al. 2018 (RISE)", "score": score,
