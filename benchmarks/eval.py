@@ -2,6 +2,7 @@
 same metric, in the same run, on the CPU, on the default model (EfficientNet-Lite0, pretrained).
 
 Run: .venv/bin/python benchmarks/eval.py [--images 4] [--size 224] [--steps 16] [--skip-road]
+     [--metric drop|curves|road ...] [--method cam|gradcam ...]
 (needs torchcam 0.5.0 and pytorch-grad-cam 1.5.7: `scripts/setup.sh test`).
 
 Per method (cam, gradcam) and shared metric, each library scores the same ``--images`` photos
@@ -69,6 +70,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--skip-road", action="store_true")
+    parser.add_argument(
+        "--metric",
+        action="append",
+        choices=("drop", "curves", "road"),
+        help="only these (repeatable)",
+    )
+    parser.add_argument("--method", action="append", choices=("cam", "gradcam"), help="only these")
     args = parser.parse_args()
 
     from pytorch_grad_cam.metrics.cam_mult_image import DropInConfidence, IncreaseInConfidence
@@ -167,10 +175,13 @@ def main() -> None:
                 peer.update(images, classes.tolist())
                 extractor.remove_hooks()
 
-        record(method, "deletion + insertion", "camtool", best_of(ours_curves, args.repeats))
-        record(method, "deletion + insertion", "torchcam", best_of(torchcam_curves, args.repeats))
+        if "curves" in chosen:
+            record(method, "deletion + insertion", "camtool", best_of(ours_curves, args.repeats))
+            record(
+                method, "deletion + insertion", "torchcam", best_of(torchcam_curves, args.repeats)
+            )
 
-        if not args.skip_road:
+        if "road" in chosen:
 
             def ours_road() -> None:
                 metrics.road(forward, images, source(images, classes).maps, classes)
@@ -187,7 +198,10 @@ def main() -> None:
                 best_of(grad_cam_road, args.repeats),
             )
 
-    for method in ("cam", "gradcam"):
+    chosen = set(args.metric or ("drop", "curves", "road")) - (
+        {"road"} if args.skip_road else set()
+    )
+    for method in args.method or ("cam", "gradcam"):
         run_method(method)
 
     print()
