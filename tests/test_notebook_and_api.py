@@ -127,7 +127,7 @@ def test_class_score_fields_have_one_name_everywhere(lite0: camtool.LoadedModel)
 def test_public_api_is_pinned() -> None:
     # The public face is small (the seam issue): lower-level names live in namespaces.
     assert sorted(camtool.__all__) == sorted([
-        "__version__", "methods",
+        "__version__", "methods", "metrics",
         "explain", "Explanation", "ClassScore", "comparison_sheet", "Picture",
         "export", "explain_iter", "ExportOptions", "ExportReport", "ExportFailure", "ExportInterrupted",
         "fit", "FitReport",
@@ -141,6 +141,7 @@ def test_public_api_is_pinned() -> None:
         "InvalidArgumentError",
     ])  # fmt: skip
     assert camtool.methods.bind is not None and "cam" in camtool.methods.method_names()
+    assert callable(camtool.metrics.deletion) and callable(camtool.metrics.method_maps)
     assert callable(camtool.export) and callable(camtool.explain)
     for name in camtool.__all__:
         assert getattr(camtool, name) is not None

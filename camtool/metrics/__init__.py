@@ -23,13 +23,13 @@ from camtool.metrics.localization import (
     PointingResult,
     box_iou,
     localization_error,
-    max_box_accuracy,
     maps_to_boxes,
+    max_box_accuracy,
     pointing_game,
 )
 from camtool.metrics.maps import (
-    MapsWithFacts,
     MapSource,
+    MapsWithFacts,
     MethodMaps,
     PixelForward,
     method_maps,

@@ -88,6 +88,8 @@ class MapsWithFacts:
         logits: ``Tensor[N]`` float32, the network's logit of that class on the image.
         bias: ``Tensor[N]`` float32 for decompositions (``cells.mean() + bias == logit``), None
             for methods whose maps do not decompose the score.
+        network_logits: ``Tensor[N,K]`` float32, all the network's logits on the images (pass them
+            as ``original_logits`` to the perturbation metrics to skip one forward pass).
         method: the registry name of the method; details: JSON-ready facts about how the maps were
             made (the method's one-line summary, its layer or head).
     """
@@ -99,6 +101,7 @@ class MapsWithFacts:
     bias: Tensor | None
     method: str
     details: dict[str, Any] = field(default_factory=dict)
+    network_logits: Tensor | None = None
 
     @property
     def exact(self) -> bool:
@@ -161,6 +164,7 @@ class MethodMaps:
         cells: list[Tensor | None] = [None] * n
         maps = torch.empty((n, height, width), dtype=torch.float32)
         logits = torch.empty(n, dtype=torch.float32)
+        every: Tensor | None = None
         bias: Tensor | None = torch.empty(n, dtype=torch.float32)
         details: dict[str, Any] = {"summary": self.explainer.describe()}
         distinct = sorted(set(classes.tolist()))
@@ -175,9 +179,11 @@ class MethodMaps:
             columns = torch.tensor([position[int(classes[i])] for i in rows])
             picked = out.maps.detach().float().cpu()[torch.arange(len(rows)), columns]
             up = upsample_cams(picked, out.input_hw, (height, width), out.geometry)
-            picked_logits = (
-                out.logits.detach().float().cpu()[torch.arange(len(rows)), classes[rows].cpu()]
-            )
+            all_logits = out.logits.detach().float().cpu()
+            if every is None:
+                every = torch.empty((n, int(all_logits.shape[1])), dtype=torch.float32)
+            every[rows] = all_logits
+            picked_logits = all_logits[torch.arange(len(rows)), classes[rows].cpu()]
             for j, i in enumerate(rows):
                 cells[i] = picked[j]
                 maps[i] = up[j]
@@ -196,6 +202,7 @@ class MethodMaps:
             bias=None if bias is None else bias.to(images.device),
             method=self.method,
             details=details,
+            network_logits=None if every is None else every.to(images.device),
         )
 
 

@@ -153,7 +153,7 @@ def _baseline_tensor(baseline: float | tuple[float, float, float], like: Tensor)
 def _step_counts(pixels: int, pixels_per_step: int | None) -> tuple[list[int], int]:
     step = math.ceil(pixels / RISE_STEPS) if pixels_per_step is None else pixels_per_step
     check_positive_int(step, "pixels_per_step")
-    counts = list(range(0, pixels, step)) + [pixels]
+    counts = [*range(0, pixels, step), pixels]
     return counts, step
 
 
@@ -167,16 +167,34 @@ def _curve(
     pixels_per_step: int | None,
     score: Score,
     batch_size: int,
+    original: tuple[int, Tensor] | None = None,
+    uniform_finish: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, int]:
-    """Move pixels from ``start`` to ``finish`` in order of the map, most important first."""
+    """Move pixels from ``start`` to ``finish`` in order of the map, most important first.
+
+    ``original``: ``(point, scores Tensor[N])`` when the scores at one point (the unperturbed
+    image: deletion's first, insertion's last) are known already; that point is not recomputed.
+    ``uniform_finish``: ``finish`` is the same image for every image (deletion's baseline), so
+    the last point (every pixel moved) runs through the network once, not N times.
+    """
     n, _, height, width = start.shape
     pixels = height * width
     counts, step = _step_counts(pixels, pixels_per_step)
     ranks = descending_ranks(maps).to(start.device)  # [N, P]
-    jobs = [(i, k, c) for k, c in enumerate(counts) for i in range(n)]
     scores = torch.empty((n, len(counts)), dtype=torch.float32)
+    known = -1
+    if original is not None:
+        known = len(counts) - 1 if original[0] < 0 else original[0]
+        scores[:, known] = original[1].float().cpu()
+    last = len(counts) - 1
+    shared = uniform_finish and known != last
+    skip = {known, last} if shared else {known}
+    jobs = [(i, k, c) for k, c in enumerate(counts) if k not in skip for i in range(n)]
     flat_start, flat_finish = start.flatten(2), finish.flatten(2)
     with torch.inference_mode():
+        if shared:  # every pixel moved: the same image for all
+            logits = forward(finish[:1]).expand(n, -1)
+            scores[:, last] = class_scores(logits, classes, score).cpu()
         for begin in range(0, len(jobs), batch_size):
             chunk = jobs[begin : begin + batch_size]
             rows = torch.tensor([j[0] for j in chunk], device=start.device)
@@ -193,12 +211,25 @@ def _curve(
 
 
 def _curve_inputs(
-    forward: PixelForward, images: Tensor, maps: Tensor, classes: Tensor
+    forward: PixelForward,
+    images: Tensor,
+    maps: Tensor,
+    classes: Tensor,
+    original_logits: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     images = check_images(images)
     n = int(images.shape[0])
     maps = check_maps(maps, n, (int(images.shape[2]), int(images.shape[3])))
     classes = check_classes(classes, n)
+    if original_logits is not None and (
+        not isinstance(original_logits, Tensor)
+        or original_logits.ndim != 2
+        or original_logits.shape[0] != n
+    ):
+        raise InvalidArgumentError(
+            "original_logits",
+            f"expected a float Tensor[{n},K] (the network's logits on the images)",
+        )
     if not callable(forward):
         raise InvalidArgumentError(
             "forward", "expected a function: pixels Tensor[N,3,H,W] -> logits Tensor[N,K]"
@@ -216,6 +247,7 @@ def deletion(
     baseline: float | tuple[float, float, float] = 0.0,
     score: str = "probability",
     batch_size: int = 64,
+    original_logits: Tensor | None = None,
 ) -> CurveResult:
     """The RISE deletion metric: replace pixels by ``baseline`` (black) in order of the map, most
     important first, and record the class's score after each step; lower area is better.
@@ -230,14 +262,17 @@ def deletion(
         baseline: the colour of deleted pixels in pixel space (0: black, the paper's).
         score: ``"probability"`` (the class's softmax probability, the paper's) or ``"logit"``.
         batch_size: images per forward pass (perturbed copies of several steps and images).
+        original_logits: ``Tensor[N,K]``, the network's logits on the unperturbed images when
+            known already (``MapsWithFacts.network_logits``): that point is not recomputed.
 
     Returns:
         :class:`CurveResult`: ``fractions`` ``[S+1]``, ``scores`` ``[N,S+1]``, ``auc`` ``[N]``.
     """
-    images, maps, classes = _curve_inputs(forward, images, maps, classes)
+    images, maps, classes = _curve_inputs(forward, images, maps, classes, original_logits)
     check_positive_int(batch_size, "batch_size")
     score = _check_score(score)
     finish = _baseline_tensor(baseline, images)
+    known = None if original_logits is None else (0, class_scores(original_logits, classes, score))
     fractions, scores, auc, step = _curve(
         "deletion",
         forward,
@@ -248,6 +283,8 @@ def deletion(
         pixels_per_step,
         score,
         batch_size,
+        known,
+        uniform_finish=True,
     )
     protocol = {
         "metric": "deletion", "paper": "Petsiuk et al. 2018 (RISE)", "score": score,
@@ -272,6 +309,7 @@ def insertion(
     blur_sigma: float = BLUR_SIGMA,
     score: str = "probability",
     batch_size: int = 64,
+    original_logits: Tensor | None = None,
 ) -> CurveResult:
     """The RISE insertion metric: start from a blurred copy (:func:`blur`, 11x11, sigma 5) and put
     the original pixels back in order of the map, most important first; higher area is better.
@@ -279,11 +317,12 @@ def insertion(
     Arguments and result as :func:`deletion` (``blur_size``, ``blur_sigma``: the substrate's
     kernel).
     """
-    images, maps, classes = _curve_inputs(forward, images, maps, classes)
+    images, maps, classes = _curve_inputs(forward, images, maps, classes, original_logits)
     check_positive_int(batch_size, "batch_size")
     check_positive_int(blur_size, "blur_size")
     score = _check_score(score)
     substrate = blur(images.float(), blur_size, blur_sigma)
+    known = None if original_logits is None else (-1, class_scores(original_logits, classes, score))
     fractions, scores, auc, step = _curve(
         "insertion",
         forward,
@@ -294,6 +333,7 @@ def insertion(
         pixels_per_step,
         score,
         batch_size,
+        known,
     )
     protocol = {
         "metric": "insertion", "paper": "Petsiuk et al. 2018 (RISE)", "score": score,
@@ -323,6 +363,7 @@ def average_drop(
     *,
     score: str = "probability",
     batch_size: int = 64,
+    original_logits: Tensor | None = None,
 ) -> AverageDropResult:
     """Average Drop and Increase in Confidence (Grad-CAM++ paper, section 5.1).
 
@@ -332,16 +373,19 @@ def average_drop(
     ``drop = 100 * max(0, Y - O) / Y`` and ``increase = O > Y`` per image. The paper uses the
     softmax probability (``score="probability"``).
     """
-    images, maps, classes = _curve_inputs(forward, images, maps, classes)
+    images, maps, classes = _curve_inputs(forward, images, maps, classes, original_logits)
     check_positive_int(batch_size, "batch_size")
     score = _check_score(score)
     masked_images = images.float() * normalize_maps(maps)[:, None]
-    with torch.inference_mode():
-        logits = torch.cat(
-            [forward(part) for part in torch.cat([images.float(), masked_images]).split(batch_size)]
-        )
-    check_class_range(classes, int(logits.shape[-1]))
     n = int(images.shape[0])
+    inputs = (
+        masked_images if original_logits is not None else torch.cat([images.float(), masked_images])
+    )
+    with torch.inference_mode():
+        logits = torch.cat([forward(part) for part in inputs.split(batch_size)])
+    if original_logits is not None:
+        logits = torch.cat([original_logits.float().to(logits.device), logits])
+    check_class_range(classes, int(logits.shape[-1]))
     values = class_scores(logits, torch.cat([classes, classes]), score).cpu()
     original, masked = values[:n], values[n:]
     drop = 100.0 * (original - masked).clamp(min=0) / original
