@@ -131,7 +131,7 @@ def test_public_api_is_pinned() -> None:
         "explain", "Explanation", "ClassScore", "comparison_sheet", "Picture",
         "export", "explain_iter", "ExportOptions", "ExportReport", "ExportFailure", "ExportInterrupted",
         "fit", "FitReport",
-        "explain_video", "VideoReport", "write_gallery",
+        "explain_video", "VideoReport", "write_gallery", "evaluate", "EvalReport",
         "class_names", "ClassName", "resolve_class",
         "load_model", "LoadedModel", "Preprocessing", "Region", "load_image", "save_image",
         "normalize_cams", "upsample_cams", "colorize", "overlay", "cam_to_box", "draw_box",
