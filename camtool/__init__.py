@@ -5,7 +5,8 @@
     >>> ex.save("cat_cam.png")                # the overlay of the top class
 
 The top level holds the few names a notebook needs; lower-level ones live in namespaces:
-:mod:`camtool.methods` (the method seam, CAM and its head discovery), :mod:`camtool.models`
+:mod:`camtool.methods` (the method seam, CAM and its head discovery), :mod:`camtool.metrics`
+(faithfulness and localization measures), :mod:`camtool.models`
 (cards, checkpoints), :mod:`camtool.export` (its inputs, stages, manifest and runner),
 :mod:`camtool.render`, :mod:`camtool.io`. Names are imported lazily, so ``import camtool`` (and
 ``camtool --help``) stays fast; torch is imported on first use.
@@ -35,6 +36,8 @@ _EXPORTS = {
     "explain_video": "camtool.video",
     "VideoReport": "camtool.video",
     "write_gallery": "camtool.gallery",
+    "evaluate": "camtool.metrics.evaluate",
+    "EvalReport": "camtool.metrics.evaluate",
     "class_names": "camtool.labels",
     "ClassName": "camtool.labels",
     "resolve_class": "camtool.labels",
@@ -63,7 +66,7 @@ _EXPORTS = {
     "ClassSelectionError": "camtool.errors",
     "InvalidArgumentError": "camtool.errors",
 }
-_NAMESPACES = ("methods",)
+_NAMESPACES = ("methods", "metrics")
 
 __all__ = [
     "COLORMAPS",
@@ -71,6 +74,7 @@ __all__ = [
     "ClassName",
     "ClassScore",
     "ClassSelectionError",
+    "EvalReport",
     "Explanation",
     "ExportFailure",
     "ExportInterrupted",
@@ -96,6 +100,7 @@ __all__ = [
     "colorize",
     "comparison_sheet",
     "draw_box",
+    "evaluate",
     "explain",
     "explain_iter",
     "explain_video",
@@ -105,6 +110,7 @@ __all__ = [
     "load_image",
     "load_model",
     "methods",
+    "metrics",
     "normalize_cams",
     "overlay",
     "resolve_class",
@@ -130,7 +136,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from camtool import methods
+    from camtool import methods, metrics
     from camtool.errors import (
         CamtoolError,
         ClassSelectionError,
@@ -172,6 +178,10 @@ if TYPE_CHECKING:
         ClassName,
         class_names,
         resolve_class,
+    )
+    from camtool.metrics.evaluate import (
+        EvalReport,
+        evaluate,
     )
     from camtool.models import (
         LoadedModel,

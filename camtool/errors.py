@@ -96,6 +96,13 @@ class InvalidArgumentError(CamtoolError):
     exit_code = EXIT_USAGE
 
 
+class NotDecompositionError(CamtoolError):
+    """A measure that needs a decomposition (completeness) was asked of maps that do not claim to
+    decompose the score (Grad-CAM, Score-CAM, ...: no bias comes with them)."""
+
+    exit_code = EXIT_USAGE
+
+
 class ManifestError(CamtoolError):
     """An export's ``manifest.jsonl`` holds a line camtool cannot use (not a JSON object, say)."""
 

@@ -127,11 +127,11 @@ def test_class_score_fields_have_one_name_everywhere(lite0: camtool.LoadedModel)
 def test_public_api_is_pinned() -> None:
     # The public face is small (the seam issue): lower-level names live in namespaces.
     assert sorted(camtool.__all__) == sorted([
-        "__version__", "methods",
+        "__version__", "methods", "metrics",
         "explain", "Explanation", "ClassScore", "comparison_sheet", "Picture",
         "export", "explain_iter", "ExportOptions", "ExportReport", "ExportFailure", "ExportInterrupted",
         "fit", "FitReport",
-        "explain_video", "VideoReport", "write_gallery",
+        "explain_video", "VideoReport", "write_gallery", "evaluate", "EvalReport",
         "class_names", "ClassName", "resolve_class",
         "load_model", "LoadedModel", "Preprocessing", "Region", "load_image", "save_image",
         "normalize_cams", "upsample_cams", "colorize", "overlay", "cam_to_box", "draw_box",
@@ -141,6 +141,7 @@ def test_public_api_is_pinned() -> None:
         "InvalidArgumentError",
     ])  # fmt: skip
     assert camtool.methods.bind is not None and "cam" in camtool.methods.method_names()
+    assert callable(camtool.metrics.deletion) and callable(camtool.metrics.method_maps)
     assert callable(camtool.export) and callable(camtool.explain)
     for name in camtool.__all__:
         assert getattr(camtool, name) is not None

@@ -1,0 +1,528 @@
+"""``camtool.evaluate``: every chosen metric for every chosen method over a folder of images.
+
+The driver behind ``camtool eval``. Images come as export takes them (files, folders, globs,
+``@list.txt``); each is squeezed to one square network input (``size`` x ``size``, by default
+the model's input size, no crop, so no annotated box is cut off) so that images batch; maps are
+made at that size and ground-truth boxes are scaled by the same factors (``size / width``
+horizontally, ``size / height`` vertically). Each image is explained for its annotated class
+when it has boxes (the first class its boxes name, with the boxes of that class), else for its
+top-1 predicted class.
+
+Per-image results go to ``OUT/results.jsonl`` as each batch finishes (whole lines, appended: the
+machinery of the export manifest), so an interrupted run resumes with ``resume=True``; a resumed
+run with other settings is refused. At the end :mod:`camtool.metrics.report` writes
+``results.json``, ``results.csv``, the curve plots, the best and worst overlays and
+``index.html``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from camtool import __version__
+from camtool.errors import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    CamtoolError,
+    InvalidArgumentError,
+)
+from camtool.explanation import ModelSpec, get_model
+from camtool.export.inputs import ExportFailure, InputItem, collect_inputs
+from camtool.export.manifest import (
+    ManifestWriter,
+    check_same_settings,
+    earlier_manifest,
+    locked_output,
+    split_resumed,
+)
+from camtool.image import resize_image
+from camtool.io import load_image
+from camtool.metrics.annotations import (
+    AnnotationError,
+    GroundTruthBox,
+    clip_box,
+    match_images,
+    read_annotations,
+    resolve_boxes,
+)
+from camtool.models import DEFAULT_MODEL, LoadedModel
+from camtool.progress import ProgressBar
+from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold
+
+EXIT_INTERRUPTED = 130
+RESULTS = "results.jsonl"
+
+#: The metrics ``evaluate`` knows, in report order. The last three need ground-truth boxes.
+METRICS: tuple[str, ...] = (
+    "deletion", "insertion", "road", "average_drop", "completeness",
+    "pointing_game", "localization", "max_box_acc",
+)  # fmt: skip
+BOX_METRICS: tuple[str, ...] = ("pointing_game", "localization", "max_box_acc")
+
+#: The methods ``evaluate`` runs when none are named.
+DEFAULT_METHODS: tuple[str, ...] = ("cam",)
+
+#: Default ROAD percentages for ``evaluate`` (the paper's 10%, 20%, ..., 90%).
+ROAD_PERCENTAGES: tuple[float, ...] = tuple(p / 10 for p in range(1, 10))
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One method's result on one measure over the images.
+
+    Attributes:
+        method, measure: e.g. ``"cam"``, ``"deletion"``.
+        mean: the measure over all images (for MaxBoxAcc: its dataset-level value).
+        low, high: the 95% interval (percentile bootstrap over images, 1000 resamples, seed 0;
+            ``mean`` itself when n = 1).
+        n: images it was measured on; better: ``"lower"`` or ``"higher"``; unit: ``"%"``, ``""``.
+    """
+
+    method: str
+    measure: str
+    mean: float
+    low: float
+    high: float
+    n: int
+    better: str
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """What an evaluation did and found.
+
+    Attributes:
+        out_dir: the report folder (None when nothing was written); files: the paths written
+            (``results.json``, ``results.csv``, ``index.html``, plots, overlays).
+        summaries: one :class:`Summary` per method and measure.
+        records: the per-image results (the lines of ``results.jsonl``), done images only.
+        total, evaluated, skipped, failed: inputs found; evaluated in this run; done already
+            (resume); could not be evaluated (with ``failures``).
+        settings: every protocol setting of the run (JSON-ready).
+        seconds: wall time; interrupted: stopped by Ctrl-C.
+    """
+
+    out_dir: Path | None
+    summaries: tuple[Summary, ...]
+    records: tuple[dict[str, Any], ...]
+    total: int
+    evaluated: int
+    skipped: int
+    failed: int
+    settings: dict[str, Any]
+    seconds: float
+    failures: tuple[ExportFailure, ...] = ()
+    files: tuple[Path, ...] = ()
+    interrupted: bool = False
+    unmatched_boxes: tuple[str, ...] = ()
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every input was evaluated, 3 when some failed, 130 when interrupted."""
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_PARTIAL if self.failed else EXIT_OK
+
+    def summary(self, method: str, measure: str) -> Summary:
+        """The :class:`Summary` of one method and measure (KeyError if it was not measured)."""
+        for s in self.summaries:
+            if (s.method, s.measure) == (method, measure):
+                return s
+        raise KeyError((method, measure))
+
+
+class EvalInterrupted(CamtoolError):
+    """Ctrl-C stopped an evaluation; every finished image is in ``results.jsonl``."""
+
+    exit_code = EXIT_INTERRUPTED
+
+    def __init__(self, report: EvalReport) -> None:
+        self.report = report
+        done = report.evaluated + report.skipped
+        super().__init__(
+            report.out_dir,
+            f"interrupted after {done} of {report.total} images; run the same command with "
+            "--resume to finish",
+        )
+
+
+@dataclass
+class _Run:
+    """What one evaluation needs at hand while it runs."""
+
+    model: LoadedModel
+    methods: list[str]
+    metrics: list[str]
+    size: int
+    steps: int | None
+    road_percentages: tuple[float, ...]
+    box_threshold: float
+    batch_size: int
+    boxes: dict[str, list[GroundTruthBox]] = field(default_factory=dict)
+    sources: dict[str, Any] = field(default_factory=dict)
+
+
+def check_metrics(metrics: Sequence[str] | None, with_boxes: bool) -> list[str]:
+    """The metrics to run, in report order: all of :data:`METRICS` by default (without boxes, all
+    but the box metrics).
+
+    Raises:
+        InvalidArgumentError: an unknown name; a box metric asked for without boxes.
+    """
+    if not metrics:
+        return [m for m in METRICS if with_boxes or m not in BOX_METRICS]
+    for name in metrics:
+        if name not in METRICS:
+            raise InvalidArgumentError(name, f"unknown metric; choose from {', '.join(METRICS)}")
+        if name in BOX_METRICS and not with_boxes:
+            raise InvalidArgumentError(
+                name, "needs ground-truth boxes: give them with --boxes (VOC, COCO or CSV)"
+            )
+    return [m for m in METRICS if m in metrics]
+
+
+def evaluate(
+    images: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+    methods: Sequence[str] = DEFAULT_METHODS,
+    boxes: str | os.PathLike[str] | None = None,
+    metrics: Sequence[str] | None = None,
+    model: ModelSpec = DEFAULT_MODEL,
+    *,
+    size: int | None = None,
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    steps: int | None = None,
+    road_percentages: Sequence[float] = ROAD_PERCENTAGES,
+    box_threshold: float = DEFAULT_BOX_THRESHOLD,
+    batch_size: int = 8,
+    device: str | None = "auto",
+    progress: bool = False,
+    report: bool = True,
+    **model_options: Any,
+) -> EvalReport:
+    """Measure how faithful (and, with boxes, how well localized) each method's maps are.
+
+    Args:
+        images: files, folders, globs, ``@list.txt`` (as :func:`camtool.export`).
+        methods: method names (``cam``, ``gradcam``, ...), each bound to the model.
+        boxes: ground-truth boxes, a Pascal VOC XML file or folder, a COCO JSON or a CSV
+            (:mod:`camtool.metrics.annotations`); without them only the faithfulness metrics run.
+        metrics: names from :data:`METRICS` (default: all that apply).
+        model: as for :func:`camtool.explain`; ``model_options`` (weights, labels, dtype) too.
+        size: the square network input every image is squeezed to (default: the model's).
+        out: the report folder (``results.jsonl``, ``results.json``, ``results.csv``, plots,
+            overlays, ``index.html``); None: compute only, write nothing.
+        resume: continue an interrupted run in ``out`` (refused when the settings differ).
+        steps: deletion/insertion steps (default: the paper's 224 steps of ``H*W/224`` pixels).
+        road_percentages: ROAD's fractions removed; box_threshold: the CAM box's threshold for
+            the localization error.
+        batch_size: images per batch (their perturbed copies go through the network together).
+        progress: show a progress bar; report: write the report files at the end.
+
+    Returns:
+        :class:`EvalReport` (exit code 0, or 3 when some inputs failed).
+
+    Raises:
+        AnnotationError: a bad annotation file (before anything is written).
+        InvalidArgumentError: an unknown metric or method; a box metric without boxes; resuming
+            with other settings. OutputBusyError: another run writes into ``out``.
+        EvalInterrupted: Ctrl-C (every finished image is kept; resume to finish).
+    """
+    started = time.perf_counter()
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    check_box_threshold(box_threshold)
+    if steps is not None and (isinstance(steps, bool) or steps < 1):
+        raise InvalidArgumentError(steps, "steps must be at least 1")
+    if not methods:
+        raise InvalidArgumentError("methods", "name at least one method (cam, gradcam, ...)")
+    annotations = read_annotations(boxes) if boxes is not None else None
+    chosen = check_metrics(metrics, annotations is not None)
+    loaded = get_model(model, device, **model_options)
+    size = int(size or loaded.preprocessing.input_size)
+    from camtool.image import check_input_size
+    from camtool.metrics.maps import method_maps
+
+    check_input_size(size)
+    sources = {}
+    for name in dict.fromkeys(methods):
+        source = method_maps(loaded, name)
+        sources[source.method] = source
+    run = _Run(loaded, list(sources), chosen, size, steps, tuple(road_percentages),
+               box_threshold, batch_size, sources=sources)  # fmt: skip
+    items, failures = collect_inputs(images, exclude=out)
+    unmatched: list[str] = []
+    if annotations is not None:
+        annotations = resolve_boxes(annotations, loaded.labels, loaded.name)
+        run.boxes, unmatched = match_images(annotations, [i.path for i in items])
+    settings = _settings(run, boxes)
+    if out is None:
+        return _evaluate(run, items, failures, None, settings, False, progress, report,
+                         unmatched, started)  # fmt: skip
+    folder = Path(out)
+    with locked_output(folder):
+        return _evaluate(run, items, failures, folder, settings, resume, progress, report,
+                         unmatched, started)  # fmt: skip
+
+
+def _settings(run: _Run, boxes: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """Every setting a resumed run must share, JSON-ready."""
+    digest = None
+    if boxes is not None and Path(boxes).is_file():
+        digest = hashlib.sha256(Path(boxes).read_bytes()).hexdigest()[:16]
+    return {
+        "model": run.model.name, "weights": run.model.weights,
+        "dtype": str(run.model.dtype).removeprefix("torch."),
+        "methods": run.methods, "metrics": run.metrics, "size": run.size,
+        "resize": f"each image squeezed to {run.size}x{run.size} (no crop); boxes scaled alike",
+        "steps": run.steps or 224,
+        "road_percentages": list(run.road_percentages), "box_threshold": run.box_threshold,
+        "boxes": None if boxes is None else os.path.abspath(boxes), "boxes_sha256": digest,
+        "class": "the annotated class where an image has boxes, else the top-1 prediction",
+        "score": "softmax probability of the class",
+    }  # fmt: skip
+
+
+def _evaluate(
+    run: _Run,
+    items: list[InputItem],
+    failures: list[ExportFailure],
+    out: Path | None,
+    settings: dict[str, Any],
+    resume: bool,
+    progress: bool,
+    write_report: bool,
+    unmatched: list[str],
+    started: float,
+) -> EvalReport:
+    from camtool.export.runner import _interrupt_flag, _now
+
+    records: list[dict[str, Any]] = []
+    writer = None
+    todo: list[InputItem] = items
+    carried: list[dict[str, Any]] = []
+    if out is not None:
+        earlier = earlier_manifest(out / RESULTS, resume)
+        resumed = earlier if resume else None
+        if resumed is not None and resumed.runs:
+            check_same_settings(out / RESULTS, resumed.runs[-1].get("settings") or {}, settings)
+        todo, carried = split_resumed(items, resumed)
+        if resumed is not None:
+            wanted = {i.resolved for i in items}
+            records = [
+                r for p, r in resumed.by_path.items() if r.get("status") == "ok" and p in wanted
+            ]
+        writer = ManifestWriter(out / RESULTS, append=resume)
+        writer.write({"type": "run", "camtool": __version__, "started": _now(),
+                      "resumed": bool(resume), "cwd": os.getcwd(), "settings": settings})  # fmt: skip
+    failed = [ExportFailure(r["input"], r["error"]) for r in carried] + list(failures)
+    if writer is not None:
+        for failure in failures:
+            writer.write({"type": "image", "input": failure.input, "status": "failed",
+                          "error": failure.error})  # fmt: skip
+    bar = (
+        ProgressBar("eval", len(items), "img", len(items) - len(todo), len(failed))
+        if progress
+        else None
+    )
+    evaluated = 0
+    with _interrupt_flag() as interrupted:
+        try:
+            for done, bad in _batches(run, todo):
+                for failure, item in bad:
+                    failed.append(failure)
+                    if writer is not None:
+                        writer.write({"type": "image", "input": failure.input, "path": item.resolved,
+                                      "status": "failed", "error": failure.error})  # fmt: skip
+                    if bar:
+                        bar.advance(failed=len(failed))
+                for record in done:
+                    if writer is not None:
+                        writer.write(record)
+                    records.append(record)
+                    evaluated += 1
+                    if bar:
+                        bar.advance(failed=len(failed))
+                if interrupted:
+                    break
+        except KeyboardInterrupt:
+            if not interrupted:
+                raise
+        finally:
+            if writer is not None:
+                writer.close()
+            if bar:
+                bar.stop()
+    from camtool.metrics.report import summarize, write_report_files
+
+    summaries = summarize(records, run.methods, run.metrics)
+    report = EvalReport(
+        out, tuple(summaries), tuple(records), len(items), evaluated,
+        len(items) - len(todo) - len(carried), len(failed), settings,
+        time.perf_counter() - started, tuple(failed), (), bool(interrupted), tuple(unmatched),
+    )  # fmt: skip
+    if out is not None and write_report and not interrupted:
+        files = write_report_files(report, run.model, run.sources)
+        report = replace(report, files=tuple(files))
+    if interrupted:
+        raise EvalInterrupted(report)
+    return report
+
+
+def _batches(
+    run: _Run, items: list[InputItem]
+) -> Iterator[tuple[list[dict[str, Any]], list[tuple[ExportFailure, InputItem]]]]:
+    """Decode, squeeze and measure ``items`` a batch at a time: ``(records, failures)`` each."""
+    for begin in range(0, len(items), run.batch_size):
+        chunk = items[begin : begin + run.batch_size]
+        ready: list[tuple[InputItem, Tensor, tuple[int, int], list[list[float]]]] = []
+        bad: list[tuple[ExportFailure, InputItem]] = []
+        for item in chunk:
+            try:
+                image = load_image(item.path)
+                height, width = int(image.shape[1]), int(image.shape[2])
+                boxes = [
+                    list(clip_box(b.box, (width, height), b.where))
+                    for b in run.boxes.get(item.resolved, [])
+                ]
+            except AnnotationError as exc:
+                bad.append((ExportFailure(str(item.path), f"{exc.subject}: {exc.problem}"), item))
+                continue
+            except CamtoolError as exc:
+                bad.append((ExportFailure(str(item.path), exc.problem), item))
+                continue
+            pixels = resize_image(
+                image, (run.size, run.size), run.model.preprocessing.interpolation
+            )
+            ready.append((item, pixels, (width, height), boxes))
+        if ready:
+            yield _measure(run, ready), bad
+        else:
+            yield [], bad
+
+
+def _measure(
+    run: _Run, ready: list[tuple[InputItem, Tensor, tuple[int, int], list[list[float]]]]
+) -> list[dict[str, Any]]:
+    """Every metric of every method on one batch; one record per image."""
+    from camtool.metrics import localization, perturbation
+    from camtool.metrics.maps import pixel_forward
+    from camtool.metrics.road import road as road_metric
+
+    forward = pixel_forward(run.model)
+    pixels = torch.stack([p for _, p, _, _ in ready]).float().div_(255)
+    n, s = len(ready), run.size
+    with torch.inference_mode():
+        probabilities = forward(pixels).softmax(-1)
+    top = probabilities.topk(min(5, probabilities.shape[-1]), dim=-1)
+    annotated = [_annotated(run, item) for item, _, _, _ in ready]
+    classes = torch.tensor(
+        [a[0] if a else int(top.indices[i, 0]) for i, a in enumerate(annotated)], dtype=torch.int64
+    )
+    scaled: list[Tensor | None] = []
+    for (item, _, (width, height), boxes), a in zip(ready, annotated, strict=True):
+        if not a:
+            scaled.append(None)
+            continue
+        chosen = [
+            b for b, g in zip(boxes, run.boxes[item.resolved], strict=True) if g.index == a[0]
+        ]
+        t = torch.tensor(chosen, dtype=torch.float32)
+        scaled.append(t * torch.tensor([s / width, s / height, s / width, s / height]))
+    pixels_per_step = math.ceil(s * s / run.steps) if run.steps else None
+    results: list[dict[str, dict[str, Any]]] = [{} for _ in range(n)]
+    curves: list[dict[str, dict[str, list[float]]]] = [{} for _ in range(n)]
+    with_boxes = [i for i in range(n) if scaled[i] is not None]
+    for method, source in run.sources.items():
+        facts = source(pixels, classes)
+        maps = facts.maps
+        values: dict[str, list[Any]] = {}
+        for metric in ("deletion", "insertion"):
+            if metric in run.metrics:
+                curve = getattr(perturbation, metric)(
+                    forward, pixels, maps, classes, pixels_per_step=pixels_per_step
+                )
+                values[metric] = curve.auc.tolist()
+                for i in range(n):
+                    curves[i].setdefault(method, {})[metric] = [
+                        round(float(v), 5) for v in curve.scores[i]
+                    ]
+        if "road" in run.metrics:
+            result = road_metric(forward, pixels, maps, classes, percentages=run.road_percentages)
+            values["road_morf"] = result.morf_mean.tolist()
+            values["road_lerf"] = result.lerf_mean.tolist()
+        if "average_drop" in run.metrics:
+            drop = perturbation.average_drop(forward, pixels, maps, classes)
+            values["average_drop"] = drop.drop.tolist()
+            values["increase_in_confidence"] = [100.0 * float(v) for v in drop.increase]
+        if "completeness" in run.metrics and facts.bias is not None:
+            values["completeness"] = perturbation.completeness(facts).residual.tolist()
+        for i in range(n):
+            results[i][method] = {k: _finite(v[i]) for k, v in values.items()}
+        if with_boxes:
+            gt = [t for t in scaled if t is not None]
+            rows = torch.tensor(with_boxes)
+            if "pointing_game" in run.metrics:
+                hits = localization.pointing_game(maps[rows], gt).hit
+                for j, i in enumerate(with_boxes):
+                    results[i][method]["pointing_game"] = 100.0 * float(hits[j])
+            if "localization" in run.metrics:
+                k = int(top.indices.shape[1])
+                top_classes = top.indices[rows].cpu()
+                many = source(pixels[rows].repeat_interleave(k, dim=0), top_classes.flatten()).maps
+                found = localization.localization_error(
+                    many.view(len(with_boxes), k, s, s), top_classes, classes[rows], gt,
+                    threshold=run.box_threshold,
+                )  # fmt: skip
+                for j, i in enumerate(with_boxes):
+                    results[i][method]["top1_loc_error"] = 100.0 * (
+                        1 - float(found.top1_correct[j])
+                    )
+                    results[i][method]["top5_loc_error"] = 100.0 * (
+                        1 - float(found.top5_correct[j])
+                    )
+                    results[i][method]["top1_iou"] = float(found.iou[j, 0])
+            if "max_box_acc" in run.metrics:
+                acc = localization.max_box_accuracy(maps[rows], gt)
+                for j, i in enumerate(with_boxes):
+                    results[i][method]["max_box_acc"] = [
+                        "".join("1" if c else "0" for c in acc.correct[j, :, d].tolist())
+                        for d in range(acc.correct.shape[2])
+                    ]
+    labels = run.model.labels
+    records = []
+    for i, (item, _, (width, height), boxes) in enumerate(ready):
+        records.append({
+            "type": "image", "input": str(item.path), "path": item.resolved, "status": "ok",
+            "output_stem": str(item.stem), "width": width, "height": height,
+            "class": int(classes[i]), "class_name": labels[int(classes[i])],
+            "class_source": "annotation" if annotated[i] else "prediction",
+            "predictions": [{"index": int(c), "name": labels[int(c)], "probability": round(float(p), 6)}
+                            for p, c in zip(top.values[i], top.indices[i], strict=True)],
+            "boxes": [[round(v, 2) for v in b] for b, g in zip(boxes, run.boxes.get(item.resolved, []), strict=True)
+                      if annotated[i] and g.index == annotated[i][0]],
+            "results": results[i], "curves": curves[i],
+        })  # fmt: skip
+    return records
+
+
+def _annotated(run: _Run, item: InputItem) -> list[int]:
+    """The annotated class of an image (the first its boxes name), as ``[index]``; ``[]``."""
+    boxes = run.boxes.get(item.resolved)
+    return [int(boxes[0].index)] if boxes and boxes[0].index is not None else []
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: a value that is not finite is recorded as null (and left out of means)."""
+    return float(value) if math.isfinite(float(value)) else None

@@ -1,0 +1,476 @@
+"""What ``camtool eval`` writes from its per-image results: the summaries (mean and 95% interval
+per method and measure), ``results.json``, ``results.csv``, the deletion and insertion curves as
+PNG plots (drawn with OpenCV), overlays of the worst and best images per measure, and
+``index.html``, a self-contained page linking them (every string inserted as text, never HTML).
+
+Intervals: a percentile bootstrap over images (:data:`BOOTSTRAP_RESAMPLES` resamples, seed
+:data:`BOOTSTRAP_SEED`), for every measure the same way (MaxBoxAcc: the whole statistic, the best
+threshold included, is recomputed on each resample).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import urllib.parse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+import torch
+
+from camtool.errors import CamtoolError
+from camtool.io import load_image, open_atomic, save_image, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from camtool.metrics.evaluate import EvalReport, Summary
+    from camtool.models import LoadedModel
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+#: Per measure: (which way is better, unit, what it is).
+MEASURES: dict[str, tuple[str, str, str]] = {
+    "deletion": ("lower", "", "deletion AUC (probability, RISE)"),
+    "insertion": ("higher", "", "insertion AUC (probability, RISE)"),
+    "road_morf": ("lower", "", "ROAD MoRF: mean probability, most relevant removed"),
+    "road_lerf": ("higher", "", "ROAD LeRF: mean probability, least relevant removed"),
+    "average_drop": ("lower", "%", "Average Drop (Grad-CAM++)"),
+    "increase_in_confidence": ("higher", "%", "Increase in Confidence (Grad-CAM++)"),
+    "completeness": ("lower", "", "|mean(map) + bias - logit| (decompositions only)"),
+    "pointing_game": ("higher", "%", "pointing game accuracy (15 px tolerance)"),
+    "top1_loc_error": ("lower", "%", "top-1 localization error (CAM paper)"),
+    "top5_loc_error": ("lower", "%", "top-5 localization error (CAM paper)"),
+    "max_box_acc": ("higher", "%", "MaxBoxAccV2 (IoU 0.3/0.5/0.7)"),
+}
+
+#: The measures whose worst and best images get overlays (one value per image that orders them).
+RANKED = ("deletion", "insertion", "road_morf", "average_drop", "top1_iou", "pointing_game")
+
+#: Images shown at each end of a ranking.
+SHOWN = 3
+
+_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # fmt: skip
+
+
+def _measures_of(metric: str) -> list[str]:
+    return {
+        "road": ["road_morf", "road_lerf"],
+        "average_drop": ["average_drop", "increase_in_confidence"],
+        "localization": ["top1_loc_error", "top5_loc_error"],
+    }.get(metric, [metric])
+
+
+def summarize(
+    records: Sequence[dict[str, Any]], methods: Sequence[str], metrics: Sequence[str]
+) -> list[Summary]:
+    """One :class:`~camtool.metrics.evaluate.Summary` per method and measure over ``records``
+    (measures an image lacks, e.g. completeness for Grad-CAM, are left out of its n)."""
+    from camtool.metrics.evaluate import Summary
+
+    found = []
+    for method in methods:
+        for metric in metrics:
+            for measure in _measures_of(metric):
+                values = [r["results"].get(method, {}).get(measure) for r in records]
+                values = [v for v in values if v is not None]
+                if not values:
+                    continue
+                better, unit, _ = MEASURES[measure]
+                if measure == "max_box_acc":
+                    correct = torch.tensor(
+                        [[[c == "1" for c in row] for row in v] for v in values]
+                    ).permute(0, 2, 1)  # [N, T, D]
+                    mean, low, high = _bootstrap(correct.float(), _max_box_acc)
+                else:
+                    mean, low, high = _bootstrap(
+                        torch.tensor(values, dtype=torch.float64), lambda x: x.mean(dim=-1)
+                    )
+                found.append(Summary(method, measure, mean, low, high, len(values), better, unit))
+    return found
+
+
+def _max_box_acc(correct: torch.Tensor) -> torch.Tensor:
+    """``[..., N, T, D]`` bool-as-float -> ``[...]``: mean over D of the max over T of the mean
+    over N, in %."""
+    return 100.0 * correct.mean(dim=-3).max(dim=-2).values.mean(dim=-1)
+
+
+def _bootstrap(values: torch.Tensor, statistic: Any) -> tuple[float, float, float]:
+    """``(statistic, 2.5th, 97.5th percentile)`` of ``statistic`` over resamples of the first
+    axis (images) of ``values``."""
+    n = int(values.shape[0])
+    value = float(statistic(values))
+    if n < 2:
+        return value, value, value
+    generator = torch.Generator().manual_seed(BOOTSTRAP_SEED)
+    stats = []
+    for start in range(0, BOOTSTRAP_RESAMPLES, 100):
+        count = min(100, BOOTSTRAP_RESAMPLES - start)
+        index = torch.randint(0, n, (count, n), generator=generator)
+        stats.append(statistic(values[index]))
+    joined = torch.cat(stats).double()
+    low, high = torch.quantile(joined, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return value, float(low), float(high)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def write_report_files(
+    report: EvalReport, model: LoadedModel, sources: dict[str, Any]
+) -> list[Path]:
+    """Write ``results.json``, ``results.csv``, ``curves_*.png``, overlays and ``index.html``
+    into ``report.out_dir``; return their paths."""
+    out = report.out_dir
+    assert out is not None
+    files = [_write_json(report, out), _write_csv(report, out)]
+    curves = [_write_curve(report, out, metric) for metric in ("deletion", "insertion")]
+    files += [c for c in curves if c is not None]
+    ranked = rankings(report)
+    overlays = _write_overlays(report, out, model, sources, ranked)
+    files += sorted(set(overlays.values()))
+    files.append(_write_html(report, out, ranked, overlays, [c for c in curves if c]))
+    return files
+
+
+def _write_json(report: EvalReport, out: Path) -> Path:
+    from camtool import __version__
+
+    protocols = {name: {"better": b, "unit": u, "what": w} for name, (b, u, w) in MEASURES.items()}
+    data = {
+        "camtool": __version__, "settings": report.settings,
+        "interval": f"95% percentile bootstrap over images ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED})",
+        "measures": protocols,
+        "total": report.total, "evaluated": report.evaluated, "skipped": report.skipped,
+        "failed": report.failed, "failures": [{"input": f.input, "error": f.error} for f in report.failures],
+        "boxes_without_an_input": list(report.unmatched_boxes),
+    }  # fmt: skip
+    results: dict[str, dict[str, Any]] = {}
+    data["results"] = results
+    for s in report.summaries:
+        results.setdefault(s.method, {})[s.measure] = {
+            "mean": s.mean, "low": s.low, "high": s.high, "n": s.n, "better": s.better, "unit": s.unit,
+        }  # fmt: skip
+    path = out / "results.json"
+    write_bytes_atomic(path, json.dumps(data, indent=2, allow_nan=False).encode("utf-8"))
+    return path
+
+
+CSV_MEASURES = [m for m in MEASURES if m != "max_box_acc"] + ["top1_iou"]
+
+
+def _write_csv(report: EvalReport, out: Path) -> Path:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        ["input", "width", "height", "class", "class_name", "class_source", "method", *CSV_MEASURES]
+    )
+    for record in sorted(report.records, key=lambda r: r["input"]):
+        for method, values in record["results"].items():
+            writer.writerow(
+                [record["input"], record["width"], record["height"], record["class"],
+                 record["class_name"], record["class_source"], method,
+                 *("" if values.get(m) is None else f"{values[m]:.6g}" for m in CSV_MEASURES)]
+            )  # fmt: skip
+    path = out / "results.csv"
+    write_bytes_atomic(path, buffer.getvalue().encode("utf-8"))
+    return path
+
+
+def mean_curves(report: EvalReport, metric: str) -> dict[str, np.ndarray]:
+    """Per method, the mean ``[S+1]`` curve of ``metric`` over the images."""
+    found: dict[str, list[list[float]]] = {}
+    for record in report.records:
+        for method, curves in record.get("curves", {}).items():
+            if metric in curves:
+                found.setdefault(method, []).append(curves[metric])
+    return {m: np.asarray(c, dtype=np.float64).mean(axis=0) for m, c in found.items() if c}
+
+
+def plot_curves(
+    curves: dict[str, np.ndarray], title: str, xlabel: str, size: tuple[int, int] = (720, 480)
+) -> np.ndarray:
+    """A line plot (one line per method, with a legend) as a BGR ``[H,W,3]`` uint8 array: x from
+    0 to 1, y from 0 to the highest value (at least 1e-3), axes with ticks and labels."""
+    width, height = size
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    left, right, top, bottom = 70, 20, 50, 60
+    plot_w, plot_h = width - left - right, height - top - bottom
+    peak = max([1e-3] + [float(c.max()) for c in curves.values() if len(c)])
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    black, grey = (0, 0, 0), (210, 210, 210)
+
+    def point(x: float, y: float) -> tuple[int, int]:
+        return left + round(x * plot_w), top + plot_h - round(y / peak * plot_h)
+
+    for i in range(5):
+        fraction = i / 4
+        x, _ = point(fraction, 0)
+        cv2.line(canvas, (x, top), (x, top + plot_h), grey, 1)
+        cv2.putText(
+            canvas, f"{fraction:.2f}", (x - 14, top + plot_h + 18), font, 0.4, black, 1, cv2.LINE_AA
+        )
+        _, yy = point(0, peak * fraction)
+        cv2.line(canvas, (left, yy), (left + plot_w, yy), grey, 1)
+        cv2.putText(
+            canvas, f"{peak * fraction:.2f}", (left - 40, yy + 4), font, 0.4, black, 1, cv2.LINE_AA
+        )
+    cv2.rectangle(canvas, (left, top), (left + plot_w, top + plot_h), black, 1)
+    cv2.putText(canvas, title, (left, 20), font, 0.55, black, 1, cv2.LINE_AA)
+    cv2.putText(
+        canvas, xlabel, (left + plot_w // 2 - 110, height - 15), font, 0.45, black, 1, cv2.LINE_AA
+    )
+    cv2.putText(canvas, "class probability", (5, top - 8), font, 0.4, black, 1, cv2.LINE_AA)
+    for n, (method, values) in enumerate(curves.items()):
+        r, g, b = _COLOURS[n % len(_COLOURS)]
+        xs = np.linspace(0, 1, len(values))
+        points = np.array(
+            [point(float(x), float(y)) for x, y in zip(xs, values, strict=True)], np.int32
+        )
+        cv2.polylines(canvas, [points], False, (b, g, r), 2, cv2.LINE_AA)
+        auc = float(np.trapezoid(values, xs)) if len(values) > 1 else float(values[0])
+        ly = top + 18 + 20 * n
+        cv2.line(canvas, (left + plot_w - 190, ly - 4), (left + plot_w - 165, ly - 4), (b, g, r), 3)
+        cv2.putText(
+            canvas,
+            f"{method} (AUC {auc:.3f})",
+            (left + plot_w - 160, ly),
+            font,
+            0.45,
+            black,
+            1,
+            cv2.LINE_AA,
+        )
+    return canvas
+
+
+def _write_curve(report: EvalReport, out: Path, metric: str) -> Path | None:
+    curves = mean_curves(report, metric)
+    if not curves:
+        return None
+    count = len(report.records)
+    verb = "deleted" if metric == "deletion" else "inserted"
+    better = "lower" if metric == "deletion" else "higher"
+    canvas = plot_curves(
+        curves, f"{metric.capitalize()}: mean over {count} images ({better} area is better)",
+        f"fraction of pixels {verb}",
+    )  # fmt: skip
+    path = out / f"curves_{metric}.png"
+    image = torch.from_numpy(np.ascontiguousarray(canvas[:, :, ::-1])).permute(2, 0, 1)
+    save_image(path, image.contiguous())
+    return path
+
+
+def rankings(report: EvalReport) -> dict[str, dict[str, dict[str, list[dict[str, Any]]]]]:
+    """``{measure: {method: {"worst": [...], "best": [...]}}}``: up to :data:`SHOWN` records at
+    each end of each ranked measure (each entry: input, stem, value)."""
+    found: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {}
+    methods = list(dict.fromkeys(m for r in report.records for m in r["results"]))
+    for measure in RANKED:
+        better = "higher" if measure in ("top1_iou",) else MEASURES[measure][0]
+        for method in methods:
+            scored = [
+                (r["results"][method][measure], r)
+                for r in report.records
+                if r["results"].get(method, {}).get(measure) is not None
+            ]
+            if not scored:
+                continue
+            scored.sort(key=lambda pair: (pair[0], pair[1]["input"]), reverse=better == "higher")
+            best = scored[:SHOWN]
+            worst = [p for p in scored[::-1] if p not in best][:SHOWN]
+
+            def entry(pair: tuple[float, dict[str, Any]]) -> dict[str, Any]:
+                return {"input": pair[1]["input"], "path": pair[1]["path"],
+                        "stem": pair[1].get("output_stem") or Path(pair[1]["input"]).stem,
+                        "value": pair[0], "class_name": pair[1]["class_name"]}  # fmt: skip
+
+            found.setdefault(measure, {})[method] = {
+                "best": [entry(p) for p in best],
+                "worst": [entry(p) for p in worst],
+            }
+    return found
+
+
+def _write_overlays(
+    report: EvalReport,
+    out: Path,
+    model: LoadedModel,
+    sources: dict[str, Any],
+    ranked: dict[str, dict[str, dict[str, list[dict[str, Any]]]]],
+) -> dict[tuple[str, str], Path]:
+    """The overlay of each image a ranking shows, per method: its map (at the evaluation's size,
+    resized to the image) over the original, with its ground-truth boxes in green."""
+    from camtool.image import resize_image
+    from camtool.naming import component
+    from camtool.render import draw_box, normalize_cams, overlay
+
+    by_path = {r["path"]: r for r in report.records}
+    wanted: dict[str, set[str]] = {}
+    for per_method in ranked.values():
+        for method, ends in per_method.items():
+            for entry in ends["best"] + ends["worst"]:
+                wanted.setdefault(method, set()).add(entry["path"])
+    size = int(report.settings["size"])
+    written: dict[tuple[str, str], Path] = {}
+    for method, paths in wanted.items():
+        for path in sorted(paths):
+            record = by_path[path]
+            try:
+                image = load_image(record["input"] if os.path.exists(record["input"]) else path)
+            except CamtoolError:
+                continue  # gone since it was evaluated: the page shows no picture for it
+            height, width = int(image.shape[1]), int(image.shape[2])
+            squeezed = resize_image(image, (size, size), model.preprocessing.interpolation)
+            pixels = squeezed[None].float().div_(255)
+            classes = torch.tensor([int(record["class"])])
+            maps = sources[method](pixels, classes)
+            heat = maps.maps if hasattr(maps, "maps") else maps
+            heat = torch.nn.functional.interpolate(
+                heat[:, None].float().cpu(),
+                size=(height, width),
+                mode="bilinear",
+                align_corners=False,
+            )[0]
+            picture = overlay(image, normalize_cams(heat)[0])
+            for box in record.get("boxes", []):
+                x1, y1, x2, y2 = (round(v) for v in box)
+                picture = draw_box(picture, (x1, y1, x2, y2))
+            target = (
+                out
+                / "overlays"
+                / component(method)
+                / f"{record['output_stem'] or 'image'}_{component(method)}.png"
+            )
+            save_image(target, picture)
+            written[(method, path)] = target
+    return written
+
+
+def _link(path: Path, root: Path) -> str:
+    relative = Path(os.path.relpath(path.absolute(), root.absolute())).as_posix()
+    return urllib.parse.quote(relative, safe="/")
+
+
+def _write_html(
+    report: EvalReport,
+    out: Path,
+    ranked: dict[str, dict[str, dict[str, list[dict[str, Any]]]]],
+    overlays: dict[tuple[str, str], Path],
+    curves: list[Path],
+) -> Path:
+    from camtool.gallery import _script_json
+
+    summaries = [
+        {"method": s.method, "measure": s.measure, "mean": s.mean, "low": s.low, "high": s.high,
+         "n": s.n, "better": s.better, "unit": s.unit}
+        for s in report.summaries
+    ]  # fmt: skip
+    rankings_out = []
+    for measure, per_method in ranked.items():
+        for method, ends in per_method.items():
+            rankings_out.append({
+                "measure": measure, "method": method,
+                **{end: [{**e, "href": _link(overlays[(method, e["path"])], out)
+                          if (method, e["path"]) in overlays else None} for e in ends[end]]
+                   for end in ("worst", "best")},
+            })  # fmt: skip
+    data = {
+        "settings": {k: v for k, v in report.settings.items() if not isinstance(v, dict)},
+        "summaries": summaries,
+        "what": {name: w for name, (_, _, w) in MEASURES.items()} | {"top1_iou": "IoU of the top-1 box"},
+        "rankings": rankings_out,
+        "curves": [_link(c, out) for c in curves],
+        "failed": [{"input": f.input, "error": f.error} for f in report.failures],
+        "files": {"json": "results.json", "csv": "results.csv"},
+    }  # fmt: skip
+    page = _PAGE.replace("__DATA__", _script_json(data))
+    path = out / "index.html"
+    with open_atomic(path) as handle:
+        handle.write(page.encode("utf-8"))
+    return path
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src 'self' data: file:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<title>camtool evaluation</title>
+<style>
+body{font:14px system-ui,sans-serif;margin:16px;color:#222;background:#fafafa}
+table{border-collapse:collapse;margin:8px 0}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;font-variant-numeric:tabular-nums}
+th:first-child,td:first-child{text-align:left}
+.ranking{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;margin:8px 0}
+.row{display:flex;gap:8px;flex-wrap:wrap}
+figure{margin:0;width:180px}
+figure img{width:180px;height:140px;object-fit:contain;background:#eee;display:block}
+figcaption{font-size:12px;overflow-wrap:anywhere}
+.curves img{max-width:48%}
+.meta{color:#666;font-size:12px}
+</style></head>
+<body>
+<h1>camtool evaluation</h1>
+<p class="meta" id="settings"></p>
+<p><a id="json">results.json</a> <a id="csv">results.csv</a></p>
+<h2>Summary (mean and 95% interval)</h2>
+<div id="summary"></div>
+<h2>Curves</h2>
+<div class="curves" id="curves"></div>
+<h2>Worst and best images</h2>
+<div id="rankings"></div>
+<section id="failures"></section>
+<script id="data" type="application/json">__DATA__</script>
+<script>
+"use strict";
+const data = JSON.parse(document.getElementById("data").textContent);
+const el = (tag, text, cls) => { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; };
+document.getElementById("settings").textContent = Object.entries(data.settings).map(([k, v]) => k + ": " + JSON.stringify(v)).join("; ");
+document.getElementById("json").href = data.files.json; document.getElementById("csv").href = data.files.csv;
+const methods = [...new Set(data.summaries.map(s => s.method))];
+const measures = [...new Set(data.summaries.map(s => s.measure))];
+const table = el("table"); const head = el("tr"); head.appendChild(el("th", "method"));
+measures.forEach(m => { const th = el("th", m); th.title = data.what[m] || m; head.appendChild(th); });
+table.appendChild(head);
+methods.forEach(method => {
+  const row = el("tr"); row.appendChild(el("td", method));
+  measures.forEach(m => {
+    const s = data.summaries.find(x => x.method === method && x.measure === m);
+    const cell = el("td", s ? s.mean.toFixed(3) + s.unit + " [" + s.low.toFixed(3) + ", " + s.high.toFixed(3) + "] n=" + s.n : "-");
+    if (s) cell.title = s.better + " is better"; row.appendChild(cell);
+  });
+  table.appendChild(row);
+});
+document.getElementById("summary").appendChild(table);
+data.curves.forEach(c => { const img = el("img"); img.src = c; img.alt = "curve " + c; document.getElementById("curves").appendChild(img); });
+const box = document.getElementById("rankings");
+data.rankings.forEach(r => {
+  const d = el("div", undefined, "ranking"); d.dataset.measure = r.measure; d.dataset.method = r.method;
+  d.appendChild(el("h3", r.measure + " - " + r.method + " (" + (data.what[r.measure] || r.measure) + ")"));
+  ["worst", "best"].forEach(end => {
+    d.appendChild(el("div", end, "meta")); const row = el("div", undefined, "row");
+    r[end].forEach(e => {
+      const f = el("figure"); f.className = end;
+      const a = el("a"); if (e.href) a.href = e.href;
+      const img = el("img"); img.alt = end + " " + r.measure + " " + e.input; img.loading = "lazy"; if (e.href) img.src = e.href;
+      a.appendChild(img); f.appendChild(a);
+      f.appendChild(el("figcaption", e.input + " (" + e.class_name + "): " + Number(e.value).toFixed(3)));
+      row.appendChild(f);
+    });
+    d.appendChild(row);
+  });
+  box.appendChild(d);
+});
+if (data.failed.length) {
+  const s = document.getElementById("failures"); s.appendChild(el("h2", data.failed.length + " failed inputs"));
+  const ul = el("ul"); data.failed.forEach(f => ul.appendChild(el("li", f.input + ": " + f.error))); s.appendChild(ul);
+}
+</script></body></html>
+"""

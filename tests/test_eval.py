@@ -1,0 +1,175 @@
+"""``camtool.evaluate`` and ``camtool eval`` end to end on the pretrained default model: real
+photos, real boxes, the files of the report (JSON, CSV, PNG curves, overlays, HTML in Chromium),
+resuming, and the command's exit codes and one-line errors. Cheap protocol settings (small
+input size, few deletion steps, one ROAD percentage) keep it fast; the measures themselves are
+tested in the metrics' own tests."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytest
+from typer.testing import CliRunner
+
+import camtool
+from camtool.cli import app
+from camtool.errors import InvalidArgumentError
+from camtool.metrics.evaluate import METRICS, EvalReport, evaluate
+from tests.conftest import CAT, COFFEE
+from tests.test_gallery import browse, elements
+
+runner = CliRunner()
+BOXES = Path(__file__).parent / "data" / "boxes" / "photos.csv"
+HOSTILE = "<img src=x onerror=alert(1)>.png"
+CHEAP: dict[str, Any] = {"size": 64, "steps": 4}
+NO_ROAD = [m for m in METRICS if m != "road"]  # ROAD's imputation is slow: tested alone
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    shutil.copy(CAT, folder / "chelsea.png")
+    shutil.copy(COFFEE, folder / "coffee.png")
+    shutil.copy(CAT, folder / HOSTILE)
+    (folder / "broken.jpg").write_text("not an image")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def evaluated(photos: Path, lite0: camtool.LoadedModel) -> EvalReport:
+    out = photos.parent / "report"
+    return evaluate(
+        [photos], ["cam", "gradcam"], BOXES, NO_ROAD, "efficientnet_lite0", out=out, **CHEAP
+    )
+
+
+def test_evaluate_measures_every_method_and_writes_the_report(evaluated: EvalReport) -> None:
+    assert evaluated.exit_code == 3 and evaluated.failed == 1 and evaluated.evaluated == 3
+    assert evaluated.failures[0].input.endswith("broken.jpg")
+    out = evaluated.out_dir
+    assert out is not None
+    chelsea = next(r for r in evaluated.records if r["input"].endswith("chelsea.png"))
+    assert (chelsea["class"], chelsea["class_source"]) == (285, "annotation")
+    assert chelsea["boxes"] == [[0.0, 0.0, 405.0, 300.0]]
+    assert chelsea["results"]["cam"]["pointing_game"] == 100.0  # the map's peak is on the cat
+    assert chelsea["results"]["cam"]["completeness"] < 1e-3  # CAM decomposes the logit
+    assert "completeness" not in chelsea["results"]["gradcam"]  # Grad-CAM does not claim to
+    hostile = next(r for r in evaluated.records if r["input"].endswith(HOSTILE))
+    assert (
+        hostile["class_source"] == "prediction" and "pointing_game" not in hostile["results"]["cam"]
+    )
+
+    data = json.loads((out / "results.json").read_text())
+    deletion = data["results"]["cam"]["deletion"]
+    assert deletion["n"] == 3 and deletion["better"] == "lower"
+    assert deletion["low"] <= deletion["mean"] <= deletion["high"] and 0 <= deletion["mean"] <= 1
+    assert data["results"]["cam"]["pointing_game"]["n"] == 2  # only the images with boxes
+    assert data["settings"]["size"] == 64 and data["settings"]["steps"] == 4
+    assert "road" not in data["settings"]["metrics"] and "road_morf" not in data["results"]["cam"]
+    assert data["interval"].startswith("95% percentile bootstrap over images (1000 resamples")
+    assert data["failed"] == 1 and data["failures"][0]["error"].startswith("not an image file")
+    assert (
+        "top1_loc_error" in data["results"]["gradcam"] and "max_box_acc" in data["results"]["cam"]
+    )
+
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 6 and {r["method"] for r in rows} == {"cam", "gradcam"}
+    cat_row = next(r for r in rows if r["input"].endswith("chelsea.png") and r["method"] == "cam")
+    assert (cat_row["class_name"], cat_row["width"], cat_row["pointing_game"]) == (
+        "Egyptian cat",
+        "451",
+        "100",
+    )
+
+    for metric in ("deletion", "insertion"):
+        plot = cv2.imread(str(out / f"curves_{metric}.png"))
+        assert plot.shape == (480, 720, 3) and (plot != 255).any()
+    overlay = cv2.imread(str(out / "overlays" / "cam" / "chelsea_cam.png"))
+    assert overlay.shape == (300, 451, 3)  # the original image's size
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["type"] == "run" and len(lines) == 1 + 4
+
+
+def test_the_report_page_in_chromium(evaluated: EvalReport, tmp_path: Path) -> None:
+    assert evaluated.out_dir is not None
+    page = evaluated.out_dir / "index.html"
+    assert HOSTILE not in page.read_text() and "https://" not in page.read_text()
+    dom = browse(page, "", tmp_path / "profile", "--dump-dom")
+    assert "Egyptian cat" in dom and "1 failed inputs" in dom
+    tags = elements(dom)
+    assert not any("onerror" in dict(attrs) for _, attrs in tags)  # the name stayed text
+    links = [dict(attrs).get("href") or "" for tag, attrs in tags if tag == "a"]
+    assert "overlays/cam/chelsea_cam.png" in links and "results.json" in links
+    images = [dict(attrs) for tag, attrs in tags if tag == "img"]
+    assert any(i.get("src") == "curves_deletion.png" for i in images)
+    assert any((i.get("alt") or "").startswith("worst pointing_game") for i in images) or any(
+        (i.get("alt") or "").startswith("best pointing_game") for i in images
+    )
+    assert dom.count('class="ranking"') >= 8
+
+
+def test_resume_skips_finished_images_and_refuses_other_settings(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    first = evaluate([CAT], ["cam"], metrics=["deletion"], out=out, report=False, **CHEAP)
+    assert first.evaluated == 1
+    with (out / "results.jsonl").open("a") as handle:
+        handle.write('{"type": "image", "input": "torn')  # a run killed mid-line
+    again = evaluate([CAT, COFFEE], ["cam"], metrics=["deletion"], out=out, resume=True, **CHEAP)
+    assert (again.evaluated, again.skipped, again.exit_code) == (1, 1, 0)
+    assert again.summary("cam", "deletion").n == 2
+    assert len(list(csv.DictReader((out / "results.csv").open()))) == 2
+    with pytest.raises(InvalidArgumentError, match=r"steps: 4 -> 8"):
+        evaluate([CAT], ["cam"], metrics=["deletion"], out=out, resume=True, size=64, steps=8)
+
+
+def test_road_through_evaluate_in_memory() -> None:
+    found = evaluate(CAT, ["cam"], metrics=["road"], size=32, road_percentages=(0.5,))
+    assert found.out_dir is None and found.files == ()
+    morf, lerf = found.summary("cam", "road_morf"), found.summary("cam", "road_lerf")
+    assert morf.n == 1 and 0 <= morf.mean <= 1 and 0 <= lerf.mean <= 1
+    assert found.settings["road_percentages"] == [0.5]
+
+
+def test_cli_eval_prints_the_table_and_exits_zero(tmp_path: Path) -> None:
+    args = ["eval", str(CAT), "--method", "cam", "--metric", "deletion", "--size", "64"]
+    result = runner.invoke(app, [*args, "--steps", "2", "-o", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.stderr
+    assert "deletion" in result.stdout and "cam" in result.stdout and "evaluated 1" in result.stdout
+    assert (tmp_path / "r" / "index.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (["--boxes", "{tmp}/none.csv"], 1, "Error: {tmp}/none.csv: no such file"),
+        (["--metric", "pointing_game"], 2, "Error: pointing_game: needs ground-truth boxes"),
+        (["--metric", "speed"], 2, "Error: speed: unknown metric; choose from deletion"),
+        (
+            ["--boxes", "{tmp}/bad.csv"],
+            1,
+            "Error: {tmp}/bad.csv: line 2: class 'kitten' is not one of the 1000 classes of efficientnet_lite0",
+        ),
+        (
+            ["--boxes", "{tmp}/out.csv", "--metric", "pointing_game"],
+            3,
+            "Error: {cat}: {tmp}/out.csv: line 2: box [0, 0, 900, 10] lies outside the image (451x300 px",
+        ),
+        (["--method", "nope"], 2, "Error: nope: unknown method"),
+    ],
+)
+def test_cli_eval_errors_are_one_line(
+    tmp_path: Path, extra: list[str], code: int, message: str
+) -> None:
+    (tmp_path / "bad.csv").write_text("file,class,x1,y1,x2,y2\nchelsea.png,kitten,0,0,10,10\n")
+    (tmp_path / "out.csv").write_text("file,class,x1,y1,x2,y2\nchelsea.png,285,0,0,900,10\n")
+    args = [a.format(tmp=tmp_path) for a in extra]
+    base = ["eval", str(CAT), "-q", "--size", "64", "--steps", "2", "-o", str(tmp_path / "r")]
+    result = runner.invoke(app, [*base, *args])
+    assert result.exit_code == code, result.stderr
+    assert result.stderr.startswith(message.format(tmp=tmp_path, cat=CAT)), result.stderr
+    assert result.stderr.count("\n") == 1
