@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from camtool.errors import InvalidArgumentError
+from camtool.errors import DeviceMemoryError, InvalidArgumentError
 from camtool.explanation import BoundMethod
 from camtool.export.decoding import JpegDecoder, Read, decode_on_device, jpeg_decoder, read_one
 from camtool.export.inputs import ExportFailure, InputItem
@@ -131,7 +131,7 @@ class _Flow:
             chunk = chunks.popleft()
             try:
                 painted = self.paint(chunk)
-            except torch.OutOfMemoryError:
+            except (torch.OutOfMemoryError, DeviceMemoryError):
                 _release_memory(self.bound.model.device)
                 if len(chunk) == 1:
                     item = chunk[0].item
