@@ -31,13 +31,13 @@ from camtool.picture import Picture, figures_html
 from camtool.render import (
     DEFAULT_SCALE,
     Box,
-    cam_to_box,
     draw_box,
     draw_legend,
     labelled_grid,
     normalize_cams,
     overlay,
     scale_range,
+    small_map_box,
     upsample_cams,
 )
 from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold
@@ -602,6 +602,11 @@ def explain(
     return done[0] if single else done
 
 
+def _moved(box: Box, dx: int, dy: int, width: int, height: int) -> Box:
+    """``box`` moved by ``(dx, dy)`` and cut to a ``width`` x ``height`` image."""
+    return box[0] + dx, box[1] + dy, min(box[2] + dx, width), min(box[3] + dy, height)
+
+
 def build_explanation(
     model: LoadedModel,
     out: MapBatch,
@@ -626,11 +631,18 @@ def build_explanation(
     x1, y1, x2, y2 = region.as_ints()
     height, width = image.shape[1:]
     heatmaps = torch.zeros((cams.shape[0], height, width))
+    boxes: list[Box | None] = []
     if len(cams):  # a method that could not map this model gives predictions alone
+        normalised = normalize_cams(cams)
         upsampled = upsample_cams(
-            normalize_cams(cams), (input_hw[0], input_hw[1]), (y2 - y1, x2 - x1), out.geometry
+            normalised, (input_hw[0], input_hw[1]), (y2 - y1, x2 - x1), out.geometry
         )
         heatmaps[:, y1:y2, x1:x2] = upsampled[:, : height - y1, : width - x1]
+        for cam in normalised:  # the box of each heatmap, from a small map (same box, faster)
+            found = small_map_box(
+                cam, (input_hw[0], input_hw[1]), (y2 - y1, x2 - x1), out.geometry, box_threshold
+            )
+            boxes.append(None if found is None else _moved(found, x1, y1, width, height))
     return Explanation(
         source=source,
         image=image,
@@ -642,7 +654,7 @@ def build_explanation(
         cams=cams,
         bias=out.bias[row].cpu().clone() if out.bias is not None else torch.zeros(len(cams)),
         heatmaps=heatmaps,
-        boxes=tuple(cam_to_box(h, box_threshold) for h in heatmaps),
+        boxes=tuple(boxes),
         residual=float(out.residual[row]) if out.residual is not None else None,
         region=region,
         input_hw=(input_hw[0], input_hw[1]),
