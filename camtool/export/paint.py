@@ -1,11 +1,12 @@
 """Rendering on the device for the device runner, and the files each image becomes.
 
-:func:`paint` turns one batch's maps into overlays, heatmaps and the masks the CAM boxes are
-found in, on the maps' device, images of one size and region at a time (one upsample, one table
-lookup, one blend for all of them), and starts one copy of all of it to the host (on its own
-CUDA stream, into pinned memory, so the next batch computes meanwhile). :func:`write_painted`,
-on a CPU thread, waits for that copy, finds the boxes, draws boxes and legends, encodes and writes
-the image's files and returns its :class:`~camtool.explanation.Explanation` for the manifest.
+:func:`paint` turns one batch's maps into overlays and heatmaps on the maps' device, images of
+one size and region at a time (one upsample, one table lookup, one blend for all of them), and
+starts one copy of all of it to the host (on its own CUDA stream, into pinned memory, so the next
+batch computes meanwhile). :func:`write_painted`, on a CPU thread, waits for that copy, finds the
+CAM boxes from small maps (:func:`camtool.render.small_map_box`), draws boxes and legends,
+encodes and writes the image's files and returns its :class:`~camtool.explanation.Explanation`
+for the manifest.
 
 Every formula is the one :func:`camtool.explanation.build_explanation`,
 :meth:`~camtool.explanation.Explanation.scaled_heatmaps` and
@@ -35,13 +36,15 @@ from camtool.methods.base import MapBatch
 from camtool.models import LoadedModel
 from camtool.naming import heatmap_tail, overlay_tail, raw_tail
 from camtool.render import (
-    cam_to_box,
+    Box,
     colormap_colors,
     draw_box,
     draw_legend,
     normalize_cams,
+    small_map_box,
     upsample_cams,
 )
+from camtool.settings import DEFAULT_BOX_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,6 @@ class PaintedRow:
     width: int
     region: Region
     overlays: int  # offset of uint8 [k,3,H,W]
-    masks: int  # offset of uint8 [k,H,W]: the pixels the CAM box is found among
     heatmaps: int  # offset of uint8 [k,H,W] (only with ``options.heatmap``)
 
 
@@ -117,18 +119,13 @@ def paint(
     offset = 0
     for (height, width, box), rows in groups.items():
         stacked = torch.stack([images[r] for r in rows])
-        overlays, masks, grays = _paint_group(maps[rows], stacked, box, out, options)
+        overlays, grays = _paint_group(maps[rows], stacked, box, out, options)
         sizes = (count * 3 * height * width, count * height * width)
         for j, row in enumerate(rows):
             base = offset + j * sizes[0]
-            mask_at = offset + len(rows) * sizes[0] + j * sizes[1]
-            gray_at = offset + len(rows) * (sizes[0] + sizes[1]) + j * sizes[1]
-            placed.append(
-                PaintedRow(items[row], row, height, width, regions[row], base, mask_at, gray_at)
-            )
-        group = [overlays.reshape(-1), masks.reshape(-1)] + (
-            [grays.reshape(-1)] if grays is not None else []
-        )
+            gray_at = offset + len(rows) * sizes[0] + j * sizes[1]
+            placed.append(PaintedRow(items[row], row, height, width, regions[row], base, gray_at))
+        group = [overlays.reshape(-1)] + ([grays.reshape(-1)] if grays is not None else [])
         pieces += group
         offset += sum(int(p.numel()) for p in group)
     placed.sort(key=lambda r: r.row)
@@ -148,9 +145,8 @@ def _paint_group(
     box: tuple[int, int, int, int],
     out: MapBatch,
     options: ExportOptions,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Overlays ``uint8 [n,k,3,H,W]``, box masks ``uint8 [n,k,H,W]`` and (with
-    ``options.heatmap``) heatmaps ``uint8 [n,k,H,W]`` of ``n`` images of one size and region,
+) -> tuple[Tensor, Tensor | None]:
+    """Overlays ``uint8 [n,k,3,H,W]`` and (with ``options.heatmap``) heatmaps ``uint8 [n,k,H,W]`` of ``n`` images of one size and region,
     from their maps ``cams: Tensor[n,k,h,w]`` and ``images: Tensor[n,3,H,W]`` uint8."""
     n, count = int(cams.shape[0]), int(cams.shape[1])
     height, width = int(images.shape[2]), int(images.shape[3])
@@ -171,12 +167,8 @@ def _paint_group(
         inside[y1:y2, x1:x2] = True
         blended = torch.where(inside, blended, pixels)
     overlays = blended.round_().clamp_(0, 255).to(torch.uint8)
-    peak = heat.amax(dim=(-2, -1), keepdim=True)
-    # cam_to_box compares with threshold * peak computed in double, then taken as float32
-    level = (peak.double() * options.box_threshold).float()
-    masks = ((heat >= level) & (peak > 0)).to(torch.uint8)
     grays = (scaled * 255).round().to(torch.uint8) if options.heatmap else None
-    return overlays, masks, grays
+    return overlays, grays
 
 
 def _scaled(heat: Tensor, cams: Tensor, box: tuple[int, int, int, int], scale: str) -> Tensor:
@@ -217,8 +209,34 @@ def _to_host(tensors: list[Tensor | None], copy_stream: Any) -> tuple[list[Tenso
     return copies, ready
 
 
+def _boxes(
+    cams: Tensor, painted: Painted, row: PaintedRow, threshold: float
+) -> tuple[Box | None, ...]:
+    """Each map's CAM box, from a small map as :func:`~camtool.explanation.build_explanation`
+    finds it (:func:`~camtool.render.small_map_box`), in image pixels."""
+    if not len(cams):
+        return ()
+    x1, y1, x2, y2 = row.region.as_ints()
+    boxes: list[Box | None] = []
+    for cam in normalize_cams(cams):
+        found = small_map_box(
+            cam, painted.input_hw, (y2 - y1, x2 - x1), painted.geometry, threshold
+        )
+        boxes.append(
+            None
+            if found is None
+            else (found[0] + x1, found[1] + y1, min(found[2] + x1, row.width),
+                  min(found[3] + y1, row.height))
+        )  # fmt: skip
+    return tuple(boxes)
+
+
 def explanation_of(
-    painted: Painted, row: PaintedRow, model: LoadedModel, top_k: int
+    painted: Painted,
+    row: PaintedRow,
+    model: LoadedModel,
+    top_k: int,
+    box_threshold: float = DEFAULT_BOX_THRESHOLD,
 ) -> Explanation:
     """The image's :class:`Explanation`, as :func:`~camtool.explanation.build_explanation`
     makes it but without pixels: ``image`` holds only the image's shape (no memory) and
@@ -232,8 +250,7 @@ def explanation_of(
 
     top = logits.topk(max(1, min(top_k, logits.numel()))).indices.tolist()
     cams = painted.maps[j].clone()
-    count, area = len(cams), row.height * row.width
-    masks = painted.buffer[row.masks : row.masks + count * area].view(count, row.height, row.width)
+    count = len(cams)
     return Explanation(
         source=str(row.item.path),
         image=torch.empty((), dtype=torch.uint8).expand(3, row.height, row.width),
@@ -245,7 +262,7 @@ def explanation_of(
         cams=cams,
         bias=painted.bias[j].clone() if painted.bias is not None else torch.zeros(count),
         heatmaps=torch.empty((count, 0, 0)),
-        boxes=tuple(cam_to_box(m, 0.5) for m in masks),  # a 0/1 mask: any threshold keeps it
+        boxes=_boxes(cams, painted, row, box_threshold),
         residual=float(painted.residual[j]) if painted.residual is not None else None,
         region=row.region,
         input_hw=(painted.input_hw[0], painted.input_hw[1]),
@@ -267,7 +284,7 @@ def write_painted(
     system (full disk, read-only folder) is raised."""
     try:
         painted.wait()
-        ex = explanation_of(painted, row, model, options.top_k)
+        ex = explanation_of(painted, row, model, options.top_k, options.box_threshold)
         return ex, _write(painted, row, ex, out_dir, options, announce), None
     except OutputWriteError as exc:
         if exc.errno is not None:
