@@ -390,7 +390,8 @@ def main() -> None:
         )
 
     print(
-        f"\n{len(paths)} JPEG photos of mixed sizes (mostly 640x480), {args.model}, batch "
+        f"\n{len(paths)} JPEG photos ({'640x480' if args.device != 'cpu' else 'mostly 640x480'}), "
+        f"{args.model}, batch "
         f"{args.batch_size or 'default'}, device {args.device}, camtool runner {args.runner}; "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, {platform.machine()}"
     )
