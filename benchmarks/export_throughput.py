@@ -78,6 +78,17 @@ def make_dataset(folder: Path, count: int) -> list[Path]:
     return paths
 
 
+def photo_sizes(paths: list[Path]) -> str:
+    """``"640x480"`` when all photos (of the first 200) have that size, else ``"mixed sizes"``."""
+    from PIL import Image
+
+    sizes = set()
+    for path in paths[:200]:
+        with Image.open(path) as image:
+            sizes.add(image.size)
+    return "x".join(map(str, sizes.pop())) if len(sizes) == 1 else "mixed sizes, mostly 640x480"
+
+
 # --------------------------------------------------------------------------------------------
 # Methods, each run in its own process (--worker METHOD)
 
@@ -390,8 +401,7 @@ def main() -> None:
         )
 
     print(
-        f"\n{len(paths)} JPEG photos ({'640x480' if args.device != 'cpu' else 'mostly 640x480'}), "
-        f"{args.model}, batch "
+        f"\n{len(paths)} JPEG photos ({photo_sizes(paths)}), {args.model}, batch "
         f"{args.batch_size or 'default'}, device {args.device}, camtool runner {args.runner}; "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, {platform.machine()}"
     )
