@@ -31,7 +31,7 @@ from camtool.picture import Picture, figures_html
 from camtool.render import (
     DEFAULT_SCALE,
     Box,
-    draw_box,
+    draw_box_in_place,
     draw_legend,
     labelled_grid,
     normalize_cams,
@@ -174,11 +174,16 @@ class Explanation:
             mask = torch.zeros(self.image.shape[1:], dtype=torch.bool)
             mask[y1:y2, x1:x2] = True
         result = overlay(self.image, self.scaled_heatmaps(scale)[i], alpha, colormap, mask)
-        if mask is not None:
-            result = draw_box(result, (x1, y1, x2, y2), (255, 255, 255), 1)
         found = self.boxes[i]
-        if box and found is not None:
-            result = draw_box(result, found)
+        if mask is not None or (box and found is not None):
+            canvas = result.permute(1, 2, 0).cpu().numpy()  # a fresh image: draw on it in place
+            if not canvas.flags.c_contiguous:
+                canvas = np.ascontiguousarray(canvas)
+            if mask is not None:
+                draw_box_in_place(canvas, (x1, y1, x2, y2), (255, 255, 255), 1)
+            if box and found is not None:
+                draw_box_in_place(canvas, found)
+            result = torch.from_numpy(canvas).permute(2, 0, 1).to(self.image.device)
         if legend:
             result = draw_legend(result, colormap, *self.legend_text(i, scale))
         return Picture(result)
@@ -630,14 +635,18 @@ def build_explanation(
     cams = out.maps[row].cpu().clone()  # a normal tensor, not an inference-mode one
     x1, y1, x2, y2 = region.as_ints()
     height, width = image.shape[1:]
-    heatmaps = torch.zeros((cams.shape[0], height, width))
+    heatmaps = torch.zeros((0, height, width))
     boxes: list[Box | None] = []
     if len(cams):  # a method that could not map this model gives predictions alone
         normalised = normalize_cams(cams)
         upsampled = upsample_cams(
             normalised, (input_hw[0], input_hw[1]), (y2 - y1, x2 - x1), out.geometry
         )
-        heatmaps[:, y1:y2, x1:x2] = upsampled[:, : height - y1, : width - x1]
+        if (x1, y1, x2, y2) == (0, 0, width, height):  # the whole image: no copy
+            heatmaps = upsampled
+        else:
+            heatmaps = torch.zeros((cams.shape[0], height, width))
+            heatmaps[:, y1:y2, x1:x2] = upsampled[:, : height - y1, : width - x1]
         for cam in normalised:  # the box of each heatmap, from a small map (same box, faster)
             found = small_map_box(
                 cam, (input_hw[0], input_hw[1]), (y2 - y1, x2 - x1), out.geometry, box_threshold
