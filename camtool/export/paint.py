@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from camtool.render import (
     draw_legend,
     normalize_cams,
     small_map_box,
-    upsample_cams,
+    upsample_weights,
 )
 from camtool.settings import DEFAULT_BOX_THRESHOLD
 
@@ -153,9 +153,7 @@ def _paint_group(
     x1, y1, x2, y2 = box
     heat = torch.zeros((n, count, height, width), device=cams.device)
     if count:  # as build_explanation: each map normalised, upsampled into the region
-        up = upsample_cams(
-            normalize_cams(cams).flatten(0, 1), out.input_hw, (y2 - y1, x2 - x1), out.geometry
-        ).view(n, count, y2 - y1, x2 - x1)
+        up = _upsampled(normalize_cams(cams), out, (y2 - y1, x2 - x1))
         heat[..., y1:y2, x1:x2] = up[..., : height - y1, : width - x1]
     scaled = _scaled(heat, cams, box, options.scale)
     levels = (scaled.clamp(0, 1) * 255).round_().long()
@@ -169,6 +167,31 @@ def _paint_group(
     overlays = blended.round_().clamp_(0, 255).to(torch.uint8)
     grays = (scaled * 255).round().to(torch.uint8) if options.heatmap else None
     return overlays, grays
+
+
+@lru_cache(maxsize=64)
+def _weights(
+    feature_hw: tuple[int, int],
+    input_hw: tuple[int, int],
+    out_hw: tuple[int, int],
+    geometry: FeatureGeometry,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """:func:`~camtool.render.upsample_weights` on ``device``, moved there once per size."""
+    wy, wx = upsample_weights(feature_hw, input_hw, out_hw, geometry)
+    return torch.from_numpy(wy).to(device), torch.from_numpy(wx).to(device)
+
+
+def _upsampled(normalised: Tensor, out: MapBatch, out_hw: tuple[int, int]) -> Tensor:
+    """:func:`~camtool.render.upsample_cams` of ``Tensor[n,k,h,w]`` maps -> ``[n,k,*out_hw]``
+    float32: ``Wy @ map @ Wx.T`` with the weights kept on the device. On the CPU image by image,
+    so the sums run in the order :func:`~camtool.explanation.build_explanation` runs them and
+    the values are the same to the bit; elsewhere all maps at once."""
+    feature_hw = (int(normalised.shape[-2]), int(normalised.shape[-1]))
+    wy, wx = _weights(feature_hw, out.input_hw, out_hw, out.geometry, normalised.device)
+    if normalised.device.type == "cpu":
+        return torch.stack([torch.matmul(wy, maps.float() @ wx.T) for maps in normalised])
+    return torch.matmul(wy, normalised.float() @ wx.T)
 
 
 def _scaled(heat: Tensor, cams: Tensor, box: tuple[int, int, int, int], scale: str) -> Tensor:
