@@ -10,14 +10,20 @@ On the same JPEG photos (the bundled and foolbox photos, resized to a mix of siz
   camtool      `camtool export DIR -o OUT -q --format jpg`: files in, overlay JPEGs out (whole image, no crop)
   camtool-     the same with glibc's default malloc thresholds (CAMTOOL_DEFAULT_MALLOC=1)
   camtool-crop the same with --crop: 224x224 network inputs, as the peers below use
+  camtool-device, camtool-local   `camtool export` with --runner device or local
   (the peers get the network as a user has it: weights in the default memory format)
   gradcam      pytorch-grad-cam as its users run it: GradCAM on 224x224 batches, the CAM resized
                to the photo, show_cam_on_image, cv2.imwrite
   torchcam     torchcam's CAM extractor on 224x224 batches, overlay_mask at the photo's size,
                PIL save
 
-It prints a table (images/s, ratios, peak memory of the process and its workers) and, with
---scale, camtool's throughput and peak memory at more images.
+It prints a table (images/s, ratios, peak memory of the process and its workers, and on a GPU
+the peak GPU memory in use) and, with --scale, camtool's throughput and peak memory at more images.
+
+On a GPU: `--device cuda --runner device` runs camtool's device runner (the default there) and
+every worker on the GPU (bfloat16 autocast for the forward pass, as the device runner); `--model
+resnet50 --weights FILE` swaps the network (a torchvision ResNet-50 state dict; random weights
+measure speed as well as trained ones). benchmarks/gpu_export.sh runs the whole GPU table.
 """
 
 from __future__ import annotations
@@ -72,8 +78,51 @@ def make_dataset(folder: Path, count: int) -> list[Path]:
     return paths
 
 
+def photo_sizes(paths: list[Path]) -> str:
+    """``"640x480"`` when all photos (of the first 200) have that size, else ``"mixed sizes"``."""
+    from PIL import Image
+
+    sizes = set()
+    for path in paths[:200]:
+        with Image.open(path) as image:
+            sizes.add(image.size)
+    return "x".join(map(str, sizes.pop())) if len(sizes) == 1 else "mixed sizes, mostly 640x480"
+
+
 # --------------------------------------------------------------------------------------------
 # Methods, each run in its own process (--worker METHOD)
+
+
+#: The network every worker runs, and where (set from the command line, see main()).
+MODEL = {"name": "efficientnet_lite0", "weights": None, "device": "cpu"}
+
+
+def _load(**options):  # type: ignore[no-untyped-def]
+    import camtool
+
+    return camtool.load_model(
+        MODEL["name"], device=MODEL["device"], weights=MODEL["weights"], **options
+    )
+
+
+def _synchronize() -> None:
+    import torch
+
+    if MODEL["device"] != "cpu":
+        torch.cuda.synchronize()
+
+
+def _peak_gpu_mb() -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if MODEL["device"] != "cpu" else 0.0
+
+
+def _target_layers(network):  # type: ignore[no-untyped-def]
+    """(module for pytorch-grad-cam, layer name for torchcam, classifier name for torchcam)."""
+    if hasattr(network, "layer4"):  # a torchvision ResNet
+        return network.layer4[-1], "layer4", "fc"
+    return network._bn1, "_bn1", "_fc"
 
 
 def worker_forward(paths: list[Path], batch_size: int, out: Path) -> float:
@@ -81,7 +130,8 @@ def worker_forward(paths: list[Path], batch_size: int, out: Path) -> float:
 
     import camtool
 
-    model = camtool.load_model("efficientnet_lite0", device="cpu")
+    cuda = MODEL["device"] != "cpu"
+    model = _load(dtype="bfloat16" if cuda else None)
     groups: dict[tuple[int, ...], list[torch.Tensor]] = {}
     for path in paths[:256]:
         tensor, _ = model.preprocessing.prepare(camtool.load_image(path))
@@ -91,8 +141,10 @@ def worker_forward(paths: list[Path], batch_size: int, out: Path) -> float:
         for g in groups.values()
         for i in range(0, len(g), batch_size)
     ]
-    with torch.inference_mode():
+    batches = [model.placed(b) for b in batches]  # on the device: the forward pass alone
+    with torch.inference_mode(), model.autocast():
         model.module(batches[0])  # warm-up
+        _synchronize()
         done, start = 0, time.perf_counter()
         while done < len(paths):
             for batch in batches:
@@ -100,6 +152,7 @@ def worker_forward(paths: list[Path], batch_size: int, out: Path) -> float:
                 done += len(batch)
                 if done >= len(paths):
                     break
+        _synchronize()
     return time.perf_counter() - start
 
 
@@ -116,7 +169,7 @@ def _peer_batches(paths: list[Path], batch_size: int):  # type: ignore[no-untype
             [cv2.resize(img, (224, 224), interpolation=cv2.INTER_CUBIC) for img in images]
         )
         batch = (torch.from_numpy(resized).permute(0, 3, 1, 2).float() - mean) / std
-        yield chunk, images, batch
+        yield chunk, images, batch.to(MODEL["device"])
 
 
 def worker_gradcam(paths: list[Path], batch_size: int, out: Path) -> float:
@@ -125,12 +178,10 @@ def worker_gradcam(paths: list[Path], batch_size: int, out: Path) -> float:
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    import camtool
-
-    network = camtool.load_model("efficientnet_lite0", device="cpu", channels_last=False).module
+    network = _load(channels_last=False).module
     network.requires_grad_(True)  # as a user's model would be: GradCAM needs a backward pass
     start = time.perf_counter()
-    with GradCAM(model=network, target_layers=[network._bn1]) as cam:
+    with GradCAM(model=network, target_layers=[_target_layers(network)[0]]) as cam:
         for chunk, images, batch in _peer_batches(paths, batch_size):
             grayscale = cam(input_tensor=batch, targets=None)
             for path, image, mask in zip(chunk, images, grayscale, strict=True):
@@ -151,18 +202,17 @@ def worker_torchcam(paths: list[Path], batch_size: int, out: Path) -> float:
     from torchcam.utils import overlay_mask
     from torchvision.transforms.functional import to_pil_image
 
-    import camtool
-
-    network = camtool.load_model("efficientnet_lite0", device="cpu", channels_last=False).module
+    network = _load(channels_last=False).module
+    _, layer, classifier = _target_layers(network)
     start = time.perf_counter()
-    with CAM(network, target_layer="_bn1", fc_layer="_fc") as extractor:
+    with CAM(network, target_layer=layer, fc_layer=classifier) as extractor:
         for chunk, images, batch in _peer_batches(paths, batch_size):
             with torch.no_grad():
                 scores = network(batch)
             maps = extractor(scores.argmax(1).tolist(), scores)[0]
             for path, image, mask in zip(chunk, images, maps, strict=True):
                 result = overlay_mask(
-                    Image.fromarray(image), to_pil_image(mask, mode="F"), alpha=0.5
+                    Image.fromarray(image), to_pil_image(mask.float().cpu(), mode="F"), alpha=0.5
                 )
                 result.save(out / f"{path.stem}_torchcam.jpg", quality=90)
     return time.perf_counter() - start
@@ -192,16 +242,39 @@ def tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def gpu_used_mb() -> float:
+    """GPU memory in use on the machine (nvidia-smi), in MB; 0 without a GPU."""
+    if MODEL["device"] == "cpu":
+        return 0.0
+    try:
+        text = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout  # fmt: skip
+        return float(sum(float(line) for line in text.split()))
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return 0.0
+
+
+#: Peak GPU memory (MB, above what was in use before) of the last measured command.
+LAST_GPU_PEAK = [0.0]
+
+
 def measure(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """Run ``command``; return (wall seconds, peak tree RSS in MB, stdout)."""
     start = time.perf_counter()
+    baseline = gpu_used_mb()
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
-    peak = 0.0
+    peak, gpu_peak, polls = 0.0, 0.0, 0
     while process.poll() is None:
         peak = max(peak, tree_rss_mb(process.pid))
+        if polls % 5 == 0:
+            gpu_peak = max(gpu_peak, gpu_used_mb() - baseline)
+        polls += 1
         time.sleep(0.1)
+    LAST_GPU_PEAK[0] = gpu_peak
     stdout, stderr = process.communicate()
     wall = time.perf_counter() - start
     if process.returncode != 0:
@@ -210,7 +283,12 @@ def measure(command: list[str], env: dict[str, str] | None = None) -> tuple[floa
 
 
 def run_camtool(
-    paths: list[Path], batch_size: int, work: Path, default_malloc: bool = False, crop: bool = False
+    paths: list[Path],
+    batch_size: int,
+    work: Path,
+    default_malloc: bool = False,
+    crop: bool = False,
+    runner: str = "local",
 ) -> dict[str, float]:
     listing = work / "list.txt"
     listing.write_text("\n".join(str(p) for p in paths) + "\n")
@@ -224,11 +302,23 @@ def run_camtool(
     exe = str(Path(sys.executable).parent / "camtool")
     if not Path(exe).exists():
         exe = str(ROOT / ".venv" / "bin" / "camtool")
-    command = [exe, "export", f"@{listing}", "-o", str(out), "-q", "--format", "jpg"]
-    wall, peak, _ = measure([*command, "--batch-size", str(batch_size)], env)
+    command = [exe, "export", f"@{listing}", "-o", str(out), "-q", "--format", "jpg",
+               "--runner", runner, "--device", MODEL["device"], "--model", MODEL["name"]]  # fmt: skip
+    if MODEL["weights"]:
+        command += ["--weights", MODEL["weights"]]
+    if crop:
+        command.append("--crop")
+    if batch_size:
+        command += ["--batch-size", str(batch_size)]
+    wall, peak, _ = measure(command, env)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["exported"] == len(paths), summary
-    return {"seconds": summary["seconds"], "wall": wall, "peak_mb": peak}
+    return {
+        "seconds": summary["seconds"],
+        "wall": wall,
+        "peak_mb": peak,
+        "gpu_mb": LAST_GPU_PEAK[0],
+    }
 
 
 def run_worker(method: str, paths: list[Path], batch_size: int, work: Path) -> dict[str, float]:
@@ -238,12 +328,19 @@ def run_worker(method: str, paths: list[Path], batch_size: int, work: Path) -> d
     listing = work / "list.txt"
     listing.write_text("\n".join(str(p) for p in paths) + "\n")
     command = [sys.executable, __file__, "--worker", method, "--list", str(listing), "--out", str(out),
-               "--batch-size", str(batch_size)]  # fmt: skip
+               "--batch-size", str(batch_size or 16), "--device", MODEL["device"],
+               "--model", MODEL["name"], *(["--weights", MODEL["weights"]] if MODEL["weights"] else [])]  # fmt: skip
     env = dict(os.environ)
     if method == "forward":  # the ceiling: the same allocator settings as camtool export uses
         env.update(MALLOC_MMAP_THRESHOLD_=str(1 << 30), MALLOC_TRIM_THRESHOLD_=str((1 << 31) - 1))
     wall, peak, stdout = measure(command, env)
-    return {"seconds": float(stdout.strip().splitlines()[-1]), "wall": wall, "peak_mb": peak}
+    seconds, gpu_mb = (float(v) for v in stdout.strip().splitlines()[-1].split())
+    return {
+        "seconds": seconds,
+        "wall": wall,
+        "peak_mb": peak,
+        "gpu_mb": max(gpu_mb, LAST_GPU_PEAK[0]),
+    }
 
 
 def main() -> None:
@@ -252,7 +349,16 @@ def main() -> None:
     parser.add_argument(
         "--scale", type=int, nargs="*", default=[], help="also run camtool on this many"
     )
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="0: camtool's default (256 on a GPU)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (every method runs there)")
+    parser.add_argument(
+        "--runner", default="local", choices=["local", "device"], help="camtool's export runner"
+    )
+    parser.add_argument("--model", default="efficientnet_lite0", help="or resnet50 (+ --weights)")
+    parser.add_argument("--weights", default=None, help="a state dict for --model")
+    parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--repeat", type=int, default=1, help="runs per method; the fastest counts")
     parser.add_argument(
         "--methods", default="forward,camtool,camtool-,camtool-crop,gradcam,torchcam"
@@ -263,9 +369,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    MODEL.update(name=args.model, weights=args.weights, device=args.device)
     if args.worker:
         paths = [Path(line) for line in args.list.read_text().splitlines() if line]
-        print(WORKERS[args.worker](paths, args.batch_size, args.out))
+        seconds = WORKERS[args.worker](paths, args.batch_size, args.out)
+        print(seconds, _peak_gpu_mb())
         return
 
     import torch
@@ -280,7 +388,10 @@ def main() -> None:
         for _ in range(args.repeat):
             if method.startswith("camtool"):
                 crop, default_malloc = method == "camtool-crop", method == "camtool-"
-                run = run_camtool(paths, args.batch_size, work, default_malloc, crop)
+                runner = {"camtool-device": "device", "camtool-local": "local"}.get(
+                    method, args.runner
+                )
+                run = run_camtool(paths, args.batch_size, work, default_malloc, crop, runner)
             else:
                 run = run_worker(method, paths, args.batch_size, work)
             if method not in results or run["seconds"] < results[method]["seconds"]:
@@ -290,11 +401,12 @@ def main() -> None:
         )
 
     print(
-        f"\n{len(paths)} JPEG photos of mixed sizes (mostly 640x480), EfficientNet-Lite0, batch "
-        f"{args.batch_size}; {os.cpu_count()} CPUs, torch {torch.__version__}, {platform.machine()}"
+        f"\n{len(paths)} JPEG photos ({photo_sizes(paths)}), {args.model}, batch "
+        f"{args.batch_size or 'default'}, device {args.device}, camtool runner {args.runner}; "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, {platform.machine()}"
     )
     print(
-        f"{'method':10s} {'images/s':>9s} {'vs forward':>11s} {'camtool x':>10s} {'wall s':>8s} {'peak MB':>8s}"
+        f"{'method':14s} {'images/s':>9s} {'vs forward':>11s} {'camtool x':>10s} {'wall s':>8s} {'peak MB':>8s} {'GPU MB':>7s}"
     )
     camtool_rate = len(paths) / results["camtool"]["seconds"] if "camtool" in results else None
     forward_rate = len(paths) / results["forward"]["seconds"] if "forward" in results else None
@@ -307,14 +419,20 @@ def main() -> None:
             else "-"
         )
         print(
-            f"{method:10s} {rate:9.1f} {versus:>11s} {faster:>10s} {r['wall']:8.1f} {r['peak_mb']:8.0f}"
+            f"{method:14s} {rate:9.1f} {versus:>11s} {faster:>10s} {r['wall']:8.1f} {r['peak_mb']:8.0f} {r.get('gpu_mb', 0):7.0f}"
         )
+    scaled = {}
     for count in args.scale:
-        r = run_camtool(all_paths[:count], args.batch_size, work)
+        r = run_camtool(all_paths[:count], args.batch_size, work, runner=args.runner)
+        scaled[count] = r
         print(
             f"camtool on {count} images: {count / r['seconds']:.1f} images/s, wall {r['wall']:.0f} s, "
-            f"peak {r['peak_mb']:.0f} MB"
+            f"peak {r['peak_mb']:.0f} MB, GPU {r.get('gpu_mb', 0):.0f} MB"
         )
+    if args.json:
+        args.json.write_text(json.dumps({"images": len(paths), "model": args.model,
+                                         "device": args.device, "runner": args.runner,
+                                         "results": results, "scale": scaled}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

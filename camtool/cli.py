@@ -70,6 +70,7 @@ ImageFormat = Literal["png", "jpg"]
 RawFormat = Literal["npy", "npz"]
 RawDtype = Literal["float16", "float32"]
 DecoderKind = Literal["threads", "processes"]
+ExportRunner = Literal["auto", "local", "device"]
 Scale = Literal["joint", "per-map"]
 
 
@@ -305,7 +306,7 @@ def model_options(
     labels: Path | None,
     layer: str | None,
     classifier: str | None,
-    dtype: str,
+    dtype: str | None,
     unsafe_load_pickle: bool = False,
     target: str | None = None,
 ) -> dict[str, Any]:
@@ -530,13 +531,27 @@ def export(
         typer.Option(help="Decode in threads (small machines) or processes (many cores)."),
     ] = "threads",
     device: DeviceOption = "auto",
+    runner: Annotated[
+        ExportRunner,
+        typer.Option(
+            help="local: decode and render on CPU threads; device: decode (JPEG), render and box "
+            "on the model's device; auto: device on a CUDA GPU, else local."
+        ),
+    ] = "auto",
     weights: WeightsOption = None,
     unsafe_load_pickle: UnsafePickleOption = False,
     labels: LabelsOption = None,
     layer: LayerOption = None,
     classifier: ClassifierOption = None,
     target: TargetOption = None,
-    dtype: DtypeOption = "float32",
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            help=f"One of {DTYPE_CHOICES} (autocast; the identity check adapts). Default: "
+            "bfloat16 for the device runner on CUDA, else float32.",
+            callback=checked_by(parse_dtype),
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
     ] = False,
@@ -562,7 +577,7 @@ def export(
         report = export_images(
             inputs, out, (model or ["efficientnet_lite0"])[0], method=(method or ["auto"])[0], classes=classes, maps=maps, crop=crop, options=options, resume=resume,
             device=device, batch_size=batch_size, workers=workers, decoder=decoder, progress=not quiet,
-            **model_options(weights, labels, layer, classifier, dtype, unsafe_load_pickle, target),
+            runner=runner, **model_options(weights, labels, layer, classifier, dtype, unsafe_load_pickle, target),
         )  # fmt: skip
         if report.removed:  # shown even with --quiet: camtool removed files
             console.print(

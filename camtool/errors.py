@@ -84,6 +84,11 @@ class ModelRunError(CamtoolError, RuntimeError):
     """The network failed while running on a batch (the message names the batch size and why)."""
 
 
+class DeviceMemoryError(ModelRunError):
+    """The device ran out of memory on a batch (``torch.OutOfMemoryError`` inside the network): a
+    smaller batch may fit, so the device runner retries with half of it."""
+
+
 class ClassSelectionError(CamtoolError):
     """An unknown class name or an out-of-range class index."""
 

@@ -31,13 +31,13 @@ from camtool.picture import Picture, figures_html
 from camtool.render import (
     DEFAULT_SCALE,
     Box,
-    cam_to_box,
-    draw_box,
+    draw_box_in_place,
     draw_legend,
     labelled_grid,
     normalize_cams,
     overlay,
     scale_range,
+    small_map_box,
     upsample_cams,
 )
 from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold
@@ -174,11 +174,16 @@ class Explanation:
             mask = torch.zeros(self.image.shape[1:], dtype=torch.bool)
             mask[y1:y2, x1:x2] = True
         result = overlay(self.image, self.scaled_heatmaps(scale)[i], alpha, colormap, mask)
-        if mask is not None:
-            result = draw_box(result, (x1, y1, x2, y2), (255, 255, 255), 1)
         found = self.boxes[i]
-        if box and found is not None:
-            result = draw_box(result, found)
+        if mask is not None or (box and found is not None):
+            canvas = result.permute(1, 2, 0).cpu().numpy()  # a fresh image: draw on it in place
+            if not canvas.flags.c_contiguous:
+                canvas = np.ascontiguousarray(canvas)
+            if mask is not None:
+                draw_box_in_place(canvas, (x1, y1, x2, y2), (255, 255, 255), 1)
+            if box and found is not None:
+                draw_box_in_place(canvas, found)
+            result = torch.from_numpy(canvas).permute(2, 0, 1).to(self.image.device)
         if legend:
             result = draw_legend(result, colormap, *self.legend_text(i, scale))
         return Picture(result)
@@ -576,6 +581,11 @@ def explain(
     return done[0] if single else done
 
 
+def _moved(box: Box, dx: int, dy: int, width: int, height: int) -> Box:
+    """``box`` moved by ``(dx, dy)`` and cut to a ``width`` x ``height`` image."""
+    return box[0] + dx, box[1] + dy, min(box[2] + dx, width), min(box[3] + dy, height)
+
+
 def build_explanation(
     model: LoadedModel,
     out: MapBatch,
@@ -599,12 +609,23 @@ def build_explanation(
     cams = out.maps[row].cpu().clone()  # a normal tensor, not an inference-mode one
     x1, y1, x2, y2 = region.as_ints()
     height, width = image.shape[1:]
-    heatmaps = torch.zeros((cams.shape[0], height, width))
+    heatmaps = torch.zeros((0, height, width))
+    boxes: list[Box | None] = []
     if len(cams):  # a method that could not map this model gives predictions alone
+        normalised = normalize_cams(cams)
         upsampled = upsample_cams(
-            normalize_cams(cams), (input_hw[0], input_hw[1]), (y2 - y1, x2 - x1), out.geometry
+            normalised, (input_hw[0], input_hw[1]), (y2 - y1, x2 - x1), out.geometry
         )
-        heatmaps[:, y1:y2, x1:x2] = upsampled[:, : height - y1, : width - x1]
+        if (x1, y1, x2, y2) == (0, 0, width, height):  # the whole image: no copy
+            heatmaps = upsampled
+        else:
+            heatmaps = torch.zeros((cams.shape[0], height, width))
+            heatmaps[:, y1:y2, x1:x2] = upsampled[:, : height - y1, : width - x1]
+        for cam in normalised:  # the box of each heatmap, from a small map (same box, faster)
+            found = small_map_box(
+                cam, (input_hw[0], input_hw[1]), (y2 - y1, x2 - x1), out.geometry, box_threshold
+            )
+            boxes.append(None if found is None else _moved(found, x1, y1, width, height))
     return Explanation(
         source=source,
         image=image,
@@ -616,7 +637,7 @@ def build_explanation(
         cams=cams,
         bias=out.bias[row].cpu().clone() if out.bias is not None else torch.zeros(len(cams)),
         heatmaps=heatmaps,
-        boxes=tuple(cam_to_box(h, box_threshold) for h in heatmaps),
+        boxes=tuple(boxes),
         residual=float(out.residual[row]) if out.residual is not None else None,
         region=region,
         input_hw=(input_hw[0], input_hw[1]),

@@ -400,7 +400,10 @@ def image_to_bgr_array(image: Tensor) -> np.ndarray[Any, Any]:
     (a ``Tensor[H,W]`` gray image as an ``[H,W]`` array)."""
     if image.ndim == 2:
         return np.ascontiguousarray(image.cpu().numpy())
-    return np.ascontiguousarray(image.permute(1, 2, 0).flip(-1).cpu().numpy())
+    pixels = image.permute(1, 2, 0).cpu().numpy()
+    if pixels.flags.c_contiguous:  # stored channels-last (decoded images, overlays): one pass
+        return cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    return np.ascontiguousarray(pixels[:, :, ::-1])
 
 
 def encode_image(image: Tensor, suffix: str, quality: int = 95) -> bytes:

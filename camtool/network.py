@@ -14,7 +14,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from camtool.errors import CamtoolError, ModelLoadError, ModelOutputError, ModelRunError
+from camtool.errors import (
+    CamtoolError,
+    DeviceMemoryError,
+    ModelLoadError,
+    ModelOutputError,
+    ModelRunError,
+)
 from camtool.hooks import eval_mode
 from camtool.settings import DEVICE_CHOICES, parse_device, parse_dtype
 
@@ -144,7 +150,8 @@ def network_failures(name: str, batch: Tensor) -> Iterator[None]:
         raise
     except (RuntimeError, AssertionError, ValueError, TypeError, IndexError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise ModelRunError(
+        kind = DeviceMemoryError if isinstance(exc, torch.OutOfMemoryError) else ModelRunError
+        raise kind(
             name,
             f"the network fails on a batch of shape {list(batch.shape)} ({type(exc).__name__}: {first})",
         ) from None

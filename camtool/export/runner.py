@@ -36,6 +36,13 @@ from camtool.explanation import (
     bind_method,
     build_explanation,
 )
+from camtool.export.device import (
+    CUDA_BATCH_SIZE,
+    Runner,
+    choose_runner,
+    device_model_options,
+    run_device,
+)
 from camtool.export.inputs import ExportFailure, InputItem, collect_inputs
 from camtool.export.manifest import (
     MANIFEST,
@@ -184,6 +191,7 @@ def export(
     decoder: Decoder = "threads",
     writers: int | None = None,
     progress: bool = False,
+    runner: Runner = "auto",
     **model_options: Any,
 ) -> ExportReport:
     """Explain every input image and write the results under ``out_dir``.
@@ -209,6 +217,10 @@ def export(
             most 8); decoder: ``"threads"`` or ``"processes"`` (a DataLoader); writers: threads
             that render and write (default: 2).
         progress: show a rich progress bar (images/s, ETA, failures).
+        runner: ``"local"`` (decode and render on CPU threads), ``"device"`` (decode, render
+            and box on the model's device, see :mod:`camtool.export.device`; on CUDA its
+            defaults are bfloat16, 256 images per batch and one encoding thread per CPU but
+            two) or ``"auto"`` (the device runner when the model runs on a CUDA GPU).
 
     The output folder is locked for the run (another export into it fails with
     :class:`~camtool.errors.OutputBusyError`). Before the run, files that a killed earlier run
@@ -227,7 +239,7 @@ def export(
     with locked_output(out):
         return _export_locked(
             inputs, out, model, method, classes, maps, crop, options, resume, device, batch_size,
-            workers, decoder, writers, progress, model_options, started,
+            workers, decoder, writers, progress, model_options, started, runner,
         )  # fmt: skip
 
 
@@ -381,10 +393,15 @@ def _export_locked(
     progress: bool,
     model_options: dict[str, Any],
     started: float,
+    runner: Runner = "auto",
 ) -> ExportReport:
     """:func:`export`, once the output folder's lock is held."""
+    model_options = device_model_options(runner, device, model_options)
     plan = _plan(inputs, out, model, method, classes, maps, crop, options, resume, device,
                  batch_size, model_options)  # fmt: skip
+    on_device = choose_runner(runner, plan.bound.model.device) == "device"
+    if on_device and batch_size is None and plan.bound.model.device.type == "cuda":
+        plan.batch_size = CUDA_BATCH_SIZE
     explainer = plan.bound.explainer
     manifest = ManifestWriter(out / MANIFEST, append=resume)
     head = explainer.describe()
@@ -408,10 +425,13 @@ def _export_locked(
     opencv_threads = single_threaded_opencv() if decoder == "threads" else None
     writer_pool = ThreadPoolExecutor(max_workers=writers or 2, thread_name_prefix="camtool-write")
     inflight: dict[Future[Written], InputItem] = {}
-    stream = explain_stream(todo, plan.bound, maps, crop, plan.batch_size, workers, decoder)
+    stream = explain_stream([] if on_device else todo, plan.bound, maps, crop, plan.batch_size,
+                            workers, decoder)  # fmt: skip
     loaded = plan.bound.model
     with _interrupt_flag() as interrupted:
         try:
+            if on_device:
+                run_device(plan, out, options, maps, crop, workers, writers, recorder, interrupted)
             for result in stream:
                 if interrupted:
                     break

@@ -1,0 +1,125 @@
+"""The CPU overlay (OpenCV, channels-last, in place) against the documented formula and the
+previous float-tensor path, on real maps of the default model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import camtool
+from camtool.io import image_to_bgr_array, load_image
+from camtool.render import COLORMAPS, draw_box, overlay
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _reference(
+    image: torch.Tensor, heatmap: torch.Tensor, alpha: float, colormap: str
+) -> np.ndarray:
+    """The documented formula, step by step: the map in [0, 1] -> uint8 level (float32, as the
+    map is stored) -> the colour map's 256-entry table (OpenCV's map applied to the levels
+    0..255) -> the blend, in float64."""
+    scaled = np.clip(heatmap.float().numpy(), 0, 1) * np.float32(255)
+    levels = np.rint(scaled).astype(np.intp)
+    code = COLORMAPS[colormap]
+    ramp = np.arange(256, dtype=np.uint8).reshape(256, 1)
+    table = (
+        np.repeat(ramp, 3, axis=1) if code is None else cv2.applyColorMap(ramp, code)[:, 0, ::-1]
+    )
+    colour = table[levels].astype(np.float64)  # [H,W,3] RGB
+    pixels = image.permute(1, 2, 0).double().numpy()
+    return (1 - alpha) * pixels + alpha * colour
+
+
+def _photo(width: int, height: int) -> torch.Tensor:
+    pixels = load_image(EXAMPLES / "chelsea.png").permute(1, 2, 0).numpy()
+    return torch.from_numpy(cv2.resize(pixels, (width, height))).permute(2, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def chelsea(lite0: camtool.LoadedModel) -> camtool.Explanation:
+    return camtool.explain(_photo(640, 480), model=lite0, top_k=3, maps=3)
+
+
+@pytest.mark.parametrize(("colormap", "alpha"), [("jet", 0.5), ("turbo", 0.3), ("gray", 0.8)])
+def test_overlay_is_the_documented_blend_within_one_level(
+    chelsea: camtool.Explanation, colormap: str, alpha: float
+) -> None:
+    for layout in ("channels-last", "channels-first"):
+        image = chelsea.image if layout == "channels-last" else chelsea.image.contiguous()
+        for heatmap in chelsea.heatmaps:
+            got = overlay(image, heatmap, alpha, colormap)
+            assert got.shape == (3, 480, 640) and got.dtype == torch.uint8
+            expected = _reference(image, heatmap, alpha, colormap)
+            assert np.abs(got.permute(1, 2, 0).numpy() - expected).max() <= 1.0
+
+
+def test_overlay_with_a_mask_keeps_the_image_outside(chelsea: camtool.Explanation) -> None:
+    mask = torch.zeros(480, 640, dtype=torch.bool)
+    mask[100:300, 50:400] = True
+    got = overlay(chelsea.image, chelsea.heatmaps[0], 0.5, "jet", mask).permute(1, 2, 0).numpy()
+    expected = _reference(chelsea.image, chelsea.heatmaps[0], 0.5, "jet")
+    assert np.abs(got[100:300, 50:400] - expected[100:300, 50:400]).max() <= 1.0
+    assert np.array_equal(got[~mask.numpy()], chelsea.image.permute(1, 2, 0).numpy()[~mask.numpy()])
+
+
+def test_overlays_match_the_previous_float_tensor_path_on_real_maps(
+    chelsea: camtool.Explanation, lite0: camtool.LoadedModel
+) -> None:
+    # The previous path: F.interpolate + replicate padding for the heatmap, float tensors for
+    # the colour and the blend. Heatmaps agree to float rounding; overlays then differ only where
+    # a level sits on a rounding edge: by one step of the colour table times alpha at most.
+    cams = camtool.normalize_cams(chelsea.cams)
+    input_hw, geometry = chelsea.input_hw, chelsea.geometry
+    scale = [480 / input_hw[0], 640 / input_hw[1]]
+    grid = [max(1, round(cams.shape[1 + a] * geometry.stride[a] * scale[a])) for a in (0, 1)]
+    shift = [round((geometry.origin[a] - geometry.stride[a] / 2) * scale[a]) for a in (0, 1)]
+    up = F.interpolate(cams[None], size=(grid[0], grid[1]), mode="bilinear", align_corners=False)
+    pad = [
+        max(0, shift[1]),
+        max(0, 640 - shift[1] - grid[1]),
+        max(0, shift[0]),
+        max(0, 480 - shift[0] - grid[0]),
+    ]
+    padded = F.pad(up, pad, mode="replicate")[0]
+    y0, x0 = pad[2] - shift[0], pad[0] - shift[1]
+    previous = padded[:, y0 : y0 + 480, x0 : x0 + 640]
+    assert (previous - chelsea.heatmaps).abs().max() < 1e-5
+    for i, heatmap in enumerate(previous):
+        lut = torch.from_numpy(
+            cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_JET)[
+                :, 0, ::-1
+            ].copy()
+        )
+        colour = lut[(heatmap.clamp(0, 1) * 255).round().long()].permute(2, 0, 1).float()
+        old = (chelsea.image.float() * 0.5 + colour * 0.5).round().clamp(0, 255)
+        new = chelsea.overlay(i, scale="per-map").tensor.float()
+        gap = (new - old).abs()
+        assert gap.max() <= 3  # jet's table steps by at most 4 levels per channel: 0.5 * 4 + 1
+        assert (gap > 1).float().mean() < 1e-3  # and only on a rounding edge
+
+
+def test_draw_box_returns_a_copy_and_leaves_its_input(chelsea: camtool.Explanation) -> None:
+    image = chelsea.image  # stored channels-last, as decoded
+    before = image.clone()
+    drawn = draw_box(image, (10, 20, 110, 220))
+    assert torch.equal(image, before)
+    assert drawn[:, 20, 50].tolist() == [0, 255, 0] and drawn.shape == image.shape
+    assert torch.equal(drawn[:, 100, 50], image[:, 100, 50])
+
+
+def test_boxed_overlay_and_encoding_colours(chelsea: camtool.Explanation) -> None:
+    boxed = chelsea.overlay(0, box=True).tensor
+    x1, y1, x2, _ = chelsea.boxes[0] or (0, 0, 0, 0)
+    assert boxed[:, y1, (x1 + x2) // 2].tolist() == [0, 255, 0]  # the outline, RGB green
+    plain = chelsea.overlay(0).tensor
+    assert not torch.equal(boxed, plain)
+    bgr = image_to_bgr_array(boxed)
+    assert bgr.flags.c_contiguous and bgr[y1, (x1 + x2) // 2].tolist() == [0, 255, 0]
+    assert bgr[240, 320].tolist() == boxed[:, 240, 320].tolist()[::-1]
+    assert np.array_equal(image_to_bgr_array(boxed.contiguous()), bgr)
