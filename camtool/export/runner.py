@@ -37,6 +37,7 @@ from camtool.explanation import (
     build_explanation,
 )
 from camtool.export.inputs import ExportFailure, InputItem, collect_inputs
+from camtool.export.ray_engine import Engine, RayOptions, check_engine
 from camtool.export.manifest import (
     MANIFEST,
     SUMMARY,
@@ -184,6 +185,9 @@ def export(
     decoder: Decoder = "threads",
     writers: int | None = None,
     progress: bool = False,
+    engine: Engine = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
     **model_options: Any,
 ) -> ExportReport:
     """Explain every input image and write the results under ``out_dir``.
@@ -209,6 +213,13 @@ def export(
             most 8); decoder: ``"threads"`` or ``"processes"`` (a DataLoader); writers: threads
             that render and write (default: 2).
         progress: show a rich progress bar (images/s, ETA, failures).
+        engine: ``"local"`` (this process's threads) or ``"ray"``: decoding, explaining and
+            rendering run in a pool of Ray actors (``pip install camtool[ray]``); this process
+            lists the inputs, renames the finished files into place and writes the manifest.
+        ray_address: the Ray cluster to use (``"auto"``, ``"ray://host:10001"``, ``host:6379``);
+            None: a running cluster this process is already connected to, else a local one.
+        ray_actors: actors in the pool (default: one per GPU of the cluster, or one per CPU
+            when it has no GPUs).
 
     The output folder is locked for the run (another export into it fails with
     :class:`~camtool.errors.OutputBusyError`). Before the run, files that a killed earlier run
@@ -223,11 +234,12 @@ def export(
     """
     started = time.perf_counter()
     options = check_options(options or ExportOptions())
+    ray = check_engine(engine, ray_address, ray_actors)
     out = Path(out_dir)
     with locked_output(out):
         return _export_locked(
             inputs, out, model, method, classes, maps, crop, options, resume, device, batch_size,
-            workers, decoder, writers, progress, model_options, started,
+            workers, decoder, writers, progress, model_options, started, ray,
         )  # fmt: skip
 
 
@@ -300,12 +312,39 @@ def _plan(
 class _Recorder:
     """The one place an image's outcome is recorded: its manifest lines (announced files, then
     done or failed) and the progress bar. Every finished image is recorded before a file-system
-    error stops the run."""
+    error stops the run. :meth:`start` opens a run, :meth:`close` ends it (report and summary)
+    whatever engine ran the images in between."""
 
     def __init__(self, manifest: ManifestWriter, bar: ProgressBar | None) -> None:
         self.manifest, self.bar = manifest, bar
         self.failed: list[ExportFailure] = []
         self.exported = 0
+        self.head = ""
+
+    @classmethod
+    def start(cls, plan: _Plan, out: Path, resume: bool, progress: bool) -> _Recorder:
+        """Open the run: its manifest header, the progress bar, the inputs that failed already
+        (when listed, and those a resumed run carries over)."""
+        explainer = plan.bound.explainer
+        manifest = ManifestWriter(out / MANIFEST, append=resume)
+        head = explainer.describe()
+        try:
+            manifest.write({"type": "run", "camtool": __version__, "started": _now(), "resumed": plan.resumed,
+                            "cwd": os.getcwd(), "settings": plan.settings, "method": explainer.method, "head": head,
+                            "head_detail": explainer.as_dict(), "excluded": [str(p) for p in plan.excluded],
+                            "removed": plan.removed})  # fmt: skip
+            total, todo = len(plan.items), plan.todo
+            done_before = len(plan.carried) + len(plan.failures)
+            bar = ProgressBar("export", total, "img", total - len(todo), done_before) if progress else None
+            recorder = cls(manifest, bar)
+            recorder.head = head
+            recorder.failed += [ExportFailure(r["input"], r["error"]) for r in plan.carried]
+            for failure in plan.failures:
+                recorder.failure(failure)
+        except BaseException:
+            manifest.close()
+            raise
+        return recorder
 
     def failure(self, failure: ExportFailure, item: InputItem | None = None) -> None:
         """Record an input that could not be explained or written."""
@@ -338,29 +377,59 @@ class _Recorder:
                 if ex is None:
                     self.failure(ExportFailure(str(item.path), reason or "unknown error"), item)
                     continue
-                self._done(item, ex, paths)
+                self.done(item, ex.to_dict(), paths)
             except OutputWriteError as exc:
                 error = error or exc
                 continue
-            self.exported += 1
-            if self.bar:
-                self.bar.advance(failed=len(self.failed))
         if error is not None:
             raise error
 
-    def _done(self, item: InputItem, ex: Explanation, paths: list[Path]) -> None:
+    def done(self, item: InputItem, details: dict[str, Any], paths: list[Path]) -> None:
+        """Record an image whose files are in place (``details``: its
+        :meth:`Explanation.to_dict`); if the manifest cannot take the line, remove the files."""
         try:
             self.manifest.write({"type": "image", "input": str(item.path), "path": item.resolved, "status": "ok",
-                                 "output_stem": str(item.stem), **ex.to_dict(), "outputs": [str(p) for p in paths]})  # fmt: skip
+                                 "output_stem": str(item.stem), **details, "outputs": [str(p) for p in paths]})  # fmt: skip
         except OutputWriteError:
             for path in paths:  # files the manifest cannot list must not stay
                 path.unlink(missing_ok=True)
             raise
+        self.exported += 1
+        if self.bar:
+            self.bar.advance(failed=len(self.failed))
 
     def drain(self, inflight: dict[Future[Written], InputItem]) -> None:
         """Let the writes in flight complete and record them (a write error is dropped here)."""
         with contextlib.suppress(CamtoolError, OSError):
             self.finish(wait(inflight).done, inflight)
+
+    def close(
+        self,
+        plan: _Plan,
+        out: Path,
+        started: float,
+        interrupted: bool,
+        device: str,
+        engine: dict[str, Any],
+        stopped: BaseException | None = None,
+    ) -> ExportReport:
+        """End the run: close the manifest and the bar, write ``summary.json`` (also when the run
+        stopped on an error: ``stopped`` says why) and return the report."""
+        self.manifest.close()
+        if self.bar:
+            self.bar.stop()
+        failed = list(plan.failures) + [f for f in self.failed if f not in plan.failures]
+        seconds = time.perf_counter() - started
+        total, exported = len(plan.items), self.exported
+        report = ExportReport(
+            out, out / MANIFEST, out / SUMMARY, total, exported, len(failed),
+            total - len(plan.todo) - len(plan.carried), seconds,
+            exported / seconds if seconds else 0.0, tuple(failed), interrupted,
+            tuple(str(p) for p in plan.excluded), plan.removed,
+        )  # fmt: skip
+        reason = None if stopped is None else (str(stopped) or type(stopped).__name__)
+        _write_summary(report, plan.bound.model, plan.settings, self.head, device, engine, reason)
+        return report
 
 
 def _export_locked(
@@ -381,81 +450,89 @@ def _export_locked(
     progress: bool,
     model_options: dict[str, Any],
     started: float,
+    ray: RayOptions | None = None,
 ) -> ExportReport:
     """:func:`export`, once the output folder's lock is held."""
-    plan = _plan(inputs, out, model, method, classes, maps, crop, options, resume, device,
+    plan_device = "cpu" if ray is not None else device  # on Ray the driver only names things
+    plan = _plan(inputs, out, model, method, classes, maps, crop, options, resume, plan_device,
                  batch_size, model_options)  # fmt: skip
-    explainer = plan.bound.explainer
-    manifest = ManifestWriter(out / MANIFEST, append=resume)
-    head = explainer.describe()
-    manifest.write({"type": "run", "camtool": __version__, "started": _now(), "resumed": plan.resumed, "cwd": os.getcwd(),
-                    "settings": plan.settings, "method": explainer.method, "head": head,
-                    "head_detail": explainer.as_dict(), "excluded": [str(p) for p in plan.excluded],
-                    "removed": plan.removed})  # fmt: skip
-    total, todo = len(plan.items), plan.todo
-    bar = (
-        ProgressBar(
-            "export", total, "img", total - len(todo), len(plan.carried) + len(plan.failures)
-        )
-        if progress
-        else None
-    )
-    recorder = _Recorder(manifest, bar)
-    recorder.failed += [ExportFailure(r["input"], r["error"]) for r in plan.carried]
-    for failure in plan.failures:
-        recorder.failure(failure)
+    recorder = _Recorder.start(plan, out, resume, progress)
+    run_device, engine = str(plan.bound.model.device), {"engine": "local"}
+    stopped: BaseException | None = None
+    with _interrupt_flag() as interrupted:
+        try:
+            if ray is not None:
+                from camtool.export.ray_engine import run_on_ray
+
+                run_device, engine = run_on_ray(
+                    plan, recorder, out, options, maps, crop, interrupted, ray,
+                    (model, method, classes, device, model_options),
+                )  # fmt: skip
+            else:
+                _run_local(plan, recorder, out, options, maps, crop, workers, decoder, writers,
+                           interrupted)  # fmt: skip
+        except Exception as exc:
+            stopped = exc
+        except BaseException:  # a second Ctrl-C: stop at once (every line written is whole)
+            recorder.manifest.close()
+            raise
+    report = recorder.close(plan, out, started, bool(interrupted), run_device, engine, stopped)
+    if stopped is not None:
+        raise stopped
+    if interrupted:
+        raise ExportInterrupted(report)
+    return report
+
+
+def _run_local(
+    plan: _Plan,
+    recorder: _Recorder,
+    out: Path,
+    options: ExportOptions,
+    maps: int,
+    crop: bool,
+    workers: int | None,
+    decoder: Decoder,
+    writers: int | None,
+    interrupted: _Flag,
+) -> None:
+    """The local engine: decoding workers, one explaining thread, writer threads."""
+    todo = plan.todo
     workers = default_workers() if workers is None else workers
     opencv_threads = single_threaded_opencv() if decoder == "threads" else None
     writer_pool = ThreadPoolExecutor(max_workers=writers or 2, thread_name_prefix="camtool-write")
     inflight: dict[Future[Written], InputItem] = {}
     stream = explain_stream(todo, plan.bound, maps, crop, plan.batch_size, workers, decoder)
     loaded = plan.bound.model
-    with _interrupt_flag() as interrupted:
-        try:
-            for result in stream:
-                if interrupted:
-                    break
-                item = todo[result.index]
-                if result.error is not None or result.out is None:
-                    recorder.failure(
-                        ExportFailure(str(item.path), result.error or "unknown error"), item
-                    )
-                    continue
-                job = writer_pool.submit(
-                    render_and_write, loaded, result, item, out, options, recorder.announcer(item)
+    try:
+        for result in stream:
+            if interrupted:
+                break
+            item = todo[result.index]
+            if result.error is not None or result.out is None:
+                recorder.failure(
+                    ExportFailure(str(item.path), result.error or "unknown error"), item
                 )
-                inflight[job] = item
-                if len(inflight) >= 2 * plan.batch_size:
-                    recorder.finish(wait(inflight, return_when=FIRST_COMPLETED).done, inflight)
-            recorder.finish(wait(inflight).done, inflight)
-        except BaseException as exc:
-            recorder.drain(inflight)
-            # A DataLoader worker killed by the same Ctrl-C surfaces as a RuntimeError.
-            if not (interrupted and isinstance(exc, (KeyboardInterrupt, RuntimeError))):
-                raise
-        finally:
-            stream.close()  # stops the decoding workers now, not at garbage collection
-            writer_pool.shutdown(wait=True, cancel_futures=True)
-            manifest.close()
-            if bar:
-                bar.stop()
-            if opencv_threads is not None:
-                import cv2
+                continue
+            job = writer_pool.submit(
+                render_and_write, loaded, result, item, out, options, recorder.announcer(item)
+            )
+            inflight[job] = item
+            if len(inflight) >= 2 * plan.batch_size:
+                recorder.finish(wait(inflight, return_when=FIRST_COMPLETED).done, inflight)
+        recorder.finish(wait(inflight).done, inflight)
+    except BaseException as exc:
+        recorder.drain(inflight)
+        # A DataLoader worker killed by the same Ctrl-C surfaces as a RuntimeError.
+        if not (interrupted and isinstance(exc, (KeyboardInterrupt, RuntimeError))):
+            raise
+    finally:
+        stream.close()  # stops the decoding workers now, not at garbage collection
+        writer_pool.shutdown(wait=True, cancel_futures=True)
+        if opencv_threads is not None:
+            import cv2
 
-                cv2.setNumThreads(opencv_threads)
-    failures = plan.failures
-    failed = list(failures) + [f for f in recorder.failed if f not in failures]
-    seconds = time.perf_counter() - started
-    exported = recorder.exported
-    report = ExportReport(
-        out, out / MANIFEST, out / SUMMARY, total, exported, len(failed), total - len(todo) - len(plan.carried),
-        seconds, exported / seconds if seconds else 0.0, tuple(failed), bool(interrupted),
-        tuple(str(p) for p in plan.excluded), plan.removed,
-    )  # fmt: skip
-    _write_summary(report, loaded, plan.settings, head)
-    if interrupted:
-        raise ExportInterrupted(report)
-    return report
+            cv2.setNumThreads(opencv_threads)
 
 
 class _Flag:
@@ -494,15 +571,22 @@ def _now() -> str:
 
 
 def _write_summary(
-    report: ExportReport, model: LoadedModel, settings: dict[str, Any], head: str
+    report: ExportReport,
+    model: LoadedModel,
+    settings: dict[str, Any],
+    head: str,
+    device: str,
+    engine: dict[str, Any],
+    stopped: str | None,
 ) -> None:
     summary = {
         "camtool": __version__, "torch": torch.__version__, "python": platform.python_version(),
         "finished": _now(), "model": model.name, "method": settings["method"], "head": head,
-        "device": str(model.device),
+        "device": device, **engine,
         "settings": settings, "total": report.total, "exported": report.exported,
         "failed": report.failed, "skipped": report.skipped, "seconds": round(report.seconds, 3),
         "images_per_second": round(report.images_per_second, 2), "interrupted": report.interrupted,
+        "stopped": stopped,
         "failures": [asdict(f) for f in report.failures],
         "excluded": {"reason": "inside the output folder, which is never read as input",
                      "inputs": list(report.excluded)},
