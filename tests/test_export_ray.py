@@ -159,7 +159,7 @@ def test_ctrl_c_leaves_the_listed_files_and_resume_finishes(cluster: str, tmp_pa
     """SIGINT to a driver on the cluster: exit 130, every finished file listed and complete,
     nothing listed missing; --resume (in this process, on the same cluster) does the rest."""
     folder = tmp_path / "in"
-    inputs = small_images(folder, 24)
+    inputs = small_images(folder, 40)
     out = tmp_path / "out"
     args = [*CLI, "export", str(folder), "-o", str(out), "--format", "png", "--batch-size", "2",
             "--ray", cluster, "--ray-actors", "2", "-q"]  # fmt: skip
