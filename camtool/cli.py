@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
-from typer.core import TyperCommand
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperCommand
 
 from camtool import __version__
 from camtool.errors import (
@@ -564,10 +564,11 @@ def export(
     ray: Annotated[
         str | None,
         typer.Option(
-            "--ray", metavar="[ADDRESS]",
+            "--ray",
+            metavar="[ADDRESS]",
             help="Run on a Ray cluster (pip install 'camtool\\[ray]'): ADDRESS of a running one "
             "(auto, HOST:PORT, ray://HOST:PORT), or alone for a local one.",
-        ),  # fmt: skip
+        ),
     ] = None,
     ray_actors: Annotated[
         int | None,
@@ -585,7 +586,9 @@ def export(
         from camtool.export import export as export_images
         from camtool.export.ray_engine import ray_address
 
-        engine = "ray" if ray is not None or ray_actors is not None else "local"
+        engine: Literal["local", "ray"] = (
+            "ray" if ray is not None or ray_actors is not None else "local"
+        )
         address = ray_address(ray, RAY_DEFAULT) if ray is not None else None
 
         options = ExportOptions(

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,7 +99,7 @@ def listed_files(out: Path) -> set[str]:
     return {os.path.relpath(f, out) for f in load_manifest(out / "manifest.jsonl").listed}
 
 
-def image_records(out: Path) -> dict[str, dict[str, object]]:
+def image_records(out: Path) -> dict[str, dict[str, Any]]:
     records = load_manifest(out / "manifest.jsonl").records
     return {os.path.relpath(k, out.parent): v for k, v in records.items()}
 
@@ -131,17 +132,17 @@ def test_ray_export_equals_the_local_export(cluster: str, tmp_path: Path) -> Non
         if record["status"] == "failed":
             assert other["error"] == record["error"]
             continue
-        assert [os.path.relpath(str(p), tmp_path / "local") for p in record["outputs"]] == [  # type: ignore[attr-defined]
-            os.path.relpath(str(p), tmp_path / "ray") for p in other["outputs"]  # type: ignore[attr-defined]
+        assert [os.path.relpath(str(p), tmp_path / "local") for p in record["outputs"]] == [
+            os.path.relpath(str(p), tmp_path / "ray") for p in other["outputs"]
         ]
         for field in ("input", "path", "output_stem", "width", "height", "model", "method",
                       "head", "network_input", "feature_grid"):  # fmt: skip
             assert other[field] == record[field], field
-        for mine, yours in zip(record["explained"], other["explained"], strict=True):  # type: ignore[call-overload]
+        for mine, yours in zip(record["explained"], other["explained"], strict=True):
             assert (mine["index"], mine["name"]) == (yours["index"], yours["name"])
             assert mine["probability"] == pytest.approx(yours["probability"], abs=1e-4)
-        assert [p["index"] for p in record["predictions"]] == [  # type: ignore[attr-defined]
-            p["index"] for p in other["predictions"]  # type: ignore[attr-defined]
+        assert [p["index"] for p in record["predictions"]] == [
+            p["index"] for p in other["predictions"]
         ]
     errors = {os.path.basename(k): v["error"] for k, v in theirs.items() if v["status"] == "failed"}
     assert errors["notes.jpg"].endswith(bad["not-an-image"][1])
@@ -173,7 +174,7 @@ def test_ctrl_c_leaves_the_listed_files_and_resume_finishes(cluster: str, tmp_pa
         time.sleep(0.05)
     assert process.poll() is None, process.communicate()
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert stderr.startswith("Error: ") and "--resume" in stderr
     assert stderr.count("\n") == 1, stderr
@@ -185,10 +186,9 @@ def test_ctrl_c_leaves_the_listed_files_and_resume_finishes(cluster: str, tmp_pa
         assert camtool.load_image(out / name).shape[1:] in ((48, 64), (56, 72))  # complete
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["engine"] == "ray"
-    result = CliRunner().invoke(
-        app, ["export", str(folder), "-o", str(out), "--format", "png", "--batch-size", "2",
-              "--ray", "--ray-actors", "2", "--resume", "-q"],  # fmt: skip
-    )
+    resume = ["export", str(folder), "-o", str(out), "--format", "png", "--batch-size", "2",
+              "--ray", "--ray-actors", "2", "--resume", "-q"]  # fmt: skip
+    result = CliRunner().invoke(app, resume)  # in this process: on the module's cluster
     assert result.exit_code == 0, result.stderr
     assert files_under(out) == listed_files(out) | {"manifest.jsonl", "summary.json"}
     done = [

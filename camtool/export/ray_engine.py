@@ -59,9 +59,7 @@ class RayOptions:
     actors: int | None = None
 
 
-def check_engine(
-    engine: str, address: str | None, actors: int | None
-) -> RayOptions | None:
+def check_engine(engine: str, address: str | None, actors: int | None) -> RayOptions | None:
     """Check the engine options of :func:`camtool.export`; return the Ray options, or None for
     the local engine.
 
@@ -180,7 +178,9 @@ def pool_shape(
     """The pool: ``(actors, GPUs per actor, CPUs per actor, the actors' device)``. One GPU per
     actor when the cluster has GPUs (and ``device`` allows one), one actor per GPU by default;
     otherwise one CPU per actor, one actor per CPU."""
-    gpus = int(resources["GPU"]) if device in (None, "auto") or str(device).startswith("cuda") else 0
+    gpus = (
+        int(resources["GPU"]) if device in (None, "auto") or str(device).startswith("cuda") else 0
+    )
     if gpus:
         return actors or gpus, 1.0, 1.0, "cuda"
     return actors or max(1, int(resources["CPU"])), 0.0, 1.0, "cpu"
@@ -214,7 +214,10 @@ def _run(
     context.enable_progress_bars = False  # the driver shows camtool's own bar
     context.print_on_execution_start = False
     rows = ray.data.from_items(
-        [{"index": i, "path": str(item.path), "stem": str(item.stem)} for i, item in enumerate(todo)]
+        [
+            {"index": i, "path": str(item.path), "stem": str(item.stem)}
+            for i, item in enumerate(todo)
+        ]
     )
     results = rows.map_batches(
         _ExportActor,
@@ -223,10 +226,16 @@ def _run(
         compute=ray.data.ActorPoolStrategy(size=size),
         num_gpus=gpus,
         num_cpus=cpus,
-        fn_constructor_kwargs={
-            "spec": spec, "device": device, "cwd": os.getcwd(), "out": str(out),
-            "options": options, "maps": maps, "crop": crop, "batch_size": plan.batch_size,
-        },  # fmt: skip
+        fn_constructor_kwargs=dict(
+            spec=spec,
+            device=device,
+            cwd=os.getcwd(),
+            out=str(out),
+            options=options,
+            maps=maps,
+            crop=crop,
+            batch_size=plan.batch_size,
+        ),
     )  # Ray Data restarts an actor whose worker died and runs its batch again (temporary files)
     batches: Iterator[dict[str, np.ndarray]] = iter(
         results.iter_batches(batch_size=None, batch_format="numpy")
@@ -322,7 +331,10 @@ class _ExportActor:
         for result in stream:
             item = items[result.index]
             if result.error is not None or result.out is None:
-                records[result.index] = {"status": "failed", "error": result.error or "unknown error"}
+                records[result.index] = {
+                    "status": "failed",
+                    "error": result.error or "unknown error",
+                }
             else:
                 records[result.index] = self._render(result, item)
         texts = np.array([json.dumps(r) for r in records], dtype=object)

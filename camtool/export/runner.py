@@ -37,7 +37,6 @@ from camtool.explanation import (
     build_explanation,
 )
 from camtool.export.inputs import ExportFailure, InputItem, collect_inputs
-from camtool.export.ray_engine import Engine, RayOptions, check_engine
 from camtool.export.manifest import (
     MANIFEST,
     SUMMARY,
@@ -49,6 +48,7 @@ from camtool.export.manifest import (
     restore_stems,
     split_resumed,
 )
+from camtool.export.ray_engine import Engine, RayOptions, check_engine
 from camtool.export.stages import (
     Decoder,
     ExportOptions,
@@ -335,7 +335,11 @@ class _Recorder:
                             "removed": plan.removed})  # fmt: skip
             total, todo = len(plan.items), plan.todo
             done_before = len(plan.carried) + len(plan.failures)
-            bar = ProgressBar("export", total, "img", total - len(todo), done_before) if progress else None
+            bar = (
+                ProgressBar("export", total, "img", total - len(todo), done_before)
+                if progress
+                else None
+            )
             recorder = cls(manifest, bar)
             recorder.head = head
             recorder.failed += [ExportFailure(r["input"], r["error"]) for r in plan.carried]
