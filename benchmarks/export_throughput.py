@@ -306,7 +306,7 @@ def compare_engines(args: argparse.Namespace) -> None:
     for count in counts:
         listing = work / f"list-{count}.txt"
         listing.write_text("\n".join(str(p) for p in all_paths[:count]) + "\n")
-        for engine in ("local", "ray"):
+        for engine in args.engines.split(","):
             out = work / f"{engine}-{count}"
             shutil.rmtree(out, ignore_errors=True)
             command = [*exe, "export", f"@{listing}", "-o", str(out), "-q", "--format", "jpg",
@@ -319,7 +319,11 @@ def compare_engines(args: argparse.Namespace) -> None:
             summary = json.loads((out / "summary.json").read_text())
             assert summary["exported"] == count, summary
             rows.append((engine, count, count / summary["seconds"], wall, driver, tree))
-            print(f"  {engine} {count}: {rows[-1][2]:.1f} images/s", file=sys.stderr)
+            print(
+                f"  {engine} {count}: {rows[-1][2]:.1f} images/s, wall {wall:.0f} s, driver "
+                f"{driver:.0f} MB, tree {tree:.0f} MB",
+                file=sys.stderr,
+            )
     print(
         f"\n{size[0]}x{size[1]} JPEGs, EfficientNet-Lite0, batch {args.batch_size}; "
         f"{os.cpu_count()} CPUs, {platform.machine()}"
@@ -348,6 +352,7 @@ def main() -> None:
         help="peers: the side-by-side table; ray: the local runner versus a local Ray cluster",
     )  # fmt: skip
     parser.add_argument("--size", default="96x72", help="--engine ray: the images' WxH")
+    parser.add_argument("--engines", default="local,ray", help="--engine ray: engines to run")
     parser.add_argument("--ray-actors", type=int, help="--engine ray: actors (default: CPUs)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--list", type=Path, help=argparse.SUPPRESS)

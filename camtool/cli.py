@@ -566,7 +566,7 @@ def export(
         typer.Option(
             "--ray",
             metavar="[ADDRESS]",
-            help="Run on a Ray cluster (pip install 'camtool\\[ray]'): ADDRESS of a running one "
+            help="Run on a Ray cluster (needs camtool's ray extra): ADDRESS of a running one "
             "(auto, HOST:PORT, ray://HOST:PORT), or alone for a local one.",
         ),
     ] = None,

@@ -51,7 +51,8 @@ def test_ray_engine_without_ray_says_what_to_install(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert result.stderr == (
-        "Error: --ray: Ray is not installed; install it with: pip install 'camtool[ray]'\n"
+        "Error: --ray: needs Ray Data, which is not installed: install camtool's ray extra "
+        "(pip install '.[ray]' in its checkout) or pip install 'ray[data]>=2.60'\n"
     )
     assert not (tmp_path / "out").exists()
 

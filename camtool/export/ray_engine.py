@@ -44,6 +44,13 @@ class RayNotInstalledError(CamtoolError):
     exit_code = EXIT_ERROR
 
 
+class RayEngineError(CamtoolError):
+    """The Ray cluster could not be reached, or Ray gave up on the pipeline (an actor that cannot
+    start, a task that failed on every retry)."""
+
+    exit_code = EXIT_ERROR
+
+
 @dataclass(frozen=True)
 class RayOptions:
     """Where and how wide the Ray engine runs.
@@ -84,7 +91,9 @@ def check_engine(engine: str, address: str | None, actors: int | None) -> RayOpt
         import ray.data  # noqa: F401
     except ImportError:
         raise RayNotInstalledError(
-            "--ray", "Ray is not installed; install it with: pip install 'camtool[ray]'"
+            "--ray",
+            "needs Ray Data, which is not installed: install camtool's ray extra "
+            "(pip install '.[ray]' in its checkout) or pip install 'ray[data]>=2.60'",
         ) from None
     return RayOptions(address, actors)
 
@@ -117,11 +126,13 @@ def run_on_ray(
     interrupted: _Flag,
     ray_options: RayOptions,
     spec: tuple[Any, Any, Any, str | None, dict[str, Any]],
+    batch_size: int | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Export ``plan.todo`` on a Ray cluster, recording every image through ``recorder``.
 
     ``spec`` is ``(model, method, classes, device, model_options)`` as :func:`export` got them:
-    each actor binds the method from it. Returns the actors' device and the summary's engine
+    each actor binds the method from it. ``batch_size``: images per forward pass (default: 16
+    on CPU actors, 64 on GPU actors). Returns the actors' device and the summary's engine
     fields (``engine``, ``ray``: the address, the pool, the cluster's resources).
 
     Raises:
@@ -134,7 +145,11 @@ def run_on_ray(
     if started_here:
         _connect(ray_options.address)
     try:
-        return _run(plan, recorder, out, options, maps, crop, interrupted, ray_options, spec)
+        return _run(
+            plan, recorder, out, options, maps, crop, interrupted, ray_options, spec, batch_size
+        )
+    except ray.exceptions.RayError as exc:
+        raise RayEngineError("ray", f"the pipeline failed: {_one_line(exc, last=True)}") from None
     finally:
         if started_here:
             ray.shutdown()  # a local cluster stops; a remote one ends this job and its actors
@@ -148,13 +163,25 @@ def _connect(address: str | None) -> None:
 
     import ray
 
-    ray.init(
-        address=address,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-        configure_logging=True,
-    )
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+            configure_logging=True,
+        )
+    except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
+        where = address or os.environ.get("RAY_ADDRESS") or "a local cluster"
+        raise RayEngineError(where, f"cannot connect to Ray: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException, last: bool = False) -> str:
+    """An exception's message as one line: its first line, or (``last``: the end of a remote
+    traceback, where Ray puts the cause) its last."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    line = (lines[-1] if last else lines[0]) if lines else type(exc).__name__
+    return line[:300]
 
 
 def cluster_resources() -> dict[str, Any]:
@@ -196,6 +223,7 @@ def _run(
     interrupted: _Flag,
     ray_options: RayOptions,
     spec: tuple[Any, Any, Any, str | None, dict[str, Any]],
+    batch_size: int | None,
 ) -> tuple[str, dict[str, Any]]:
     import logging
 
@@ -207,6 +235,7 @@ def _run(
     size, gpus, cpus, device = pool_shape(resources, ray_options.actors, spec[3])
     engine = {"engine": "ray", "ray": {"address": _address(), "actors": size,
               "gpus_per_actor": gpus, "cpus_per_actor": cpus, "resources": resources}}  # fmt: skip
+    batch_size = batch_size or (64 if device == "cuda" else 16)
     todo = plan.todo
     if not todo:
         return device, engine
@@ -221,7 +250,7 @@ def _run(
     )
     results = rows.map_batches(
         _ExportActor,
-        batch_size=plan.batch_size,
+        batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=size),
         num_gpus=gpus,
@@ -234,7 +263,7 @@ def _run(
             options=options,
             maps=maps,
             crop=crop,
-            batch_size=plan.batch_size,
+            batch_size=batch_size,
         ),
     )  # Ray Data restarts an actor whose worker died and runs its batch again (temporary files)
     batches: Iterator[dict[str, np.ndarray]] = iter(

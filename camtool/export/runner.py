@@ -470,7 +470,7 @@ def _export_locked(
 
                 run_device, engine = run_on_ray(
                     plan, recorder, out, options, maps, crop, interrupted, ray,
-                    (model, method, classes, device, model_options),
+                    (model, method, classes, device, model_options), batch_size,
                 )  # fmt: skip
             else:
                 _run_local(plan, recorder, out, options, maps, crop, workers, decoder, writers,
