@@ -12,7 +12,7 @@ the files agree exactly as they do locally (Ctrl-C, ``--resume``), and a task th
 after a worker died leaves only temporary files, which the clean-up removes: no image is ever
 written twice or half.
 
-Ray is imported only when this engine runs (``pip install camtool[ray]``).
+Ray is imported only when this engine runs (it comes with camtool's ``ray`` extra).
 """
 
 from __future__ import annotations

@@ -214,7 +214,7 @@ def export(
             that render and write (default: 2).
         progress: show a rich progress bar (images/s, ETA, failures).
         engine: ``"local"`` (this process's threads) or ``"ray"``: decoding, explaining and
-            rendering run in a pool of Ray actors (``pip install camtool[ray]``); this process
+            rendering run in a pool of Ray actors (camtool's ``ray`` extra); this process
             lists the inputs, renames the finished files into place and writes the manifest.
         ray_address: the Ray cluster to use (``"auto"``, ``"ray://host:10001"``, ``host:6379``);
             None: a running cluster this process is already connected to, else a local one.
