@@ -57,8 +57,8 @@ class RayOptions:
 
     Attributes:
         address: the cluster (``"auto"``, ``"host:6379"``, ``"ray://host:10001"``); None: the
-            cluster this process is connected to already, else ``RAY_ADDRESS``, else a new local
-            one bound to 127.0.0.1.
+            cluster this process is connected to already, else ``RAY_ADDRESS``, else the one
+            ``ray start`` last started on this machine, else a new local one on 127.0.0.1.
         actors: the pool's size; None: one actor per GPU, or per CPU on a cluster without GPUs.
     """
 

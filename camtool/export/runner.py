@@ -217,7 +217,8 @@ def export(
             rendering run in a pool of Ray actors (camtool's ``ray`` extra); this process
             lists the inputs, renames the finished files into place and writes the manifest.
         ray_address: the Ray cluster to use (``"auto"``, ``"ray://host:10001"``, ``host:6379``);
-            None: a running cluster this process is already connected to, else a local one.
+            None: the cluster this process is connected to, else ``RAY_ADDRESS``, else the one
+            ``ray start`` last started here, else a new local one (see :class:`RayOptions`).
         ray_actors: actors in the pool (default: one per GPU of the cluster, or one per CPU
             when it has no GPUs).
 
