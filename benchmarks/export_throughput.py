@@ -24,6 +24,12 @@ On a GPU: `--device cuda --runner device` runs camtool's device runner (the defa
 every worker on the GPU (bfloat16 autocast for the forward pass, as the device runner); `--model
 resnet50 --weights FILE` swaps the network (a torchvision ResNet-50 state dict; random weights
 measure speed as well as trained ones). benchmarks/gpu_export.sh runs the whole GPU table.
+
+--engine ray instead compares camtool's two engines on this machine: the local runner and a local
+Ray cluster (`camtool export ... --ray`, one actor per CPU unless --ray-actors), at --images and
+each --scale count, on small JPEGs (--size, default 96x72: the engine's overhead, not the
+network, is what is measured). It prints images/s (of the export, Ray's start-up included), wall
+time and the peak memory (RSS) of the driver process alone and of its whole process tree.
 """
 
 from __future__ import annotations
@@ -343,6 +349,89 @@ def run_worker(method: str, paths: list[Path], batch_size: int, work: Path) -> d
     }
 
 
+# --------------------------------------------------------------------------------------------
+# --engine ray: the local runner versus a local Ray cluster
+
+
+def make_small_dataset(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
+    """``count`` small JPEGs of one size (``size``: width, height), cycling through the photos."""
+    import cv2
+
+    folder = folder / f"small-{size[0]}x{size[1]}"
+    paths = [folder / f"{i // 1000:03d}" / f"photo_{i:06d}.jpg" for i in range(count)]
+    missing = [(i, p) for i, p in enumerate(paths) if not p.exists()]
+    if missing:
+        sources = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in source_photos()]
+        for i, path in missing:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image = cv2.resize(sources[i % len(sources)], size, interpolation=cv2.INTER_AREA)
+            cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return paths
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        rss = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+        return int(rss.split()[1]) / 1024
+    except (OSError, StopIteration, ValueError):
+        return 0.0
+
+
+def measure_driver(command: list[str]) -> tuple[float, float, float]:
+    """Run ``command``; return (wall seconds, peak RSS of the process alone, of its tree) in MB."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = tree = 0.0
+    while process.poll() is None:
+        driver, tree = max(driver, _rss_mb(process.pid)), max(tree, tree_rss_mb(process.pid))
+        time.sleep(0.1)
+    _, stderr = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"{command[:4]} failed ({process.returncode}): {stderr[-2000:]}")
+    return time.perf_counter() - start, driver, tree
+
+
+def compare_engines(args: argparse.Namespace) -> None:
+    counts = [args.images, *args.scale]
+    size = tuple(int(v) for v in args.size.split("x"))
+    all_paths = make_small_dataset(args.data, max(counts), (size[0], size[1]))
+    work = args.data / "runs-engines"
+    work.mkdir(parents=True, exist_ok=True)
+    exe = [sys.executable, "-m", "camtool.cli"]
+    rows = []
+    for count in counts:
+        listing = work / f"list-{count}.txt"
+        listing.write_text("\n".join(str(p) for p in all_paths[:count]) + "\n")
+        for engine in args.engines.split(","):
+            out = work / f"{engine}-{count}"
+            shutil.rmtree(out, ignore_errors=True)
+            command = [*exe, "export", f"@{listing}", "-o", str(out), "-q", "--format", "jpg",
+                       "--batch-size", str(args.batch_size)]  # fmt: skip
+            if engine == "ray":
+                command += ["--ray"] + (
+                    ["--ray-actors", str(args.ray_actors)] if args.ray_actors else []
+                )
+            wall, driver, tree = measure_driver(command)
+            summary = json.loads((out / "summary.json").read_text())
+            assert summary["exported"] == count, summary
+            rows.append((engine, count, count / summary["seconds"], wall, driver, tree))
+            print(
+                f"  {engine} {count}: {rows[-1][2]:.1f} images/s, wall {wall:.0f} s, driver "
+                f"{driver:.0f} MB, tree {tree:.0f} MB",
+                file=sys.stderr,
+            )
+    print(
+        f"\n{size[0]}x{size[1]} JPEGs, EfficientNet-Lite0, batch {args.batch_size}; "
+        f"{os.cpu_count()} CPUs, {platform.machine()}"
+    )
+    print(
+        f"{'engine':7s} {'images':>7s} {'images/s':>9s} {'wall s':>7s} {'driver MB':>10s} {'tree MB':>8s}"
+    )
+    for engine, count, rate, wall, driver, tree in rows:
+        print(f"{engine:7s} {count:7d} {rate:9.1f} {wall:7.1f} {driver:10.0f} {tree:8.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000, help="images in the side-by-side run")
@@ -364,6 +453,13 @@ def main() -> None:
         "--methods", default="forward,camtool,camtool-,camtool-crop,gradcam,torchcam"
     )
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "camtool-bench")
+    parser.add_argument(
+        "--engine", choices=["peers", "ray"], default="peers",
+        help="peers: the side-by-side table; ray: the local runner versus a local Ray cluster",
+    )  # fmt: skip
+    parser.add_argument("--size", default="96x72", help="--engine ray: the images' WxH")
+    parser.add_argument("--engines", default="local,ray", help="--engine ray: engines to run")
+    parser.add_argument("--ray-actors", type=int, help="--engine ray: actors (default: CPUs)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--list", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -374,6 +470,9 @@ def main() -> None:
         paths = [Path(line) for line in args.list.read_text().splitlines() if line]
         seconds = WORKERS[args.worker](paths, args.batch_size, args.out)
         print(seconds, _peak_gpu_mb())
+        return
+    if args.engine == "ray":
+        compare_engines(args)
         return
 
     import torch

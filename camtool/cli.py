@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperCommand
 
 from camtool import __version__
 from camtool.errors import (
@@ -239,6 +240,23 @@ TargetOption = Annotated[
         "the probability, as its paper). cam and integrated-head decompose the logit only.",
     ),
 ]
+RAY_DEFAULT = "(default)"  # `--ray` without an address
+
+
+class _OptionalRayValue(TyperCommand):
+    """A command whose ``--ray`` takes an optional value: ``--ray`` alone (last, or before
+    another option) reads as ``--ray=(default)``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        args = list(args)
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            if arg == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                args[i] = f"--ray={RAY_DEFAULT}"
+        return super().parse_args(ctx, args)
+
+
 DeviceOption = Annotated[
     str, typer.Option(help=f"One of {DEVICE_CHOICES}.", callback=checked_by(parse_device))
 ]
@@ -479,7 +497,7 @@ def video_summary(report: VideoReport, show: bool) -> dict[str, Any]:
             "height": report.height}  # fmt: skip
 
 
-@app.command()
+@app.command(cls=_OptionalRayValue)
 def export(
     inputs: Annotated[
         list[str],
@@ -558,6 +576,19 @@ def export(
     html_report: Annotated[
         bool, typer.Option("--report", help="Also write OUT/index.html, a gallery of the results.")
     ] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="[ADDRESS]",
+            help="Run on a Ray cluster (needs camtool's ray extra): ADDRESS of a running one "
+            "(auto, HOST:PORT, ray://HOST:PORT), or alone for a local one.",
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        int | None,
+        typer.Option(min=1, help="Ray actors (default: one per GPU, else one per CPU)."),
+    ] = None,
 ) -> None:
     """Explain every image of folders, globs or lists and write overlays plus a manifest.
 
@@ -568,6 +599,12 @@ def export(
     with errors_to_exit_codes():
         from camtool.export import ExportOptions
         from camtool.export import export as export_images
+        from camtool.export.ray_engine import ray_address
+
+        engine: Literal["local", "ray"] = (
+            "ray" if ray is not None or ray_actors is not None else "local"
+        )
+        address = ray_address(ray, RAY_DEFAULT) if ray is not None else None
 
         options = ExportOptions(
             image_format=image_format, quality=quality, alpha=alpha, colormap=colormap,
@@ -577,7 +614,8 @@ def export(
         report = export_images(
             inputs, out, (model or ["efficientnet_lite0"])[0], method=(method or ["auto"])[0], classes=classes, maps=maps, crop=crop, options=options, resume=resume,
             device=device, batch_size=batch_size, workers=workers, decoder=decoder, progress=not quiet,
-            runner=runner, **model_options(weights, labels, layer, classifier, dtype, unsafe_load_pickle, target),
+            runner=runner, engine=engine, ray_address=address, ray_actors=ray_actors,
+            **model_options(weights, labels, layer, classifier, dtype, unsafe_load_pickle, target),
         )  # fmt: skip
         if report.removed:  # shown even with --quiet: camtool removed files
             console.print(

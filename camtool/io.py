@@ -482,6 +482,35 @@ def open_atomic(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         raise
 
 
+def write_part(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` (named as :func:`open_atomic` names
+    them) and return that file, complete, without renaming it: the caller renames it into place
+    (``os.replace``), or an export's clean-up removes it.
+
+    Raises:
+        OutputWriteError: the folder or the file cannot be written (nothing is left behind).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as exc:
+        raise OutputWriteError(
+            path.parent, f"cannot write here: {exc.strerror or exc}", exc.errno
+        ) from None
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        raise OutputWriteError(path, f"cannot write: {exc.strerror or exc}", exc.errno) from None
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return Path(tmp)
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -3,8 +3,9 @@
 One module per job: :mod:`~camtool.export.inputs` (files, folders, globs, lists -> image files
 and output stems), :mod:`~camtool.export.stages` (decode, preprocess, explain, render, encode,
 write), :mod:`~camtool.export.manifest` (the manifest's schema, writing, reading, the output
-folder's lock and the clean-up after a killed run) and :mod:`~camtool.export.runner` (the local
-runner: :func:`export` and :func:`explain_iter`).
+folder's lock and the clean-up after a killed run), :mod:`~camtool.export.runner` (the local
+runner: :func:`export` and :func:`explain_iter`) and :mod:`~camtool.export.ray_engine` (the same
+stages in a pool of Ray actors: ``export(..., engine="ray")``).
 
 ``camtool.export`` is both this namespace and the function: ``camtool.export(inputs, out)``
 calls :func:`camtool.export.runner.export`.

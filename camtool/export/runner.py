@@ -55,6 +55,7 @@ from camtool.export.manifest import (
     restore_stems,
     split_resumed,
 )
+from camtool.export.ray_engine import Engine, RayOptions, check_engine
 from camtool.export.stages import (
     Decoder,
     ExportOptions,
@@ -192,6 +193,9 @@ def export(
     writers: int | None = None,
     progress: bool = False,
     runner: Runner = "auto",
+    engine: Engine = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
     **model_options: Any,
 ) -> ExportReport:
     """Explain every input image and write the results under ``out_dir``.
@@ -220,7 +224,16 @@ def export(
         runner: ``"local"`` (decode and render on CPU threads), ``"device"`` (decode, render
             and box on the model's device, see :mod:`camtool.export.device`; on CUDA its
             defaults are bfloat16, 256 images per batch and one encoding thread per CPU but
-            two) or ``"auto"`` (the device runner when the model runs on a CUDA GPU).
+            two) or ``"auto"`` (the device runner when the model runs on a CUDA GPU). The Ray
+            engine's actors use the local runner's stages.
+        engine: ``"local"`` (this process's threads) or ``"ray"``: decoding, explaining and
+            rendering run in a pool of Ray actors (camtool's ``ray`` extra); this process
+            lists the inputs, renames the finished files into place and writes the manifest.
+        ray_address: the Ray cluster to use (``"auto"``, ``"ray://host:10001"``, ``host:6379``);
+            None: the cluster this process is connected to, else ``RAY_ADDRESS``, else the one
+            ``ray start`` last started here, else a new local one (see :class:`RayOptions`).
+        ray_actors: actors in the pool (default: one per GPU of the cluster, or one per CPU
+            when it has no GPUs).
 
     The output folder is locked for the run (another export into it fails with
     :class:`~camtool.errors.OutputBusyError`). Before the run, files that a killed earlier run
@@ -235,11 +248,12 @@ def export(
     """
     started = time.perf_counter()
     options = check_options(options or ExportOptions())
+    ray = check_engine(engine, ray_address, ray_actors)
     out = Path(out_dir)
     with locked_output(out):
         return _export_locked(
             inputs, out, model, method, classes, maps, crop, options, resume, device, batch_size,
-            workers, decoder, writers, progress, model_options, started, runner,
+            workers, decoder, writers, progress, model_options, started, ray, runner,
         )  # fmt: skip
 
 
@@ -312,12 +326,43 @@ def _plan(
 class _Recorder:
     """The one place an image's outcome is recorded: its manifest lines (announced files, then
     done or failed) and the progress bar. Every finished image is recorded before a file-system
-    error stops the run."""
+    error stops the run. :meth:`start` opens a run, :meth:`close` ends it (report and summary)
+    whatever engine ran the images in between."""
 
     def __init__(self, manifest: ManifestWriter, bar: ProgressBar | None) -> None:
         self.manifest, self.bar = manifest, bar
         self.failed: list[ExportFailure] = []
         self.exported = 0
+        self.head = ""
+
+    @classmethod
+    def start(cls, plan: _Plan, out: Path, resume: bool, progress: bool) -> _Recorder:
+        """Open the run: its manifest header, the progress bar, the inputs that failed already
+        (when listed, and those a resumed run carries over)."""
+        explainer = plan.bound.explainer
+        manifest = ManifestWriter(out / MANIFEST, append=resume)
+        head = explainer.describe()
+        try:
+            manifest.write({"type": "run", "camtool": __version__, "started": _now(), "resumed": plan.resumed,
+                            "cwd": os.getcwd(), "settings": plan.settings, "method": explainer.method, "head": head,
+                            "head_detail": explainer.as_dict(), "excluded": [str(p) for p in plan.excluded],
+                            "removed": plan.removed})  # fmt: skip
+            total, todo = len(plan.items), plan.todo
+            done_before = len(plan.carried) + len(plan.failures)
+            bar = (
+                ProgressBar("export", total, "img", total - len(todo), done_before)
+                if progress
+                else None
+            )
+            recorder = cls(manifest, bar)
+            recorder.head = head
+            recorder.failed += [ExportFailure(r["input"], r["error"]) for r in plan.carried]
+            for failure in plan.failures:
+                recorder.failure(failure)
+        except BaseException:
+            manifest.close()
+            raise
+        return recorder
 
     def failure(self, failure: ExportFailure, item: InputItem | None = None) -> None:
         """Record an input that could not be explained or written."""
@@ -350,29 +395,59 @@ class _Recorder:
                 if ex is None:
                     self.failure(ExportFailure(str(item.path), reason or "unknown error"), item)
                     continue
-                self._done(item, ex, paths)
+                self.done(item, ex.to_dict(), paths)
             except OutputWriteError as exc:
                 error = error or exc
                 continue
-            self.exported += 1
-            if self.bar:
-                self.bar.advance(failed=len(self.failed))
         if error is not None:
             raise error
 
-    def _done(self, item: InputItem, ex: Explanation, paths: list[Path]) -> None:
+    def done(self, item: InputItem, details: dict[str, Any], paths: list[Path]) -> None:
+        """Record an image whose files are in place (``details``: its
+        :meth:`Explanation.to_dict`); if the manifest cannot take the line, remove the files."""
         try:
             self.manifest.write({"type": "image", "input": str(item.path), "path": item.resolved, "status": "ok",
-                                 "output_stem": str(item.stem), **ex.to_dict(), "outputs": [str(p) for p in paths]})  # fmt: skip
+                                 "output_stem": str(item.stem), **details, "outputs": [str(p) for p in paths]})  # fmt: skip
         except OutputWriteError:
             for path in paths:  # files the manifest cannot list must not stay
                 path.unlink(missing_ok=True)
             raise
+        self.exported += 1
+        if self.bar:
+            self.bar.advance(failed=len(self.failed))
 
     def drain(self, inflight: dict[Future[Written], InputItem]) -> None:
         """Let the writes in flight complete and record them (a write error is dropped here)."""
         with contextlib.suppress(CamtoolError, OSError):
             self.finish(wait(inflight).done, inflight)
+
+    def close(
+        self,
+        plan: _Plan,
+        out: Path,
+        started: float,
+        interrupted: bool,
+        device: str,
+        engine: dict[str, Any],
+        stopped: BaseException | None = None,
+    ) -> ExportReport:
+        """End the run: close the manifest and the bar, write ``summary.json`` (also when the run
+        stopped on an error: ``stopped`` says why) and return the report."""
+        self.manifest.close()
+        if self.bar:
+            self.bar.stop()
+        failed = list(plan.failures) + [f for f in self.failed if f not in plan.failures]
+        seconds = time.perf_counter() - started
+        total, exported = len(plan.items), self.exported
+        report = ExportReport(
+            out, out / MANIFEST, out / SUMMARY, total, exported, len(failed),
+            total - len(plan.todo) - len(plan.carried), seconds,
+            exported / seconds if seconds else 0.0, tuple(failed), interrupted,
+            tuple(str(p) for p in plan.excluded), plan.removed,
+        )  # fmt: skip
+        reason = None if stopped is None else (str(stopped) or type(stopped).__name__)
+        _write_summary(report, plan.bound.model, plan.settings, self.head, device, engine, reason)
+        return report
 
 
 def _export_locked(
@@ -393,89 +468,98 @@ def _export_locked(
     progress: bool,
     model_options: dict[str, Any],
     started: float,
+    ray: RayOptions | None = None,
     runner: Runner = "auto",
 ) -> ExportReport:
     """:func:`export`, once the output folder's lock is held."""
-    model_options = device_model_options(runner, device, model_options)
-    plan = _plan(inputs, out, model, method, classes, maps, crop, options, resume, device,
+    plan_device = "cpu" if ray is not None else device  # on Ray the driver only names things
+    if ray is None:
+        model_options = device_model_options(runner, device, model_options)
+    plan = _plan(inputs, out, model, method, classes, maps, crop, options, resume, plan_device,
                  batch_size, model_options)  # fmt: skip
-    on_device = choose_runner(runner, plan.bound.model.device) == "device"
+    on_device = ray is None and choose_runner(runner, plan.bound.model.device) == "device"
     if on_device and batch_size is None and plan.bound.model.device.type == "cuda":
         plan.batch_size = CUDA_BATCH_SIZE
-    explainer = plan.bound.explainer
-    manifest = ManifestWriter(out / MANIFEST, append=resume)
-    head = explainer.describe()
-    manifest.write({"type": "run", "camtool": __version__, "started": _now(), "resumed": plan.resumed, "cwd": os.getcwd(),
-                    "settings": plan.settings, "method": explainer.method, "head": head,
-                    "head_detail": explainer.as_dict(), "excluded": [str(p) for p in plan.excluded],
-                    "removed": plan.removed})  # fmt: skip
-    total, todo = len(plan.items), plan.todo
-    bar = (
-        ProgressBar(
-            "export", total, "img", total - len(todo), len(plan.carried) + len(plan.failures)
-        )
-        if progress
-        else None
-    )
-    recorder = _Recorder(manifest, bar)
-    recorder.failed += [ExportFailure(r["input"], r["error"]) for r in plan.carried]
-    for failure in plan.failures:
-        recorder.failure(failure)
+    recorder = _Recorder.start(plan, out, resume, progress)
+    ran_on, engine = str(plan.bound.model.device), {"engine": "local"}
+    stopped: BaseException | None = None
+    with _interrupt_flag() as interrupted:
+        try:
+            if ray is not None:
+                from camtool.export.ray_engine import run_on_ray
+
+                ran_on, engine = run_on_ray(
+                    plan, recorder, out, options, maps, crop, interrupted, ray,
+                    (model, method, classes, device, model_options), batch_size,
+                )  # fmt: skip
+            elif on_device:
+                threads = default_workers() if workers is None else workers
+                run_device(plan, out, options, maps, crop, threads, writers, recorder, interrupted)
+            else:
+                _run_local(plan, recorder, out, options, maps, crop, workers, decoder, writers,
+                           interrupted)  # fmt: skip
+        except Exception as exc:
+            stopped = exc
+        except BaseException:  # a second Ctrl-C: stop at once (every line written is whole)
+            recorder.manifest.close()
+            raise
+    report = recorder.close(plan, out, started, bool(interrupted), ran_on, engine, stopped)
+    if stopped is not None:
+        raise stopped
+    if interrupted:
+        raise ExportInterrupted(report)
+    return report
+
+
+def _run_local(
+    plan: _Plan,
+    recorder: _Recorder,
+    out: Path,
+    options: ExportOptions,
+    maps: int,
+    crop: bool,
+    workers: int | None,
+    decoder: Decoder,
+    writers: int | None,
+    interrupted: _Flag,
+) -> None:
+    """The local engine: decoding workers, one explaining thread, writer threads."""
+    todo = plan.todo
     workers = default_workers() if workers is None else workers
     opencv_threads = single_threaded_opencv() if decoder == "threads" else None
     writer_pool = ThreadPoolExecutor(max_workers=writers or 2, thread_name_prefix="camtool-write")
     inflight: dict[Future[Written], InputItem] = {}
-    stream = explain_stream([] if on_device else todo, plan.bound, maps, crop, plan.batch_size,
-                            workers, decoder)  # fmt: skip
+    stream = explain_stream(todo, plan.bound, maps, crop, plan.batch_size, workers, decoder)
     loaded = plan.bound.model
-    with _interrupt_flag() as interrupted:
-        try:
-            if on_device:
-                run_device(plan, out, options, maps, crop, workers, writers, recorder, interrupted)
-            for result in stream:
-                if interrupted:
-                    break
-                item = todo[result.index]
-                if result.error is not None or result.out is None:
-                    recorder.failure(
-                        ExportFailure(str(item.path), result.error or "unknown error"), item
-                    )
-                    continue
-                job = writer_pool.submit(
-                    render_and_write, loaded, result, item, out, options, recorder.announcer(item)
+    try:
+        for result in stream:
+            if interrupted:
+                break
+            item = todo[result.index]
+            if result.error is not None or result.out is None:
+                recorder.failure(
+                    ExportFailure(str(item.path), result.error or "unknown error"), item
                 )
-                inflight[job] = item
-                if len(inflight) >= 2 * plan.batch_size:
-                    recorder.finish(wait(inflight, return_when=FIRST_COMPLETED).done, inflight)
-            recorder.finish(wait(inflight).done, inflight)
-        except BaseException as exc:
-            recorder.drain(inflight)
-            # A DataLoader worker killed by the same Ctrl-C surfaces as a RuntimeError.
-            if not (interrupted and isinstance(exc, (KeyboardInterrupt, RuntimeError))):
-                raise
-        finally:
-            stream.close()  # stops the decoding workers now, not at garbage collection
-            writer_pool.shutdown(wait=True, cancel_futures=True)
-            manifest.close()
-            if bar:
-                bar.stop()
-            if opencv_threads is not None:
-                import cv2
+                continue
+            job = writer_pool.submit(
+                render_and_write, loaded, result, item, out, options, recorder.announcer(item)
+            )
+            inflight[job] = item
+            if len(inflight) >= 2 * plan.batch_size:
+                recorder.finish(wait(inflight, return_when=FIRST_COMPLETED).done, inflight)
+        recorder.finish(wait(inflight).done, inflight)
+    except BaseException as exc:
+        recorder.drain(inflight)
+        # A DataLoader worker killed by the same Ctrl-C surfaces as a RuntimeError.
+        if not (interrupted and isinstance(exc, (KeyboardInterrupt, RuntimeError))):
+            raise
+    finally:
+        stream.close()  # stops the decoding workers now, not at garbage collection
+        writer_pool.shutdown(wait=True, cancel_futures=True)
+        if opencv_threads is not None:
+            import cv2
 
-                cv2.setNumThreads(opencv_threads)
-    failures = plan.failures
-    failed = list(failures) + [f for f in recorder.failed if f not in failures]
-    seconds = time.perf_counter() - started
-    exported = recorder.exported
-    report = ExportReport(
-        out, out / MANIFEST, out / SUMMARY, total, exported, len(failed), total - len(todo) - len(plan.carried),
-        seconds, exported / seconds if seconds else 0.0, tuple(failed), bool(interrupted),
-        tuple(str(p) for p in plan.excluded), plan.removed,
-    )  # fmt: skip
-    _write_summary(report, loaded, plan.settings, head)
-    if interrupted:
-        raise ExportInterrupted(report)
-    return report
+            cv2.setNumThreads(opencv_threads)
 
 
 class _Flag:
@@ -514,15 +598,22 @@ def _now() -> str:
 
 
 def _write_summary(
-    report: ExportReport, model: LoadedModel, settings: dict[str, Any], head: str
+    report: ExportReport,
+    model: LoadedModel,
+    settings: dict[str, Any],
+    head: str,
+    device: str,
+    engine: dict[str, Any],
+    stopped: str | None,
 ) -> None:
     summary = {
         "camtool": __version__, "torch": torch.__version__, "python": platform.python_version(),
         "finished": _now(), "model": model.name, "method": settings["method"], "head": head,
-        "device": str(model.device),
+        "device": device, **engine,
         "settings": settings, "total": report.total, "exported": report.exported,
         "failed": report.failed, "skipped": report.skipped, "seconds": round(report.seconds, 3),
         "images_per_second": round(report.images_per_second, 2), "interrupted": report.interrupted,
+        "stopped": stopped,
         "failures": [asdict(f) for f in report.failures],
         "excluded": {"reason": "inside the output folder, which is never read as input",
                      "inputs": list(report.excluded)},

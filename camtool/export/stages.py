@@ -216,12 +216,15 @@ def write_outputs(
     out_dir: Path,
     options: ExportOptions,
     announce: Callable[[list[Path]], None] | None = None,
+    writer: Callable[[Path, bytes], None] = write_bytes_atomic,
 ) -> list[Path]:
     """Write one image's overlays (and heatmaps, raw CAMs) atomically; return their paths.
 
     Every file is encoded first; ``announce`` (if given) is then called with the paths about to
     be written, before the first one appears. If any write fails, the files already written for
-    this image are removed, so an image is either complete on disk or absent.
+    this image are removed, so an image is either complete on disk or absent. ``writer`` puts
+    one file's bytes at its path (default: a temporary file renamed into place; the Ray runner
+    passes one that leaves the temporary file for its driver to rename).
     """
     files: list[tuple[Path, bytes]] = []
     heatmaps = ex.scaled_heatmaps(options.scale) if options.heatmap else None
@@ -243,7 +246,7 @@ def write_outputs(
     written: list[Path] = []
     try:
         for target, data in files:
-            write_bytes_atomic(target, data)
+            writer(target, data)
             written.append(target)
     except BaseException:
         for path in written:
@@ -270,6 +273,7 @@ def render_and_write(
     out_dir: Path,
     options: ExportOptions,
     announce: Callable[[list[Path]], None] | None = None,
+    writer: Callable[[Path, bytes], None] = write_bytes_atomic,
 ) -> Written:
     """On a writer thread: the row's Explanation (heatmaps, boxes), then its files.
 
@@ -283,7 +287,7 @@ def render_and_write(
             model, result.out, result.row, str(item.path), result.image, result.region,
             options.top_k, options.box_threshold,
         )  # fmt: skip
-        return ex, write_outputs(ex, item.stem, out_dir, options, announce), None
+        return ex, write_outputs(ex, item.stem, out_dir, options, announce, writer), None
     except OutputWriteError as exc:
         if exc.errno is not None:
             raise

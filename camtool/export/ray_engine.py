@@ -1,0 +1,397 @@
+"""The Ray engine of :func:`camtool.export`: the same stages, run by a pool of Ray Data actors.
+
+The driver (this process) lists the inputs, as the local runner does, and hands Ray one row per
+image (its index, path and output stem). Each actor binds the method once (one model per actor,
+on its own GPU when the cluster has GPUs) and runs the local runner's stages on a batch of rows:
+reading and decoding (camtool's own reader: regular files only, size and pixel limits), the
+explainer, rendering and encoding. An actor writes each file as a complete temporary file beside
+its final name and returns only what it did: the image's manifest fields and
+``(final name, temporary file)`` pairs, or the reason it failed. The driver then announces the
+files in the manifest, renames them into place and writes the image's line, so the manifest and
+the files agree exactly as they do locally (Ctrl-C, ``--resume``), and a task that Ray runs again
+after a worker died leaves only temporary files, which the clean-up removes: no image is ever
+written twice or half.
+
+Ray is imported only when this engine runs (it comes with camtool's ``ray`` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Literal
+
+from camtool.errors import EXIT_ERROR, CamtoolError, InvalidArgumentError, OutputWriteError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from camtool.export.runner import _Flag, _Plan, _Recorder
+    from camtool.export.stages import ExportOptions
+
+Engine = Literal["local", "ray"]
+
+#: Bind a local cluster to the loopback interface (read by Ray when it is imported).
+_LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+class RayNotInstalledError(CamtoolError):
+    """``engine="ray"`` was asked for, but Ray Data is not installed."""
+
+    exit_code = EXIT_ERROR
+
+
+class RayEngineError(CamtoolError):
+    """The Ray cluster could not be reached, or Ray gave up on the pipeline (an actor that cannot
+    start, a task that failed on every retry)."""
+
+    exit_code = EXIT_ERROR
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide the Ray engine runs.
+
+    Attributes:
+        address: the cluster (``"auto"``, ``"host:6379"``, ``"ray://host:10001"``); None: the
+            cluster this process is connected to already, else ``RAY_ADDRESS``, else the one
+            ``ray start`` last started on this machine, else a new local one on 127.0.0.1.
+        actors: the pool's size; None: one actor per GPU, or per CPU on a cluster without GPUs.
+    """
+
+    address: str | None = None
+    actors: int | None = None
+
+
+def check_engine(engine: str, address: str | None, actors: int | None) -> RayOptions | None:
+    """Check the engine options of :func:`camtool.export`; return the Ray options, or None for
+    the local engine.
+
+    Raises:
+        InvalidArgumentError: an unknown engine, a pool of fewer than one actor, or Ray options
+            without ``engine="ray"``. RayNotInstalledError: Ray Data cannot be imported.
+    """
+    if engine == "local":
+        if address is not None or actors is not None:
+            raise InvalidArgumentError(
+                "ray_address" if address is not None else "ray_actors",
+                'is an option of the Ray engine; pass engine="ray" (--ray) too',
+            )
+        return None
+    if engine != "ray":
+        raise InvalidArgumentError(engine, "engine must be local or ray")
+    if actors is not None and actors < 1:
+        raise InvalidArgumentError(actors, "the Ray pool needs at least one actor")
+    if address is None and "RAY_ADDRESS" not in os.environ:
+        os.environ.setdefault(_LOOPBACK_ONLY, "0")  # a local cluster listens on 127.0.0.1 only
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise RayNotInstalledError(
+            "--ray",
+            "needs Ray Data, which is not installed: install camtool's ray extra "
+            "(pip install '.[ray]' in its checkout) or pip install 'ray[data]>=2.60'",
+        ) from None
+    return RayOptions(address, actors)
+
+
+def ray_address(value: str, default: str) -> str | None:
+    """A ``--ray`` value as a cluster address: None for ``default`` (``--ray`` alone).
+
+    Raises:
+        InvalidArgumentError: a value that is an existing file or folder (an input swallowed by
+            ``--ray`` written before the inputs) or an empty one.
+    """
+    if value == default:
+        return None
+    if not value.strip() or (os.path.exists(value) and ":" not in value):
+        raise InvalidArgumentError(
+            "--ray",
+            f"{value!r} is not a cluster address (auto, HOST:PORT or ray://HOST:PORT); write "
+            "--ray=ADDRESS, or --ray alone after the inputs",
+        )
+    return value
+
+
+def run_on_ray(
+    plan: _Plan,
+    recorder: _Recorder,
+    out: Path,
+    options: ExportOptions,
+    maps: int,
+    crop: bool,
+    interrupted: _Flag,
+    ray_options: RayOptions,
+    spec: tuple[Any, Any, Any, str | None, dict[str, Any]],
+    batch_size: int | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """Export ``plan.todo`` on a Ray cluster, recording every image through ``recorder``.
+
+    ``spec`` is ``(model, method, classes, device, model_options)`` as :func:`export` got them:
+    each actor binds the method from it. ``batch_size``: images per forward pass (default: 16
+    on CPU actors, 64 on GPU actors). Returns the actors' device and the summary's engine
+    fields (``engine``, ``ray``: the address, the pool, the cluster's resources).
+
+    Raises:
+        OutputWriteError: the file system refused a file (the run stops; every image finished
+            before is recorded).
+    """
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        _connect(ray_options.address)
+    try:
+        return _run(
+            plan, recorder, out, options, maps, crop, interrupted, ray_options, spec, batch_size
+        )
+    except ray.exceptions.RayError as exc:
+        raise RayEngineError("ray", f"the pipeline failed: {_one_line(exc, last=True)}") from None
+    finally:
+        if started_here:
+            ray.shutdown()  # a local cluster stops; a remote one ends this job and its actors
+        from camtool.export.manifest import remove_unfinished
+
+        remove_unfinished(out, None)  # temporary files of images never renamed into place
+
+
+def _connect(address: str | None) -> None:
+    import logging
+
+    import ray
+
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+            configure_logging=True,
+        )
+    except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
+        where = address or os.environ.get("RAY_ADDRESS") or "a local cluster"
+        raise RayEngineError(where, f"cannot connect to Ray: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException, last: bool = False) -> str:
+    """An exception's message as one line: its first line, or (``last``: the end of a remote
+    traceback, where Ray puts the cause) its last."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    line = (lines[-1] if last else lines[0]) if lines else type(exc).__name__
+    return line[:300]
+
+
+def cluster_resources() -> dict[str, Any]:
+    """The connected cluster's totals: nodes, CPUs, GPUs, memory and object store (bytes)."""
+    import ray
+
+    totals = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return {
+        "nodes": len(nodes),
+        "CPU": totals.get("CPU", 0.0),
+        "GPU": totals.get("GPU", 0.0),
+        "memory": int(totals.get("memory", 0)),
+        "object_store_memory": int(totals.get("object_store_memory", 0)),
+    }
+
+
+def pool_shape(
+    resources: dict[str, Any], actors: int | None, device: str | None
+) -> tuple[int, float, float, str]:
+    """The pool: ``(actors, GPUs per actor, CPUs per actor, the actors' device)``. One GPU per
+    actor when the cluster has GPUs (and ``device`` allows one), one actor per GPU by default;
+    otherwise one CPU per actor, one actor per CPU."""
+    gpus = (
+        int(resources["GPU"]) if device in (None, "auto") or str(device).startswith("cuda") else 0
+    )
+    if gpus:
+        return actors or gpus, 1.0, 1.0, "cuda"
+    return actors or max(1, int(resources["CPU"])), 0.0, 1.0, "cpu"
+
+
+def _run(
+    plan: _Plan,
+    recorder: _Recorder,
+    out: Path,
+    options: ExportOptions,
+    maps: int,
+    crop: bool,
+    interrupted: _Flag,
+    ray_options: RayOptions,
+    spec: tuple[Any, Any, Any, str | None, dict[str, Any]],
+    batch_size: int | None,
+) -> tuple[str, dict[str, Any]]:
+    import logging
+
+    import ray
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # camtool reports progress and errors
+    resources = cluster_resources()
+    size, gpus, cpus, device = pool_shape(resources, ray_options.actors, spec[3])
+    engine = {"engine": "ray", "ray": {"address": _address(), "actors": size,
+              "gpus_per_actor": gpus, "cpus_per_actor": cpus, "resources": resources}}  # fmt: skip
+    batch_size = batch_size or (64 if device == "cuda" else 16)
+    todo = plan.todo
+    if not todo:
+        return device, engine
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the driver shows camtool's own bar
+    context.print_on_execution_start = False
+    rows = ray.data.from_items(
+        [
+            {"index": i, "path": str(item.path), "stem": str(item.stem)}
+            for i, item in enumerate(todo)
+        ]
+    )
+    results = rows.map_batches(
+        _ExportActor,
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=size),
+        num_gpus=gpus,
+        num_cpus=cpus,
+        fn_constructor_kwargs=dict(
+            spec=spec,
+            device=device,
+            cwd=os.getcwd(),
+            out=str(out),
+            options=options,
+            maps=maps,
+            crop=crop,
+            batch_size=batch_size,
+        ),
+    )  # Ray Data restarts an actor whose worker died and runs its batch again (temporary files)
+    batches: Iterator[dict[str, np.ndarray]] = iter(
+        results.iter_batches(batch_size=None, batch_format="numpy")
+    )
+    try:
+        for batch in batches:
+            for index, text in zip(batch["index"], batch["record"], strict=True):
+                if interrupted:
+                    return device, engine
+                _record(recorder, todo[int(index)], json.loads(str(text)))
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # stops the pipeline and its actors now
+    return device, engine
+
+
+def _address() -> str:
+    import ray
+
+    return str(ray.get_runtime_context().gcs_address)
+
+
+def _record(recorder: _Recorder, item: Any, record: dict[str, Any]) -> None:
+    """One image's result, on the driver: a failure, or its files announced, renamed into place
+    and listed; a file-system refusal stops the run."""
+    from camtool.export.inputs import ExportFailure
+
+    status = record["status"]
+    if status == "failed":
+        recorder.failure(ExportFailure(str(item.path), record["error"]), item)
+        return
+    if status == "stop":
+        raise OutputWriteError(record["subject"], record["problem"], record["errno"])
+    pairs = [(Path(target), Path(part)) for target, part in record["files"]]
+    targets = [target for target, _ in pairs]
+    recorder.announcer(item)(targets)
+    renamed: list[Path] = []
+    try:
+        for target, part in pairs:
+            os.replace(part, target)
+            renamed.append(target)
+    except OSError as exc:
+        for path in renamed:
+            path.unlink(missing_ok=True)
+        for _, part in pairs:
+            part.unlink(missing_ok=True)
+        raise OutputWriteError(
+            targets[len(renamed)], f"cannot write: {exc.strerror or exc}", exc.errno
+        ) from None
+    recorder.done(item, record["details"], targets)
+
+
+class _ExportActor:
+    """One actor of the pool: the bound method (loaded once) and the export stages."""
+
+    def __init__(
+        self,
+        spec: tuple[Any, Any, Any, str | None, dict[str, Any]],
+        device: str,
+        cwd: str,
+        out: str,
+        options: ExportOptions,
+        maps: int,
+        crop: bool,
+        batch_size: int,
+    ) -> None:
+        import torch
+
+        from camtool.explanation import bind_method
+
+        os.chdir(cwd)  # relative inputs and OUT mean what they mean to the driver
+        if device == "cpu":
+            torch.set_num_threads(1)
+        model, method, classes, _, model_options = spec
+        self.bound = bind_method(model, method, classes, device=device, **model_options)
+        self.out, self.options = Path(out), options
+        self.maps, self.crop, self.batch_size = maps, crop, batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Rows ``index, path, stem`` -> rows ``index, record`` (a JSON text per image)."""
+        import numpy as np
+
+        from camtool.export.inputs import InputItem
+        from camtool.export.stages import explain_stream
+
+        items = [
+            InputItem(Path(str(path)), PurePosixPath(str(stem)))
+            for path, stem in zip(batch["path"], batch["stem"], strict=True)
+        ]
+        records: list[dict[str, Any]] = [{} for _ in items]
+        stream = explain_stream(items, self.bound, self.maps, self.crop, self.batch_size, 0)
+        for result in stream:
+            item = items[result.index]
+            if result.error is not None or result.out is None:
+                records[result.index] = {
+                    "status": "failed",
+                    "error": result.error or "unknown error",
+                }
+            else:
+                records[result.index] = self._render(result, item)
+        texts = np.array([json.dumps(r) for r in records], dtype=object)
+        return {"index": batch["index"], "record": texts}
+
+    def _render(self, result: Any, item: Any) -> dict[str, Any]:
+        from camtool.export.stages import render_and_write
+        from camtool.io import write_part
+
+        parts: list[list[str]] = []
+
+        def leave_part(target: Path, data: bytes) -> None:
+            parts.append([str(target), str(write_part(target, data))])
+
+        try:
+            ex, _, reason = render_and_write(
+                self.bound.model, result, item, self.out, self.options, None, leave_part
+            )
+        except OutputWriteError as exc:
+            _remove(parts)
+            return {"status": "stop", "subject": exc.subject, "problem": exc.problem,
+                    "errno": exc.errno}  # fmt: skip
+        if ex is None:
+            _remove(parts)
+            return {"status": "failed", "error": reason or "unknown error"}
+        return {"status": "ok", "details": ex.to_dict(), "files": parts}
+
+
+def _remove(parts: list[list[str]]) -> None:
+    for _, part in parts:
+        Path(part).unlink(missing_ok=True)
