@@ -5,7 +5,8 @@ channels-last OpenCV blend) versus new, side by side, on a real map of the defau
 
 Steps: upsample (feature map -> full-size heatmap), colour + blend, box (the CAM box), draw (the
 box's outline) and to-BGR (the copy JPEG encoding takes); "render" is colour + blend + box.
-Median milliseconds per image over ``--repeat`` runs of each step.
+Median milliseconds per image over ``--repeat`` runs of each step, with glibc's malloc thresholds
+set as ``camtool export`` sets them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import camtool
+from camtool.cli import use_large_malloc_thresholds
 from camtool.geometry import FeatureGeometry
 from camtool.io import image_to_bgr_array, load_image
 from camtool.render import (
@@ -92,6 +94,7 @@ def main() -> None:
     parser.add_argument("--size", default="640x480", help="photo size, WIDTHxHEIGHT")
     parser.add_argument("--repeat", type=int, default=200)
     args = parser.parse_args()
+    use_large_malloc_thresholds()  # as `camtool export` runs
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     width, height = (int(v) for v in args.size.split("x"))
