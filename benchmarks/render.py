@@ -23,18 +23,11 @@ import torch
 import torch.nn.functional as F
 
 import camtool
+from camtool.boxes import cam_to_box, draw_box_in_place, small_map_box
 from camtool.cli import use_large_malloc_thresholds
 from camtool.geometry import FeatureGeometry
 from camtool.io import image_to_bgr_array, load_image
-from camtool.render import (
-    _colormap_table,
-    cam_to_box,
-    draw_box_in_place,
-    normalize_cams,
-    overlay,
-    small_map_box,
-    upsample_cams,
-)
+from camtool.render import _colormap_table, normalize_cams, overlay, upsample_cams
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "chelsea.png"
 

@@ -51,8 +51,8 @@ _EXPORTS = {
     "upsample_cams": "camtool.render",
     "colorize": "camtool.render",
     "overlay": "camtool.render",
-    "cam_to_box": "camtool.render",
-    "draw_box": "camtool.render",
+    "cam_to_box": "camtool.boxes",
+    "draw_box": "camtool.boxes",
     "labelled_grid": "camtool.render",
     "COLORMAPS": "camtool.render",
     "CamtoolError": "camtool.errors",
@@ -137,6 +137,10 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from camtool import methods, metrics
+    from camtool.boxes import (
+        cam_to_box,
+        draw_box,
+    )
     from camtool.errors import (
         CamtoolError,
         ClassSelectionError,
@@ -192,9 +196,7 @@ if TYPE_CHECKING:
     )
     from camtool.render import (
         COLORMAPS,
-        cam_to_box,
         colorize,
-        draw_box,
         labelled_grid,
         normalize_cams,
         overlay,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from camtool.boxes import Box, draw_box_in_place, small_map_box
 from camtool.cards import ModelCard, find_card, is_card_name
 from camtool.errors import ClassSelectionError, InvalidArgumentError
 from camtool.geometry import FeatureGeometry
@@ -30,14 +31,11 @@ from camtool.models import DEFAULT_MODEL, LoadedModel, load_model
 from camtool.picture import Picture, figures_html
 from camtool.render import (
     DEFAULT_SCALE,
-    Box,
-    draw_box_in_place,
     draw_legend,
     labelled_grid,
     normalize_cams,
     overlay,
     scale_range,
-    small_map_box,
     upsample_cams,
 )
 from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold

@@ -14,9 +14,10 @@ import torch
 from typer.testing import CliRunner
 
 import camtool
+from camtool.boxes import box_width
 from camtool.cli import app
 from camtool.image import resize_image
-from camtool.render import box_width, colormap_colors, legend_height
+from camtool.render import colormap_colors, legend_height
 from tests.conftest import CAT, COFFEE
 
 runner = CliRunner()

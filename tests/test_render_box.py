@@ -1,4 +1,4 @@
-"""The CAM box from a small map (render.small_map_box) against the box of the full-size map."""
+"""The CAM box from a small map (boxes.small_map_box) against the box of the full-size map."""
 
 from __future__ import annotations
 
@@ -9,22 +9,17 @@ import pytest
 import torch
 
 import camtool
+from camtool.boxes import Box, cam_to_box, small_map_box
 from camtool.errors import InvalidArgumentError
 from camtool.geometry import FeatureGeometry
 from camtool.io import load_image
-from camtool.render import (
-    cam_to_box,
-    normalize_cams,
-    small_map_box,
-    upsample_cams,
-    upsample_weights,
-)
+from camtool.render import normalize_cams, upsample_cams, upsample_weights
 from tests.conftest import foolbox_photos
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def _gap(a: camtool.Box | None, b: camtool.Box | None) -> int:
+def _gap(a: Box | None, b: Box | None) -> int:
     """The largest distance between matching edges of two boxes (0 for two Nones)."""
     assert (a is None) == (b is None), (a, b)
     return 0 if a is None or b is None else max(abs(p - q) for p, q in zip(a, b, strict=True))

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 import camtool
+from camtool.boxes import draw_box
 from camtool.io import image_to_bgr_array, load_image
-from camtool.render import COLORMAPS, draw_box, overlay
+from camtool.render import COLORMAPS, overlay
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

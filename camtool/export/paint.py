@@ -4,7 +4,7 @@
 one size and region at a time (one upsample, one table lookup, one blend for all of them), and
 starts one copy of all of it to the host (on its own CUDA stream, into pinned memory, so the next
 batch computes meanwhile). :func:`write_painted`, on a CPU thread, waits for that copy, finds the
-CAM boxes from small maps (:func:`camtool.render.small_map_box`), draws boxes and legends,
+CAM boxes from small maps (:func:`camtool.boxes.small_map_box`), draws boxes and legends,
 encodes and writes the image's files and returns its :class:`~camtool.explanation.Explanation`
 for the manifest.
 
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from camtool.boxes import Box, draw_box, small_map_box
 from camtool.errors import CamtoolError, OutputWriteError
 from camtool.explanation import ClassScore, Explanation
 from camtool.export.inputs import InputItem
@@ -35,15 +36,7 @@ from camtool.io import write_bytes_atomic
 from camtool.methods.base import MapBatch
 from camtool.models import LoadedModel
 from camtool.naming import heatmap_tail, overlay_tail, raw_tail
-from camtool.render import (
-    Box,
-    colormap_colors,
-    draw_box,
-    draw_legend,
-    normalize_cams,
-    small_map_box,
-    upsample_weights,
-)
+from camtool.render import colormap_colors, draw_legend, normalize_cams, upsample_weights
 from camtool.settings import DEFAULT_BOX_THRESHOLD
 
 
@@ -236,7 +229,7 @@ def _boxes(
     cams: Tensor, painted: Painted, row: PaintedRow, threshold: float
 ) -> tuple[Box | None, ...]:
     """Each map's CAM box, from a small map as :func:`~camtool.explanation.build_explanation`
-    finds it (:func:`~camtool.render.small_map_box`), in image pixels."""
+    finds it (:func:`~camtool.boxes.small_map_box`), in image pixels."""
     if not len(cams):
         return ()
     x1, y1, x2, y2 = row.region.as_ints()

@@ -2,7 +2,7 @@
 localization error (Zhou et al., 2016) and MaxBoxAcc (Choe et al., 2020).
 
 Boxes are ``(x1, y1, x2, y2)`` in image pixels with x2/y2 exclusive (camtool's
-:data:`~camtool.render.Box` convention): a box covers the pixel columns ``x1 <= x < x2`` and rows
+:data:`~camtool.boxes.Box` convention): a box covers the pixel columns ``x1 <= x < x2`` and rows
 ``y1 <= y < y2``, and its area is ``(x2 - x1) * (y2 - y1)``. Ground truth comes as one
 ``Tensor[M_i,4]`` per image (the boxes of the class being evaluated, at least one).
 """
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from camtool.boxes import Box, cam_to_box
 from camtool.errors import InvalidArgumentError
 from camtool.metrics.checks import check_boxes, check_fractions, normalize_maps
-from camtool.render import Box, cam_to_box
 from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold
 
 #: The pointing game's tolerance: a hit within 15 pixels of a ground-truth box (Zhang et al.).
@@ -187,7 +187,7 @@ def pointing_game(
 def maps_to_boxes(maps: Tensor, threshold: float = DEFAULT_BOX_THRESHOLD) -> list[Box | None]:
     """The CAM paper's box of each map of ``Tensor[N,H,W]``: min-max normalise the map to [0, 1]
     (as camtool renders it), keep pixels at or above ``threshold`` (20%) of the maximum, and take
-    the bounding box of the largest 8-connected component (:func:`camtool.render.cam_to_box`)."""
+    the bounding box of the largest 8-connected component (:func:`camtool.boxes.cam_to_box`)."""
     check_box_threshold(threshold)
     normalised = normalize_maps(_check_maps(maps).detach().cpu())
     return [cam_to_box(m, threshold) for m in normalised]

@@ -308,9 +308,10 @@ def _write_overlays(
 ) -> dict[tuple[str, str], Path]:
     """The overlay of each image a ranking shows, per method: its map (at the evaluation's size,
     resized to the image) over the original, with its ground-truth boxes in green."""
+    from camtool.boxes import draw_box
     from camtool.image import resize_image
     from camtool.naming import component
-    from camtool.render import draw_box, normalize_cams, overlay
+    from camtool.render import normalize_cams, overlay
 
     by_path = {r["path"]: r for r in report.records}
     wanted: dict[str, set[str]] = {}
