@@ -19,7 +19,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import socket
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
@@ -142,12 +147,17 @@ def run_on_ray(
     import ray
 
     started_here = not ray.is_initialized()
-    if started_here:
-        _connect(ray_options.address)
     try:
+        if started_here:
+            with _stop_at_once(interrupted):
+                _connect(ray_options.address)
         return _run(
             plan, recorder, out, options, maps, crop, interrupted, ray_options, spec, batch_size
         )
+    except KeyboardInterrupt:
+        if not interrupted:
+            raise
+        return "cpu", {"engine": "ray"}  # Ctrl-C before any image was finished
     except ray.exceptions.RayError as exc:
         raise RayEngineError("ray", f"the pipeline failed: {_one_line(exc, last=True)}") from None
     finally:
@@ -158,11 +168,62 @@ def run_on_ray(
         remove_unfinished(out, None)  # temporary files of images never renamed into place
 
 
+#: How long a cluster address may take to accept a TCP connection before the run gives up.
+CONNECT_TIMEOUT_S = 10.0
+
+
+@contextmanager
+def _stop_at_once(interrupted: _Flag) -> Iterator[None]:
+    """While the driver waits on Ray (connecting, starting the pool, waiting for a batch) and no
+    image is between "files written" and "manifest line written", Ctrl-C sets ``interrupted``
+    and stops the wait at once (KeyboardInterrupt), instead of waiting for the next image."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        interrupted.set = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def probe_address(address: str) -> None:
+    """Check that something accepts TCP connections at a ``HOST:PORT`` or ``ray://HOST:PORT``
+    cluster address within :data:`CONNECT_TIMEOUT_S` seconds (Ray itself would retry for
+    minutes). ``auto`` and other forms are left to Ray.
+
+    Raises:
+        RayEngineError: nothing answers there.
+    """
+    match = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)/?", address.strip())
+    if match is None:
+        return
+    host, port = match.group(1), int(match.group(2))
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = (
+            f"no answer within {CONNECT_TIMEOUT_S:g} s"
+            if isinstance(exc, TimeoutError)
+            else (exc.strerror or str(exc)).lower()
+        )
+        raise RayEngineError(address, f"no Ray cluster answers there ({reason})") from None
+
+
 def _connect(address: str | None) -> None:
     import logging
 
     import ray
 
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        probe_address(target)
     try:
         ray.init(
             address=address,
@@ -270,7 +331,16 @@ def _run(
         results.iter_batches(batch_size=None, batch_format="numpy")
     )
     try:
-        for batch in batches:
+        while not interrupted:
+            try:
+                with _stop_at_once(interrupted):  # Ctrl-C while Ray starts or works: stop now
+                    batch = next(batches, None)
+            except KeyboardInterrupt:
+                if not interrupted:
+                    raise
+                break
+            if batch is None:
+                break
             for index, text in zip(batch["index"], batch["record"], strict=True):
                 if interrupted:
                     return device, engine
