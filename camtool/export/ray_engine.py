@@ -23,6 +23,7 @@ import re
 import signal
 import socket
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,11 +74,13 @@ class RayOptions:
 
 def check_engine(engine: str, address: str | None, actors: int | None) -> RayOptions | None:
     """Check the engine options of :func:`camtool.export`; return the Ray options, or None for
-    the local engine.
+    the local engine. A cluster address must accept a connection within
+    :data:`CONNECT_TIMEOUT_S` seconds (see :func:`probe_address`).
 
     Raises:
         InvalidArgumentError: an unknown engine, a pool of fewer than one actor, or Ray options
             without ``engine="ray"``. RayNotInstalledError: Ray Data cannot be imported.
+            RayEngineError: nothing answers at the cluster address.
     """
     if engine == "local":
         if address is not None or actors is not None:
@@ -93,13 +96,17 @@ def check_engine(engine: str, address: str | None, actors: int | None) -> RayOpt
     if address is None and "RAY_ADDRESS" not in os.environ:
         os.environ.setdefault(_LOOPBACK_ONLY, "0")  # a local cluster listens on 127.0.0.1 only
     try:
-        import ray.data  # noqa: F401
+        import ray
+        import ray.data
     except ImportError:
         raise RayNotInstalledError(
             "--ray",
             "needs Ray Data, which is not installed: install camtool's ray extra "
             "(pip install '.[ray]' in its checkout) or pip install 'ray[data]>=2.60'",
         ) from None
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target and not ray.is_initialized():
+        probe_address(target)  # before the model loads and anything is written
     return RayOptions(address, actors)
 
 
@@ -147,6 +154,29 @@ def run_on_ray(
     import ray
 
     started_here = not ray.is_initialized()
+    with warnings.catch_warnings():  # Ray's own deprecations (DataContext fields) are not ours
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
+        return _run_connected(
+            plan, recorder, out, options, maps, crop, interrupted, ray_options, spec, batch_size,
+            started_here,
+        )  # fmt: skip
+
+
+def _run_connected(
+    plan: _Plan,
+    recorder: _Recorder,
+    out: Path,
+    options: ExportOptions,
+    maps: int,
+    crop: bool,
+    interrupted: _Flag,
+    ray_options: RayOptions,
+    spec: tuple[Any, Any, Any, str | None, dict[str, Any]],
+    batch_size: int | None,
+    started_here: bool,
+) -> tuple[str, dict[str, Any]]:
+    import ray
+
     try:
         if started_here:
             with _stop_at_once(interrupted):
@@ -221,9 +251,6 @@ def _connect(address: str | None) -> None:
 
     import ray
 
-    target = address or os.environ.get("RAY_ADDRESS")
-    if target:
-        probe_address(target)
     try:
         ray.init(
             address=address,
