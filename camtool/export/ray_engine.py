@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -215,11 +216,19 @@ def _stop_at_once(interrupted: _Flag) -> Iterator[None]:
         interrupted.set = True
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, handler)
+    def unraisable(info: Any) -> None:
+        # The KeyboardInterrupt landed where Python cannot raise it (an at-fork hook while Ray
+        # starts its processes): the flag is set, so the run stops once Ray gives control back.
+        if not (interrupted and isinstance(info.exc_value, KeyboardInterrupt)):
+            previous_hook(info)
+
+    previous, previous_hook = signal.signal(signal.SIGINT, handler), sys.unraisablehook
+    sys.unraisablehook = unraisable
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
 
 
 def probe_address(address: str) -> None:
