@@ -9,9 +9,11 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ CLI = [sys.executable, "-m", "camtool.cli"]
 BOOKKEEPING = {"manifest.jsonl", "summary.json", ".camtool-export.lock"}
 TEMP = re.compile(r"\.camtool-[a-z0-9_]{8}\.part")
 PNG = ExportOptions(image_format="png")
+#: One Ctrl-C stops a run this soon, however long Ray would take to start (a loaded machine).
+STOP_WITHIN_S = 6.0
 
 
 def _listening_addresses(session: str) -> set[str]:
@@ -111,9 +115,12 @@ def test_ray_export_equals_the_local_export(cluster: str, tmp_path: Path) -> Non
     small_images(folder, 8)
     bad = make_bad_inputs(folder / "bad")
     local = camtool.export([folder], tmp_path / "local", options=PNG, batch_size=4, workers=0)
-    remote = camtool.export(
-        [folder], tmp_path / "ray", options=PNG, batch_size=4, engine="ray", ray_actors=2
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        remote = camtool.export(
+            [folder], tmp_path / "ray", options=PNG, batch_size=4, engine="ray", ray_actors=2
+        )
+    assert [str(w.message) for w in caught if "/ray/" in w.filename] == []  # Ray's are not ours
     assert (remote.total, remote.exported, remote.failed) == (local.total, 8, local.failed)
     assert remote.failed == 5  # empty, not an image, truncated jpeg and png, huge
     files = files_under(tmp_path / "local") - BOOKKEEPING
@@ -197,3 +204,56 @@ def test_ctrl_c_leaves_the_listed_files_and_resume_finishes(cluster: str, tmp_pa
         if (r := json.loads(line)).get("type") == "image" and r["status"] == "ok"
     ]
     assert sorted(done) == sorted(str(p) for p in inputs)  # each input exactly once
+
+
+def test_unreachable_address_fails_fast_in_one_line(tmp_path: Path) -> None:
+    """`--ray 127.0.0.1:PORT` where nothing listens: one line, exit 1 within seconds (not Ray's
+    minutes of retries), before anything is written."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    out = tmp_path / "out"
+    started = time.monotonic()
+    result = subprocess.run(
+        [*CLI, "export", str(CAT), "-o", str(out), "--ray", address],
+        capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )  # fmt: skip
+    assert time.monotonic() - started < 60  # the process's start (torch, Ray) included
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == f"Error: {address}: no Ray cluster answers there (connection refused)\n"
+    assert not out.exists()  # no manifest, no lock, no summary
+
+
+def test_one_ctrl_c_while_ray_starts_stops_the_run(cluster: str, tmp_path: Path) -> None:
+    """One SIGINT as soon as the driver has started (Ray connecting, the pool starting): exit
+    130 within seconds, nothing listed, no file left; --resume does everything."""
+    folder = tmp_path / "in"
+    inputs = small_images(folder, 6)
+    out = tmp_path / "out"
+    args = [*CLI, "export", str(folder), "-o", str(out), "--format", "png", "--batch-size", "6",
+            "--ray", cluster, "--ray-actors", "1", "-q"]  # fmt: skip
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "manifest.jsonl").exists():
+        time.sleep(0.02)
+    assert process.poll() is None, process.communicate()
+    time.sleep(0.1)  # the driver is past its SIGINT handler and connecting to Ray
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    stopped_after = time.monotonic() - sent
+    assert process.returncode == 130, stderr
+    assert stderr.startswith("Error: ") and "--resume" in stderr and stderr.count("\n") == 1
+    assert stopped_after < STOP_WITHIN_S, stopped_after
+    assert listed_files(out) == set()
+    assert files_under(out) == {"manifest.jsonl", "summary.json"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["engine"] == "ray"
+    resume = subprocess.run(
+        [*CLI, "export", str(folder), "-o", str(out), "--format", "png", "--ray", cluster,
+         "--resume", "-q"], capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert resume.returncode == 0, resume.stderr
+    assert (resume.stdout, resume.stderr) == ("", "")  # quiet: nothing of Ray's either
+    assert len(listed_files(out)) == len(inputs)

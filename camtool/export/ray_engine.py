@@ -19,7 +19,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import socket
+import sys
+import threading
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
@@ -68,11 +75,13 @@ class RayOptions:
 
 def check_engine(engine: str, address: str | None, actors: int | None) -> RayOptions | None:
     """Check the engine options of :func:`camtool.export`; return the Ray options, or None for
-    the local engine.
+    the local engine. A cluster address must accept a connection within
+    :data:`CONNECT_TIMEOUT_S` seconds (see :func:`probe_address`).
 
     Raises:
         InvalidArgumentError: an unknown engine, a pool of fewer than one actor, or Ray options
             without ``engine="ray"``. RayNotInstalledError: Ray Data cannot be imported.
+            RayEngineError: nothing answers at the cluster address.
     """
     if engine == "local":
         if address is not None or actors is not None:
@@ -88,13 +97,17 @@ def check_engine(engine: str, address: str | None, actors: int | None) -> RayOpt
     if address is None and "RAY_ADDRESS" not in os.environ:
         os.environ.setdefault(_LOOPBACK_ONLY, "0")  # a local cluster listens on 127.0.0.1 only
     try:
-        import ray.data  # noqa: F401
+        import ray
+        import ray.data
     except ImportError:
         raise RayNotInstalledError(
             "--ray",
             "needs Ray Data, which is not installed: install camtool's ray extra "
             "(pip install '.[ray]' in its checkout) or pip install 'ray[data]>=2.60'",
         ) from None
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target and not ray.is_initialized():
+        probe_address(target)  # before the model loads and anything is written
     return RayOptions(address, actors)
 
 
@@ -142,12 +155,40 @@ def run_on_ray(
     import ray
 
     started_here = not ray.is_initialized()
-    if started_here:
-        _connect(ray_options.address)
+    with warnings.catch_warnings():  # Ray's own deprecations (DataContext fields) are not ours
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
+        return _run_connected(
+            plan, recorder, out, options, maps, crop, interrupted, ray_options, spec, batch_size,
+            started_here,
+        )  # fmt: skip
+
+
+def _run_connected(
+    plan: _Plan,
+    recorder: _Recorder,
+    out: Path,
+    options: ExportOptions,
+    maps: int,
+    crop: bool,
+    interrupted: _Flag,
+    ray_options: RayOptions,
+    spec: tuple[Any, Any, Any, str | None, dict[str, Any]],
+    batch_size: int | None,
+    started_here: bool,
+) -> tuple[str, dict[str, Any]]:
+    import ray
+
     try:
+        if started_here:
+            with _stop_at_once(interrupted):
+                _connect(ray_options.address)
         return _run(
             plan, recorder, out, options, maps, crop, interrupted, ray_options, spec, batch_size
         )
+    except KeyboardInterrupt:
+        if not interrupted:
+            raise
+        return "cpu", {"engine": "ray"}  # Ctrl-C before any image was finished
     except ray.exceptions.RayError as exc:
         raise RayEngineError("ray", f"the pipeline failed: {_one_line(exc, last=True)}") from None
     finally:
@@ -156,6 +197,62 @@ def run_on_ray(
         from camtool.export.manifest import remove_unfinished
 
         remove_unfinished(out, None)  # temporary files of images never renamed into place
+
+
+#: How long a cluster address may take to accept a TCP connection before the run gives up.
+CONNECT_TIMEOUT_S = 10.0
+
+
+@contextmanager
+def _stop_at_once(interrupted: _Flag) -> Iterator[None]:
+    """While the driver waits on Ray (connecting, starting the pool, waiting for a batch) and no
+    image is between "files written" and "manifest line written", Ctrl-C sets ``interrupted``
+    and stops the wait at once (KeyboardInterrupt), instead of waiting for the next image."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        interrupted.set = True
+        raise KeyboardInterrupt
+
+    def unraisable(info: Any) -> None:
+        # The KeyboardInterrupt landed where Python cannot raise it (an at-fork hook while Ray
+        # starts its processes): the flag is set, so the run stops once Ray gives control back.
+        if not (interrupted and isinstance(info.exc_value, KeyboardInterrupt)):
+            previous_hook(info)
+
+    previous, previous_hook = signal.signal(signal.SIGINT, handler), sys.unraisablehook
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
+
+
+def probe_address(address: str) -> None:
+    """Check that something accepts TCP connections at a ``HOST:PORT`` or ``ray://HOST:PORT``
+    cluster address within :data:`CONNECT_TIMEOUT_S` seconds (Ray itself would retry for
+    minutes). ``auto`` and other forms are left to Ray.
+
+    Raises:
+        RayEngineError: nothing answers there.
+    """
+    match = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)/?", address.strip())
+    if match is None:
+        return
+    host, port = match.group(1), int(match.group(2))
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = (
+            f"no answer within {CONNECT_TIMEOUT_S:g} s"
+            if isinstance(exc, TimeoutError)
+            else (exc.strerror or str(exc)).lower()
+        )
+        raise RayEngineError(address, f"no Ray cluster answers there ({reason})") from None
 
 
 def _connect(address: str | None) -> None:
@@ -270,7 +367,16 @@ def _run(
         results.iter_batches(batch_size=None, batch_format="numpy")
     )
     try:
-        for batch in batches:
+        while not interrupted:
+            try:
+                with _stop_at_once(interrupted):  # Ctrl-C while Ray starts or works: stop now
+                    batch = next(batches, None)
+            except KeyboardInterrupt:
+                if not interrupted:
+                    raise
+                break
+            if batch is None:
+                break
             for index, text in zip(batch["index"], batch["record"], strict=True):
                 if interrupted:
                     return device, engine
