@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 extras=""
-[ "${1:-}" = "test" ] && extras="[test,ray]"  # the suite runs the Ray export tests too
+[ "${1:-}" = "test" ] && extras="[test,ray,eval]"  # the suite runs the Ray export and ROAD solver tests too
 pip install -c constraints.txt -e ".${extras}"
 if [ "${1:-}" = "test" ]; then
   # foolbox ships 20 labelled ImageNet photos; its own dependencies (jax/tf adapters) are not needed.

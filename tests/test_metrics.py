@@ -310,6 +310,34 @@ def test_road_imputation_matches_the_reference_sparse_solve() -> None:
     ours = metrics.impute(image, removed, noise=0.0)
     reference = NoisyLinearImputer(noise=0.0)(image[0], (~removed[0]).float())
     assert (ours[0] - reference).abs().max() < 1e-3
+    direct = metrics.impute(image, removed, noise=0.0, solver="direct")  # exact, as the reference
+    assert (direct[0] - reference).abs().max() < 1e-6
+
+
+def test_road_direct_and_iterative_solvers_give_the_same_imputation() -> None:
+    torch.manual_seed(1)
+    images = torch.rand(2, 3, 40, 48)
+    removed = torch.rand(2, 40, 48) < torch.tensor([0.3, 0.9]).view(2, 1, 1)
+    removed[1, -5:, :] = True  # a removed band along the bottom border
+    noisy = {
+        solver: metrics.impute(
+            images, removed, generator=torch.Generator().manual_seed(7), solver=solver
+        )
+        for solver in ("direct", "cg")
+    }
+    assert (noisy["direct"] - noisy["cg"]).abs().max() < 1e-3  # same solution, same noise draws
+    gone = removed[:, None].expand_as(images)
+    assert torch.equal(noisy["direct"][~gone], images[~gone])  # kept pixels untouched
+    net = RegionNet()
+    image = torch.zeros(1, 3, SIZE, SIZE)
+    image[..., 0:4, 0:4] = 1.0
+    results = {
+        s: metrics.road(net, image, region_map(), CLASS0, solver=s) for s in ("direct", "cg")
+    }
+    assert torch.allclose(results["direct"].morf, results["cg"].morf, atol=1e-4)
+    assert torch.allclose(results["direct"].lerf, results["cg"].lerf, atol=1e-4)
+    assert results["direct"].protocol["imputation"]["solver"].startswith("sparse direct")
+    assert results["cg"].protocol["imputation"]["tol"] == 1e-5
 
 
 def test_road_removal_fractions_and_result() -> None:

@@ -138,6 +138,7 @@ class MethodMaps:
         mean = torch.tensor(model.preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(model.preprocessing.std, dtype=torch.float32).view(1, 3, 1, 1)
         self._mean_std = (mean, std)
+        self._summary: str | None = None  # the explainer's one-line summary, made once
 
     def __repr__(self) -> str:
         return f"method_maps({self.model.name}, {self.method})"
@@ -166,7 +167,9 @@ class MethodMaps:
         logits = torch.empty(n, dtype=torch.float32)
         every: Tensor | None = None
         bias: Tensor | None = torch.empty(n, dtype=torch.float32)
-        details: dict[str, Any] = {"summary": self.explainer.describe()}
+        if self._summary is None:
+            self._summary = self.explainer.describe()
+        details: dict[str, Any] = {"summary": self._summary}
         distinct = sorted(set(classes.tolist()))
         for start in range(0, len(distinct), self.classes_per_call):
             wanted = distinct[start : start + self.classes_per_call]
