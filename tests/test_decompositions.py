@@ -14,6 +14,7 @@ import camtool
 from camtool.errors import UnsupportedModelError
 from camtool.methods import MapBatch, bind
 from camtool.methods.cam import CamExplainer
+from camtool.methods.heads import fold_head
 from camtool.methods.integrated import IntegratedHeadExplainer
 
 
@@ -234,3 +235,33 @@ def test_integrated_head_under_bf16_autocast() -> None:
     out = bind("integrated-head", model)(torch.randn(2, 3, 64, 64), maps=3)
     assert out.residual is not None and out.maps.dtype == torch.float32
     assert float(out.residual.max()) <= 5e-2 * max(1.0, float(out.logits.abs().max()))
+
+
+def test_the_folded_head_is_kept_until_a_weight_changes() -> None:
+    """The fold is made once and reused while the weights stay; an optimiser-style in-place
+    update of the BatchNorm or the Linear, or a replaced parameter, makes it again, and CAM stays
+    exact after each."""
+    torchvision = pytest.importorskip("torchvision")
+    net = torchvision.models.resnet18()
+    net.fc = nn.Sequential(nn.BatchNorm1d(512), nn.Linear(512, 10))
+    randomise_norms(net)
+    model = camtool.load_model(net, preprocessing=camtool.Preprocessing(input_size=64))
+    explainer = bind("cam", model)
+    assert isinstance(explainer, CamExplainer)
+    head = explainer.head
+    first = head.affine()
+    assert head.affine() is first and head.weight is not None  # kept
+    with torch.no_grad():
+        net.fc[1].weight.add_(0.5)  # in place, as an optimiser step
+    second = head.affine()
+    assert second is not first and second is not None and first is not None
+    assert not torch.equal(second.weight, first.weight)
+    assert torch.equal(second.weight, fold_head(head.fold, net.fc[1], "fc.1").weight)
+    with torch.no_grad():
+        net.fc[0].running_var.mul_(4)  # a buffer changes too
+    assert head.affine() is not second
+    third = head.affine()
+    net.fc[1].bias = nn.Parameter(torch.ones(10))  # replaced
+    assert head.affine() is not third
+    assert third is not None and not torch.equal(head.affine().bias, third.bias)
+    assert reproduce(model, "cam", 64)[0] < 1e-5

@@ -35,7 +35,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -103,14 +103,31 @@ class CamHead:
 
     def affine(self) -> HeadAffine | None:
         """The classifier with everything between the pooling and it folded in (None for class
-        maps); computed from the current weights on every call.
+        maps), from the current weights: the fold is kept until a parameter or buffer of the
+        classifier or the folded modules changes (in place, as an optimiser step does, or
+        replaced), then made again.
 
         Raises:
             UnsupportedModelError: a module between the pooling and the classifier does not fold.
         """
         if self.classifier is None:
             return None
-        return fold_head(self.fold, self.classifier, self.classifier_name)
+        stamp = self._weights_stamp()
+        kept = self.__dict__.get("_affine_kept")
+        if kept is not None and kept[0] == stamp:
+            return cast(HeadAffine, kept[1])
+        affine = fold_head(self.fold, self.classifier, self.classifier_name)
+        object.__setattr__(self, "_affine_kept", (stamp, affine))  # a cache on a frozen record
+        return affine
+
+    def _weights_stamp(self) -> tuple[tuple[int, int, int, str], ...]:
+        """Identity, version counter, storage and device of every tensor the fold reads."""
+        modules = [m for _, m in self.fold] + ([self.classifier] if self.classifier else [])
+        return tuple(
+            (id(t), t._version, t.data_ptr(), str(t.device))
+            for module in modules
+            for t in (*module.parameters(), *module.buffers())
+        )
 
     @property
     def folded(self) -> tuple[tuple[str, str], ...]:
