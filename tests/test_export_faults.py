@@ -149,13 +149,17 @@ def test_sigkill_anywhere_then_resume_leaves_exactly_the_listed_files(tmp_path: 
     after each, every file
     the manifest does not list is one the next run recognises as unfinished; the last --resume
     removes them, says so, and leaves exactly the listed files, every input done once."""
-    inputs = small_images(tmp_path / "in", 30)
+    # Enough images that six kills never run out of work (a run that finishes first is not
+    # counted), and a bound on the runs, so a fast machine fails this test instead of looping.
+    inputs = small_images(tmp_path / "in", 120)
     out = tmp_path / "out"
     args = [*CLI, "export", str(tmp_path / "in"), "-o", str(out), "--format", "png", "--heatmap",
             "--batch-size", "2", "--workers", "0", "-q"]  # fmt: skip
     rng = random.Random(8)
-    kills, unfinished = 0, []
+    kills, unfinished, runs = 0, [], 0
     while kills < 6:
+        runs += 1
+        assert runs <= 20, f"only {kills} of 20 runs were still running when killed"
         runs_before = len(read_manifest(out / "manifest.jsonl")[1]) if kills else 0
         process = subprocess.Popen(
             [*args, *(["--resume"] if kills else [])], stdout=subprocess.PIPE, text=True
