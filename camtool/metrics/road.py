@@ -185,7 +185,7 @@ SOLVER_NAMES = {
 
 
 def direct_solver_available() -> bool:
-    """True when SciPy is importable (``pip install camtool[eval]``): the direct solver runs."""
+    """True when SciPy is importable (camtool's ``eval`` extra, or ``pip install scipy``): the direct solver runs."""
     return importlib.util.find_spec("scipy") is not None
 
 
@@ -196,7 +196,7 @@ def _solver(solver: str) -> str:
         return "direct" if direct_solver_available() else "cg"
     if solver == "direct" and not direct_solver_available():
         raise InvalidArgumentError(
-            "solver", "the direct solver needs SciPy: pip install 'camtool[eval]'"
+            "solver", "the direct solver needs SciPy: pip install scipy (camtool's eval extra)"
         )
     return solver
 
