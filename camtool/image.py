@@ -109,7 +109,8 @@ class Preprocessing:
         """Map uint8 pixels ``Tensor[..., 3, h, w]`` to the network's float32 input."""
         mean = torch.tensor(self.mean, device=pixels.device).mul_(255).view(3, 1, 1)
         std = torch.tensor(self.std, device=pixels.device).mul_(255).view(3, 1, 1)
-        return (pixels.float() - mean) / std
+        # a fresh buffer (never the caller's), normalised in place: one buffer, not three
+        return pixels.to(torch.float32, copy=True).sub_(mean).div_(std)
 
     def denormalize(self, batch: Tensor) -> Tensor:
         """Undo :meth:`normalize`: the network's input ``Tensor[..., 3, h, w]`` (any float dtype)

@@ -25,6 +25,23 @@ def test_png_loads_as_rgb_uint8_chw(cat: torch.Tensor) -> None:
     assert torch.equal(cat, torch.from_numpy(reference).permute(2, 0, 1))
 
 
+def test_decoded_files_are_stored_channels_last_so_render_and_resize_copy_nothing(
+    tmp_path: Path, cat: torch.Tensor
+) -> None:
+    # [3,H,W] views of the decoder's [H,W,3] pixels: the OpenCV overlay and the uint8 resize
+    # read them as they are (a channels-first copy cost ~1 ms per 640x480 photo, twice)
+    jpeg = tmp_path / "cat.jpg"
+    Image.open(CAT).convert("RGB").save(jpeg, quality=95)
+    for image in (cat, camtool.load_image(jpeg)):
+        assert image.shape[0] == 3 and image.permute(1, 2, 0).is_contiguous()
+    assert torch.equal(
+        camtool.load_image(jpeg), torch.from_numpy(np.array(Image.open(jpeg))).permute(2, 0, 1)
+    )
+    gray = tmp_path / "gray.png"
+    Image.open(CAT).convert("L").save(gray)
+    assert camtool.load_image(gray).shape == (3, 300, 451)  # one channel repeated
+
+
 def test_tensor_array_and_pil_inputs_equal_the_file(cat: torch.Tensor) -> None:
     pil = Image.open(CAT)
     array = np.asarray(pil.convert("RGB"))
