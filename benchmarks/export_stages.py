@@ -34,7 +34,7 @@ import torch
 from export_throughput import make_dataset  # benchmarks/ is on sys.path when run as a script
 
 import camtool
-from camtool.cli import use_large_malloc_thresholds
+from camtool.allocator import keep_freed_memory
 from camtool.explanation import bind_method, build_explanation
 from camtool.export.inputs import InputItem
 from camtool.export.stages import ExportOptions, MappedImage, output_path, render_and_write
@@ -112,7 +112,7 @@ def main() -> None:
                         help="where the photos are made (shared with export_throughput.py)")  # fmt: skip
     args = parser.parse_args()
 
-    use_large_malloc_thresholds()
+    keep_freed_memory()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     paths = make_dataset(args.data / "images", args.images)

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 import camtool
+from camtool.allocator import keep_freed_memory
 from camtool.boxes import cam_to_box, draw_box_in_place, small_map_box
-from camtool.cli import use_large_malloc_thresholds
 from camtool.geometry import FeatureGeometry
 from camtool.io import image_to_bgr_array, load_image
 from camtool.render import _colormap_table, normalize_cams, overlay, upsample_cams
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--size", default="640x480", help="photo size, WIDTHxHEIGHT")
     parser.add_argument("--repeat", type=int, default=200)
     args = parser.parse_args()
-    use_large_malloc_thresholds()  # as `camtool export` runs
+    keep_freed_memory()  # as `camtool export` runs
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     width, height = (int(v) for v in args.size.split("x"))

@@ -595,7 +595,6 @@ def export(
     Exit code 0 when every input was exported, 3 when some failed (each is in the manifest with
     its reason), 130 when interrupted (finish with --resume), 1 when the output cannot be written.
     """
-    use_large_malloc_thresholds()
     with errors_to_exit_codes():
         from camtool.export import ExportOptions
         from camtool.export import export as export_images
@@ -659,33 +658,6 @@ def export(
                 f"({report.images_per_second:.1f} images/s) -> {report.out_dir} (manifest: {report.manifest})"
             )
         raise typer.Exit(report.exit_code)
-
-
-def use_large_malloc_thresholds() -> None:
-    """Keep glibc from returning freed memory to the OS after every batch (Linux/glibc only).
-
-    Each batch allocates the same large buffers again; with glibc's defaults they are mapped and
-    unmapped every time, and the page faults cost more than the work (see docs/performance.md).
-    Must run before torch allocates; does nothing elsewhere, when the user set these already, or
-    when ``CAMTOOL_DEFAULT_MALLOC=1`` (used by the benchmark to measure the difference).
-    """
-    import ctypes
-    import ctypes.util
-
-    if (
-        sys.platform != "linux"
-        or "MALLOC_MMAP_THRESHOLD_" in os.environ
-        or os.environ.get("CAMTOOL_DEFAULT_MALLOC")
-    ):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 1 << 30)
-    mallopt(m_trim_threshold, (1 << 31) - 1)
 
 
 @app.command()

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from camtool import __version__
+from camtool.allocator import keep_freed_memory
 from camtool.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -97,6 +98,7 @@ def explain_iter(
 
     Takes the inputs of :func:`export` and the options of :func:`camtool.explain`.
     """
+    keep_freed_memory()
     check_box_threshold(box_threshold)
     bound = bind_method(model, method, classes, device=device, **model_options)
     loaded = bound.model
@@ -247,6 +249,7 @@ def export(
         ManifestError: resuming from a manifest with a line camtool cannot read.
     """
     started = time.perf_counter()
+    keep_freed_memory()
     options = check_options(options or ExportOptions())
     ray = check_engine(engine, ray_address, ray_actors)
     out = Path(out_dir)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from camtool import __version__
+from camtool.allocator import keep_freed_memory
 from camtool.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -240,6 +241,7 @@ def evaluate(
         EvalInterrupted: Ctrl-C (every finished image is kept; resume to finish).
     """
     started = time.perf_counter()
+    keep_freed_memory()
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     check_box_threshold(box_threshold)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor
 
+from camtool.allocator import keep_freed_memory
 from camtool.errors import InvalidArgumentError
 from camtool.metrics.checks import (
     check_class_range,
@@ -54,6 +55,7 @@ def pixel_forward(model: LoadedModel, *, batch_size: int = 64) -> PixelForward:
     from camtool.models import logits_of, network_failures
 
     check_positive_int(batch_size, "batch_size")
+    keep_freed_memory()
     mean = torch.tensor(model.preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(model.preprocessing.std, dtype=torch.float32).view(1, 3, 1, 1)
     cache: dict[torch.device, tuple[Tensor, Tensor]] = {}

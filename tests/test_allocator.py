@@ -1,0 +1,60 @@
+"""camtool.allocator: glibc keeps freed batch buffers, so batch loops stop faulting pages in.
+
+Measured with the kernel's own count of minor page faults (no timing), on the default model's
+forward pass through :func:`camtool.metrics.pixel_forward`, a batch entry point that tunes the
+allocator itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import json, resource
+import torch
+import camtool
+from camtool.allocator import keep_freed_memory
+from camtool.metrics import pixel_forward
+
+forward = pixel_forward(camtool.load_model(device="cpu"))
+images = torch.rand(8, 3, 224, 224)
+forward(images)  # warm-up: the buffers are faulted in once
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+before = faults()
+for _ in range(3):
+    forward(images)
+print(json.dumps({"applied": keep_freed_memory(), "faults": (faults() - before) / 3}))
+"""
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt is Linux-only")
+
+
+def probe(**env: str) -> dict[str, float]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    environment.pop("CAMTOOL_DEFAULT_MALLOC", None)
+    environment.update(env)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_a_batch_entry_point_keeps_freed_buffers_and_stops_faulting_pages_in() -> None:
+    tuned = probe()
+    default = probe(CAMTOOL_DEFAULT_MALLOC="1")
+    assert tuned["applied"] is True and default["applied"] is False
+    # measured: ~1,300 faults per forward pass against ~55,000 (8 images at 224x224)
+    assert default["faults"] > 10_000
+    assert tuned["faults"] * 10 < default["faults"]
+
+
+def test_a_threshold_the_user_set_is_left_alone() -> None:
+    assert probe(MALLOC_MMAP_THRESHOLD_=str(128 * 1024))["applied"] is False
