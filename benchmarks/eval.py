@@ -2,7 +2,7 @@
 same metric, in the same run, on the CPU, on the default model (EfficientNet-Lite0, pretrained).
 
 Run: .venv/bin/python benchmarks/eval.py [--images 4] [--size 224] [--steps 16] [--skip-road]
-     [--metric drop|curves|road ...] [--method cam|gradcam ...]
+     [--metric drop|curves|road ...] [--method cam|gradcam ...] [--repeats 3] [--peers-tuned]
 (needs torchcam 0.5.0 and pytorch-grad-cam 1.5.7: `scripts/setup.sh test`).
 
 Per method (cam, gradcam) and shared metric, each library scores the same ``--images`` photos
@@ -18,11 +18,22 @@ camtool's time includes making its maps (``method_maps``); pytorch-grad-cam is g
 (it takes maps, so its time is the metric alone); torchcam makes its own maps (it has no
 maps-in API). Every peer runs the network on pixels through a wrapper that normalises, as camtool
 does. One warm-up call per library, then the best of ``--repeats`` timed calls.
+
+Each library runs in its own fresh process (``--library``), as its users run it: camtool's
+metrics tune glibc's malloc for batch work themselves (``camtool.allocator``; it would speed up
+whatever ran after it in one process), the peers run with glibc's defaults. ``--peers-tuned``
+adds a second run of each peer with the same malloc thresholds set from the environment
+(``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``), so the table also shows what the peers
+reach with that setting.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -77,7 +88,17 @@ def main() -> None:
         help="only these (repeatable)",
     )
     parser.add_argument("--method", action="append", choices=("cam", "gradcam"), help="only these")
+    parser.add_argument(
+        "--peers-tuned",
+        action="store_true",
+        help="also run each peer with camtool's malloc setting",
+    )
+    parser.add_argument("--library", choices=LIBRARIES, help=argparse.SUPPRESS)  # one worker
     args = parser.parse_args()
+    if args.library is None:
+        drive(args)
+        return
+    library = args.library
 
     from pytorch_grad_cam.metrics.cam_mult_image import DropInConfidence, IncreaseInConfidence
     from pytorch_grad_cam.metrics.road import ROADCombined
@@ -96,18 +117,18 @@ def main() -> None:
             for p in photos
         ]
     ).clamp(0, 1)
-    forward = metrics.pixel_forward(model)
-    classes = forward(images).argmax(1)
+    with torch.no_grad():  # not pixel_forward: in a peer's process camtool tunes nothing
+        classes = pixel_model(images).argmax(1)
+    forward = metrics.pixel_forward(model) if library == "camtool" else pixel_model
     pixels = args.size * args.size
     per_step = -(-pixels // args.steps)
     softmax = partial(torch.softmax, dim=-1)
-    rows: list[tuple[str, str, str, float]] = []
 
-    def record(method: str, metric: str, library: str, seconds: float) -> None:
-        rows.append((method, metric, library, args.images / seconds))
-        print(
-            f"{method:8} {metric:24} {library:18} {args.images / seconds:8.2f} images/s", flush=True
-        )
+    def record(method: str, metric: str, name: str, call: Callable[[], object]) -> None:
+        if name != library:
+            return
+        speed = args.images / best_of(call, args.repeats)
+        print(json.dumps({"method": method, "metric": metric, "speed": speed}), flush=True)
 
     def run_method(method: str) -> None:
         source = metrics.method_maps(model, method)
@@ -140,12 +161,9 @@ def main() -> None:
             IncreaseInConfidence()(images, maps.numpy(), targets, pixel_model)
 
         if "drop" in chosen:
-            record(method, "average drop/increase", "camtool", best_of(ours_drop, args.repeats))
-            record(
-                method, "average drop/increase", "torchcam", best_of(torchcam_drop, args.repeats)
-            )
-            drop_time = best_of(grad_cam_drop, args.repeats)
-            record(method, "average drop/increase", "pytorch-grad-cam", drop_time)
+            record(method, "average drop/increase", "camtool", ours_drop)
+            record(method, "average drop/increase", "torchcam", torchcam_drop)
+            record(method, "average drop/increase", "pytorch-grad-cam", grad_cam_drop)
 
         def ours_curves() -> None:
             facts = source(images, classes)
@@ -178,10 +196,8 @@ def main() -> None:
                 extractor.remove_hooks()
 
         if "curves" in chosen:
-            record(method, "deletion + insertion", "camtool", best_of(ours_curves, args.repeats))
-            record(
-                method, "deletion + insertion", "torchcam", best_of(torchcam_curves, args.repeats)
-            )
+            record(method, "deletion + insertion", "camtool", ours_curves)
+            record(method, "deletion + insertion", "torchcam", torchcam_curves)
 
         if "road" in chosen:
 
@@ -192,13 +208,8 @@ def main() -> None:
                 with torch.no_grad():
                     ROADCombined()(images, maps.numpy(), targets, pixel_model)
 
-            record(method, "ROAD (MoRF + LeRF)", "camtool", best_of(ours_road, args.repeats))
-            record(
-                method,
-                "ROAD (MoRF + LeRF)",
-                "pytorch-grad-cam",
-                best_of(grad_cam_road, args.repeats),
-            )
+            record(method, "ROAD (MoRF + LeRF)", "camtool", ours_road)
+            record(method, "ROAD (MoRF + LeRF)", "pytorch-grad-cam", grad_cam_road)
 
     chosen = set(args.metric or ("drop", "curves", "road")) - (
         {"road"} if args.skip_road else set()
@@ -206,10 +217,44 @@ def main() -> None:
     for method in args.method or ("cam", "gradcam"):
         run_method(method)
 
-    print()
-    print(f"{'method':8} {'metric':24} {'library':18} {'images/s':>8}")
-    for method, metric, library, speed in rows:
-        print(f"{method:8} {metric:24} {library:18} {speed:8.2f}")
+
+LIBRARIES = ("camtool", "torchcam", "pytorch-grad-cam")
+#: glibc's malloc thresholds as camtool.allocator sets them, from the environment.
+TUNED = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str((1 << 31) - 1)}
+
+
+def drive(args: argparse.Namespace) -> None:
+    """Run each library in its own process (the peers with glibc's defaults, and with
+    ``--peers-tuned`` once more with camtool's malloc thresholds); print one table."""
+    forwarded = [a for a in sys.argv[1:] if a != "--peers-tuned"]
+    runs: list[tuple[str, str, dict[str, str]]] = [(name, name, {}) for name in LIBRARIES]
+    if args.peers_tuned:
+        runs += [(f"{name} (tuned)", name, TUNED) for name in LIBRARIES[1:]]
+    speeds: dict[tuple[str, str], dict[str, float]] = {}
+    for label, name, extra in runs:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        env.pop("CAMTOOL_DEFAULT_MALLOC", None)
+        env.update(extra)
+        command = [sys.executable, __file__, *forwarded, "--library", name]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            sys.exit(f"{label} failed:\n{done.stderr}")
+        for line in done.stdout.splitlines():
+            if line.startswith("{"):
+                row = json.loads(line)
+                speeds.setdefault((row["method"], row["metric"]), {})[label] = row["speed"]
+                print(f"{row['method']:8} {row['metric']:24} {label:26} {row['speed']:8.2f} "
+                      "images/s", flush=True)  # fmt: skip
+    labels = [label for label, _, _ in runs]
+    print(f"\n{args.images} images at {args.size}x{args.size}, {args.steps} deletion/insertion "
+          f"steps, best of {args.repeats}; images/s (more is faster), each library in its own "
+          "process")  # fmt: skip
+    print(f"{'method':8} {'metric':24} " + " ".join(f"{label:>18.18}" for label in labels))
+    for (method, metric), row in speeds.items():
+        cells = " ".join(
+            f"{row[label]:18.2f}" if label in row else f"{'-':>18}" for label in labels
+        )
+        print(f"{method:8} {metric:24} {cells}")
 
 
 if __name__ == "__main__":
