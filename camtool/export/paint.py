@@ -26,10 +26,15 @@ import torch
 from torch import Tensor
 
 from camtool.boxes import Box, draw_box, small_map_box
-from camtool.errors import CamtoolError, OutputWriteError
 from camtool.explanation import ClassScore, Explanation
 from camtool.export.inputs import InputItem
-from camtool.export.stages import ExportOptions, Written, encoded_files, write_files
+from camtool.export.stages import (
+    ExportOptions,
+    Written,
+    encoded_files,
+    write_files,
+    written_or_refused,
+)
 from camtool.geometry import FeatureGeometry
 from camtool.image import Region
 from camtool.methods.base import MapBatch
@@ -296,16 +301,13 @@ def write_painted(
     writes them (same names, formats, boxes, legends; announced, then written atomically, all or
     none). Returns ``(explanation, files, None)`` or ``(None, [], reason)``; a refusal by the file
     system (full disk, read-only folder) is raised."""
-    try:
+
+    def write() -> tuple[Explanation, list[Path]]:
         painted.wait()
         ex = explanation_of(painted, row, model, options.top_k, options.box_threshold)
-        return ex, _write(painted, row, ex, out_dir, options, announce), None
-    except OutputWriteError as exc:
-        if exc.errno is not None:
-            raise
-        return None, [], str(exc)
-    except CamtoolError as exc:
-        return None, [], f"{row.item.path}: {exc}"
+        return ex, _write(painted, row, ex, out_dir, options, announce)
+
+    return written_or_refused(row.item, write)
 
 
 def _write(

@@ -320,13 +320,29 @@ def render_and_write(
     written (OpenCV cannot encode it, its path would leave the output folder). A refusal by the
     file system (full disk, read-only folder) is raised: it would fail every image after it.
     """
-    assert result.out is not None and result.image is not None and result.region is not None
-    try:
+    out, image, region = result.out, result.image, result.region
+    assert out is not None and image is not None and region is not None
+
+    def write() -> tuple[Explanation, list[Path]]:
         ex = build_explanation(
-            model, result.out, result.row, str(item.path), result.image, result.region,
-            options.top_k, options.box_threshold,
+            model, out, result.row, str(item.path), image, region, options.top_k,
+            options.box_threshold,
         )  # fmt: skip
-        return ex, write_outputs(ex, item.stem, out_dir, options, announce, writer), None
+        return ex, write_outputs(ex, item.stem, out_dir, options, announce, writer)
+
+    return written_or_refused(item, write)
+
+
+def written_or_refused(
+    item: InputItem, write: Callable[[], tuple[Explanation, list[Path]]]
+) -> Written:
+    """``write()``'s ``(explanation, files)`` as ``(explanation, files, None)``, or
+    ``(None, [], reason)`` when this image cannot be written (a :class:`CamtoolError`: OpenCV
+    cannot encode it, its path would leave the output folder). A refusal by the file system (an
+    :class:`OutputWriteError` with an ``errno``: full disk, read-only folder) is raised."""
+    try:
+        ex, files = write()
+        return ex, files, None
     except OutputWriteError as exc:
         if exc.errno is not None:
             raise
