@@ -10,6 +10,15 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130
+
+
+def run_exit_code(failed: int, interrupted: bool) -> int:
+    """The exit code of a run over many inputs (an export, an evaluation): 130 when it was
+    interrupted (Ctrl-C), else 3 when ``failed`` inputs (any) could not be done, else 0."""
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_PARTIAL if failed else EXIT_OK
 
 
 class CamtoolError(Exception):

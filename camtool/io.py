@@ -463,7 +463,29 @@ def open_atomic(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
 
     On any exception the temporary file is removed and ``path`` is left as it was.
     """
-    path = Path(path)
+    with _open_part(Path(path), rename=True) as (handle, _):
+        yield handle
+
+
+def write_part(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` (named as :func:`open_atomic` names
+    them) and return that file, complete, without renaming it: the caller renames it into place
+    (``os.replace``), or an export's clean-up removes it.
+
+    Raises:
+        OutputWriteError: the folder or the file cannot be written (nothing is left behind).
+    """
+    with _open_part(Path(path), rename=False) as (handle, tmp):
+        handle.write(data)
+    return tmp
+
+
+@contextmanager
+def _open_part(path: Path, rename: bool) -> Iterator[tuple[BinaryIO, Path]]:
+    """A new temporary file beside ``path``, open for writing: yields ``(handle, its path)``.
+    After the block the file is closed and, with ``rename``, renamed to ``path``. On any
+    exception the temporary file is removed (an ``OSError`` becomes :class:`OutputWriteError`).
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # A fixed short name: a final name of NAME_MAX bytes must still leave room for it.
@@ -475,43 +497,15 @@ def open_atomic(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as handle:
-            yield handle
-        os.replace(tmp, path)
+            yield handle, Path(tmp)
+        if rename:
+            os.replace(tmp, path)
     except OSError as exc:
         _remove_quietly(tmp)
         raise OutputWriteError(path, f"cannot write: {exc.strerror or exc}", exc.errno) from None
     except BaseException:
         _remove_quietly(tmp)
         raise
-
-
-def write_part(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` (named as :func:`open_atomic` names
-    them) and return that file, complete, without renaming it: the caller renames it into place
-    (``os.replace``), or an export's clean-up removes it.
-
-    Raises:
-        OutputWriteError: the folder or the file cannot be written (nothing is left behind).
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.parent)
-    except OSError as exc:
-        raise OutputWriteError(
-            path.parent, f"cannot write here: {exc.strerror or exc}", exc.errno
-        ) from None
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-    except OSError as exc:
-        _remove_quietly(tmp)
-        raise OutputWriteError(path, f"cannot write: {exc.strerror or exc}", exc.errno) from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    return Path(tmp)
 
 
 def _current_umask() -> int:

@@ -39,7 +39,14 @@ def voc(
     return path
 
 
-CAT_OBJECT = "<object><name>Egyptian cat</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>405</xmax><ymax>300</ymax></bndbox></object>"
+def box_object(xmin: str, ymin: str, xmax: str, ymax: str, name: str = "Egyptian cat") -> str:
+    return (
+        f"<object><name>{name}</name><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
+        f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>"
+    )
+
+
+CAT_OBJECT = box_object("1", "1", "405", "300")
 
 
 def coco(path: Path, **changes: object) -> Path:
@@ -51,6 +58,15 @@ def coco(path: Path, **changes: object) -> Path:
     data.update(changes)
     path.write_text(json.dumps(data))
     return path
+
+
+def refusal(path: Path, text: str | None = None) -> str:
+    """The error :func:`read_annotations` refuses ``path`` with (first written with ``text``)."""
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(AnnotationError) as caught:
+        read_annotations(path)
+    return str(caught.value)
 
 
 def test_the_three_formats_give_the_same_box(tmp_path: Path) -> None:
@@ -106,18 +122,9 @@ HOSTILE_XML = {
 def test_hostile_xml_is_refused_before_parsing(tmp_path: Path, case: str) -> None:
     text, problem = HOSTILE_XML[case]
     path = tmp_path / "bad.xml"
-    path.write_text(text)
-    with pytest.raises(AnnotationError) as caught:
-        read_annotations(path)
-    assert str(caught.value).startswith(f"{path}: {problem}")
-    assert "\n" not in str(caught.value)
-
-
-def box_object(xmin: str, ymin: str, xmax: str, ymax: str, name: str = "Egyptian cat") -> str:
-    return (
-        f"<object><name>{name}</name><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
-        f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>"
-    )
+    message = refusal(path, text)
+    assert message.startswith(f"{path}: {problem}")
+    assert "\n" not in message
 
 
 BAD_VOC_BOXES = {
@@ -154,9 +161,7 @@ BAD_VOC_BOXES = {
 def test_bad_voc_boxes_are_refused_naming_the_object(tmp_path: Path, case: str) -> None:
     values, problem = BAD_VOC_BOXES[case]
     path = voc(tmp_path, "bad.xml", CAT_OBJECT + box_object(*values).replace("object 1", ""))
-    with pytest.raises(AnnotationError) as caught:
-        read_annotations(path)
-    assert str(caught.value) == f"{path}: {problem.replace('object 1', 'object 2')}"
+    assert refusal(path) == f"{path}: {problem.replace('object 1', 'object 2')}"
 
 
 def test_a_box_one_pixel_over_the_edge_is_clipped() -> None:
@@ -186,10 +191,7 @@ BAD_CSV = {
 def test_bad_csv_rows_are_refused_naming_the_line(tmp_path: Path, case: str) -> None:
     text, problem = BAD_CSV[case]
     path = tmp_path / "boxes.csv"
-    path.write_text(text)
-    with pytest.raises(AnnotationError) as caught:
-        read_annotations(path)
-    assert str(caught.value).startswith(f"{path}: {problem}")
+    assert refusal(path, text).startswith(f"{path}: {problem}")
 
 
 def test_bad_coco_entries_are_refused_naming_the_annotation(tmp_path: Path) -> None:
@@ -218,10 +220,8 @@ def test_bad_coco_entries_are_refused_naming_the_annotation(tmp_path: Path) -> N
         "not lists": ({"images": {"a": 1}}, "not a COCO file: 'images' is not a list of objects"),
     }
     for changes, problem in cases.values():
-        coco(path, **changes)
-        with pytest.raises(AnnotationError) as caught:
-            read_annotations(path)
-        assert str(caught.value).startswith(f"{path}: {problem}"), caught.value
+        message = refusal(coco(path, **changes))
+        assert message.startswith(f"{path}: {problem}"), message
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(AnnotationError, match=r"nested too deeply|not a COCO file"):
         read_annotations(path)

@@ -26,16 +26,19 @@ import torch
 from torch import Tensor
 
 from camtool.boxes import Box, draw_box, small_map_box
-from camtool.errors import CamtoolError, OutputWriteError
 from camtool.explanation import ClassScore, Explanation
 from camtool.export.inputs import InputItem
-from camtool.export.stages import ExportOptions, Written, _encoded, _raw_bytes, output_path
+from camtool.export.stages import (
+    ExportOptions,
+    Written,
+    encoded_files,
+    write_files,
+    written_or_refused,
+)
 from camtool.geometry import FeatureGeometry
 from camtool.image import Region
-from camtool.io import write_bytes_atomic
 from camtool.methods.base import MapBatch
 from camtool.models import LoadedModel
-from camtool.naming import heatmap_tail, overlay_tail, raw_tail
 from camtool.render import colormap_colors, draw_legend, normalize_cams, upsample_weights
 from camtool.settings import DEFAULT_BOX_THRESHOLD
 
@@ -298,16 +301,13 @@ def write_painted(
     writes them (same names, formats, boxes, legends; announced, then written atomically, all or
     none). Returns ``(explanation, files, None)`` or ``(None, [], reason)``; a refusal by the file
     system (full disk, read-only folder) is raised."""
-    try:
+
+    def write() -> tuple[Explanation, list[Path]]:
         painted.wait()
         ex = explanation_of(painted, row, model, options.top_k, options.box_threshold)
-        return ex, _write(painted, row, ex, out_dir, options, announce), None
-    except OutputWriteError as exc:
-        if exc.errno is not None:
-            raise
-        return None, [], str(exc)
-    except CamtoolError as exc:
-        return None, [], f"{row.item.path}: {exc}"
+        return ex, _write(painted, row, ex, out_dir, options, announce)
+
+    return written_or_refused(row.item, write)
 
 
 def _write(
@@ -323,8 +323,8 @@ def _write(
     overlays = overlays.view(count, 3, height, width)
     grays = painted.buffer[row.heatmaps : row.heatmaps + count * height * width]
     x1, y1, x2, y2 = row.region.as_ints()
-    files: list[tuple[Path, bytes]] = []
-    for i, score in enumerate(ex.explained):
+
+    def overlay(i: int) -> Tensor:
         picture = overlays[i]
         if (x1, y1, x2, y2) != (0, 0, width, height):
             picture = draw_box(picture, (x1, y1, x2, y2), (255, 255, 255), 1)
@@ -333,27 +333,10 @@ def _write(
             picture = draw_box(picture, found)
         if options.legend:
             picture = draw_legend(picture, options.colormap, *ex.legend_text(i, options.scale))
-        tail = overlay_tail(ex.method, score.index, score.name, options.image_format)
-        target = output_path(out_dir, row.item.stem, tail)
-        files.append((target, _encoded(target, picture, options.quality)))
-        if options.heatmap:
-            gray = grays.view(count, height, width)[i]
-            target = output_path(
-                out_dir, row.item.stem, heatmap_tail(ex.method, score.index, score.name)
-            )
-            files.append((target, _encoded(target, gray, options.quality)))
-    if options.raw is not None:
-        target = output_path(out_dir, row.item.stem, raw_tail(ex.method, options.raw))
-        files.append((target, _raw_bytes(ex, options)))
-    if announce is not None:
-        announce([target for target, _ in files])
-    written: list[Path] = []
-    try:
-        for target, data in files:
-            write_bytes_atomic(target, data)
-            written.append(target)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
-    return written
+        return picture
+
+    def heatmap(i: int) -> Tensor:
+        return grays.view(count, height, width)[i]
+
+    files = encoded_files(ex, row.item.stem, out_dir, options, overlay, heatmap)
+    return write_files(files, announce)

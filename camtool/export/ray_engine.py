@@ -157,34 +157,38 @@ def run_on_ray(
     started_here = not ray.is_initialized()
     with warnings.catch_warnings():  # Ray's own deprecations (DataContext fields) are not ours
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
-        return _run_connected(
-            plan, recorder, out, options, maps, crop, interrupted, ray_options, spec, batch_size,
-            started_here,
-        )  # fmt: skip
+        job = _RayJob(
+            plan, recorder, out, options, maps, crop, interrupted, ray_options, spec, batch_size
+        )
+        return _run_connected(job, started_here)
 
 
-def _run_connected(
-    plan: _Plan,
-    recorder: _Recorder,
-    out: Path,
-    options: ExportOptions,
-    maps: int,
-    crop: bool,
-    interrupted: _Flag,
-    ray_options: RayOptions,
-    spec: tuple[Any, Any, Any, str | None, dict[str, Any]],
-    batch_size: int | None,
-    started_here: bool,
-) -> tuple[str, dict[str, Any]]:
+@dataclass(frozen=True)
+class _RayJob:
+    """The arguments of :func:`run_on_ray`, as its steps (:func:`_run_connected`, :func:`_run`)
+    take them."""
+
+    plan: _Plan
+    recorder: _Recorder
+    out: Path
+    options: ExportOptions
+    maps: int
+    crop: bool
+    interrupted: _Flag
+    ray_options: RayOptions
+    spec: tuple[Any, Any, Any, str | None, dict[str, Any]]
+    batch_size: int | None
+
+
+def _run_connected(job: _RayJob, started_here: bool) -> tuple[str, dict[str, Any]]:
     import ray
 
+    interrupted = job.interrupted
     try:
         if started_here:
             with _stop_at_once(interrupted):
-                _connect(ray_options.address)
-        return _run(
-            plan, recorder, out, options, maps, crop, interrupted, ray_options, spec, batch_size
-        )
+                _connect(job.ray_options.address)
+        return _run(job)
     except KeyboardInterrupt:
         if not interrupted:
             raise
@@ -196,7 +200,7 @@ def _run_connected(
             ray.shutdown()  # a local cluster stops; a remote one ends this job and its actors
         from camtool.export.manifest import remove_unfinished
 
-        remove_unfinished(out, None)  # temporary files of images never renamed into place
+        remove_unfinished(job.out, None)  # temporary files of images never renamed into place
 
 
 #: How long a cluster address may take to accept a TCP connection before the run gives up.
@@ -310,18 +314,7 @@ def pool_shape(
     return actors or max(1, int(resources["CPU"])), 0.0, 1.0, "cpu"
 
 
-def _run(
-    plan: _Plan,
-    recorder: _Recorder,
-    out: Path,
-    options: ExportOptions,
-    maps: int,
-    crop: bool,
-    interrupted: _Flag,
-    ray_options: RayOptions,
-    spec: tuple[Any, Any, Any, str | None, dict[str, Any]],
-    batch_size: int | None,
-) -> tuple[str, dict[str, Any]]:
+def _run(job: _RayJob) -> tuple[str, dict[str, Any]]:
     import logging
 
     import ray
@@ -329,11 +322,11 @@ def _run(
 
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # camtool reports progress and errors
     resources = cluster_resources()
-    size, gpus, cpus, device = pool_shape(resources, ray_options.actors, spec[3])
+    size, gpus, cpus, device = pool_shape(resources, job.ray_options.actors, job.spec[3])
     engine = {"engine": "ray", "ray": {"address": _address(), "actors": size,
               "gpus_per_actor": gpus, "cpus_per_actor": cpus, "resources": resources}}  # fmt: skip
-    batch_size = batch_size or (64 if device == "cuda" else 16)
-    todo = plan.todo
+    batch_size = job.batch_size or (64 if device == "cuda" else 16)
+    todo, interrupted = job.plan.todo, job.interrupted
     if not todo:
         return device, engine
     context = ray.data.DataContext.get_current()
@@ -353,13 +346,13 @@ def _run(
         num_gpus=gpus,
         num_cpus=cpus,
         fn_constructor_kwargs=dict(
-            spec=spec,
+            spec=job.spec,
             device=device,
             cwd=os.getcwd(),
-            out=str(out),
-            options=options,
-            maps=maps,
-            crop=crop,
+            out=str(job.out),
+            options=job.options,
+            maps=job.maps,
+            crop=job.crop,
             batch_size=batch_size,
         ),
     )  # Ray Data restarts an actor whose worker died and runs its batch again (temporary files)
@@ -380,7 +373,7 @@ def _run(
             for index, text in zip(batch["index"], batch["record"], strict=True):
                 if interrupted:
                     return device, engine
-                _record(recorder, todo[int(index)], json.loads(str(text)))
+                _record(job.recorder, todo[int(index)], json.loads(str(text)))
     finally:
         close = getattr(batches, "close", None)
         if close is not None:

@@ -24,11 +24,11 @@ import torch
 from camtool import __version__
 from camtool.allocator import keep_freed_memory
 from camtool.errors import (
-    EXIT_OK,
-    EXIT_PARTIAL,
+    EXIT_INTERRUPTED,
     CamtoolError,
     InvalidArgumentError,
     OutputWriteError,
+    run_exit_code,
 )
 from camtool.explanation import (
     BoundMethod,
@@ -74,8 +74,6 @@ from camtool.methods.base import DEFAULT_METHOD, Method
 from camtool.models import DEFAULT_MODEL, LoadedModel
 from camtool.progress import ProgressBar
 from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold
-
-EXIT_INTERRUPTED = 130
 
 
 def explain_iter(
@@ -157,9 +155,7 @@ class ExportReport:
     @property
     def exit_code(self) -> int:
         """0 when every input was exported, 3 when some failed, 130 when interrupted."""
-        if self.interrupted:
-            return EXIT_INTERRUPTED
-        return EXIT_PARTIAL if self.failed else EXIT_OK
+        return run_exit_code(self.failed, self.interrupted)
 
 
 class ExportInterrupted(CamtoolError):

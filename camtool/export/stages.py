@@ -220,27 +220,66 @@ def write_outputs(
 ) -> list[Path]:
     """Write one image's overlays (and heatmaps, raw CAMs) atomically; return their paths.
 
-    Every file is encoded first; ``announce`` (if given) is then called with the paths about to
-    be written, before the first one appears. If any write fails, the files already written for
-    this image are removed, so an image is either complete on disk or absent. ``writer`` puts
-    one file's bytes at its path (default: a temporary file renamed into place; the Ray runner
-    passes one that leaves the temporary file for its driver to rename).
+    Every file is encoded first, then written by :func:`write_files` (announced, all or none).
+    ``writer`` puts one file's bytes at its path (default: a temporary file renamed into place;
+    the Ray runner passes one that leaves the temporary file for its driver to rename).
+    """
+    heatmaps = ex.scaled_heatmaps(options.scale) if options.heatmap else None
+
+    def overlay(i: int) -> torch.Tensor:
+        return ex.overlay(i, alpha=options.alpha, colormap=options.colormap, box=options.box,
+                          scale=options.scale, legend=options.legend).tensor  # fmt: skip
+
+    def heatmap(i: int) -> torch.Tensor:
+        assert heatmaps is not None
+        return (heatmaps[i] * 255).round().to(torch.uint8)
+
+    files = encoded_files(ex, stem, out_dir, options, overlay, heatmap)
+    return write_files(files, announce, writer)
+
+
+def encoded_files(
+    ex: Explanation,
+    stem: PurePosixPath,
+    out_dir: Path,
+    options: ExportOptions,
+    overlay: Callable[[int], torch.Tensor],
+    heatmap: Callable[[int], torch.Tensor],
+) -> list[tuple[Path, bytes]]:
+    """One image's files, encoded, in the order they are written: per explained class its
+    overlay and (with ``options.heatmap``) its heatmap, then (with ``options.raw``) the raw CAMs.
+
+    ``overlay(i)`` gives the ``i``-th class's overlay (``Tensor[3,H,W]`` uint8, boxes and legend
+    drawn) and ``heatmap(i)`` its heatmap (``Tensor[H,W]`` uint8); each runner renders them its
+    own way (on the CPU, or on the device).
     """
     files: list[tuple[Path, bytes]] = []
-    heatmaps = ex.scaled_heatmaps(options.scale) if options.heatmap else None
     for i, score in enumerate(ex.explained):
+        picture = overlay(i)
         tail = overlay_tail(ex.method, score.index, score.name, options.image_format)
-        overlay = ex.overlay(i, alpha=options.alpha, colormap=options.colormap, box=options.box,
-                             scale=options.scale, legend=options.legend).tensor  # fmt: skip
         target = output_path(out_dir, stem, tail)
-        files.append((target, _encoded(target, overlay, options.quality)))
-        if heatmaps is not None:
-            gray = (heatmaps[i] * 255).round().to(torch.uint8)
+        files.append((target, _encoded(target, picture, options.quality)))
+        if options.heatmap:
+            gray = heatmap(i)
             target = output_path(out_dir, stem, heatmap_tail(ex.method, score.index, score.name))
             files.append((target, _encoded(target, gray, options.quality)))
     if options.raw is not None:
         target = output_path(out_dir, stem, raw_tail(ex.method, options.raw))
         files.append((target, _raw_bytes(ex, options)))
+    return files
+
+
+def write_files(
+    files: Sequence[tuple[Path, bytes]],
+    announce: Callable[[list[Path]], None] | None = None,
+    writer: Callable[[Path, bytes], None] = write_bytes_atomic,
+) -> list[Path]:
+    """Write one image's ``(path, bytes)`` files with ``writer``; return their paths.
+
+    ``announce`` (if given) is called first with the paths about to be written, before the
+    first one appears. If any write fails, the files already written are removed, so an image
+    is either complete on disk or absent.
+    """
     if announce is not None:
         announce([target for target, _ in files])
     written: list[Path] = []
@@ -281,13 +320,29 @@ def render_and_write(
     written (OpenCV cannot encode it, its path would leave the output folder). A refusal by the
     file system (full disk, read-only folder) is raised: it would fail every image after it.
     """
-    assert result.out is not None and result.image is not None and result.region is not None
-    try:
+    out, image, region = result.out, result.image, result.region
+    assert out is not None and image is not None and region is not None
+
+    def write() -> tuple[Explanation, list[Path]]:
         ex = build_explanation(
-            model, result.out, result.row, str(item.path), result.image, result.region,
-            options.top_k, options.box_threshold,
+            model, out, result.row, str(item.path), image, region, options.top_k,
+            options.box_threshold,
         )  # fmt: skip
-        return ex, write_outputs(ex, item.stem, out_dir, options, announce, writer), None
+        return ex, write_outputs(ex, item.stem, out_dir, options, announce, writer)
+
+    return written_or_refused(item, write)
+
+
+def written_or_refused(
+    item: InputItem, write: Callable[[], tuple[Explanation, list[Path]]]
+) -> Written:
+    """``write()``'s ``(explanation, files)`` as ``(explanation, files, None)``, or
+    ``(None, [], reason)`` when this image cannot be written (a :class:`CamtoolError`: OpenCV
+    cannot encode it, its path would leave the output folder). A refusal by the file system (an
+    :class:`OutputWriteError` with an ``errno``: full disk, read-only folder) is raised."""
+    try:
+        ex, files = write()
+        return ex, files, None
     except OutputWriteError as exc:
         if exc.errno is not None:
             raise

@@ -32,10 +32,10 @@ from torch import Tensor
 from camtool import __version__
 from camtool.allocator import keep_freed_memory
 from camtool.errors import (
-    EXIT_OK,
-    EXIT_PARTIAL,
+    EXIT_INTERRUPTED,
     CamtoolError,
     InvalidArgumentError,
+    run_exit_code,
 )
 from camtool.explanation import ModelSpec, get_model
 from camtool.export.inputs import ExportFailure, InputItem, collect_inputs
@@ -60,7 +60,6 @@ from camtool.models import DEFAULT_MODEL, LoadedModel
 from camtool.progress import ProgressBar
 from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold
 
-EXIT_INTERRUPTED = 130
 RESULTS = "results.jsonl"
 
 #: The metrics ``evaluate`` knows, in report order. The last three need ground-truth boxes.
@@ -131,9 +130,7 @@ class EvalReport:
     @property
     def exit_code(self) -> int:
         """0 when every input was evaluated, 3 when some failed, 130 when interrupted."""
-        if self.interrupted:
-            return EXIT_INTERRUPTED
-        return EXIT_PARTIAL if self.failed else EXIT_OK
+        return run_exit_code(self.failed, self.interrupted)
 
     def summary(self, method: str, measure: str) -> Summary:
         """The :class:`Summary` of one method and measure (KeyError if it was not measured)."""

@@ -237,6 +237,28 @@ def _curve_inputs(
     return images, maps.to(images.device), classes
 
 
+def _perturbation_inputs(
+    forward: PixelForward,
+    images: Tensor,
+    maps: Tensor,
+    classes: Tensor,
+    original_logits: Tensor | None,
+    score: str,
+    **counts: int,
+) -> tuple[Tensor, Tensor, Tensor, Score]:
+    """The arguments :func:`deletion`, :func:`insertion` and :func:`average_drop` share, checked
+    in this order: those of :func:`_curve_inputs`, then each of ``counts`` (``batch_size=...``)
+    a positive int, then ``score``. Returns ``(images, maps, classes, score)``.
+
+    Raises:
+        InvalidArgumentError: the first argument that is not usable.
+    """
+    images, maps, classes = _curve_inputs(forward, images, maps, classes, original_logits)
+    for name, value in counts.items():
+        check_positive_int(value, name)
+    return images, maps, classes, _check_score(score)
+
+
 def deletion(
     forward: PixelForward,
     images: Tensor,
@@ -268,9 +290,9 @@ def deletion(
     Returns:
         :class:`CurveResult`: ``fractions`` ``[S+1]``, ``scores`` ``[N,S+1]``, ``auc`` ``[N]``.
     """
-    images, maps, classes = _curve_inputs(forward, images, maps, classes, original_logits)
-    check_positive_int(batch_size, "batch_size")
-    score = _check_score(score)
+    images, maps, classes, score = _perturbation_inputs(
+        forward, images, maps, classes, original_logits, score, batch_size=batch_size
+    )
     finish = _baseline_tensor(baseline, images)
     known = None if original_logits is None else (0, class_scores(original_logits, classes, score))
     fractions, scores, auc, step = _curve(
@@ -317,10 +339,10 @@ def insertion(
     Arguments and result as :func:`deletion` (``blur_size``, ``blur_sigma``: the substrate's
     kernel).
     """
-    images, maps, classes = _curve_inputs(forward, images, maps, classes, original_logits)
-    check_positive_int(batch_size, "batch_size")
-    check_positive_int(blur_size, "blur_size")
-    score = _check_score(score)
+    images, maps, classes, score = _perturbation_inputs(
+        forward, images, maps, classes, original_logits, score,
+        batch_size=batch_size, blur_size=blur_size,
+    )  # fmt: skip
     substrate = blur(images.float(), blur_size, blur_sigma)
     known = None if original_logits is None else (-1, class_scores(original_logits, classes, score))
     fractions, scores, auc, step = _curve(
@@ -373,9 +395,9 @@ def average_drop(
     ``drop = 100 * max(0, Y - O) / Y`` and ``increase = O > Y`` per image. The paper uses the
     softmax probability (``score="probability"``).
     """
-    images, maps, classes = _curve_inputs(forward, images, maps, classes, original_logits)
-    check_positive_int(batch_size, "batch_size")
-    score = _check_score(score)
+    images, maps, classes, score = _perturbation_inputs(
+        forward, images, maps, classes, original_logits, score, batch_size=batch_size
+    )
     masked_images = images.float() * normalize_maps(maps)[:, None]
     n = int(images.shape[0])
     inputs = (
