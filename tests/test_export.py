@@ -87,6 +87,7 @@ def test_folder_with_good_and_bad_files(
     assert Image.open(out / "odd" / "rotated_cam_285_egyptian_cat.png").size == (300, 451)
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["total"], summary["exported"], summary["failed"]) == (13, 8, 6)
+    assert 0 < summary["load_seconds"] < summary["seconds"]  # the model's loading, within the run
 
     code, _, _ = run(
         "export", str(root), "-o", str(out), "--format", "png", "-q", "--resume", "--workers", "0"

@@ -131,6 +131,7 @@ class ExportReport:
             could not be explained (this run and, with resume, earlier ones); skipped: inputs a
             resumed run found done already.
         seconds, images_per_second: wall time of this run and its throughput.
+        load_seconds: the part of ``seconds`` spent loading the model and binding the method.
         failures: ``(input, reason)`` of every failed input.
         interrupted: the run was stopped (Ctrl-C) before it finished.
         excluded: inputs left out because they lie inside the output folder (never read as
@@ -151,6 +152,7 @@ class ExportReport:
     interrupted: bool = False
     excluded: tuple[str, ...] = field(default=())
     removed: int = 0
+    load_seconds: float = 0.0
 
     @property
     def exit_code(self) -> int:
@@ -271,6 +273,7 @@ class _Plan:
     resumed: bool
     removed: int
     batch_size: int
+    load_seconds: float
 
 
 def _plan(
@@ -289,7 +292,9 @@ def _plan(
 ) -> _Plan:
     """Bind the method, list the inputs, check a resumed run's settings, and clean up what a
     killed earlier run left (the output folder's lock is held)."""
+    loading = time.perf_counter()
     bound = bind_method(model, method, classes, device=device, **model_options)
+    load_seconds = time.perf_counter() - loading
     loaded = bound.model
     excluded: list[Path] = []
     items, failures = collect_inputs(inputs, exclude=out, excluded=excluded)
@@ -318,8 +323,9 @@ def _plan(
     todo, carried = split_resumed(items, resumed)
     size = batch_size or (16 if loaded.device.type == "cpu" else 64)
     return _Plan(
-        bound, items, todo, carried, failures, excluded, settings, bool(runs), removed, size
-    )
+        bound, items, todo, carried, failures, excluded, settings, bool(runs), removed, size,
+        load_seconds,
+    )  # fmt: skip
 
 
 class _Recorder:
@@ -442,7 +448,7 @@ class _Recorder:
             out, out / MANIFEST, out / SUMMARY, total, exported, len(failed),
             total - len(plan.todo) - len(plan.carried), seconds,
             exported / seconds if seconds else 0.0, tuple(failed), interrupted,
-            tuple(str(p) for p in plan.excluded), plan.removed,
+            tuple(str(p) for p in plan.excluded), plan.removed, plan.load_seconds,
         )  # fmt: skip
         reason = None if stopped is None else (str(stopped) or type(stopped).__name__)
         _write_summary(report, plan.bound.model, plan.settings, self.head, device, engine, reason)
@@ -611,6 +617,7 @@ def _write_summary(
         "device": device, **engine,
         "settings": settings, "total": report.total, "exported": report.exported,
         "failed": report.failed, "skipped": report.skipped, "seconds": round(report.seconds, 3),
+        "load_seconds": round(report.load_seconds, 3),
         "images_per_second": round(report.images_per_second, 2), "interrupted": report.interrupted,
         "stopped": stopped,
         "failures": [asdict(f) for f in report.failures],
