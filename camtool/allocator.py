@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from functools import cache
 
 #: ``CAMTOOL_DEFAULT_MALLOC=1`` keeps glibc's defaults (the benchmarks use it to measure the
 #: difference); so does setting ``MALLOC_MMAP_THRESHOLD_`` yourself.
@@ -23,9 +24,9 @@ OPT_OUT = "CAMTOOL_DEFAULT_MALLOC"
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_applied: list[bool] = []
 
 
+@cache
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap threshold to 1 GiB and its trim threshold to 2 GiB, once per process,
     so that freed batch buffers are reused instead of unmapped and faulted in again.
@@ -37,9 +38,6 @@ def keep_freed_memory() -> bool:
     Returns:
         True when the thresholds are (now or already) raised by camtool.
     """
-    if _applied:
-        return _applied[0]
-    _applied.append(False)
     if (
         sys.platform != "linux"
         or "MALLOC_MMAP_THRESHOLD_" in os.environ
@@ -52,8 +50,6 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    done = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(
+    return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(
         mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)
     )
-    _applied[0] = done
-    return done

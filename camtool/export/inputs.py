@@ -20,8 +20,6 @@ from camtool.io import (
 )
 from camtool.naming import NameRegistry, component
 
-EXIT_INTERRUPTED = 130
-
 
 @dataclass(frozen=True)
 class InputItem:

@@ -48,8 +48,6 @@ from camtool.settings import (
     check_box_threshold,
 )
 
-EXIT_INTERRUPTED = 130
-
 
 @dataclass(frozen=True)
 class _Decoded:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from camtool.efficientnet_lite import EfficientNetLite
-from camtool.errors import ImageReadError, InvalidArgumentError
+from camtool.errors import EXIT_INTERRUPTED, EXIT_OK, ImageReadError, InvalidArgumentError
 from camtool.image import MAX_INPUT_SIZE
 from camtool.io import load_image, save_image, write_bytes_atomic
 from camtool.models import DEFAULT_MODEL, LoadedModel, load_model
@@ -58,8 +58,6 @@ from camtool.training.train import (
     network_with_head,
     train_head,
 )
-
-EXIT_INTERRUPTED = 130
 
 #: What a fit says about the heads it trained.
 EXACTNESS = (
@@ -112,7 +110,7 @@ class FitReport:
     @property
     def exit_code(self) -> int:
         """0, or 130 when Ctrl-C ended training (the best checkpoint was saved)."""
-        return EXIT_INTERRUPTED if self.interrupted else 0
+        return EXIT_INTERRUPTED if self.interrupted else EXIT_OK
 
     def summary(self) -> str:
         """The heads side by side, what explains them, and where the model is."""
