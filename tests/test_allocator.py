@@ -51,9 +51,10 @@ def test_a_batch_entry_point_keeps_freed_buffers_and_stops_faulting_pages_in() -
     tuned = probe()
     default = probe(CAMTOOL_DEFAULT_MALLOC="1")
     assert tuned["applied"] is True and default["applied"] is False
-    # measured: ~1,300 faults per forward pass against ~55,000 (8 images at 224x224)
+    # measured: 1,300-7,600 faults per forward pass against 55,000-73,000 (8 images at
+    # 224x224; the kernel's own reclaim makes the kept buffers fault in again now and then)
     assert default["faults"] > 10_000
-    assert tuned["faults"] * 10 < default["faults"]
+    assert tuned["faults"] * 4 < default["faults"]
 
 
 def test_a_threshold_the_user_set_is_left_alone() -> None:
