@@ -1,19 +1,21 @@
 """Where a feature map's cells sit on the network input, so heatmaps land where they came from.
 
-The first batch of each input size records the spatial layers of one forward pass
-(:func:`record_geometry`) and composes their padding and strides into a :class:`FeatureGeometry`.
+The first batch of each input size records the spatial layers of one forward pass of an empty
+batch (:func:`record_geometry`, :meth:`GeometryMemo.recording`) and composes their padding and strides into a :class:`FeatureGeometry`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from camtool.hooks import eval_mode
 
 
 @dataclass(frozen=True)
@@ -147,14 +149,35 @@ class GeometryMemo:
     def __init__(self) -> None:
         self._known: dict[tuple[int, int], FeatureGeometry] = {}
 
+    @contextmanager
     def recording(
-        self, model: nn.Module, input_hw: tuple[int, int], uniform: bool = False
-    ) -> AbstractContextManager[GeometryRecorder | None]:
-        """Record ``model``'s spatial layers when ``input_hw`` is new (and ``uniform`` is not set:
-        cells on a uniform grid, as transformer patches are); else yield None."""
-        if input_hw in self._known or uniform:
-            return nullcontext(None)
-        return record_geometry(model)
+        self, model: nn.Module, batch: Tensor, uniform: bool = False
+    ) -> Iterator[GeometryRecorder | None]:
+        """Record ``model``'s spatial layers when ``batch``'s input size (``Tensor[N,C,H,W]``) is
+        new (and ``uniform`` is not set: cells on a uniform grid, as transformer patches are);
+        else yield None.
+
+        The layers are recorded on an empty batch (``batch[:0]``, in eval mode, no autograd):
+        shapes alone, no pixel computed, and the pass this wraps runs without hooks, the same
+        way as every later batch of that size (a network with a fused inference path, such as
+        the built-in EfficientNet-Lite, takes it only without hooks). A network that cannot run
+        an empty batch is recorded on the wrapped pass instead.
+        """
+        if (int(batch.shape[-2]), int(batch.shape[-1])) in self._known or uniform:
+            yield None
+            return
+        with record_geometry(model) as recorder:
+            try:
+                with eval_mode(model), torch.inference_mode():
+                    model(batch[:0])
+                ahead = True
+            except Exception:  # any failure: record on the real pass below
+                ahead = False
+        if ahead:
+            yield recorder
+            return
+        with record_geometry(model) as recorder:
+            yield recorder
 
     def note(
         self,

@@ -74,3 +74,40 @@ def test_upsample_puts_each_cell_at_its_centre() -> None:
     # Cell (1, 2) is centred at input (12 + 8, 4 + 16) = (20, 20) -> image (40, 40): pixel 39 or 40.
     assert peak[0] in (39, 40) and peak[1] in (39, 40)
     assert up.shape == (1, 64, 64) and float(up.min()) == 0.0
+
+
+class _FlatByView(nn.Module):
+    """A network that cannot run an empty batch (``view(N, -1)`` with N = 0 has no answer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = NETS["tf_same"]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).view(x.shape[0], -1)
+
+
+@pytest.mark.parametrize("empty_batch_runs", [True, False])
+def test_the_memo_records_once_per_size_on_an_empty_batch_else_on_the_pass(
+    empty_batch_runs: bool,
+) -> None:
+    from camtool.geometry import GeometryMemo
+
+    net = uniform(NETS["tf_same"]() if empty_batch_runs else _FlatByView())
+    layers = [m for m in net.modules() if isinstance(m, Conv2dSame)]
+    memo, batch = GeometryMemo(), torch.zeros(2, 1, 64, 71)
+    with memo.recording(net, batch) as recorder:
+        assert recorder is not None
+        # recorded ahead: no hook is left on the layers during the wrapped pass
+        assert any(m._forward_hooks for m in layers) is not empty_batch_runs
+        out = net(batch)
+    assert [size for _, size, _ in recorder.events][:1] == [(64, 71)]
+    grid = (8, 9)
+    assert out.shape[-1] == (8 * 9 if not empty_batch_runs else 9)
+    geometry = memo.note(recorder, (64, 71), grid)
+    # By hand: "SAME" pads 0/1, 1/2, 0/1 rows (64, 32, 16 in) and 1/1, 1/2, 0/1 columns (71, 36,
+    # 18 in); cell 0's centre: rows 1.5 -> 1.5 + 1*2 -> 3.5 + 1*4 = 7.5, columns 0.5 -> 2.5 -> 6.5.
+    assert geometry == FeatureGeometry((7.5, 6.5), (8.0, 8.0))
+    with memo.recording(net, batch) as again:
+        assert again is None  # this size is known
+    assert not any(m._forward_hooks for m in layers)

@@ -124,7 +124,7 @@ class CamExplainer:
         input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
         with torch.inference_mode(), eval_mode(model.module):
             # The first batch of each input size also records where the feature cells sit.
-            recording = self.geometry.recording(model.module, input_hw)
+            recording = self.geometry.recording(model.module, batch)
             with autocast, recording as recorder, network_failures(model.name, batch):
                 features, logits = features_and_logits(model.module, head, batch)
             feature_hw = (int(features.shape[-2]), int(features.shape[-1]))

@@ -201,7 +201,7 @@ class GradientExplainer(LayerExplainer):
         batch = prepare_batch(model, batch)
         input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
         with (
-            self.recording(input_hw) as recorder,
+            self.recording(batch) as recorder,
             eval_mode(model.module),
             torch.inference_mode(False),
             torch.no_grad(),

@@ -433,7 +433,7 @@ class IntegratedHeadExplainer:
         input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
         with eval_mode(model.module):
             with torch.inference_mode():
-                recording = self.geometry.recording(model.module, input_hw)
+                recording = self.geometry.recording(model.module, batch)
                 with autocast, recording as recorder, network_failures(model.name, batch):
                     features, logits = head.features_and_logits(model.module, batch)
                 feature_hw = (int(features.shape[-2]), int(features.shape[-1]))

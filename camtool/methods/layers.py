@@ -438,19 +438,17 @@ class LayerExplainer:
             model.autocast(),
             network_failures(model.name, batch),
         ):
-            with self.recording(input_hw) as recorder, read_layer(target) as seen:
+            with self.recording(batch) as recorder, read_layer(target) as seen:
                 logits = logits_of(model.module(batch), model.name).float()
             activations = target.to_grid(one_tensor(target, seen), input_hw).float()
         self.geometry.note(recorder, input_hw, (activations.shape[-2], activations.shape[-1]))
         chosen = select_classes(logits, classes, maps, int(logits.shape[-1]))
         return LayerReading(batch, input_hw, logits, activations, chosen)
 
-    def recording(
-        self, input_hw: tuple[int, int]
-    ) -> AbstractContextManager[GeometryRecorder | None]:
-        """Record the spatial layers of the forward pass when this input size is new (token
-        grids sit on the patch centres: nothing to record)."""
-        return self.geometry.recording(self.model.module, input_hw, self.target.layout == "tokens")
+    def recording(self, batch: Tensor) -> AbstractContextManager[GeometryRecorder | None]:
+        """Record the network's spatial layers when ``batch``'s input size is new (token grids
+        sit on the patch centres: nothing to record)."""
+        return self.geometry.recording(self.model.module, batch, self.target.layout == "tokens")
 
     def result(
         self,
