@@ -6,12 +6,16 @@ Run:          .venv-bench/bin/python benchmarks/export_throughput.py [--images 1
 On the same JPEG photos (the bundled and foolbox photos, resized to a mix of sizes, mostly
 640x480), the same network (EfficientNet-Lite0) and the same batch size, each in its own process:
 
-  forward      bare forward passes over already-preprocessed tensors (the ceiling)
+  forward      bare forward passes over already-preprocessed tensors (the ceiling): the network
+               as camtool runs it (on the CPU the built-in EfficientNet-Lite's fused inference
+               path, camtool.efficientnet_fused)
+  forward-unfused  the same through the network's modules (fuse_inference off)
   camtool      `camtool export DIR -o OUT -q --format jpg`: files in, overlay JPEGs out (whole image, no crop)
   camtool-     the same with glibc's default malloc thresholds (CAMTOOL_DEFAULT_MALLOC=1)
   camtool-crop the same with --crop: 224x224 network inputs, as the peers below use
   camtool-device, camtool-local   `camtool export` with --runner device or local
-  (the peers get the network as a user has it: weights in the default memory format)
+  (the peers get the network as a user has it: weights in the default memory format, its
+  modules run as they are, never the fused path)
   gradcam      pytorch-grad-cam as its users run it: GradCAM on 224x224 batches, the CAM resized
                to the photo, show_cam_on_image, cv2.imwrite
   torchcam     torchcam's CAM extractor on 224x224 batches, overlay_mask at the photo's size,
@@ -133,13 +137,14 @@ def _target_layers(network):  # type: ignore[no-untyped-def]
     return network._bn1, "_bn1", "_fc"
 
 
-def worker_forward(paths: list[Path], batch_size: int, out: Path) -> float:
+def worker_forward(paths: list[Path], batch_size: int, out: Path, fused: bool = True) -> float:
     import torch
 
     import camtool
 
     cuda = MODEL["device"] != "cpu"
     model = _load(dtype="bfloat16" if cuda else None)
+    _modules_only(model.module, not fused)
     groups: dict[tuple[int, ...], list[torch.Tensor]] = {}
     for path in paths[:256]:
         tensor, _ = model.preprocessing.prepare(camtool.load_image(path))
@@ -162,6 +167,17 @@ def worker_forward(paths: list[Path], batch_size: int, out: Path) -> float:
                     break
         _synchronize()
     return time.perf_counter() - start
+
+
+def worker_forward_unfused(paths: list[Path], batch_size: int, out: Path) -> float:
+    return worker_forward(paths, batch_size, out, fused=False)
+
+
+def _modules_only(network, plain: bool = True) -> None:  # type: ignore[no-untyped-def]
+    """Run the built-in EfficientNet-Lite's modules, not its fused CPU inference path
+    (camtool.efficientnet_fused), as a user who has the network from elsewhere would."""
+    if plain and hasattr(network, "fuse_inference"):
+        network.fuse_inference = False
 
 
 def _peer_batches(paths: list[Path], batch_size: int):  # type: ignore[no-untyped-def]
@@ -187,6 +203,7 @@ def worker_gradcam(paths: list[Path], batch_size: int, out: Path) -> float:
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
     network = _load(channels_last=False).module
+    _modules_only(network)
     network.requires_grad_(True)  # as a user's model would be: GradCAM needs a backward pass
     start = time.perf_counter()
     with GradCAM(model=network, target_layers=[_target_layers(network)[0]]) as cam:
@@ -211,6 +228,7 @@ def worker_torchcam(paths: list[Path], batch_size: int, out: Path) -> float:
     from torchvision.transforms.functional import to_pil_image
 
     network = _load(channels_last=False).module
+    _modules_only(network)
     _, layer, classifier = _target_layers(network)
     start = time.perf_counter()
     with CAM(network, target_layer=layer, fc_layer=classifier) as extractor:
@@ -226,7 +244,12 @@ def worker_torchcam(paths: list[Path], batch_size: int, out: Path) -> float:
     return time.perf_counter() - start
 
 
-WORKERS = {"forward": worker_forward, "gradcam": worker_gradcam, "torchcam": worker_torchcam}
+WORKERS = {
+    "forward": worker_forward,
+    "forward-unfused": worker_forward_unfused,
+    "gradcam": worker_gradcam,
+    "torchcam": worker_torchcam,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,7 +363,7 @@ def run_worker(method: str, paths: list[Path], batch_size: int, work: Path) -> d
                "--batch-size", str(batch_size or 16), "--device", MODEL["device"],
                "--model", MODEL["name"], *(["--weights", MODEL["weights"]] if MODEL["weights"] else [])]  # fmt: skip
     env = dict(os.environ)
-    if method == "forward":  # the ceiling: the same allocator settings as camtool export uses
+    if method.startswith("forward"):  # the ceiling: the same allocator settings as camtool export uses
         env.update(MALLOC_MMAP_THRESHOLD_=str(1 << 30), MALLOC_TRIM_THRESHOLD_=str((1 << 31) - 1))
     wall, peak, stdout = measure(command, env)
     seconds, gpu_mb = (float(v) for v in stdout.strip().splitlines()[-1].split())
