@@ -234,7 +234,8 @@ def test_scorecam_shares_the_masked_input_of_equivalent_channels() -> None:
         out = explainer(batch, classes=[1, 3])
     finally:
         handle.remove()
-    assert seen == [2, 1, 4]  # the batch, the blank input, 2 images x 2 distinct masks
+    # an empty batch (the layers' geometry), the batch, the blank input, 2 images x 2 masks
+    assert seen == [0, 2, 1, 4]
     from camtool.methods.score import channel_masks
 
     with torch.no_grad():
