@@ -72,7 +72,7 @@ class _FoldedNetwork:
         return self.head(x)
 
 
-_Key = tuple[tuple[int, int], ...]
+_Key = tuple[tuple[tuple[int, int], ...], tuple[tuple[object, object, object], ...]]
 
 #: Per network: the weights it was folded from (see :func:`_weights_key`) and the folded network
 #: (None: a network of layers this path does not know).
@@ -101,7 +101,7 @@ def fused_features(network: EfficientNetLite, x: Tensor) -> Tensor | None:
 def _applies(network: EfficientNetLite, x: Tensor) -> bool:
     """Whether the fused path computes exactly what the modules would, seen from outside."""
     if not (
-        network.fuse_inference
+        getattr(network, "fuse_inference", True)  # a network pickled before the flag existed
         and type(x) is Tensor
         and x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -122,15 +122,26 @@ def _applies(network: EfficientNetLite, x: Tensor) -> bool:
 
 
 def _weights_key(network: nn.Module) -> _Key | None:
-    """(storage address, version counter) of every parameter and buffer; None when a tensor
-    keeps no version counter (an inference tensor)."""
+    """What the folded weights were computed from: (storage address, version counter) of every
+    parameter and buffer, and every layer's settings (a batch norm's epsilon, a block's skip);
+    None when a tensor keeps no version counter (an inference tensor).
+
+    Every in-place change bumps a tensor's version counter, except one made through ``.data``
+    (``p.data.mul_(2)``), which torch hides from autograd and from this key alike: after such a
+    change, set ``fuse_inference = False`` or change the weights without ``.data``.
+    """
     try:
-        return tuple(
+        tensors = tuple(
             (t.data_ptr(), t._version)
             for t in itertools.chain(network.parameters(), network.buffers())
         )
     except RuntimeError:
         return None
+    settings = tuple(
+        (getattr(m, "eps", None), getattr(m, "skip", None), getattr(m, "expand", None))
+        for m in network.modules()
+    )
+    return tensors, settings
 
 
 def _fold(network: EfficientNetLite) -> _FoldedNetwork | None:

@@ -157,20 +157,22 @@ class GeometryMemo:
         new (and ``uniform`` is not set: cells on a uniform grid, as transformer patches are);
         else yield None.
 
-        The layers are recorded on an empty batch (``batch[:0]``, in eval mode, no autograd):
-        shapes alone, no pixel computed, and the pass this wraps runs without hooks, the same
-        way as every later batch of that size (a network with a fused inference path, such as
-        the built-in EfficientNet-Lite, takes it only without hooks). A network that cannot run
-        an empty batch is recorded on the wrapped pass instead.
+        The layers are recorded on an empty batch (``batch[:0]``, in eval mode, no autograd, in
+        the caller's inference mode): shapes alone, no pixel computed, and the pass this wraps
+        runs without hooks, the same way as every later batch of that size (a network with a
+        fused inference path, such as the built-in EfficientNet-Lite, takes it only without
+        hooks). A network that cannot run an empty batch, or runs none of its spatial layers on
+        one, is recorded on the wrapped pass instead. Hooks of the caller's own on the network
+        see the empty batch too.
         """
         if (int(batch.shape[-2]), int(batch.shape[-1])) in self._known or uniform:
             yield None
             return
         with record_geometry(model) as recorder:
             try:
-                with eval_mode(model), torch.inference_mode():
+                with eval_mode(model), torch.no_grad():
                     model(batch[:0])
-                ahead = True
+                ahead = bool(recorder.events)  # none: the network skips work on no images
             except Exception:  # any failure: record on the real pass below
                 ahead = False
         if ahead:

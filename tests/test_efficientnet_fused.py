@@ -136,3 +136,22 @@ def test_a_replaced_layer_or_a_copy(fresh: camtool.LoadedModel) -> None:
         assert fused_features(network, x) is None
         changed = network(x)  # the modules run, with the layer as replaced
     assert (changed - twin(x).detach()).abs().max().item() > 0.1
+
+
+def test_changed_layer_settings_and_a_network_pickled_before_the_flag(
+    fresh: camtool.LoadedModel,
+) -> None:
+    network = fresh.module
+    x = _batch(fresh, CAT)
+    with torch.inference_mode():
+        before = fused_features(network, x)
+    network._bn1.eps = 1.0  # a setting, not a tensor: no version counter moves
+    with torch.inference_mode():
+        after = fused_features(network, x)
+    assert before is not None and after is not None
+    assert (after - before).abs().max().item() > 0.1
+    assert (after - _unfused(network, x)).abs().max().item() < 1e-4
+    del network.__dict__["fuse_inference"]  # as a module saved by an earlier camtool loads
+    with torch.inference_mode():
+        assert fused_features(network, x) is not None
+        assert network(x).shape == (1, 1000)

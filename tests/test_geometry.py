@@ -111,3 +111,37 @@ def test_the_memo_records_once_per_size_on_an_empty_batch_else_on_the_pass(
     with memo.recording(net, batch) as again:
         assert again is None  # this size is known
     assert not any(m._forward_hooks for m in layers)
+
+
+class _NothingOnNoImages(nn.Module):
+    """A network that returns early on an empty batch, running none of its layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = NETS["tf_same"]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 0:
+            return x.new_zeros(0, 1, 1, 1)
+        return self.features(x)
+
+
+def test_an_empty_batch_that_runs_no_layer_and_lazy_layers() -> None:
+    from camtool.geometry import GeometryMemo
+
+    net = uniform(_NothingOnNoImages())
+    memo, batch = GeometryMemo(), torch.zeros(1, 1, 64, 71)
+    with memo.recording(net, batch) as recorder:
+        assert recorder is not None and not recorder.events
+        out = net(batch)  # recorded on the pass instead
+    assert memo.note(recorder, (64, 71), tuple(out.shape[-2:])) == FeatureGeometry(
+        (7.5, 6.5), (8.0, 8.0)
+    )
+    lazy = nn.Sequential(nn.LazyConv2d(4, 3, stride=2), nn.ReLU())
+    with GeometryMemo().recording(lazy, torch.rand(1, 3, 16, 16)) as recorder:
+        assert recorder is not None and recorder.events
+    # the empty pass ran without autograd but outside inference mode: the weights it made
+    # lazily are ordinary tensors that a later gradient pass can use
+    assert not lazy[0].weight.is_inference()
+    lazy(torch.rand(1, 3, 16, 16)).sum().backward()
+    assert lazy[0].weight.grad is not None
