@@ -74,11 +74,12 @@ class _FoldedNetwork:
 
 _Key = tuple[tuple[tuple[int, int], ...], tuple[tuple[object, object, object], ...]]
 
-#: Per network: the weights it was folded from (see :func:`_weights_key`) and the folded network
-#: (None: a network of layers this path does not know).
-_FOLDED: weakref.WeakKeyDictionary[nn.Module, tuple[_Key, _FoldedNetwork | None]] = (
-    weakref.WeakKeyDictionary()
-)
+#: Per network: the key of the weights it was folded from (see :func:`_weights_key`), those
+#: weights themselves (held, so that no new tensor can take their addresses while the key names
+#: them), and the folded network (None: a network of layers this path does not know).
+_FOLDED: weakref.WeakKeyDictionary[
+    nn.Module, tuple[_Key, tuple[Tensor, ...], _FoldedNetwork | None]
+] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
@@ -93,8 +94,11 @@ def fused_features(network: EfficientNetLite, x: Tensor) -> Tensor | None:
     with _LOCK:
         entry = _FOLDED.get(network)
         if entry is None or entry[0] != key:
-            entry = _FOLDED[network] = (key, _fold(network))
-    folded = entry[1]
+            held = tuple(
+                t.detach() for t in itertools.chain(network.parameters(), network.buffers())
+            )
+            entry = _FOLDED[network] = (key, held, _fold(network))
+    folded = entry[2]
     return None if folded is None else folded.features(x)
 
 

@@ -155,3 +155,24 @@ def test_changed_layer_settings_and_a_network_pickled_before_the_flag(
     with torch.inference_mode():
         assert fused_features(network, x) is not None
         assert network(x).shape == (1, 1000)
+
+
+def test_weights_replaced_by_a_dtype_round_trip_are_folded_again(
+    fresh: camtool.LoadedModel,
+) -> None:
+    # .double() and .float() give every parameter new storage without moving its version
+    # counter; the freed float32 storage could be handed out again at the same address
+    network = fresh.module
+    x = _batch(fresh, CAT)
+    with torch.inference_mode():
+        before = fused_features(network, x)
+    network.double()
+    with torch.no_grad():
+        network._conv_head.weight.mul_(2)
+        network._bn1.running_var.fill_(4.0)
+    network.float()
+    with torch.inference_mode():
+        after = fused_features(network, x)
+    assert before is not None and after is not None
+    assert (after - before).abs().max().item() > 0.1
+    assert (after - _unfused(network, x)).abs().max().item() < 5e-4  # doubled weights
