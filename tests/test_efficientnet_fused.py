@@ -4,6 +4,7 @@ computes what the modules compute, and it stands aside wherever anything could t
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -29,6 +30,23 @@ def _unfused(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
             return network.forward_features(x)
     finally:
         network.fuse_inference = True
+
+
+def _features_before_and_after(
+    model: camtool.LoadedModel, change: Callable[[nn.Module], None], tolerance: float = 1e-4
+) -> torch.Tensor:
+    """The fused features of the cat photo before ``change(network)``; asserts that afterwards
+    the fused path runs again, gives other features, and equals the changed modules."""
+    network, x = model.module, _batch(model, CAT)
+    with torch.inference_mode():
+        before = fused_features(network, x)
+    change(network)
+    with torch.inference_mode():
+        after = fused_features(network, x)
+    assert before is not None and after is not None
+    assert (after - before).abs().max().item() > 0.1
+    assert (after - _unfused(network, x)).abs().max().item() < tolerance
+    return before
 
 
 @pytest.fixture()
@@ -107,22 +125,16 @@ def test_a_hook_on_any_layer_sees_the_modules_run(fresh: camtool.LoadedModel) ->
 
 
 def test_changed_weights_are_folded_again(fresh: camtool.LoadedModel) -> None:
-    network = fresh.module
-    x = _batch(fresh, CAT)
-    with torch.inference_mode():
-        before = fused_features(network, x)
-    assert before is not None
-    with torch.no_grad():  # in place: a version counter moves
-        network._bn1.running_mean.add_(0.5)
-        network._blocks[5]._depthwise_conv.weight.mul_(1.5)
-    with torch.inference_mode():
-        after = fused_features(network, x)
-    assert after is not None and (after - before).abs().max().item() > 0.1
-    assert (after - _unfused(network, x)).abs().max().item() < 1e-4
+    def in_place(network: nn.Module) -> None:
+        with torch.no_grad():  # in place: a version counter moves
+            network._bn1.running_mean.add_(0.5)
+            network._blocks[5]._depthwise_conv.weight.mul_(1.5)
+
+    before = _features_before_and_after(fresh, in_place)
     other = camtool.load_model("efficientnet_lite0", device="cpu").module.state_dict()
-    network.load_state_dict(other)  # back to the pretrained weights
+    fresh.module.load_state_dict(other)  # back to the pretrained weights
     with torch.inference_mode():
-        restored = fused_features(network, x)
+        restored = fused_features(fresh.module, _batch(fresh, CAT))
     assert restored is not None and (restored - before).abs().max().item() < 1e-5
 
 
@@ -141,18 +153,14 @@ def test_a_replaced_layer_or_a_copy(fresh: camtool.LoadedModel) -> None:
 def test_changed_layer_settings_and_a_network_pickled_before_the_flag(
     fresh: camtool.LoadedModel,
 ) -> None:
+    def new_epsilon(network: nn.Module) -> None:
+        network._bn1.eps = 1.0  # a setting, not a tensor: no version counter moves
+
+    _features_before_and_after(fresh, new_epsilon)
     network = fresh.module
-    x = _batch(fresh, CAT)
-    with torch.inference_mode():
-        before = fused_features(network, x)
-    network._bn1.eps = 1.0  # a setting, not a tensor: no version counter moves
-    with torch.inference_mode():
-        after = fused_features(network, x)
-    assert before is not None and after is not None
-    assert (after - before).abs().max().item() > 0.1
-    assert (after - _unfused(network, x)).abs().max().item() < 1e-4
     del network.__dict__["fuse_inference"]  # as a module saved by an earlier camtool loads
     with torch.inference_mode():
+        x = _batch(fresh, CAT)
         assert fused_features(network, x) is not None
         assert network(x).shape == (1, 1000)
 
@@ -162,17 +170,11 @@ def test_weights_replaced_by_a_dtype_round_trip_are_folded_again(
 ) -> None:
     # .double() and .float() give every parameter new storage without moving its version
     # counter; the freed float32 storage could be handed out again at the same address
-    network = fresh.module
-    x = _batch(fresh, CAT)
-    with torch.inference_mode():
-        before = fused_features(network, x)
-    network.double()
-    with torch.no_grad():
-        network._conv_head.weight.mul_(2)
-        network._bn1.running_var.fill_(4.0)
-    network.float()
-    with torch.inference_mode():
-        after = fused_features(network, x)
-    assert before is not None and after is not None
-    assert (after - before).abs().max().item() > 0.1
-    assert (after - _unfused(network, x)).abs().max().item() < 5e-4  # doubled weights
+    def round_trip(network: nn.Module) -> None:
+        network.double()
+        with torch.no_grad():
+            network._conv_head.weight.mul_(2)
+            network._bn1.running_var.fill_(4.0)
+        network.float()
+
+    _features_before_and_after(fresh, round_trip, tolerance=5e-4)  # doubled weights
