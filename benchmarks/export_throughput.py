@@ -141,10 +141,13 @@ def worker_forward(paths: list[Path], batch_size: int, out: Path, fused: bool = 
     import torch
 
     import camtool
+    from camtool.allocator import keep_freed_memory
 
+    keep_freed_memory()  # the ceiling: the same allocator settings as camtool export uses
     cuda = MODEL["device"] != "cpu"
     model = _load(dtype="bfloat16" if cuda else None)
-    _modules_only(model.module, not fused)
+    if not fused:
+        _modules_only(model.module)
     groups: dict[tuple[int, ...], list[torch.Tensor]] = {}
     for path in paths[:256]:
         tensor, _ = model.preprocessing.prepare(camtool.load_image(path))
@@ -173,10 +176,10 @@ def worker_forward_unfused(paths: list[Path], batch_size: int, out: Path) -> flo
     return worker_forward(paths, batch_size, out, fused=False)
 
 
-def _modules_only(network, plain: bool = True) -> None:  # type: ignore[no-untyped-def]
+def _modules_only(network) -> None:  # type: ignore[no-untyped-def]
     """Run the built-in EfficientNet-Lite's modules, not its fused CPU inference path
     (camtool.efficientnet_fused), as a user who has the network from elsewhere would."""
-    if plain and hasattr(network, "fuse_inference"):
+    if hasattr(network, "fuse_inference"):
         network.fuse_inference = False
 
 
@@ -362,10 +365,7 @@ def run_worker(method: str, paths: list[Path], batch_size: int, work: Path) -> d
     command = [sys.executable, __file__, "--worker", method, "--list", str(listing), "--out", str(out),
                "--batch-size", str(batch_size or 16), "--device", MODEL["device"],
                "--model", MODEL["name"], *(["--weights", MODEL["weights"]] if MODEL["weights"] else [])]  # fmt: skip
-    env = dict(os.environ)
-    if method.startswith("forward"):  # the ceiling: the same allocator settings as camtool export uses
-        env.update(MALLOC_MMAP_THRESHOLD_=str(1 << 30), MALLOC_TRIM_THRESHOLD_=str((1 << 31) - 1))
-    wall, peak, stdout = measure(command, env)
+    wall, peak, stdout = measure(command, dict(os.environ))
     seconds, gpu_mb = (float(v) for v in stdout.strip().splitlines()[-1].split())
     return {
         "seconds": seconds,

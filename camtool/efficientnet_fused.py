@@ -44,9 +44,7 @@ class _FoldedConv:
     relu6: bool
 
     def __call__(self, x: Tensor) -> Tensor:
-        pads, padding = self.conv.same_padding(x)
-        if pads is not None:
-            x = F.pad(x, pads)
+        x, padding = self.conv.pad_same(x)
         unary, scalars = ("hardtanh", [0.0, 6.0]) if self.relu6 else ("none", [])
         return _pointwise_convolution()(  # type: ignore[misc]
             x, self.weight, self.bias, list(padding), list(self.conv.stride),

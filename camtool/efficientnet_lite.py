@@ -47,11 +47,11 @@ class Conv2dSame(nn.Conv2d):
         padding = (kernel - 1) // 2 if stride == 1 else 0
         super().__init__(cin, cout, kernel, stride, padding=padding, groups=groups, bias=False)
 
-    def same_padding(self, x: Tensor) -> tuple[list[int] | None, tuple[int, int]]:
-        """How to pad ``x`` (``[N,C,H,W]``) for this convolution: an explicit ``F.pad`` list
-        (left, right, top, bottom) or None, and the padding the convolution itself applies."""
+    def pad_same(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """``x`` (``Tensor[N,C,H,W]``) padded for this convolution where the padding is
+        asymmetric (else ``x`` itself), and the padding the convolution itself applies."""
         if self.stride == (1, 1):
-            return None, (int(self.padding[0]), int(self.padding[1]))
+            return x, (int(self.padding[0]), int(self.padding[1]))
         pads = []
         for size, k, s in zip(
             reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=True
@@ -59,15 +59,11 @@ class Conv2dSame(nn.Conv2d):
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]
         if pads[0] == pads[1] and pads[2] == pads[3]:  # symmetric: let the convolution pad
-            return None, (pads[2], pads[0])
-        return pads, (0, 0)
+            return x, (pads[2], pads[0])
+        return F.pad(x, pads), (0, 0)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.stride == (1, 1):
-            return super().forward(x)
-        pads, padding = self.same_padding(x)
-        if pads is not None:
-            x = F.pad(x, pads)
+        x, padding = self.pad_same(x)
         return F.conv2d(x, self.weight, None, self.stride, padding, self.dilation, self.groups)
 
 

@@ -1,7 +1,8 @@
 """Where a feature map's cells sit on the network input, so heatmaps land where they came from.
 
 The first batch of each input size records the spatial layers of one forward pass of an empty
-batch (:func:`record_geometry`, :meth:`GeometryMemo.recording`) and composes their padding and strides into a :class:`FeatureGeometry`.
+batch (:func:`record_geometry`, :meth:`GeometryMemo.recording`) and composes their padding and
+strides into a :class:`FeatureGeometry`.
 """
 
 from __future__ import annotations
