@@ -182,7 +182,7 @@ def test_unreadable_images_and_empty_classes_are_left_out_with_a_warning(tmp_pat
     assert from_csv.labels == ("cat", "dog") and from_csv.counts() == [4, 5]
     assert from_csv.samples[-1].path == data / "dog" / "broken.png"
     result = runner.invoke(app, ["fit", str(data), "-o", str(tmp_path / "m"), "-q"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error, found before any image is read
     assert "exists and is not empty" in result.stderr
 
 

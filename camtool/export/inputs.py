@@ -42,6 +42,15 @@ class ExportFailure:
     error: str
 
 
+def lies_within(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it, however either is spelled (relative
+    parts and symlinks resolved; neither needs to exist). The one rule that keeps an output
+    folder and its inputs apart: an export never reads an input inside its output folder, and
+    ``camtool fit`` never writes a model folder that is, holds or lies inside its data."""
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
 def _has_magic(text: str) -> bool:
     return any(c in text for c in "*?[")
 
@@ -114,8 +123,7 @@ def collect_inputs(
     failures: list[ExportFailure] = []
     names = NameRegistry()
     seen: set[str] = set()
-    skip = os.path.realpath(exclude) + os.sep if exclude is not None else None
-
+    skip = os.path.realpath(exclude) if exclude is not None else None
     left_out: list[Path] = [] if excluded is None else excluded
 
     def add(path: Path, root: Path) -> None:
@@ -123,7 +131,7 @@ def collect_inputs(
         if real in seen:
             return
         seen.add(real)
-        if skip and (real + os.sep).startswith(skip):
+        if skip is not None and lies_within(real, skip):
             left_out.append(path)
             return
         # a.jpg and a.png, or the same name from two inputs: one rule, shared with `explain`

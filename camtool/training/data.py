@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from camtool.errors import CamtoolError
 from camtool.export.inputs import collect_inputs
@@ -64,7 +65,8 @@ def read_dataset(spec: str | os.PathLike[str], labels: Sequence[str] | None = No
 
     Raises:
         DatasetError: the path is neither a folder nor a CSV, a CSV line is malformed, a label
-            is unknown, or a label cannot be a line of a label file.
+            is unknown, a label cannot be a line of a label file, or two class folders make
+            one class name once stripped (``cat`` and `` cat``).
     """
     path = Path(spec)
     if path.is_dir():
@@ -102,8 +104,14 @@ def _read_folder(root: Path) -> tuple[list[str], list[tuple[Path, str]]]:
     except OSError as exc:
         raise DatasetError(root, f"cannot list folder: {exc.strerror or exc}") from None
     names, found = [], []
+    folder_of: dict[str, str] = {}  # class name -> the folder it came from
     for entry in folders:
         name = entry.name.strip()
+        if name in folder_of:  # 'cat' and ' cat': two folders, one class once stripped
+            _refuse_collision(
+                root, "class folders", folder_of[name], entry.name, "class name", name
+            )
+        folder_of[name] = entry.name
         items, failures = collect_inputs([entry.path])
         for failure in failures:
             if failure.error == "no image files in this folder":
@@ -142,6 +150,8 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[Path, str]]]:
 def check_classes(train: Dataset) -> None:
     """Refuse data no classifier can be trained on: fewer than two classes with images, or
     class names that make the same file name (``T-shirt`` and ``t shirt``: both ``t_shirt``).
+    (Class folders that make the same class name, ``cat`` and `` cat``, are refused as they are
+    read: the names are stripped.)
 
     Raises:
         DatasetError: naming the classes.
@@ -154,11 +164,17 @@ def check_classes(train: Dataset) -> None:
     for name in train.labels:
         key = slug(name)
         if key in seen:
-            raise DatasetError(
-                train.source,
-                f"classes {seen[key]!r} and {name!r} have the same file name '{key}'; rename one",
-            )
+            _refuse_collision(train.source, "classes", seen[key], name, "file name", key)
         seen[key] = name
+
+
+def _refuse_collision(
+    source: str | os.PathLike[str], what: str, first: str, second: str, same: str, key: str
+) -> NoReturn:
+    """Two names that would become one (as a class name, or as a file name): neither wins."""
+    raise DatasetError(
+        source, f"{what} {first!r} and {second!r} have the same {same} {key!r}; rename one"
+    )
 
 
 def split(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:

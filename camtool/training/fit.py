@@ -21,6 +21,7 @@ from torch import Tensor
 
 from camtool.efficientnet_lite import EfficientNetLite
 from camtool.errors import EXIT_INTERRUPTED, EXIT_OK, ImageReadError, InvalidArgumentError
+from camtool.export.inputs import lies_within
 from camtool.image import MAX_INPUT_SIZE
 from camtool.io import load_image, save_image, write_bytes_atomic
 from camtool.models import DEFAULT_MODEL, LoadedModel, load_model
@@ -43,6 +44,7 @@ from camtool.training.features import (
 )
 from camtool.training.report import (
     card_text,
+    check_output_folder,
     class_sheets,
     confusion_matrix,
     confusion_picture,
@@ -202,14 +204,23 @@ def fit(
 
     Raises:
         DatasetError: data a classifier cannot be trained on; InvalidArgumentError: bad settings;
-        ModelLoadError, OutputWriteError; KeyboardInterrupt before the first epoch ended.
+        InvalidArgumentError too (usage): ``output`` is, holds or lies inside the data or
+        validation folder, holds a file of the data, or is a non-empty folder without
+        ``overwrite`` (all refused before any image is read); ModelLoadError;
+        OutputWriteError: ``output`` cannot be written (read-only, forbidden, a full disk:
+        found before any image is read, by a probe file); KeyboardInterrupt before the first
+        epoch ended.
     """
     started = time.perf_counter()
     say = log or (lambda line: None)
     out = Path(output)
+    target = Path(os.path.abspath(out))  # `-o .` too: the folder is staged beside it
     settings = TrainSettings(epochs, learning_rate, weight_decay, batch_size, seed)
     _check_settings(head, settings, input_size, finetune_stages)
-    train_set, val_set = _datasets(data, val, val_fraction, seed)
+    _check_apart(target, data, val)
+    train_set, val_set = _datasets(data, val, val_fraction, seed)  # lists files, reads no image
+    _check_holds_no_data(target, (train_set, val_set))
+    check_output_folder(target, overwrite)  # before any image is read: never lose a whole run
     backbone = _backbone(model, device, input_size)
     assert isinstance(backbone.module, EfficientNetLite)
     say(f"{len(train_set.samples)} training and {len(val_set.samples)} validation images, "
@@ -297,7 +308,7 @@ def fit(
         "skipped_images": len(skipped), "flips": flips, "epochs": epochs,
         "learning_rate": learning_rate, "weight_decay": weight_decay, "interrupted": interrupted,
     }  # fmt: skip
-    with staged_folder(out, overwrite) as folder:
+    with staged_folder(target, overwrite) as folder:
         _write_model(folder, trained_model, head, grid, card_fields, results)
         if report:
             _write_report(
@@ -309,7 +320,7 @@ def fit(
                 skipped,
                 validation,
             )
-    loaded = load_model(str(out / "card.toml"), device=device)
+    loaded = load_model(str(target / "card.toml"), device=device)
     return FitReport(
         out, out / "card.toml", loaded, head, tuple(results), train_set.labels,
         len(train_set.samples), len(val_set.samples), validation, tuple(skipped), cached,
@@ -334,6 +345,43 @@ def _check_settings(
     for ok, name, problem in checks:
         if not ok:
             raise InvalidArgumentError(name, problem)
+
+
+def _check_apart(
+    target: Path, data: str | os.PathLike[str], val: str | os.PathLike[str] | None
+) -> None:
+    """Refuse a model folder that is, holds or lies inside the data or validation folder (or
+    holds a data CSV): writing or replacing it would change or delete the data."""
+    for what, source in (("data", data), ("validation", val)):
+        if source is None or not os.path.exists(source):
+            continue  # read_dataset says what is missing
+        kind = "folder" if os.path.isdir(source) else "file"
+        if lies_within(source, target):
+            problem = (
+                f"is the {what} {kind}"
+                if lies_within(target, source)
+                else f"holds the {what} {kind} {source}"
+            )
+        elif kind == "folder" and lies_within(target, source):
+            problem = f"lies inside the {what} folder {source}"
+        else:
+            continue
+        raise InvalidArgumentError(
+            target, f"{problem}; choose a model folder outside the training data"
+        )
+
+
+def _check_holds_no_data(target: Path, datasets: Sequence[Dataset]) -> None:
+    """Refuse a model folder that holds an image of the data (a CSV's file, a class folder
+    linked from inside it), however the paths are spelled."""
+    for dataset in datasets:
+        for sample in dataset.samples:
+            if lies_within(sample.path, target):
+                raise InvalidArgumentError(
+                    target,
+                    f"holds {sample.path}, an image of {dataset.source}; choose a model folder "
+                    "outside the training data",
+                )
 
 
 def _backbone(model: str, device: str | None, input_size: int | None) -> LoadedModel:

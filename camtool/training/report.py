@@ -7,12 +7,13 @@ so a half-written model folder is never seen, whatever stops the run.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from camtool.errors import OutputWriteError
+from camtool.errors import InvalidArgumentError, OutputWriteError
 from camtool.image import Preprocessing, resize_image
 from camtool.io import TEMP_PREFIX, TEMP_SUFFIX, save_image, write_bytes_atomic
 from camtool.naming import slug
@@ -31,21 +32,82 @@ from camtool.render import labelled_grid
 TILE = 112
 
 
+def check_output_folder(target: Path, overwrite: bool) -> None:
+    """Refuse, before any work, a model folder :func:`staged_folder` could not write: ``target``
+    is a file, or a non-empty folder without ``overwrite``; the folder it is staged in (its
+    parent, or the nearest existing folder above, when the parent does not exist yet) cannot
+    take a file (read-only, forbidden, full: a probe file is written there, synced and removed);
+    an existing ``target`` cannot be replaced (a mount point, a read-only folder).
+
+    Raises:
+        InvalidArgumentError: a file, or a non-empty folder without ``overwrite`` (usage).
+        OutputWriteError: the file system refuses the write (with its ``errno``).
+    """
+    target = Path(os.path.abspath(target))
+    _check_target(target, overwrite)
+    place = target.parent
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise OutputWriteError(place, "cannot write here: not a folder", errno.ENOTDIR)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=place)
+        try:
+            os.write(fd, bytes(4096))
+            os.fsync(fd)
+        finally:
+            with suppress(OSError):
+                os.close(fd)
+            with suppress(OSError):
+                os.unlink(probe)
+    except OSError as exc:
+        raise OutputWriteError(
+            place, f"cannot write here: {exc.strerror or exc}", exc.errno
+        ) from None
+    if target.is_dir():
+        if os.path.ismount(target):
+            raise OutputWriteError(
+                target,
+                "is a mount point, and the model folder is replaced whole; write into a folder "
+                "inside it",
+                errno.EBUSY,
+            )
+        if not os.access(target, os.W_OK):
+            raise OutputWriteError(target, "cannot replace this folder: not writable", errno.EACCES)
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if target.exists() and not target.is_dir():
+        raise InvalidArgumentError(target, "exists and is not a folder")
+    if target.is_dir() and not overwrite and _holds_anything(target):
+        raise InvalidArgumentError(
+            target, "exists and is not empty; choose another folder or overwrite it"
+        )
+
+
+def _holds_anything(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return any(True for _ in entries)
+    except OSError as exc:
+        raise OutputWriteError(
+            folder, f"cannot list folder: {exc.strerror or exc}", exc.errno
+        ) from None
+
+
 @contextmanager
 def staged_folder(target: Path, overwrite: bool) -> Iterator[Path]:
     """A temporary folder beside ``target``, renamed to ``target`` when the block succeeds and
-    removed when it fails (Ctrl-C included).
+    removed when it fails (Ctrl-C included). A relative ``target`` (``.`` too) is made absolute
+    first, so the temporary folder lies beside it, never inside it; a replaced folder is put
+    back when the rename fails, and no temporary folder is left on any path.
 
     Raises:
-        OutputWriteError: ``target`` exists and is not empty (without ``overwrite``), or the
-            parent folder cannot be written.
+        InvalidArgumentError: ``target`` is a file, or a non-empty folder (without
+            ``overwrite``). OutputWriteError: the parent folder cannot be written.
     """
-    if target.exists() and not target.is_dir():
-        raise OutputWriteError(target, "exists and is not a folder")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise OutputWriteError(
-            target, "exists and is not empty; choose another folder or overwrite it"
-        )
+    target = Path(os.path.abspath(target))
+    _check_target(target, overwrite)  # again: the folder may have changed while the model trained
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=target.parent))
@@ -53,22 +115,36 @@ def staged_folder(target: Path, overwrite: bool) -> Iterator[Path]:
         raise OutputWriteError(
             target.parent, f"cannot write here: {exc.strerror or exc}", exc.errno
         ) from None
+    old: Path | None = None
     try:
         yield staging
         staging.chmod(0o777 & ~_umask())
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=target.parent))
             os.replace(target, old / "old")
-            os.replace(staging, target)
+            try:
+                os.replace(staging, target)
+            except OSError:
+                os.replace(old / "old", target)  # the earlier model folder, back in its place
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, target)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_parts(staging, old)
         raise OutputWriteError(target, f"cannot write: {exc.strerror or exc}", exc.errno) from None
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_parts(staging, old)
         raise
+
+
+def _remove_parts(staging: Path, old: Path | None) -> None:
+    """Remove the staging folder, and the folder that was to hold the replaced one (when it is
+    empty: it never removes a model folder that could not be put back)."""
+    shutil.rmtree(staging, ignore_errors=True)
+    if old is not None:
+        with suppress(OSError):
+            old.rmdir()
 
 
 def _umask() -> int:
