@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +23,7 @@ from typer.testing import CliRunner
 
 import camtool
 from camtool.cli import app
-from camtool.errors import InvalidArgumentError
+from camtool.errors import InvalidArgumentError, OutputBusyError
 from camtool.metrics.evaluate import METRICS, EvalReport, evaluate
 from tests.conftest import CAT, COFFEE
 from tests.test_gallery import browse, elements
@@ -173,3 +178,98 @@ def test_cli_eval_errors_are_one_line(
     assert result.exit_code == code, result.stderr
     assert result.stderr.startswith(message.format(tmp=tmp_path, cat=CAT)), result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_an_image_of_another_size_than_its_file_declares_fails_or_is_rescaled(
+    tmp_path: Path,
+) -> None:
+    """Boxes drawn on a copy of chelsea.png twice as large (902x600; they fit the real 451x300
+    image too, so nothing else would notice): that image fails naming the file and the entry,
+    the others go on (exit 3); rescale_boxes=True halves them and the report says so."""
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "chelsea.png", "width": 902, "height": 600}],
+        "categories": [{"id": 7, "name": "Egyptian cat"}],
+        "annotations": [{"id": 31, "image_id": 1, "category_id": 7, "bbox": [0, 0, 400, 290]}],
+    }))  # fmt: skip
+    wanted = ["pointing_game"]
+    found = evaluate([CAT, COFFEE], ["cam"], boxes, wanted, out=tmp_path / "r", **CHEAP)
+    assert (found.exit_code, found.failed, found.evaluated) == (3, 1, 1)
+    assert found.failures[0].input == str(CAT)
+    assert found.failures[0].error == (
+        f"{boxes}: annotation id 31: the file gives the image as 902x600 px but it is 451x300 "
+        "px, so its boxes would land in the wrong place (were they drawn on a resized copy? "
+        "--rescale-boxes scales them to the image)"
+    )
+    assert found.rescaled == () and "rescale_boxes" not in found.settings
+
+    out = tmp_path / "rescaled"
+    again = evaluate([CAT, COFFEE], ["cam"], boxes, wanted, out=out, rescale_boxes=True, **CHEAP)
+    assert (again.exit_code, again.evaluated, again.rescaled) == (0, 2, (str(CAT),))
+    cat = next(r for r in again.records if r["input"] == str(CAT))
+    assert cat["boxes"] == [[0.0, 0.0, 200.0, 145.0]]
+    assert cat["boxes_rescaled"] == {"from": [902, 600], "to": [451, 300]}
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert lines[0]["settings"]["rescale_boxes"] is True
+    assert [r.get("boxes_rescaled") for r in lines[1:]] == [cat["boxes_rescaled"], None]
+    data = json.loads((out / "results.json").read_text())
+    assert data["boxes_rescaled"] == [str(CAT)] and data["settings"]["rescale_boxes"] is True
+
+
+def test_cli_eval_refuses_or_rescales_voc_boxes_of_another_size(tmp_path: Path) -> None:
+    xml = tmp_path / "chelsea.xml"
+    xml.write_text(
+        "<annotation><filename>chelsea.png</filename><size><width>225</width><height>150"
+        "</height></size><object><name>Egyptian cat</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+        "<xmax>200</xmax><ymax>150</ymax></bndbox></object></annotation>"
+    )
+    base = ["eval", str(CAT), "--boxes", str(xml), "--metric", "pointing_game", "--size", "64"]
+    result = runner.invoke(app, [*base, "-q", "-o", str(tmp_path / "r")])
+    assert result.exit_code == 3, result.stderr
+    assert result.stderr == (
+        f"Error: {CAT}: {xml}: object 1 (Egyptian cat): the file gives the image as 225x150 px "
+        "but it is 451x300 px, so its boxes would land in the wrong place (were they drawn on a "
+        "resized copy? --rescale-boxes scales them to the image)\n"
+    )
+    result = runner.invoke(app, [*base, "-q", "--rescale-boxes", "-o", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == (
+        "rescaled the boxes of 1 image to the image size (their annotation declares another; "
+        "see boxes_rescaled in results.jsonl)\n"
+    )
+    record = json.loads((tmp_path / "s" / "results.jsonl").read_text().splitlines()[1])
+    assert record["boxes_rescaled"] == {"from": [225, 150], "to": [451, 300]}
+    assert record["boxes"] == [[0.0, 0.0, 400.89, 300.0]]
+
+
+def test_a_folder_held_by_a_running_eval_names_eval_in_the_refusal(tmp_path: Path) -> None:
+    """A real `camtool eval` process holds the report folder: a second eval (or an export) into
+    it is refused with one line that names the command and the pid holding it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4000):
+        os.link(COFFEE if i % 2 else CAT, folder / f"img{i:04d}.png")
+    out = tmp_path / "report"
+    args = ["eval", str(folder), "-o", str(out), "--metric", "deletion", "--size", "32"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "camtool.cli", *args, "--steps", "2", "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 180
+        results = out / "results.jsonl"
+        while first.poll() is None and time.time() < deadline:
+            if results.exists() and results.read_text().count("\n") >= 2:
+                break
+            time.sleep(0.05)
+        assert first.poll() is None, "the first eval ended too early for this test"
+        busy = f"{out}: is being written by another camtool eval (pid {first.pid})"
+        with pytest.raises(OutputBusyError) as caught:
+            evaluate(CAT, ["cam"], metrics=["deletion"], out=out, **CHEAP)
+        assert str(caught.value) == busy
+        result = runner.invoke(app, ["export", str(CAT), "-o", str(out), "-q"])
+        assert (result.exit_code, result.stderr) == (1, f"Error: {busy}\n")
+        assert first.poll() is None, "the first eval ended too early for this test"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=60)

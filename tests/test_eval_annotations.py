@@ -4,13 +4,18 @@ every hostile or malformed entry refused with one line naming the file and the e
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from camtool.metrics.annotations import (
+    MAX_BOXES,
     AnnotationError,
+    GroundTruthBox,
     clip_box,
+    fit_to_image,
     match_images,
     read_annotations,
     resolve_boxes,
@@ -154,6 +159,11 @@ BAD_VOC_BOXES = {
         "object 1 (Egyptian cat): box [0, 0, 460, 10] lies outside the image (451x300 px; a box may reach 1 px beyond its edges)",
     ),
     "text": (("1", "1", "wide", "10"), "object 1 (Egyptian cat): xmax 'wide' is not a number"),
+    "underscore": (("1", "1_0", "20", "10"), "object 1 (Egyptian cat): ymin '1_0' is not a number"),
+    "arabic digits": (
+        ("1", "1", "\u0662\u0660", "10"),
+        "object 1 (Egyptian cat): xmax '\u0662\u0660' is not a number",
+    ),
 }
 
 
@@ -166,6 +176,28 @@ def test_bad_voc_boxes_are_refused_naming_the_object(tmp_path: Path, case: str) 
 
 def test_a_box_one_pixel_over_the_edge_is_clipped() -> None:
     assert clip_box((-1, 0, 452, 300.5), (451, 300), "x") == (0.0, 0.0, 451.0, 300.0)
+
+
+def test_a_box_of_another_declared_image_size_is_refused_or_rescaled(tmp_path: Path) -> None:
+    """The size a VOC or COCO file declares against the real image's: refused naming the file
+    and the entry, or with rescale scaled by the ratio of the sizes; a CSV box (no declared
+    size) is only clipped."""
+    path = voc(tmp_path, "big.xml", box_object("101", "51", "800", "600"), size=(
+        "<size><width>902</width><height>600</height></size>"
+    ))  # fmt: skip
+    (box,) = read_annotations(path).boxes
+    assert box.size == (902, 600)
+    with pytest.raises(AnnotationError) as caught:
+        fit_to_image(box, (451, 300))
+    assert str(caught.value) == (
+        f"{path}: object 1 (Egyptian cat): the file gives the image as 902x600 px but it is "
+        "451x300 px, so its boxes would land in the wrong place (were they drawn on a resized "
+        "copy? --rescale-boxes scales them to the image)"
+    )
+    assert fit_to_image(box, (451, 300), rescale=True) == (50.0, 25.0, 400.0, 300.0)
+    assert fit_to_image(box, (902, 600)) == (100.0, 50.0, 800.0, 600.0)
+    plain = GroundTruthBox("chelsea.png", "1", (0.0, 0.0, 451.5, 10.0), "b.csv", "line 2")
+    assert fit_to_image(plain, (451, 300)) == (0.0, 0.0, 451.0, 10.0)
 
 
 BAD_CSV = {
@@ -184,6 +216,18 @@ BAD_CSV = {
     ),
     "empty": ("", "line 1: empty file"),
     "no boxes": ("file,class,x1,y1,x2,y2\n", "holds no boxes"),
+    "underscore": (
+        "file,class,x1,y1,x2,y2\nchelsea.png,1,0,0,1_0,4\n",
+        "line 2: x2 '1_0' is not a number",
+    ),
+    "many digits": (
+        "file,class,x1,y1,x2,y2\nchelsea.png,1,0,0," + "9" * 5000 + ",4\n",
+        "line 2: x2 is inf, not a finite number",
+    ),
+    "not utf-8": (
+        "file,class,x1,y1,x2,y2\nchelsea.png,1,0,0,4,4\nkatze\udcfc.png,1,0,0,4,4\n",
+        "CSV file is not utf-8-sig text (byte 50)",
+    ),
 }
 
 
@@ -191,7 +235,118 @@ BAD_CSV = {
 def test_bad_csv_rows_are_refused_naming_the_line(tmp_path: Path, case: str) -> None:
     text, problem = BAD_CSV[case]
     path = tmp_path / "boxes.csv"
-    assert refusal(path, text).startswith(f"{path}: {problem}")
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    assert refusal(path).startswith(f"{path}: {problem}")
+
+
+def test_csv_line_endings_and_byte_order_mark_read_as_before(tmp_path: Path) -> None:
+    """The CSV is read a line at a time: CRLF, a lone CR (old Mac files), a byte-order mark and
+    a quoted field over two lines still read as a whole-file reader reads them."""
+    path = tmp_path / "boxes.csv"
+    path.write_bytes(
+        b"\xef\xbb\xbffile,class,x1,y1,x2,y2\r\nchelsea.png,285,0,0,4,4\r"
+        b'"two\nlines.png",tabby,1,1,5,5\r\n\r\n coffee.png ,967,2,2,8,8'
+    )
+    boxes = read_annotations(path).boxes
+    assert [(b.file, b.label, b.box, b.entry) for b in boxes] == [
+        ("chelsea.png", "285", (0.0, 0.0, 4.0, 4.0), "line 2"),
+        ("two\nlines.png", "tabby", (1.0, 1.0, 5.0, 5.0), "line 4"),
+        ("coffee.png", "967", (2.0, 2.0, 8.0, 8.0), "line 6"),
+    ]
+
+
+def test_huge_numbers_are_one_line_naming_the_file(tmp_path: Path) -> None:
+    """Integers past Python's int-str conversion limit (4300 digits) in a COCO file, and
+    numbers of thousands of digits in CSV and VOC files, coordinates or classes."""
+    path = tmp_path / "boxes.json"
+    huge = "9" * 5000
+    for where in ("bbox", "id", "image_id"):
+        data = coco(path).read_text()
+        replaced = {
+            "bbox": data.replace("[0, 0, 405, 300]", f"[0, 0, {huge}, 300]"),
+            "id": data.replace('"id": 31', f'"id": -{huge}'),
+            "image_id": data.replace('"image_id": 1', f'"image_id": {huge}'),
+        }[where]
+        message = refusal(path, replaced.replace(", ", ",\n"))
+        line = replaced.replace(", ", ",\n").split(huge)[0].count("\n") + 1
+        assert (
+            message == f"{path}: not valid JSON (line {line}: an integer of more than 4,300 digits)"
+        )
+    under_the_limit = "9" * 4000
+    message = refusal(coco(path, annotations=[
+        {"id": 5, "image_id": 1, "category_id": 7, "bbox": [0, 0, int(under_the_limit), 4]}
+    ]))  # fmt: skip
+    assert message == (
+        f"{path}: annotation id 5: width 999999... (4000 digits) is beyond 1,000,000 pixels "
+        "(not an image)"
+    )
+    for label, problem in (
+        (huge, "class index out of range 0..999"),
+        ("\u00b2", "unknown class name"),
+    ):
+        csv_path = tmp_path / "boxes.csv"
+        csv_path.write_text(f"file,class,x1,y1,x2,y2\nchelsea.png,{label},0,0,4,4\n")
+        with pytest.raises(AnnotationError) as caught:
+            resolve_boxes(read_annotations(csv_path), imagenet_labels(), "efficientnet_lite0")
+        shown = label if len(label) < 60 else f"{label[:40]}... (5,000 characters)"
+        assert str(caught.value).startswith(
+            f"{csv_path}: line 2: class {shown!r} is not one of the 1000 classes of "
+            f"efficientnet_lite0 ({problem}"
+        ), str(caught.value)
+    xml = voc(tmp_path, "huge.xml", box_object("1", "1", "20", "10"), size=(
+        f"<size><width>{huge}</width><height>300</height></size>"
+    ))  # fmt: skip
+    assert refusal(xml) == f"{xml}: <size>: image width is inf, not a finite number"
+
+
+def test_a_file_without_boxes_is_refused_in_every_format(tmp_path: Path) -> None:
+    """A VOC file without <object> is refused as a CSV or COCO file without boxes are, and so is
+    a folder of VOC files none of which has a box; in a folder with boxes, a file without
+    <object> gives its image none (as a COCO image without annotations)."""
+    empty = voc(tmp_path, "empty.xml", "")
+    assert refusal(empty) == f"{empty}: holds no boxes (no <object>)"
+    with pytest.raises(AnnotationError) as caught:
+        read_annotations(tmp_path)
+    assert str(caught.value) == f"{tmp_path}: holds no boxes (no <object> in its 1 XML file)"
+    voc(tmp_path, "cat.xml", CAT_OBJECT)
+    assert [box.label for box in read_annotations(tmp_path).boxes] == ["Egyptian cat"]
+    csv_path = tmp_path / "boxes.csv"
+    assert refusal(csv_path, "file,class,x1,y1,x2,y2\n") == f"{csv_path}: holds no boxes"
+    json_path = coco(tmp_path / "boxes.json", annotations=[])
+    assert refusal(json_path) == f"{json_path}: holds no annotations"
+
+
+def test_a_box_file_past_the_box_limit_is_refused_and_read_in_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    """A real CSV file of MAX_BOXES + 1 rows is refused, naming the file; another process reads
+    it (a million boxes before the refusal) with a peak of memory far below the 670 MB that
+    reading the file whole and one dict per box took."""
+    path = tmp_path / "many.csv"
+    with path.open("w") as handle:
+        handle.write("file,class,x1,y1,x2,y2\n")
+        handle.writelines(
+            f"{i % 5000:04d}.png,285,{i % 300},{i % 200},{i % 300 + 9},{i % 200 + 7}\n"
+            for i in range(MAX_BOXES + 1)
+        )
+    assert path.stat().st_size > 24_000_000
+    script = (
+        "import resource, sys\n"
+        "from camtool.metrics.annotations import AnnotationError, read_annotations\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    read_annotations(sys.argv[1])\n"
+        "except AnnotationError as exc:\n"
+        "    print(exc)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    message, grown_mib = done.stdout.splitlines()
+    assert message == f"{path}: holds more than 1,000,000 boxes, above the limit"
+    assert int(grown_mib) < 400, f"reading a million boxes took {grown_mib} MiB more"
 
 
 def test_bad_coco_entries_are_refused_naming_the_annotation(tmp_path: Path) -> None:
@@ -222,6 +377,10 @@ def test_bad_coco_entries_are_refused_naming_the_annotation(tmp_path: Path) -> N
     for changes, problem in cases.values():
         message = refusal(coco(path, **changes))
         assert message.startswith(f"{path}: {problem}"), message
+    twice = {"id": 31, "image_id": 1, "category_id": 8, "bbox": [0, 0, 40, 30]}
+    data = json.loads(coco(path).read_text())
+    message = refusal(coco(path, annotations=[*data["annotations"], twice]))
+    assert message == f"{path}: annotation 2: id 31 is used twice (annotation 1 has it too)"
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(AnnotationError, match=r"nested too deeply|not a COCO file"):
         read_annotations(path)
@@ -247,6 +406,8 @@ def test_files_that_are_missing_too_large_or_of_an_unknown_kind(tmp_path: Path) 
         handle.truncate((64 << 20) + 1)
     with pytest.raises(AnnotationError, match="above the limit"):
         read_annotations(big)
+    with pytest.raises(AnnotationError, match="above the limit"):  # before reading it
+        read_annotations(big.rename(tmp_path / "big.json"))
     with pytest.raises(AnnotationError, match=r"no Pascal VOC \.xml files"):
         read_annotations(tmp_path)
 

@@ -252,15 +252,22 @@ class ManifestWriter:
             os.close(self.fd)
 
 
+#: The name of the command that holds an output folder's lock, as its lock file records it.
+_COMMAND = re.compile(r"[a-z][a-z-]{0,19}")
+
+
 @contextlib.contextmanager
-def locked_output(out: Path) -> Iterator[None]:
+def locked_output(out: Path, command: str = "export") -> Iterator[None]:
     """Hold ``out``'s lock (an OS file lock on ``out/.camtool-export.lock``) for the block; the
     lock file is removed at the end. The OS drops the lock when the process ends, however it ends.
+    The lock file holds ``<pid> <command>`` (``export``, ``eval``): a second run names the holder.
 
     Raises:
-        OutputBusyError: another process holds the lock.
+        OutputBusyError: another process holds the lock (naming its command and pid).
         OutputWriteError: ``out`` cannot be created or written.
     """
+    if not _COMMAND.fullmatch(command):
+        raise InvalidArgumentError(command, "a command name is a short lowercase word")
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
@@ -274,10 +281,10 @@ def locked_output(out: Path) -> Iterator[None]:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+                holder = _lock_holder(os.read(fd, 64))
                 os.close(fd)
                 raise OutputBusyError(
-                    out, f"is being written by another camtool export (pid {holder})"
+                    out, f"is being written by another camtool {holder}"
                 ) from None
             # The holder before us may have removed the file after we opened it: lock the file
             # that is there now, never an unlinked one.
@@ -286,7 +293,7 @@ def locked_output(out: Path) -> Iterator[None]:
                     break
             os.close(fd)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        os.write(fd, f"{os.getpid()} {command}\n".encode("ascii"))
     except OSError as exc:
         raise OutputWriteError(
             out, f"cannot write here: {exc.strerror or exc}", exc.errno
@@ -297,6 +304,15 @@ def locked_output(out: Path) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.close(fd)
+
+
+def _lock_holder(content: bytes) -> str:
+    """``export (pid 12)`` from a lock file's ``12 export`` (``run (pid 12)`` from the bare pid of
+    an earlier camtool, ``run (pid unknown)`` from a file not written yet)."""
+    words = content.decode("ascii", "replace").split()
+    pid = words[0] if words and words[0].isdigit() else "unknown"
+    command = words[1] if len(words) > 1 and _COMMAND.fullmatch(words[1]) else "run"
+    return f"{command} (pid {pid})"
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,29 +17,35 @@ model's labels by :func:`resolve_boxes` (the rule of ``--class``: :func:`camtool
 a name that is not one of the model's classes is an error naming the file and the entry.
 
 Hostile files are refused before anything is computed, each with one line naming the file and
-the entry: a file larger than :data:`camtool.io.MAX_TEXT_BYTES`, XML with a DOCTYPE (which is
-where entity definitions live: no entity expansion and no external entity can happen, because
-no DOCTYPE ever reaches the parser), JSON nested deeper than Python can parse, coordinates that
-are not finite or beyond :data:`MAX_COORDINATE`, empty or inverted boxes, boxes outside the
-image by more than :data:`BOX_TOLERANCE` pixels, annotations of an image or a category that the
-file does not define, and more than :data:`MAX_BOXES` boxes.
+the entry: a file larger than :data:`camtool.io.MAX_TEXT_BYTES` (by its size, before it is
+read), XML with a DOCTYPE (which is where entity definitions live: no entity expansion and no
+external entity can happen, because no DOCTYPE ever reaches the parser), JSON nested deeper than
+Python can parse or holding an integer of more digits than Python converts (4300), coordinates
+that are not plain decimal numbers (``1_0``, ``0x10``, non-ASCII digits), not finite or beyond
+:data:`MAX_COORDINATE`, empty or inverted boxes, boxes outside the image by more than
+:data:`BOX_TOLERANCE` pixels, annotations of an image or a category that the file does not
+define, COCO ids used twice, a file that holds no box, and more than :data:`MAX_BOXES` boxes
+(a CSV file is read row by row, so it is refused at the first row past the limit).
+
+The image size a VOC or COCO file declares is kept with each box (:attr:`GroundTruthBox.size`):
+``camtool eval`` compares it with the real image (:func:`fit_to_image`).
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from camtool.errors import CamtoolError, ClassSelectionError
-from camtool.io import read_text_file
+from camtool.io import MAX_TEXT_BYTES, open_regular_file, read_text_file
 
 #: A box may reach this many pixels beyond the image's edges (annotation tools round outwards);
 #: it is then clipped to the image. Further out is an error.
@@ -48,7 +54,8 @@ BOX_TOLERANCE = 1.0
 #: No coordinate or image side may exceed this many pixels (camtool reads at most 100 megapixels).
 MAX_COORDINATE = 1_000_000.0
 
-#: At most this many boxes in one annotation set.
+#: At most this many boxes in one annotation set (a CSV row, a VOC object, a COCO annotation
+#: each hold one).
 MAX_BOXES = 1_000_000
 
 #: At most this many XML files in a Pascal VOC folder.
@@ -62,7 +69,7 @@ class AnnotationError(CamtoolError):
     entry (``line 4``, ``object 2``, ``annotation id 17``) and what is wrong with it."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GroundTruthBox:
     """One annotated box.
 
@@ -135,8 +142,22 @@ def _number(value: Any, where: str, name: str) -> float:
     """A finite coordinate within :data:`MAX_COORDINATE` (ints, floats, or their text)."""
     if isinstance(value, bool):
         raise AnnotationError(where, f"{name} is a boolean, not a number")
+    if isinstance(value, str):
+        value = value.strip()
+        # float() reads "1_0" as 10 and the digits of every script: plain ASCII decimals only
+        # (NaN and infinities pass here and are refused below as not finite).
+        if not value.isascii() or "_" in value:
+            raise AnnotationError(where, f"{name} {value[:40]!r} is not a number")
+    if isinstance(value, int) and abs(value) > MAX_COORDINATE:  # before float(): may overflow
+        digits = str(abs(value))
+        shown = digits if len(digits) <= 20 else f"{digits[:6]}... ({len(digits)} digits)"
+        raise AnnotationError(
+            where,
+            f"{name} {'-' if value < 0 else ''}{shown} is beyond {MAX_COORDINATE:,.0f} pixels "
+            "(not an image)",
+        )
     try:
-        number = float(value.strip() if isinstance(value, str) else value)
+        number = float(value)
     except (TypeError, ValueError, OverflowError):
         shown = str(value)[:40]
         raise AnnotationError(where, f"{name} {shown!r} is not a number") from None
@@ -190,6 +211,34 @@ def clip_box(box: Box, size: tuple[int, int], where: str) -> Box:
     return clipped
 
 
+def fit_to_image(box: GroundTruthBox, size: tuple[int, int], rescale: bool = False) -> Box:
+    """``box.box`` in pixels of the real image, of ``size`` = ``(width, height)``, clipped to it.
+
+    A VOC or COCO file declares the size of the image its boxes were drawn on. When that is not
+    the real image's size (the boxes were drawn on a resized copy, say), the boxes would land in
+    the wrong place: refused, or with ``rescale`` scaled by the ratio of the two sizes (width
+    and height apart).
+
+    Raises:
+        AnnotationError: another declared size (without ``rescale``), naming the file and the
+            entry; a box outside the image (:func:`clip_box`).
+    """
+    coordinates = box.box
+    if box.size is not None and box.size != size:
+        (declared_width, declared_height), (width, height) = box.size, size
+        if not rescale:
+            raise AnnotationError(
+                box.source,
+                f"{box.entry}: the file gives the image as {declared_width}x{declared_height} px "
+                f"but it is {width}x{height} px, so its boxes would land in the wrong place "
+                "(were they drawn on a resized copy? --rescale-boxes scales them to the image)",
+            )
+        sx, sy = width / declared_width, height / declared_height
+        x1, y1, x2, y2 = coordinates
+        coordinates = (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
+    return clip_box(coordinates, size, box.where)
+
+
 def _shown(box: Box) -> str:
     return "[" + ", ".join(f"{v:g}" for v in box) + "]"
 
@@ -216,53 +265,105 @@ def read_csv(path: str | os.PathLike[str]) -> tuple[GroundTruthBox, ...]:
     """Boxes from a CSV file: a header ``file,class,x1,y1,x2,y2`` (other columns are ignored,
     in any order), then one box per row.
 
+    The file is read a line at a time, never whole: a file larger than
+    :data:`camtool.io.MAX_TEXT_BYTES` is refused by its size before anything is read, and
+    reading stops at the first row past :data:`MAX_BOXES`.
+
     Raises:
         AnnotationError: a missing column, a short row, or a bad box (naming the line).
     """
     path = Path(path)
-    text = _text(path, "CSV file")
+    source = str(path)
     csv.field_size_limit(1 << 20)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader, None)
-        if header is None:
-            raise AnnotationError(
-                path, "line 1: empty file (expected the header file,class,x1,y1,x2,y2)"
-            )
-        names = [h.strip().lower() for h in header]
-        missing = [c for c in CSV_HEADER if c not in names]
-        if missing:
-            raise AnnotationError(
-                path,
-                f"line 1: the header lacks {', '.join(missing)} (expected file,class,x1,y1,x2,y2)",
-            )
-        column = {name: names.index(name) for name in CSV_HEADER}
-        boxes = []
-        for row in reader:
-            line = reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue
-            where = f"{path}: line {line}"
-            if len(row) < len(names):
+    with open_regular_file(path, AnnotationError, "CSV file") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > MAX_TEXT_BYTES:
+            raise AnnotationError(path, _too_big(size))
+        reader = csv.reader(_csv_lines(handle, path))
+        try:
+            header = next(reader, None)
+            if header is None:
                 raise AnnotationError(
-                    path, f"line {line}: {len(row)} fields, expected {len(names)} as in the header"
+                    path, "line 1: empty file (expected the header file,class,x1,y1,x2,y2)"
                 )
-            file = row[column["file"]].strip()
-            label = row[column["class"]].strip()
-            if not file or not label:
-                raise AnnotationError(path, f"line {line}: empty file or class")
-            box = tuple(_number(row[column[c]], where, c) for c in CSV_HEADER[2:])
-            entry = f"line {line}"
-            checked = _checked_box(box, f"{path}: {entry}", None)  # type: ignore[arg-type]
-            boxes.append(GroundTruthBox(file, label, checked, str(path), entry))
-            _too_many(path, len(boxes))
-    except csv.Error as exc:
-        raise AnnotationError(path, f"line {reader.line_num}: not valid CSV ({exc})") from None
-    except AnnotationError as exc:
-        raise _relative(exc, path) from None
+            names = [h.strip().lower() for h in header]
+            missing = [c for c in CSV_HEADER if c not in names]
+            if missing:
+                raise AnnotationError(
+                    path,
+                    f"line 1: the header lacks {', '.join(missing)} (expected "
+                    "file,class,x1,y1,x2,y2)",
+                )
+            column = [names.index(name) for name in CSV_HEADER]
+            boxes = []
+            shared: dict[Any, Any] = {}  # one object per equal file name, class, coordinate
+            for row in reader:
+                line = reader.line_num
+                if not any(cell.strip() for cell in row):
+                    continue
+                entry = f"line {line}"
+                if len(row) < len(names):
+                    raise AnnotationError(
+                        path, f"{entry}: {len(row)} fields, expected {len(names)} as in the header"
+                    )
+                file, label = row[column[0]].strip(), row[column[1]].strip()
+                if not file or not label:
+                    raise AnnotationError(path, f"{entry}: empty file or class")
+                where = f"{source}: {entry}"
+                x1, y1, x2, y2 = (
+                    _number(row[column[i]], where, CSV_HEADER[i]) for i in range(2, 6)
+                )
+                if len(shared) > 1 << 16:  # a million boxes repeat their values: keep 65,536
+                    shared.clear()
+                keep = shared.setdefault
+                box = _checked_box(
+                    (keep(x1, x1), keep(y1, y1), keep(x2, x2), keep(y2, y2)), where, None
+                )
+                boxes.append(
+                    GroundTruthBox(keep(file, file), keep(label, label), box, source, entry)
+                )
+                _too_many(path, len(boxes))
+        except csv.Error as exc:
+            raise AnnotationError(path, f"line {reader.line_num}: not valid CSV ({exc})") from None
+        except AnnotationError as exc:
+            raise _relative(exc, path) from None
+        except OSError as exc:
+            raise AnnotationError(path, f"cannot read: {exc.strerror or exc}") from None
     if not boxes:
         raise AnnotationError(path, "holds no boxes")
     return tuple(boxes)
+
+
+#: Where a lone carriage return ends a line (old Mac files): split after it.
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")
+
+
+def _csv_lines(handle: BinaryIO, path: Path) -> Iterator[str]:
+    """The lines of an open CSV file as text, one at a time, as ``open(newline="")`` would give
+    them (``\\r\\n``, ``\\n`` and a lone ``\\r`` end a line and are kept), UTF-8 with an optional
+    byte-order mark, and never more than :data:`camtool.io.MAX_TEXT_BYTES` bytes in all (a file
+    that grows while it is read is stopped there)."""
+    offset = 0
+    while line := handle.readline(MAX_TEXT_BYTES + 1 - offset):
+        try:
+            text = line.decode("utf-8-sig" if offset == 0 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise AnnotationError(
+                path, f"CSV file is not utf-8-sig text (byte {offset + exc.start})"
+            ) from None
+        offset += len(line)
+        if offset > MAX_TEXT_BYTES:
+            raise AnnotationError(path, _too_big(offset))
+        if "\r" in text:
+            yield from (part for part in _LONE_CR.split(text) if part)
+        else:
+            yield text
+
+
+def _too_big(size: int) -> str:
+    return (
+        f"file holds more than {MAX_TEXT_BYTES:,} bytes ({size:,}), above the limit for a box file"
+    )
 
 
 def _relative(exc: AnnotationError, path: Path) -> AnnotationError:
@@ -286,8 +387,17 @@ def read_voc(path: str | os.PathLike[str]) -> tuple[GroundTruthBox, ...]:
 
     Raises:
         AnnotationError: a DOCTYPE or ENTITY declaration (refused before parsing), malformed
-            XML, a missing element, or a bad box (naming the object).
+            XML, a missing element, no ``<object>`` at all (as a CSV or COCO file without boxes),
+            or a bad box (naming the object).
     """
+    boxes = _voc_boxes(Path(path))
+    if not boxes:
+        raise AnnotationError(path, "holds no boxes (no <object>)")
+    return boxes
+
+
+def _voc_boxes(path: Path) -> tuple[GroundTruthBox, ...]:
+    """The boxes of one VOC file, none when it has no ``<object>`` (:func:`read_voc`)."""
     import xml.etree.ElementTree as ET
 
     path = Path(path)
@@ -340,8 +450,12 @@ def read_voc(path: str | os.PathLike[str]) -> tuple[GroundTruthBox, ...]:
 def read_voc_folder(folder: str | os.PathLike[str]) -> tuple[GroundTruthBox, ...]:
     """Boxes from every ``*.xml`` file in ``folder`` (not recursive), in name order.
 
+    A file without ``<object>`` gives its image no boxes (as a COCO image without annotations);
+    a folder whose files hold no box at all is refused, as a single such file is.
+
     Raises:
-        AnnotationError: no XML file, too many, or any file :func:`read_voc` refuses.
+        AnnotationError: no XML file, too many, no box in any of them, or a file that
+            :func:`read_voc` refuses for another reason.
     """
     folder = Path(folder)
     try:
@@ -354,8 +468,11 @@ def read_voc_folder(folder: str | os.PathLike[str]) -> tuple[GroundTruthBox, ...
         raise AnnotationError(folder, f"holds more than {MAX_VOC_FILES:,} XML files")
     boxes: list[GroundTruthBox] = []
     for file in files:
-        boxes.extend(read_voc(file))
+        boxes.extend(_voc_boxes(file))
         _too_many(folder, len(boxes))
+    if not boxes:
+        count = f"{len(files)} XML file" + ("" if len(files) == 1 else "s")
+        raise AnnotationError(folder, f"holds no boxes (no <object> in its {count})")
     return tuple(boxes)
 
 
@@ -379,6 +496,8 @@ def read_coco(path: str | os.PathLike[str]) -> tuple[GroundTruthBox, ...]:
         raise AnnotationError(path, f"not valid JSON (line {exc.lineno}: {exc.msg})") from None
     except RecursionError:
         raise AnnotationError(path, "JSON nested too deeply") from None
+    except ValueError:  # an integer past Python's int-str conversion limit (4300 digits)
+        raise AnnotationError(path, _long_integer(text)) from None
     if not isinstance(data, dict):
         raise AnnotationError(path, "not a COCO file: the top level is not an object")
     lists = {}
@@ -391,8 +510,16 @@ def read_coco(path: str | os.PathLike[str]) -> tuple[GroundTruthBox, ...]:
         images = _coco_images(path, lists["images"])
         categories = _coco_categories(path, lists["categories"])
         boxes = []
+        seen: dict[Any, int] = {}
         for number, item in enumerate(lists["annotations"], 1):
             ident = item.get("id")
+            if _is_id(ident):
+                if ident in seen:  # its box would count twice
+                    raise AnnotationError(
+                        f"{path}: annotation {number}",
+                        f"id {_short(ident)} is used twice (annotation {seen[ident]} has it too)",
+                    )
+                seen[ident] = number
             entry = f"annotation id {ident}" if _is_id(ident) else f"annotation {number}"
             where = f"{path}: {entry}"
             image_id, category_id = item.get("image_id"), item.get("category_id")
@@ -420,6 +547,16 @@ def read_coco(path: str | os.PathLike[str]) -> tuple[GroundTruthBox, ...]:
     if not boxes:
         raise AnnotationError(path, "holds no annotations")
     return tuple(boxes)
+
+
+def _long_integer(text: str) -> str:
+    """The problem of a JSON text that ``json.loads`` refused for an integer of more digits than
+    Python converts (``sys.get_int_max_str_digits()``, 4300 by default), with the line of the
+    first run of that many digits."""
+    limit = sys.get_int_max_str_digits()
+    found = re.search(rf"(?<!\d)\d{{{limit + 1}}}", text, re.ASCII) if limit else None
+    where = f"line {text.count(chr(10), 0, found.start()) + 1}: " if found else ""
+    return f"not valid JSON ({where}an integer of more than {limit:,} digits)"
 
 
 def _is_id(value: Any) -> bool:
@@ -484,11 +621,15 @@ def resolve_boxes(
             except ClassSelectionError as exc:
                 raise AnnotationError(
                     box.source,
-                    f"{box.entry}: class {box.label!r} is not one of the {len(labels)} classes of "
-                    f"{model} ({exc.problem})",
+                    f"{box.entry}: class {_clipped(box.label)!r} is not one of the {len(labels)} "
+                    f"classes of {model} ({exc.problem})",
                 ) from None
         resolved.append(replace(box, index=cache[box.label]))
     return replace(annotations, boxes=tuple(resolved))
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text):,} characters)"
 
 
 def match_images(

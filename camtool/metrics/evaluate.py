@@ -4,7 +4,10 @@ The driver behind ``camtool eval``. Images come as export takes them (files, fol
 ``@list.txt``); each is squeezed to one square network input (``size`` x ``size``, by default
 the model's input size, no crop, so no annotated box is cut off) so that images batch; maps are
 made at that size and ground-truth boxes are scaled by the same factors (``size / width``
-horizontally, ``size / height`` vertically). Each image is explained for its annotated class
+horizontally, ``size / height`` vertically). A VOC or COCO file declares each image's size: an
+image of another size fails (its boxes would land in the wrong place; the other images go on,
+exit code 3), unless ``rescale_boxes=True`` scales its boxes to the real size (recorded as
+``boxes_rescaled`` in the image's record). Each image is explained for its annotated class
 when it has boxes (the first class its boxes name, with the boxes of that class), else for its
 top-1 predicted class.
 
@@ -51,7 +54,7 @@ from camtool.io import load_image
 from camtool.metrics.annotations import (
     AnnotationError,
     GroundTruthBox,
-    clip_box,
+    fit_to_image,
     match_images,
     read_annotations,
     resolve_boxes,
@@ -128,6 +131,12 @@ class EvalReport:
     unmatched_boxes: tuple[str, ...] = ()
 
     @property
+    def rescaled(self) -> tuple[str, ...]:
+        """The inputs whose boxes were scaled from the size their file declares to the image's
+        (``rescale_boxes=True``)."""
+        return tuple(r["input"] for r in self.records if r.get("boxes_rescaled"))
+
+    @property
     def exit_code(self) -> int:
         """0 when every input was evaluated, 3 when some failed, 130 when interrupted."""
         return run_exit_code(self.failed, self.interrupted)
@@ -169,6 +178,9 @@ class _Run:
     batch_size: int
     boxes: dict[str, list[GroundTruthBox]] = field(default_factory=dict)
     sources: dict[str, Any] = field(default_factory=dict)
+    rescale_boxes: bool = False
+    #: {resolved image path: {"from": declared [w, h], "to": real [w, h]}} of rescaled images.
+    rescaled: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
 
 def check_metrics(metrics: Sequence[str] | None, with_boxes: bool) -> list[str]:
@@ -207,6 +219,7 @@ def evaluate(
     device: str | None = "auto",
     progress: bool = False,
     report: bool = True,
+    rescale_boxes: bool = False,
     **model_options: Any,
 ) -> EvalReport:
     """Measure how faithful (and, with boxes, how well localized) each method's maps are.
@@ -227,6 +240,9 @@ def evaluate(
             the localization error.
         batch_size: images per batch (their perturbed copies go through the network together).
         progress: show a progress bar; report: write the report files at the end.
+        rescale_boxes: scale the boxes of an image whose size is not the one its VOC or COCO
+            file declares (drawn on a resized copy) to the real size, and say so in its record
+            (``boxes_rescaled``) and the settings; by default such an image fails.
 
     Returns:
         :class:`EvalReport` (exit code 0, or 3 when some inputs failed).
@@ -259,7 +275,8 @@ def evaluate(
         source = method_maps(loaded, name)
         sources[source.method] = source
     run = _Run(loaded, list(sources), chosen, size, steps, tuple(road_percentages),
-               box_threshold, batch_size, sources=sources)  # fmt: skip
+               box_threshold, batch_size, sources=sources,
+               rescale_boxes=bool(rescale_boxes))  # fmt: skip
     items, failures = collect_inputs(images, exclude=out)
     unmatched: list[str] = []
     if annotations is not None:
@@ -270,7 +287,7 @@ def evaluate(
         return _evaluate(run, items, failures, None, settings, False, progress, report,
                          unmatched, started)  # fmt: skip
     folder = Path(out)
-    with locked_output(folder):
+    with locked_output(folder, "eval"):
         return _evaluate(run, items, failures, folder, settings, resume, progress, report,
                          unmatched, started)  # fmt: skip
 
@@ -279,7 +296,10 @@ def _settings(run: _Run, boxes: str | os.PathLike[str] | None) -> dict[str, Any]
     """Every setting a resumed run must share, JSON-ready."""
     digest = None
     if boxes is not None and Path(boxes).is_file():
-        digest = hashlib.sha256(Path(boxes).read_bytes()).hexdigest()[:16]
+        with Path(boxes).open("rb") as handle:  # a chunk at a time: a box file may be 64 MiB
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()[:16]
+    # Recorded only when set, so that a run of an earlier camtool (which never rescaled) resumes.
+    rescale = {"rescale_boxes": True} if run.rescale_boxes else {}
     return {
         "model": run.model.name, "weights": run.model.weights,
         "dtype": str(run.model.dtype).removeprefix("torch."),
@@ -290,6 +310,7 @@ def _settings(run: _Run, boxes: str | os.PathLike[str] | None) -> dict[str, Any]
         "boxes": None if boxes is None else os.path.abspath(boxes), "boxes_sha256": digest,
         "class": "the annotated class where an image has boxes, else the top-1 prediction",
         "score": "softmax probability of the class",
+        **rescale,
     }  # fmt: skip
 
 
@@ -391,10 +412,14 @@ def _batches(
             try:
                 image = load_image(item.path)
                 height, width = int(image.shape[1]), int(image.shape[2])
+                annotated = run.boxes.get(item.resolved, [])
                 boxes = [
-                    list(clip_box(b.box, (width, height), b.where))
-                    for b in run.boxes.get(item.resolved, [])
+                    list(fit_to_image(b, (width, height), run.rescale_boxes)) for b in annotated
                 ]
+                sizes = {b.size for b in annotated} - {None, (width, height)}
+                if sizes:  # only with rescale_boxes: else fit_to_image refused
+                    declared = min(s for s in sizes if s is not None)
+                    run.rescaled[item.resolved] = {"from": list(declared), "to": [width, height]}
             except AnnotationError as exc:
                 bad.append((ExportFailure(str(item.path), f"{exc.subject}: {exc.problem}"), item))
                 continue
@@ -513,6 +538,8 @@ def _measure(
                       if annotated[i] and g.index == annotated[i][0]],
             "results": results[i], "curves": curves[i],
         })  # fmt: skip
+        if item.resolved in run.rescaled:
+            records[-1]["boxes_rescaled"] = run.rescaled.pop(item.resolved)
     return records
 
 

@@ -151,6 +151,7 @@ def _write_json(report: EvalReport, out: Path) -> Path:
         "total": report.total, "evaluated": report.evaluated, "skipped": report.skipped,
         "failed": report.failed, "failures": [{"input": f.input, "error": f.error} for f in report.failures],
         "boxes_without_an_input": list(report.unmatched_boxes),
+        "boxes_rescaled": list(report.rescaled),
     }  # fmt: skip
     results: dict[str, dict[str, Any]] = {}
     data["results"] = results
