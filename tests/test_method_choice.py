@@ -248,6 +248,34 @@ def test_scorecam_shares_the_masked_input_of_equivalent_channels() -> None:
     assert torch.allclose(out.maps, maps, rtol=1e-5, atol=1e-6)
 
 
+def test_scorecam_shares_masks_that_differ_by_rounding_across_a_grid_step() -> None:
+    # Two channels whose normalised grids differ by 2**-23 (float32 rounding) but lie on either
+    # side of a 2**-20 rounding step: they must share one masked input (grouped within
+    # GRID_TOLERANCE), as they did not when grids were compared after rounding to 2**-20.
+    from camtool.methods.score import GRID_TOLERANCE, shared_grids
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 2, 8, stride=8)
+    net = nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 4))
+    model = camtool.load_model(net, preprocessing=Preprocessing(input_size=16))
+    explainer = bind("scorecam", model, layer="0")
+    step = 0.5 + 2.0**-21  # half-way between two multiples of 2**-20
+    cells = [[0.0, step - 2.0**-24, 1.0, 0.25], [0.0, step + 2.0**-24, 1.0, 0.25]]
+    activations = torch.tensor(cells).view(1, 2, 2, 2)
+    assert 0 < float((activations[0, 1] - activations[0, 0]).abs().max()) <= GRID_TOLERANCE
+    seen: list[int] = []
+    handle = net.register_forward_pre_hook(lambda _m, args: seen.append(int(args[0].shape[0])))
+    batch = torch.randn(1, 3, 16, 16)
+    try:
+        weights = explainer.channel_weights(batch, activations, torch.tensor([[1, 3]]))
+    finally:
+        handle.remove()
+    assert seen == [1, 1]  # the blank input, then one masked input for both channels
+    assert torch.equal(weights[0, 0], weights[0, 1])
+    distinct, which = shared_grids(torch.tensor([0, 0, 1]), torch.tensor([*cells, cells[0]]))
+    assert distinct.tolist() == [0, 2] and which.tolist() == [0, 0, 1]  # never across images
+
+
 def test_a_transformers_vit_is_read_at_its_last_block() -> None:
     transformers = pytest.importorskip("transformers")
     config = transformers.ViTConfig(

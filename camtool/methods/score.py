@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -37,9 +38,10 @@ if TYPE_CHECKING:
     from camtool.models import LoadedModel
 
 
-#: Normalised grids are compared (and masks made) at this resolution: finer than float32
-#: rounding of the normalisation makes them differ, far finer than a mask's effect.
-GRID_STEPS = 2**20
+#: Two channels of one image share a masked input when their min-max normalised grids differ by
+#: at most this much in every cell (float rounding makes grids that are equal in exact arithmetic
+#: differ by ~1e-7; a mask that differs by 1e-5 changes a score far less than that).
+GRID_TOLERANCE = 1e-5
 
 
 def channel_masks(activations: Tensor, input_hw: tuple[int, int]) -> Tensor:
@@ -96,9 +98,9 @@ class ScoreCamExplainer(LayerExplainer):
           zeros: that input's score is computed once and shared;
         - the mask depends on the channel only through its min-max normalised grid (upsampling
           is linear and keeps constants, so ``s(Up(a A + b)) = s(Up(A))`` for ``a > 0``): the
-          channels of one image whose normalised grids are equal to 1/:data:`GRID_STEPS` (float
-          rounding; after a ReLU, all those with a single active cell, say) share one masked
-          input and its score.
+          channels of one image whose normalised grids are equal within :data:`GRID_TOLERANCE`
+          (float rounding; after a ReLU, all those with a single active cell, say) share one
+          masked input and its score (see :func:`shared_grids`).
         """
         from camtool.models import logits_of
 
@@ -121,19 +123,47 @@ class ScoreCamExplainer(LayerExplainer):
         grids = (flat[image, channel] - low[image, channel, None]) / (
             high[image, channel, None] - low[image, channel, None]
         )  # [P, h*w], each in [0, 1]
-        grids = (grids * GRID_STEPS).round() / GRID_STEPS  # equal up to float rounding
-        keys = torch.cat([image[:, None].to(grids.dtype), grids], dim=1)
-        distinct, which = torch.unique(keys, dim=0, return_inverse=True)  # [U, 1+h*w], [P]
-        owner = distinct[:, 0].long()
+        distinct, which = shared_grids(image, grids)  # [U], [P]
+        owner = image[distinct]
+        distinct_grids = grids[distinct]
         grid_shape = activations.shape[-2:]
         scores = torch.empty((int(distinct.shape[0]), int(chosen.shape[1])), device=batch.device)
         for start in range(0, int(distinct.shape[0]), self.batch_size):
             rows = slice(start, start + self.batch_size)
-            masks = channel_masks(distinct[rows, 1:].view(-1, 1, *grid_shape), input_hw)
+            masks = channel_masks(distinct_grids[rows].view(-1, 1, *grid_shape), input_hw)
             masked = batch[owner[rows]] * masks.to(batch.dtype)
             scores[rows] = scores_of(masked).gather(1, chosen[owner[rows]])
         weights[image, channel] = scores[which]
         return weights
+
+
+def shared_grids(image: Tensor, grids: Tensor) -> tuple[Tensor, Tensor]:
+    """Group the normalised grids of each image that are equal within :data:`GRID_TOLERANCE`.
+
+    Args:
+        image: ``Tensor[P]`` int64, the image each grid belongs to.
+        grids: ``Tensor[P,h*w]`` float, min-max normalised channel grids.
+
+    Returns:
+        ``(distinct, which)``: ``Tensor[U]`` int64, the rows that stand for their group (the
+        first of each, in order), and ``Tensor[P]`` int64, the group of every row (an index into
+        ``distinct``). A row joins the first earlier group of its image whose first grid is within
+        the tolerance in every cell, so the grouping does not depend on the order of the rounding
+        errors, only on the order of the channels.
+    """
+    which = torch.full((int(image.shape[0]),), -1, dtype=torch.long)
+    distinct: list[int] = []
+    for n in image.unique().tolist():
+        rows = (image == n).nonzero().squeeze(1)
+        near = (torch.cdist(grids[rows], grids[rows], p=float("inf")) <= GRID_TOLERANCE).cpu()
+        near_rows, group = near.numpy(), np.full(int(rows.shape[0]), -1)
+        for i in range(len(group)):
+            if group[i] < 0:
+                group[near_rows[i] & (group < 0)] = len(distinct)
+                distinct.append(int(rows[i]))
+        which[rows.cpu()] = torch.from_numpy(group)
+    device = grids.device
+    return torch.tensor(distinct, dtype=torch.long, device=device), which.to(device)
 
 
 @dataclass(unsafe_hash=True)
