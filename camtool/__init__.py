@@ -41,6 +41,7 @@ _EXPORTS = {
     "class_names": "camtool.labels",
     "ClassName": "camtool.labels",
     "resolve_class": "camtool.labels",
+    "resolve_classes": "camtool.labels",
     "load_model": "camtool.models",
     "LoadedModel": "camtool.models",
     "Preprocessing": "camtool.image",
@@ -114,6 +115,7 @@ __all__ = [
     "normalize_cams",
     "overlay",
     "resolve_class",
+    "resolve_classes",
     "save_image",
     "upsample_cams",
     "write_gallery",
@@ -182,6 +184,7 @@ if TYPE_CHECKING:
         ClassName,
         class_names,
         resolve_class,
+        resolve_classes,
     )
     from camtool.metrics.evaluate import (
         EvalReport,

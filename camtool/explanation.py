@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, SupportsIndex, TypedDict, Unpack, overload
+from typing import Any, TypedDict, Unpack, overload
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from camtool.errors import ClassSelectionError, InvalidArgumentError
 from camtool.geometry import FeatureGeometry
 from camtool.image import Layout, Region
 from camtool.io import ImageSource, save_image, source_name
-from camtool.labels import label_index, resolve_class
+from camtool.labels import ClassesArg, label_index, resolve_classes
 from camtool.methods.base import DEFAULT_METHOD, Explainer, MapBatch, Method, bind
 from camtool.models import DEFAULT_MODEL, LoadedModel, load_model
 from camtool.picture import Picture, figures_html
@@ -38,7 +38,7 @@ from camtool.render import (
     scale_range,
     upsample_cams,
 )
-from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold
+from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold, check_positive_int
 from camtool.sources import Images, NamedImage, gather_images, preprocessed_batch
 
 #: Maps per row in a comparison sheet; more wrap onto further rows.
@@ -407,7 +407,7 @@ class BoundMethod:
 def bind_method(
     model: ModelSpec | BoundMethod = DEFAULT_MODEL,
     method: str | Method = DEFAULT_METHOD,
-    classes: Sequence[int | str | SupportsIndex] | None = None,
+    classes: ClassesArg = None,
     *,
     device: str | None = "auto",
     layer: str | None = None,
@@ -427,7 +427,7 @@ def bind_method(
     if isinstance(model, BoundMethod):
         return model
     loaded = get_model(model, device, **load_options)
-    wanted = [resolve_class(c, loaded.labels) for c in classes] if classes else None
+    wanted = resolve_classes(classes, loaded.labels)
     explainer = bind(method, loaded, layer=layer, classifier=classifier, target=target)
     return BoundMethod(loaded, explainer, wanted)
 
@@ -436,7 +436,7 @@ class ExplainOptions(TypedDict, total=False):
     """The keyword options of :func:`explain` (one list for all its call forms)."""
 
     method: str | Method
-    classes: Sequence[int | str | SupportsIndex] | None
+    classes: ClassesArg
     maps: int
     top_k: int
     crop: bool
@@ -482,7 +482,7 @@ def explain(
     model: ModelSpec | BoundMethod = DEFAULT_MODEL,
     *,
     method: str | Method = DEFAULT_METHOD,
-    classes: Sequence[int | str | SupportsIndex] | None = None,
+    classes: ClassesArg = None,
     maps: int = 1,
     top_k: int = 5,
     crop: bool = False,
@@ -509,8 +509,9 @@ def explain(
             or :class:`BoundMethod` (which fixes method, classes and layers too).
         method: the method that makes the maps (``camtool.methods.method_names()``; default
             ``"auto"``: the first that can explain the model, exact methods first).
-        classes: classes to map, by index (any integer-like) or name; default: the top ``maps``
-            predictions.
+        classes: the classes to map: one class (an index, any integer-like, or a name) or several
+            (a list, tuple or 1-D integer array/tensor of them; see
+            :func:`camtool.labels.resolve_classes`); default: the top ``maps`` predictions.
         maps: how many top classes to map when ``classes`` is not given.
         top_k: how many predictions to report.
         crop: centre-crop like the classic evaluation transform instead of using the whole image.
@@ -543,6 +544,7 @@ def explain(
             :func:`bind_method`.
     """
     check_box_threshold(box_threshold)
+    check_positive_int(batch_size, "batch_size")
     bound = bind_method(
         model, method, classes, device=device, layer=layer, classifier=classifier,
         target=target, labels=labels, weights=weights, dtype=dtype,

@@ -263,7 +263,7 @@ def _pil_to_image(picture: Any, name: str, limit: int) -> Tensor:
     (floats) carry no range, so it is taken from the values: ``I`` in 0..255 is 8-bit and in
     0..65535 16-bit; ``F`` in [0, 1] is a fraction and in [0, 255] 8-bit; others are refused.
     ``I;16`` modes are 16-bit."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     width, height = picture.size
     _check_pixels(name, height, width, limit)
@@ -275,8 +275,19 @@ def _pil_to_image(picture: Any, name: str, limit: int) -> Tensor:
         if picture.mode in ("I", "F"):
             return _array_to_image(_scaled_by_range(np.asarray(picture), picture.mode, name), name)
         return _array_to_image(np.asarray(picture.convert("RGB")), name)
-    except (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(name, f"cannot decode the PIL image: {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # PIL's decoders raise many types (OSError, AssertionError, ...)
+        why = str(exc) or ("its file is closed" if _pil_file_closed(picture) else "")
+        raise ImageReadError(
+            name, f"cannot decode the PIL image: {why or type(exc).__name__}"
+        ) from None
+
+
+def _pil_file_closed(picture: Any) -> bool:
+    """Whether a lazily opened PIL image has lost its file (opened in a ``with`` block that has
+    ended, or closed) before its pixels were read."""
+    return getattr(picture, "fp", None) is None and getattr(picture, "_im", None) is None
 
 
 def _scaled_by_range(values: np.ndarray[Any, Any], mode: str, name: str) -> np.ndarray[Any, Any]:
@@ -340,6 +351,9 @@ def _read_image_file(path: Path, limit: int) -> Tensor:
 
 
 def _tensor_to_image(tensor: Tensor, name: str, layout: str | None = None) -> Tensor:
+    if tensor.device.type == "meta" or tensor.layout != torch.strided:
+        what = "a meta tensor" if tensor.device.type == "meta" else f"a {tensor.layout} tensor"
+        raise ImageReadError(name, f"{what} holds no pixels to read; pass a dense tensor")
     t = tensor.detach()
     if t.ndim == 2:
         t, layout = t.unsqueeze(0), "CHW"
@@ -358,6 +372,10 @@ def _tensor_to_image(tensor: Tensor, name: str, layout: str | None = None) -> Te
 def _array_to_image(array: np.ndarray[Any, Any], name: str, layout: str | None = "HWC") -> Tensor:
     """An image array as ``Tensor[3,H,W]`` uint8; ``layout`` as for :func:`load_image` (arrays
     decoded by camtool itself are ``[H,W,C]``)."""
+    if array.dtype.kind not in "biuf":
+        raise ImageReadError(
+            name, f"unsupported pixel type {array.dtype} (pixels are integers or floats)"
+        )
     if array.ndim == 2:
         array, layout = array[:, :, None], "HWC"
     if array.ndim != 3 or not {array.shape[0], array.shape[2]} & set(CHANNEL_COUNTS):

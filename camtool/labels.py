@@ -21,6 +21,10 @@ from camtool.naming import slug
 if TYPE_CHECKING:
     from camtool.explanation import BoundMethod, ModelSpec
 
+#: What ``classes=`` takes: one class (an index or a name) or several (a list, a tuple, a 1-D
+#: integer array or tensor); see :func:`resolve_classes`.
+ClassesArg = SupportsIndex | str | Sequence[SupportsIndex | str] | None
+
 #: How many labels containing the typed name, and how many close spellings, a message lists.
 SHOWN_CONTAINING = 8
 SHOWN_CLOSE = 3
@@ -58,12 +62,67 @@ def resolve_class(spec: int | str | SupportsIndex, labels: Sequence[str]) -> int
             ) from None
         return _checked_index(spec, index, labels)
     wanted = spec.strip()
-    if wanted.isdigit():
-        return _checked_index(spec, int(wanted), labels)
+    if wanted.isdecimal():  # what int() reads ("²" is isdigit() but no int); never 5000 digits
+        return _checked_index(spec, int(wanted) if len(wanted) <= 30 else len(labels), labels)
     found = label_index(spec, labels)
     if found is None:
         raise ClassSelectionError(spec, f"unknown class name{_hint(wanted, labels)}")
     return found
+
+
+def resolve_classes(classes: ClassesArg | object, labels: Sequence[str]) -> list[int] | None:
+    """Return the class indices that ``classes`` asks for, or None when it asks for none.
+
+    ``classes`` is one class (an ``int``, a ``str``, a numpy or torch integer scalar, a 0-d
+    integer array or tensor) or several (a list, tuple or range of them, or a 1-D integer numpy
+    array or tensor); each is resolved by :func:`resolve_class`. A string is one class, never a
+    sequence of characters (``"285"`` is class 285). None or an empty collection: None (each
+    image's top predictions).
+
+    Raises:
+        ClassSelectionError: anything else (a float, a set, a dict, bytes, a 2-D or float array),
+            saying what was given; and the errors of :func:`resolve_class`.
+    """
+    if classes is None:
+        return None
+    if isinstance(classes, str):
+        return [resolve_class(classes, labels)]
+    shape = getattr(classes, "shape", None)
+    if shape is not None and hasattr(classes, "dtype"):  # a numpy array or a torch tensor
+        return _resolve_array(classes, tuple(shape), labels)
+    if isinstance(classes, (list, tuple, range)):
+        return [resolve_class(c, labels) for c in classes] or None
+    if isinstance(classes, (bytes, bytearray, set, frozenset, dict)) or not hasattr(
+        classes, "__index__"
+    ):
+        raise ClassSelectionError(
+            _shown(classes),
+            "classes is a class (an index or a name) or a list of them, "
+            f"not {type(classes).__name__}",
+        )
+    return [resolve_class(classes, labels)]
+
+
+def _resolve_array(
+    array: object, shape: tuple[int, ...], labels: Sequence[str]
+) -> list[int] | None:
+    """The classes of a numpy array or a torch tensor: a 0-d or 1-D integer one."""
+    dtype = str(getattr(array, "dtype", "")).removeprefix("torch.")
+    integer = dtype.startswith(("int", "uint")) and "bool" not in dtype
+    if len(shape) > 1 or not integer:
+        kind = "tensor" if type(array).__module__.startswith("torch") else "array"
+        raise ClassSelectionError(
+            f"<{kind} {dtype} {list(shape)}>",
+            "classes as an array or a tensor must be 0-d or 1-D with an integer dtype",
+        )
+    values = array.tolist()  # type: ignore[attr-defined]  # numpy and torch both have it
+    return [_checked_index(v, int(v), labels) for v in (values if shape else [values])] or None
+
+
+def _shown(value: object) -> str:
+    """A short ``repr`` of a value a user passed, for a message."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def label_index(name: str, labels: Sequence[str]) -> int | None:

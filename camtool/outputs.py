@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, SupportsIndex, cast
+from typing import Any, Literal, cast
 
 from camtool.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, CamtoolError
 from camtool.explanation import (
@@ -22,9 +22,9 @@ from camtool.explanation import (
     bind_method,
     comparison_sheet,
     explain,
-    resolve_class,
 )
 from camtool.io import VIDEO_SUFFIXES, video_info
+from camtool.labels import ClassesArg, resolve_class
 from camtool.methods.base import DEFAULT_METHOD, Method
 from camtool.models import DEFAULT_MODEL
 from camtool.naming import NameRegistry, component, input_stems, overlay_tail, video_tail
@@ -102,7 +102,7 @@ def explain_files(
     models: Sequence[ModelSpec | BoundMethod] = (DEFAULT_MODEL,),
     *,
     method: str | Method | Sequence[str | Method] = DEFAULT_METHOD,
-    classes: Sequence[int | str | SupportsIndex] | None = None,
+    classes: ClassesArg = None,
     maps: int = 1,
     top_k: int = 5,
     crop: bool = False,

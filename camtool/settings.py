@@ -8,6 +8,7 @@ torch here: the command line checks its options with these functions before any 
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 from pathlib import Path
@@ -81,6 +82,21 @@ def parse_dtype(name: str | None) -> str:
         shown = repr(name) if not name.strip() else name
         raise InvalidArgumentError(shown, f"unknown dtype: choose {DTYPE_CHOICES}")
     return canonical
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Return ``value`` if it is a positive ``int`` (a batch size, a step count; not a bool).
+
+    Raises:
+        InvalidArgumentError: 0, a negative number, a float, a bool or anything else, naming the
+            argument ``name``.
+    """
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise InvalidArgumentError(name, f"expected a positive integer, got {value!r}")
+    number = operator.index(value)
+    if number < 1:
+        raise InvalidArgumentError(name, f"expected a positive integer, got {value!r}")
+    return number
 
 
 def check_box_threshold(threshold: float) -> float:

@@ -119,6 +119,8 @@ def preprocessed_batch(images: object, preprocessing: Preprocessing) -> tuple[Te
             "with preprocessed=True, expected a float Tensor[N,3,h,w] normalised for the model, "
             f"got {type(images).__name__}",
         )
+    if images.device.type == "meta":
+        raise InvalidArgumentError("images", "a meta tensor holds no values to explain")
     single = images.ndim == 3
     batch = images.detach()[None] if single else images.detach()
     if batch.ndim != 4 or batch.shape[1] != 3 or not batch.is_floating_point():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from camtool.explanation import (
     build_explanation,
 )
 from camtool.io import VideoWriter, open_video
+from camtool.labels import ClassesArg
 from camtool.methods.base import DEFAULT_METHOD, Method
 from camtool.models import DEFAULT_MODEL
 from camtool.progress import ProgressBar
@@ -57,7 +58,7 @@ def explain_frames(
     model: ModelSpec | BoundMethod,
     *,
     method: str | Method = DEFAULT_METHOD,
-    classes: Sequence[int | str] | None = None,
+    classes: ClassesArg = None,
     crop: bool = False,
     batch_size: int = 16,
     smooth: int = 1,
@@ -114,7 +115,7 @@ def explain_video(
     model: ModelSpec | BoundMethod = DEFAULT_MODEL,
     *,
     method: str | Method = DEFAULT_METHOD,
-    classes: Sequence[int | str] | None = None,
+    classes: ClassesArg = None,
     crop: bool = False,
     batch_size: int = 16,
     smooth: int = 1,

@@ -3,6 +3,8 @@ precise errors for anything else. All on the real default model and the bundled 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -159,3 +161,48 @@ def test_every_call_form_of_explain_takes_every_option() -> None:
         params = inspect.signature(form).parameters
         assert [p.kind for p in params.values()][-1] is inspect.Parameter.VAR_KEYWORD
         assert "Unpack[ExplainOptions]" in str(params["options"].annotation)
+
+
+def test_broken_in_memory_images_are_typed_errors_naming_them(
+    lite0: camtool.LoadedModel, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    with Image.open(CAT) as closed:  # lazily opened: its file is gone before the pixels are read
+        pass
+    with pytest.raises(camtool.ImageReadError) as caught:
+        camtool.explain(closed, lite0)
+    assert str(caught.value) == "images: cannot decode the PIL image: its file is closed"
+    data = CAT.read_bytes()
+    (tmp_path / "half.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(camtool.ImageReadError) as caught:
+        camtool.explain([CAT, Image.open(tmp_path / "half.png")], lite0)
+    assert str(caught.value) == "images[1]: cannot decode the PIL image: image file is truncated"
+    with pytest.raises(camtool.ImageReadError) as caught:
+        camtool.explain(np.zeros((8, 8, 3), dtype=object), lite0)
+    assert str(caught.value) == (
+        "images: unsupported pixel type object (pixels are integers or floats)"
+    )
+    with pytest.raises(camtool.ImageReadError) as caught:
+        camtool.explain(torch.zeros(3, 8, 8, device="meta"), lite0)
+    assert str(caught.value) == "images: a meta tensor holds no pixels to read; pass a dense tensor"
+    with pytest.raises(camtool.InvalidArgumentError) as caught:
+        camtool.explain(torch.zeros(1, 3, 8, 8, device="meta"), lite0, preprocessed=True)
+    assert str(caught.value) == "images: a meta tensor holds no values to explain"
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.0, True])
+def test_a_batch_size_that_is_no_positive_integer_is_refused(
+    lite0: camtool.LoadedModel, size: object, tmp_path: Path
+) -> None:
+    message = f"batch_size: expected a positive integer, got {size!r}"
+    with pytest.raises(camtool.InvalidArgumentError) as caught:
+        camtool.explain(CAT, lite0, batch_size=size)  # type: ignore[arg-type]
+    assert str(caught.value) == message
+    with pytest.raises(camtool.InvalidArgumentError) as caught:
+        list(camtool.explain_iter([CAT], lite0, batch_size=size))  # type: ignore[arg-type]
+    assert str(caught.value) == message
+    with pytest.raises(camtool.InvalidArgumentError) as caught:
+        camtool.export([CAT], tmp_path / "out", lite0, batch_size=size)  # type: ignore[arg-type]
+    assert str(caught.value) == message
+    assert not (tmp_path / "out").exists()

@@ -21,8 +21,8 @@ from PIL import Image
 
 import camtool
 from camtool.errors import ClassSelectionError, ImageReadError
-from camtool.explanation import resolve_class
 from camtool.io import image_suffixes, read_file
+from camtool.labels import resolve_class
 from tests.conftest import CAT, ROOT
 
 TIMEOUT = 180  # a regression that blocks on a FIFO fails here instead of hanging the suite

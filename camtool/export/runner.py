@@ -70,10 +70,11 @@ from camtool.export.stages import (
 from camtool.io import (
     open_atomic,
 )
+from camtool.labels import ClassesArg
 from camtool.methods.base import DEFAULT_METHOD, Method
 from camtool.models import DEFAULT_MODEL, LoadedModel
 from camtool.progress import ProgressBar
-from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold
+from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold, check_positive_int
 
 
 def explain_iter(
@@ -81,7 +82,7 @@ def explain_iter(
     model: ModelSpec = DEFAULT_MODEL,
     *,
     method: str | Method = DEFAULT_METHOD,
-    classes: Sequence[int | str] | None = None,
+    classes: ClassesArg = None,
     maps: int = 1,
     top_k: int = 5,
     crop: bool = False,
@@ -98,6 +99,7 @@ def explain_iter(
     """
     keep_freed_memory()
     check_box_threshold(box_threshold)
+    check_positive_int(batch_size, "batch_size")
     bound = bind_method(model, method, classes, device=device, **model_options)
     loaded = bound.model
     items, failures = collect_inputs(inputs)
@@ -181,7 +183,7 @@ def export(
     model: ModelSpec = DEFAULT_MODEL,
     *,
     method: str | Method = DEFAULT_METHOD,
-    classes: Sequence[int | str] | None = None,
+    classes: ClassesArg = None,
     maps: int = 1,
     crop: bool = False,
     options: ExportOptions | None = None,
@@ -249,6 +251,8 @@ def export(
     started = time.perf_counter()
     keep_freed_memory()
     options = check_options(options or ExportOptions())
+    if batch_size is not None:
+        check_positive_int(batch_size, "batch_size")
     ray = check_engine(engine, ray_address, ray_actors)
     out = Path(out_dir)
     with locked_output(out):
@@ -281,7 +285,7 @@ def _plan(
     out: Path,
     model: ModelSpec,
     method: str | Method,
-    classes: Sequence[int | str] | None,
+    classes: ClassesArg,
     maps: int,
     crop: bool,
     options: ExportOptions,
@@ -460,7 +464,7 @@ def _export_locked(
     out: Path,
     model: ModelSpec,
     method: str | Method,
-    classes: Sequence[int | str] | None,
+    classes: ClassesArg,
     maps: int,
     crop: bool,
     options: ExportOptions,

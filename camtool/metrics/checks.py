@@ -129,13 +129,6 @@ def check_fractions(values: Sequence[float], name: str) -> tuple[float, ...]:
     return out
 
 
-def check_positive_int(value: object, name: str) -> int:
-    """A positive int (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgumentError(name, f"expected a positive integer, got {value!r}")
-    return value
-
-
 def descending_ranks(maps: Tensor) -> Tensor:
     """``Tensor[N,H*W]`` int64: each pixel's rank when the map's values are sorted from the
     highest down (0: most important). Ties are broken deterministically in raster order: of two

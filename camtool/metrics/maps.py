@@ -28,8 +28,8 @@ from camtool.metrics.checks import (
     check_class_range,
     check_classes,
     check_images,
-    check_positive_int,
 )
+from camtool.settings import check_positive_int
 
 if TYPE_CHECKING:
     from camtool.methods.base import Method

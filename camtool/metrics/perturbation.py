@@ -23,11 +23,11 @@ from camtool.metrics.checks import (
     check_classes,
     check_images,
     check_maps,
-    check_positive_int,
     descending_ranks,
     normalize_maps,
 )
 from camtool.metrics.maps import MapsWithFacts, PixelForward
+from camtool.settings import check_positive_int
 
 #: The RISE paper's step: 224 pixels per step at 224x224, i.e. 1/224 of the image per step.
 #: camtool keeps that fraction at any size: ``ceil(H * W / 224)`` pixels per step, 224 steps.

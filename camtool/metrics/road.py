@@ -34,9 +34,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from camtool.errors import InvalidArgumentError
-from camtool.metrics.checks import check_fractions, check_positive_int, descending_ranks
+from camtool.metrics.checks import check_fractions, descending_ranks
 from camtool.metrics.maps import PixelForward
 from camtool.metrics.perturbation import _check_score, _curve_inputs, class_scores
+from camtool.settings import check_positive_int
 
 #: The removal fractions of the paper's curves: 10%, 20%, ..., 90% of the pixels.
 ROAD_PERCENTAGES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

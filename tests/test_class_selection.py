@@ -1,0 +1,88 @@
+"""``classes=`` in the Python API: one class or several, in every form a notebook holds them,
+and a typed error that says what was given for anything else (issue 22, item 5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import camtool
+from camtool.errors import ClassSelectionError
+from camtool.explanation import bind_method
+from tests.conftest import CAT
+
+LABELS = camtool.class_names()  # the default model's 1,000 ImageNet classes
+NAMES = [c.name for c in LABELS]
+
+
+@pytest.mark.parametrize(
+    ("given", "indices"),
+    [
+        ("285", [285]),  # a string is one class, never its characters (was 2, 8, 5)
+        ("tabby", [281]),  # was an error on "t"
+        (" Egyptian cat ", [285]),
+        (285, [285]),  # was a bare TypeError
+        (np.int64(285), [285]),
+        (torch.tensor(285), [285]),
+        (np.array(285), [285]),
+        (np.array([285, 281]), [285, 281]),  # was numpy's ValueError
+        (torch.tensor([285, 281]), [285, 281]),
+        (np.array([7], dtype=np.uint8), [7]),
+        ([285, "tabby", np.int32(282)], [285, 281, 282]),
+        (("285",), [285]),
+        (range(3), [0, 1, 2]),
+        (None, None),
+        ([], None),
+        (np.array([], dtype=np.int64), None),
+    ],
+)
+def test_one_class_or_several_in_any_integer_or_name_form(given: object, indices: object) -> None:
+    assert camtool.resolve_classes(given, NAMES) == indices
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (2.5, "2.5: classes is a class (an index or a name) or a list of them, not float"),
+        ({285}, "{285}: classes is a class (an index or a name) or a list of them, not set"),
+        (b"285", "b'285': classes is a class (an index or a name) or a list of them, not bytes"),
+        ({285: 1}, "{285: 1}: classes is a class (an index or a name) or a list of them, not dict"),
+        (
+            np.array([[285]]),
+            "<array int64 [1, 1]>: classes as an array or a tensor must be 0-d or 1-D with an "
+            "integer dtype",
+        ),
+        (
+            torch.tensor([2.0]),
+            "<tensor float32 [1]>: classes as an array or a tensor must be 0-d or 1-D with an "
+            "integer dtype",
+        ),
+        (
+            np.array([True]),
+            "<array bool [1]>: classes as an array or a tensor must be 0-d or 1-D with an "
+            "integer dtype",
+        ),
+        (True, "True: a class is an integer index or a name, not a boolean"),
+        (np.array([1000]), "1000: class index out of range 0..999"),
+        ([285, 1.5], "1.5: a class is an integer index or a name, not float"),
+    ],
+)
+def test_anything_else_is_a_class_selection_error_saying_what_was_given(
+    given: object, message: str
+) -> None:
+    with pytest.raises(ClassSelectionError) as caught:
+        camtool.resolve_classes(given, NAMES)
+    assert str(caught.value) == message
+
+
+def test_explain_maps_the_class_a_string_names_on_the_cat_photo() -> None:
+    bound = bind_method("efficientnet_lite0", "cam", "285", device="cpu")
+    assert bound.classes == [285]
+    ex = camtool.explain(CAT, bound)
+    assert [s.index for s in ex.explained] == [285]
+    assert ex.explained[0].name == "Egyptian cat"
+    ex = camtool.explain(CAT, classes=np.array([285, 281]), device="cpu")
+    assert [s.index for s in ex.explained] == [285, 281] and ex.cams.shape[0] == 2
+    with pytest.raises(ClassSelectionError, match=r"^\{285\}: classes is a class"):
+        camtool.explain(CAT, classes={285}, device="cpu")
