@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperCommand
 
 from camtool import __version__
@@ -30,6 +31,7 @@ from camtool.errors import (
     CamtoolError,
     UnsupportedModelError,
 )
+from camtool.naming import INVISIBLE, visible
 from camtool.settings import (
     DEFAULT_ALPHA,
     DEFAULT_BOX_THRESHOLD,
@@ -58,8 +60,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-console = Console()
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class TerminalConsole(Console):
+    """A rich console that shows every string it prints with its control characters made visible
+    (:func:`camtool.naming.visible`): labels, card names and descriptions, file names and error
+    messages come from data, and an escape sequence among them must not set the window's title,
+    clear the screen or colour the rest of the output. camtool's own styles (rich markup and
+    styles) are not strings of the output and still apply."""
+
+    def render_str(self, text: str, **options: Any) -> Text:
+        """rich's :meth:`Console.render_str` of ``text`` made visible (every printed string,
+        table cell and measured width goes through here)."""
+        return super().render_str(visible(text), **options)
+
+
+console = TerminalConsole()
+err_console = TerminalConsole(stderr=True, highlight=False, soft_wrap=True)
 
 
 # Choices, kept here so that `camtool --help` needs no torch (render.COLORMAPS holds the same names).
@@ -139,7 +156,11 @@ def predictions_table(ex: Explanation) -> Table:
     for rank, p in enumerate(ex.predictions, 1):
         mark = " [bold green]◀ map[/]" if p.index in explained else ""
         table.add_row(
-            str(rank), f"{p.name}{mark}", str(p.index), f"{p.probability:.4f}", f"{p.logit:.3f}"
+            str(rank),
+            f"{escape(p.name)}{mark}",
+            str(p.index),
+            f"{p.probability:.4f}",
+            f"{p.logit:.3f}",
         )
     return table
 
@@ -490,7 +511,8 @@ def video_summary(report: VideoReport, show: bool) -> dict[str, Any]:
     if show:
         console.print(
             f"{report.source}: wrote {report.output} ({report.frames} frames, {report.width}x{report.height} "
-            f"at {report.fps:g} fps, {report.frames_per_second:.1f} frames/s)"
+            f"at {report.fps:g} fps, {report.frames_per_second:.1f} frames/s)",
+            markup=False,
         )
     return {"input": str(report.source), "output": str(report.output), "frames": report.frames,
             "expected_frames": report.expected_frames, "fps": report.fps, "width": report.width,
@@ -619,7 +641,8 @@ def export(
         if report.removed:  # shown even with --quiet: camtool removed files
             console.print(
                 f"removed {report.removed} unfinished files (left by an interrupted run) "
-                f"from {report.out_dir}"
+                f"from {report.out_dir}",
+                markup=False,
             )
         if report.excluded:
             count = len(report.excluded)
@@ -644,7 +667,7 @@ def export(
 
             page = write_gallery(report.out_dir, progress=not quiet)
             if not quiet:
-                console.print(f"gallery: {page}")
+                say(f"gallery: {page}", whole=True)
         if not quiet:
             console.print(
                 f"exported {report.exported}, failed {report.failed}, skipped {report.skipped} "
@@ -655,7 +678,8 @@ def export(
                     else ""
                 )
                 + f" in {report.seconds:.1f} s "
-                f"({report.images_per_second:.1f} images/s) -> {report.out_dir} (manifest: {report.manifest})"
+                f"({report.images_per_second:.1f} images/s) -> {report.out_dir} (manifest: {report.manifest})",
+                markup=False,
             )
         raise typer.Exit(report.exit_code)
 
@@ -672,7 +696,7 @@ def report(
         from camtool.gallery import write_gallery
 
         page = write_gallery(export_dir, progress=not quiet)
-        console.print(f"gallery: {page}")
+        say(f"gallery: {page}", whole=True)
 
 
 def eval_table(report: Any) -> Table:
@@ -713,6 +737,14 @@ def evaluate_command(
             "(file,class,x1,y1,x2,y2). Without them only the faithfulness metrics run.",
         ),
     ] = None,
+    rescale_boxes: Annotated[
+        bool,
+        typer.Option(
+            "--rescale-boxes",
+            help="Scale the boxes of an image whose size is not the one the VOC/COCO file "
+            "declares (drawn on a resized copy) to the image; by default that image fails.",
+        ),
+    ] = False,
     method: Annotated[
         list[str] | None,
         typer.Option("--method", help="Method to evaluate (repeatable). [default: cam]"),
@@ -762,7 +794,7 @@ def evaluate_command(
             size=size, out=out, resume=resume, steps=steps, box_threshold=box_threshold,
             batch_size=batch_size, device=device, progress=not quiet,
             weights=str(weights) if weights else None, labels=str(labels) if labels else None,
-            dtype=dtype,
+            dtype=dtype, rescale_boxes=rescale_boxes,
         )  # fmt: skip
         for failure in report.failures[:20]:
             print_error(f"{failure.input}: {failure.error}")
@@ -770,7 +802,16 @@ def evaluate_command(
             console.print(eval_table(report))
             console.print(
                 f"evaluated {report.evaluated}, failed {report.failed}, skipped {report.skipped} "
-                f"(already done) of {report.total} in {report.seconds:.1f} s -> {out}"
+                f"(already done) of {report.total} in {report.seconds:.1f} s -> {out}",
+                markup=False,
+            )
+        if report.rescaled:  # shown even with --quiet: camtool changed the boxes
+            count = len(report.rescaled)
+            console.print(
+                f"rescaled the boxes of {count} image{'' if count == 1 else 's'} to the image "
+                "size (their annotation declares another; see boxes_rescaled in results.jsonl)",
+                markup=False,
+                soft_wrap=True,
             )
         raise typer.Exit(report.exit_code)
 
@@ -906,15 +947,15 @@ def models(verbose: VerboseOption = False) -> None:
         table.add_column("description")
         files: list[str] = []
         for error in broken:
-            name = Path(str(error.subject)).stem
+            name = escape(Path(str(error.subject)).stem)
             cells = [name, *[""] * verbose, "", "[red]broken card[/]", escape(error.problem)]
             table.add_row(*cells)
             files.append(f"{name}: {error.subject}")
         for card in cards:
             status = weights_status(card)
             style = "green" if status == "installed" else "yellow"
-            name = card.name if card.builtin else f"{card.name} (user)"
-            cells = [name, *[card.architecture] * verbose, str(card.preprocessing.input_size),
+            name = escape(card.name if card.builtin else f"{card.name} (user)")
+            cells = [name, *[escape(card.architecture)] * verbose, str(card.preprocessing.input_size),
                      f"[{style}]{status}[/]", escape(card.description)]  # fmt: skip
             table.add_row(*cells)
             if not card.builtin:
@@ -1008,10 +1049,11 @@ def list_classes(
         found = class_names(model, query, labels=labels, weights=weights)
         if as_json:
             doc = [{"index": c.index, "name": c.name} for c in found]
-            sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+            text = json.dumps(doc, indent=2, ensure_ascii=False)  # control characters: \uXXXX
+            sys.stdout.write(INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
             return
         width = len(str(found[-1].index)) if found else 1
-        sys.stdout.write("".join(f"{c.index:>{width}}  {c.name}\n" for c in found))
+        sys.stdout.write("".join(f"{c.index:>{width}}  {visible(c.name)}\n" for c in found))
         if not found:
             print_error(f"{query}: no class of {model} matches")
             raise typer.Exit(EXIT_ERROR)

@@ -34,6 +34,25 @@ MAX_TAIL = 96
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
+#: Characters that move the cursor, change a terminal's state or reorder the text shown: C0 and
+#: C1 control characters (ESC starts the sequences that set a window's title or clear the
+#: screen) and the Unicode bidirectional overrides and isolates. Newline and tab are kept.
+INVISIBLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """``text`` as it may be shown on a terminal: every control character (see
+    :data:`INVISIBLE`) written as its escape (``"\\x1b]0;title\\x07"`` for ESC ] 0 ; ... BEL),
+    so a label, a card's name or a file name shows what it holds and cannot drive the terminal.
+    Newlines and tabs are kept."""
+    return INVISIBLE.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def _size(text: str) -> int:
     """Bytes of ``text`` as a file name (undecodable bytes from ``os.fsdecode`` count as one)."""
     return len(text.encode("utf-8", "surrogateescape"))

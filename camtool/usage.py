@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - older typer, on Click itself
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
 from camtool.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CamtoolError
+from camtool.naming import visible
 
 #: Words a user may write after a flag, meaning to give it a value.
 BOOLEAN_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
@@ -190,4 +191,4 @@ class CamtoolGroup(typer.core.TyperGroup):
 
 def _print_error(line: str) -> None:
     """``Error: <line>`` on stderr (whatever ``sys.stderr`` is now: a test runner's too)."""
-    print(f"Error: {line}", file=sys.stderr, flush=True)
+    print(f"Error: {visible(line)}", file=sys.stderr, flush=True)
