@@ -12,15 +12,24 @@ from __future__ import annotations
 import difflib
 import importlib.resources
 import importlib.util
+import math
 import os
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from camtool.errors import ModelLoadError, UnknownModelError
-from camtool.image import IMAGENET_MEAN, IMAGENET_STD, MAX_INPUT_SIZE, Preprocessing
+from camtool.image import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MAX_INPUT_SIZE,
+    Preprocessing,
+    crop_pct_problem,
+    normalization_problem,
+)
 from camtool.io import read_text_file
 
 # --------------------------------------------------------------------------------------------
@@ -84,31 +93,126 @@ def read_card(path: str | os.PathLike[str], builtin: bool = False) -> ModelCard:
         raise ModelLoadError(path, f"bad model card: {problem}") from None
 
 
-def _card_from_table(data: dict[str, Any], path: Path, builtin: bool) -> ModelCard:
-    prep = data.get("preprocessing", {})
+#: The smallest ``input_size`` a card may ask for (a hand-built network may take less in Python).
+MIN_CARD_INPUT_SIZE = 16
+
+#: The keys of a card's ``[preprocessing]`` table.
+PREPROCESSING_KEYS = ("input_size", "interpolation", "crop_pct", "mean", "std")
+
+#: Builder keywords a card's ``[architecture_options]`` may not hold, and why: each loads a file or
+#: fetches weights (timm's ``create_model``, torchvision's ``get_model``), which would bypass the
+#: card's ``[weights]`` and its sha256.
+LOADING_OPTIONS: dict[str, str] = {
+    "pretrained": "downloads pretrained weights (timm, torchvision's old interface)",
+    "pretrained_cfg": "names where timm's pretrained weights come from",
+    "pretrained_cfg_overlay": "can point timm's pretrained weights at any file, URL or hub id",
+    "pretrained_strict": "is a timm option for loading pretrained weights",
+    "pretrained_model_args": "is a timm option for loading pretrained weights",
+    "checkpoint_path": "loads a checkpoint file (timm)",
+    "cache_dir": "is where timm downloads weights to",
+    "weights": "names torchvision weights to download",
+    "weights_backbone": "names torchvision backbone weights to download",
+    "pretrained_backbone": "downloads torchvision backbone weights (old interface)",
+    "progress": "is torchvision's download progress bar",
+}
+
+
+def _scalar(value: object) -> bool:
+    """True for a TOML string, boolean, integer or finite float."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str | bool | int)
+
+
+def architecture_options_problem(options: Mapping[str, Any]) -> str | None:
+    """What is wrong with a card's ``[architecture_options]``, or None: no option of
+    :data:`LOADING_OPTIONS`, and every value a string, boolean, integer, finite float or a list
+    of them (lists may nest)."""
+
+    def plain(value: object) -> bool:
+        return _scalar(value) or (isinstance(value, list) and all(plain(v) for v in value))
+
+    for key, value in options.items():
+        if key in LOADING_OPTIONS:
+            return (
+                f"[architecture_options] {key} is not allowed: it {LOADING_OPTIONS[key]}; a "
+                "card's weights come only from its [weights] table, checked against its sha256"
+            )
+        if not plain(value):
+            return (
+                f"[architecture_options] {key} must be a string, a boolean, a finite number or a "
+                f"list of them, not {value!r:.60}"
+            )
+    return None
+
+
+def _preprocessing(prep: object) -> Preprocessing:
+    """The card's ``[preprocessing]`` table, every value checked (the problem names the key)."""
     if not isinstance(prep, dict):
         raise TypeError("[preprocessing] must be a table")
-    mean = tuple(float(v) for v in prep.get("mean", IMAGENET_MEAN))
-    std = tuple(float(v) for v in prep.get("std", IMAGENET_STD))
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ValueError("mean and std must be 3 numbers each, std positive")
+    unknown = sorted(set(prep) - set(PREPROCESSING_KEYS))
+    if unknown:
+        raise ValueError(
+            f"[preprocessing] has an unknown key {unknown[0]!r} (keys: {', '.join(PREPROCESSING_KEYS)})"
+        )
+    size = prep.get("input_size", 224)
+    if (
+        isinstance(size, bool)
+        or not isinstance(size, int)
+        or not MIN_CARD_INPUT_SIZE <= size <= MAX_INPUT_SIZE
+    ):
+        raise ValueError(
+            f"[preprocessing] input_size must be a whole number of pixels from "
+            f"{MIN_CARD_INPUT_SIZE} to {MAX_INPUT_SIZE}, not {size!r:.40}"
+        )
+    crop_pct = prep.get("crop_pct", 0.875)
+    problem = crop_pct_problem(size, crop_pct)
+    mean, std = prep.get("mean", list(IMAGENET_MEAN)), prep.get("std", list(IMAGENET_STD))
+    problem = problem or normalization_problem("mean", mean) or normalization_problem("std", std)
+    if problem:
+        raise ValueError(f"[preprocessing] {problem}")
     interpolation = prep.get("interpolation", "bicubic")
     if interpolation not in ("bicubic", "bilinear"):
-        raise ValueError(f"interpolation must be bicubic or bilinear, not {interpolation!r}")
-    size, crop_pct = int(prep.get("input_size", 224)), float(prep.get("crop_pct", 0.875))
-    if not 16 <= size <= MAX_INPUT_SIZE or not 0 < crop_pct <= 1:
         raise ValueError(
-            f"input_size must be between 16 and {MAX_INPUT_SIZE} (not {size}) and crop_pct in (0, 1]"
+            f"[preprocessing] interpolation must be 'bicubic' or 'bilinear', not {interpolation!r:.40}"
         )
-    weights = data.get("weights")
-    if weights is not None and not isinstance(weights, dict):
+    return Preprocessing(
+        size,
+        (float(mean[0]), float(mean[1]), float(mean[2])),
+        (float(std[0]), float(std[1]), float(std[2])),
+        interpolation,
+        float(crop_pct),
+    )
+
+
+def _weights_source(weights: object) -> WeightsSource:
+    """The card's ``[weights]`` table: known keys only, each a string."""
+    if not isinstance(weights, dict):
         raise TypeError("[weights] must be a table")
+    known = [f.name for f in fields(WeightsSource)]
+    for key, value in weights.items():
+        if key not in known:
+            raise ValueError(f"[weights] has an unknown key {key!r} (keys: {', '.join(known)})")
+        if not isinstance(value, str):
+            raise ValueError(f"[weights] {key} must be a string, not {value!r:.40}")
+    if not weights.get("file") and not weights.get("url"):
+        raise ValueError("[weights] names neither a file nor a url")
+    return WeightsSource(**weights)
+
+
+def _card_from_table(data: dict[str, Any], path: Path, builtin: bool) -> ModelCard:
+    preprocessing = _preprocessing(data.get("preprocessing", {}))
+    weights = data.get("weights")
+    source = _weights_source(weights) if weights is not None else None
     if weights is None and data.get("random_weights") is not True:
         raise ValueError("no [weights] table (write random_weights = true to mean it)")
     architecture = str(data["architecture"])
     options = data.get("architecture_options", {})
     if not isinstance(options, dict):
         raise TypeError("[architecture_options] must be a table")
+    problem = architecture_options_problem(options)
+    if problem:
+        raise ValueError(problem)
     library, colon, name = architecture.partition(":")
     if (library not in ("camtool", "timm", "torchvision") or not name) and (
         colon or not architecture.strip() or architecture != architecture.strip()
@@ -122,10 +226,8 @@ def _card_from_table(data: dict[str, Any], path: Path, builtin: bool) -> ModelCa
         architecture=architecture,
         description=str(data.get("description", "")),
         labels=str(data.get("labels", "imagenet1k")),
-        preprocessing=Preprocessing(
-            size, (mean[0], mean[1], mean[2]), (std[0], std[1], std[2]), interpolation, crop_pct
-        ),
-        weights=WeightsSource(**weights) if weights else None,
+        preprocessing=preprocessing,
+        weights=source,
         path=path,
         builtin=builtin,
         options=dict(options),

@@ -3,6 +3,7 @@ the :class:`Region` of the image the network saw, and antialiased uint8 resizing
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, cast, get_args
@@ -17,6 +18,19 @@ MAX_ASPECT = 8
 #: The largest input size (pixels on the shorter side) camtool accepts: 4x the largest ImageNet
 #: classifiers' (EfficientNet-B7: 600, timm's 1024-px models); the long side may be MAX_ASPECT x.
 MAX_INPUT_SIZE = 4096
+
+#: The smallest ``crop_pct`` (the part of the image's shorter side that ``--crop`` keeps).
+MIN_CROP_PCT = 0.1
+
+#: The longest the shorter side may be resized to for ``--crop`` (``input_size / crop_pct``):
+#: a square image then holds at most 100 megapixels, camtool's default pixel limit
+#: (:data:`camtool.io.MAX_PIXELS`).
+MAX_CROP_RESIZE = 10_000
+
+#: The ranges of the per-channel ``mean`` (in [0, 1] pixel units) and ``std`` (a divisor: 1/255
+#: for networks that take 0..255 pixel values, 1 at most for [0, 1] pixels; 10 leaves room).
+MEAN_RANGE = (0.0, 1.0)
+STD_RANGE = (0.001, 10.0)
 
 #: Where an in-memory image keeps its colour channels: first (``[C,H,W]``, torch's way) or last
 #: (``[H,W,C]``, numpy's, PIL's and OpenCV's way).
@@ -62,7 +76,14 @@ class Preprocessing:
     fixed_size: bool = False
 
     def __post_init__(self) -> None:
+        from camtool.errors import InvalidArgumentError
+
         check_input_size(self.input_size)
+        check_crop_pct(self.input_size, self.crop_pct)
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            problem = normalization_problem(name, values)
+            if problem is not None:
+                raise InvalidArgumentError(name, problem)
 
     def resized_size(self, height: int, width: int, crop: bool = False) -> tuple[int, int]:
         """Return the (height, width) the image is resized to before any crop.
@@ -72,9 +93,21 @@ class Preprocessing:
         there, which bounds the network's input however elongated the image is. A network that
         takes one input size only (``fixed_size``, e.g. a vision transformer with a fixed position
         embedding) gets the whole image squeezed to ``input_size`` x ``input_size``.
+
+        Raises:
+            InvalidArgumentError: ``crop`` with a ``crop_pct`` above 1 (timm's VOLO models), whose
+                centre crop would be larger than the resized image.
         """
         if self.fixed_size and not crop:
             return self.input_size, self.input_size
+        if crop and self.crop_pct > 1:
+            from camtool.errors import InvalidArgumentError
+
+            raise InvalidArgumentError(
+                "crop",
+                f"this model's crop_pct is {self.crop_pct:g} (above 1): its centre crop would "
+                "pad the image, which camtool does not do; use the whole image (no crop)",
+            )
         short = int(self.input_size / self.crop_pct) if crop else self.input_size
         scale = short / min(height, width)
         if not crop:
@@ -181,6 +214,65 @@ def check_input_size(size: int) -> None:
             f"input size {size} is too large: camtool takes at most {MAX_INPUT_SIZE} px (an "
             f"image's long side may reach {MAX_ASPECT}x that)",
         )
+
+
+def crop_pct_problem(input_size: int, crop_pct: object, largest: float | None = 1.0) -> str | None:
+    """What is wrong with ``crop_pct`` for ``input_size``, or None: it must be a finite number
+    from :data:`MIN_CROP_PCT` to ``largest`` (None: no upper bound; timm's VOLO models use
+    1.15), and ``input_size / crop_pct`` (the shorter side ``--crop`` resizes to) at most
+    :data:`MAX_CROP_RESIZE` px."""
+    top = math.inf if largest is None else largest
+    if (
+        isinstance(crop_pct, bool)
+        or not isinstance(crop_pct, int | float)
+        or not MIN_CROP_PCT <= crop_pct <= top  # False for NaN too
+        or not math.isfinite(crop_pct)
+    ):
+        wanted = (
+            f"a finite number of at least {MIN_CROP_PCT:g}"
+            if largest is None
+            else f"a number from {MIN_CROP_PCT:g} to {largest:g}"
+        )
+        return f"crop_pct must be {wanted}, not {crop_pct!r:.40}"
+    short = int(input_size / crop_pct)
+    if short > MAX_CROP_RESIZE:
+        return (
+            f"crop_pct {crop_pct:g} at input size {input_size} would resize images to a shorter "
+            f"side of {short} px for the crop, above camtool's limit of {MAX_CROP_RESIZE} px "
+            f"({MAX_CROP_RESIZE**2 // 1_000_000} megapixels for a square image): use a crop_pct "
+            f"of at least {input_size / MAX_CROP_RESIZE:.4g}"
+        )
+    return None
+
+
+def normalization_problem(name: str, values: object) -> str | None:
+    """What is wrong with a ``mean`` or ``std`` (``name``), or None: it must be 3 finite numbers
+    in :data:`MEAN_RANGE` or :data:`STD_RANGE`."""
+    low, high = MEAN_RANGE if name == "mean" else STD_RANGE
+    if (
+        not isinstance(values, list | tuple)
+        or len(values) != 3
+        or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= high
+            for v in values
+        )
+    ):
+        return f"{name} must be 3 numbers from {low:g} to {high:g}, not {values!r:.60}"
+    return None
+
+
+def check_crop_pct(input_size: int, crop_pct: float) -> None:
+    """Refuse a ``crop_pct`` that :func:`crop_pct_problem` finds wrong (with no upper bound:
+    model cards allow 1 at most, timm's configs up to 1.15).
+
+    Raises:
+        InvalidArgumentError: with the bounds.
+    """
+    from camtool.errors import InvalidArgumentError
+
+    problem = crop_pct_problem(input_size, crop_pct, largest=None)
+    if problem is not None:
+        raise InvalidArgumentError(crop_pct, problem)
 
 
 def resize_image(image: Tensor, size: tuple[int, int], interpolation: str = "bicubic") -> Tensor:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from camtool.cards import (
     ModelCard,
+    architecture_options_problem,
     find_card,
     imagenet_labels,
     is_card_name,
@@ -341,6 +342,9 @@ def _build(
 ) -> _Built:
     if isinstance(spec, ModelCard) or spec.endswith(".toml") or is_card_name(spec):
         card = spec if isinstance(spec, ModelCard) else find_card(spec)
+        problem = architecture_options_problem(card.options)  # a card built in Python, too
+        if problem:
+            raise ModelLoadError(card.path or card.name, problem)
         if weights is not None:
             module = _architecture_with_file(
                 card.architecture, Path(weights), unsafe_load_pickle, card.options
@@ -361,7 +365,7 @@ def _build(
             **card.options,
         )
         if path is not None:
-            load_weights_into(module, load_state_dict_file(path), path)
+            load_weights_into(module, _card_state_dict(card, path), path)
         return _Built(
             module,
             card.name,
@@ -467,6 +471,22 @@ def architecture_name(name: str) -> str:
         else "; see `camtool models`, or use timm:NAME / torchvision:NAME"
     )
     raise UnknownModelError(name, f"unknown model{hint}")
+
+
+def _card_state_dict(card: ModelCard, path: Path) -> dict[str, Tensor]:
+    """The state dict in a card's weights file; a file that is not one is named with its card."""
+    try:
+        return load_state_dict_file(path)
+    except ModelLoadError as exc:
+        source = card.weights
+        key, named = (
+            ("file", source.file) if source and source.file else ("url", source and source.url)
+        )
+        where = str(path.resolve())
+        shown = f"{named!r} ({where})" if named and named != where else repr(where)
+        raise ModelLoadError(
+            card.path or card.name, f"[weights] {key} {shown}: {exc.problem}"
+        ) from None
 
 
 def _architecture_with_file(

@@ -9,12 +9,13 @@ import importlib.resources
 import importlib.util
 import os
 import pickle
+import pickletools
 import re
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import torch
 from torch import Tensor, nn
@@ -205,26 +206,173 @@ def load_state_dict_file(
         return {k: v for k, v in load_pickled_model(path).state_dict().items()}
     handle = open_regular_file(path, ModelLoadError, "weights file")  # never a FIFO or a device
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load
-
-            loaded: Any = load(handle.read())
-        else:
-            loaded = torch.load(handle, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ModelLoadError(path, _refusal(path)) from None
-    except Exception as exc:  # torch and safetensors raise many types for damaged files
-        raise ModelLoadError(
-            path, f"not a readable weights file ({type(exc).__name__}: {exc})"
-        ) from None
+        kind, problem = weights_file_kind(handle)
+        if problem is None:
+            loaded = _read_state(handle, path, kind == "safetensors")
     finally:
         handle.close()
+    if problem is not None:
+        raise ModelLoadError(path, problem)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
             loaded = loaded[key]
     if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
         raise ModelLoadError(path, "not a state dict (a mapping of names to tensors)")
     return {str(k).removeprefix("module."): v for k, v in loaded.items()}
+
+
+def _read_state(handle: BinaryIO, path: Path, safetensors: bool) -> Any:
+    """What a torch file (``weights_only=True``) or a safetensors file holds."""
+    try:
+        if safetensors:
+            from safetensors.torch import load
+
+            return load(handle.read())
+        return torch.load(handle, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelLoadError(path, _refusal(path)) from None
+    except Exception as exc:  # torch and safetensors raise many types for damaged files
+        raise ModelLoadError(
+            path, f"not a readable weights file ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+#: Opcodes that push a string (a module or a name for ``STACK_GLOBAL``).
+_STRING_OPS = frozenset(
+    {
+        "SHORT_BINUNICODE",
+        "BINUNICODE",
+        "BINUNICODE8",
+        "UNICODE",
+        "SHORT_BINSTRING",
+        "BINSTRING",
+        "STRING",
+    }
+)
+
+#: How many opcodes :func:`pickle_globals` reads at most (a plain pickle of data can hold many).
+_MAX_PICKLE_OPS = 1_000_000
+
+
+class _BoundedReader:
+    """A file's bytes for :mod:`pickletools`: reads never ask for more than the file holds (a
+    length field of 2**62 must not allocate it) and lines stop at 1 MiB."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.size = os.fstat(handle.fileno()).st_size
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self.size - self.handle.tell())
+        return self.handle.read(left if n < 0 else min(n, left))
+
+    def readline(self) -> bytes:
+        return self.handle.readline(1 << 20)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+
+def pickle_globals(handle: BinaryIO) -> tuple[list[str], bool] | None:
+    """The globals (``module.name``) one pickle names, read from its opcodes with
+    :mod:`pickletools` (nothing is unpickled), and whether its end was reached; None when the
+    bytes from the handle's position are not a pickle."""
+    names: list[str] = []
+    stack: list[object] = []  # what the opcodes pushed, as far as names go (None: anything else)
+    memo: dict[int, object] = {}
+    try:
+        for count, (op, arg, _) in enumerate(
+            pickletools.genops(cast(BinaryIO, _BoundedReader(handle)))
+        ):
+            if count >= _MAX_PICKLE_OPS:
+                return names, False
+            if op.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                module, name = [None, None, *stack][-2:]
+                del stack[-2:]
+                names.append(f"{module}.{name}" if isinstance(module, str) else "(unknown)")
+            elif op.name in _STRING_OPS:
+                stack.append(arg)
+            elif op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                memo[len(memo) if op.name == "MEMOIZE" else int(str(arg))] = (
+                    stack[-1] if stack else None
+                )
+            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(int(str(arg))))
+            elif op.name == "STOP":
+                return names, True
+            elif op.name != "PROTO":
+                stack.append(None)
+    except (ValueError, EOFError):
+        return None
+    return None
+
+
+def _is_text(head: bytes) -> bool:
+    import codecs
+
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\t\n\r\f\v" for c in text)
+
+
+def weights_file_kind(handle: BinaryIO) -> tuple[str, str | None]:
+    """What a weights file holds, told from its bytes (nothing is unpickled): ``("torch",
+    None)`` (a zip or legacy torch file), ``("safetensors", None)``, or ``("other", problem)``
+    with what the file is instead (empty, a plain Python pickle and the globals it names, text,
+    other bytes). The handle is left at its start."""
+    start = handle.tell()
+    head = handle.read(1024)
+    size = os.fstat(handle.fileno()).st_size
+    try:
+        if not head:
+            return "other", "is empty, not a weights file"
+        if head.startswith(b"PK\x03\x04"):
+            return "torch", None
+        header = int.from_bytes(head[:8], "little")
+        if len(head) > 8 and head[8:9] == b"{" and 2 <= header <= size - 8:
+            return "safetensors", None
+        handle.seek(start)
+        found = pickle_globals(handle)
+        if found is not None and (found[1] or head[:1] == b"\x80"):
+            names, _ = found
+            handle.seek(start)
+            if _starts_with_torch_magic(handle):
+                return "torch", None  # torch's legacy format: pickles after a magic number
+            if not names:
+                return "other", (
+                    "is a plain Python pickle holding no tensors, not a torch file or safetensors"
+                )
+            listed = ", ".join(sorted(set(names))[:5]) + (", ..." if len(set(names)) > 5 else "")
+            return "other", (
+                "is a plain Python pickle, not a torch file; camtool never unpickles it because "
+                f"unpickling runs code (it names {listed})"
+            )
+        if _is_text(head):
+            return "other", "is a text file, not a weights file (a torch file or safetensors)"
+        return "other", (
+            "is not a weights file: neither a torch file (zip or pickle) nor safetensors (it "
+            f"starts with bytes {head[:8].hex(' ')})"
+        )
+    finally:
+        handle.seek(start)
+
+
+def _starts_with_torch_magic(handle: BinaryIO) -> bool:
+    """True when the first pickle holds only torch's magic number (its legacy, non-zip format)."""
+    ops = []
+    try:
+        for op, arg, _ in pickletools.genops(cast(BinaryIO, _BoundedReader(handle))):
+            ops.append((op.name, arg))
+            if op.name == "STOP" or len(ops) > 3:
+                break
+    except ValueError:
+        return False
+    values = [arg for name, arg in ops if name not in ("PROTO", "STOP")]
+    return values == [torch.serialization.MAGIC_NUMBER]
 
 
 #: Globals that hold data, not code, which training scripts often save beside the weights
@@ -244,8 +392,29 @@ def _unsafe_globals(path: Path) -> list[str]:
     finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
     try:
         return sorted(finder(path)) if finder is not None else []
-    except Exception:  # not a torch file at all
-        return []
+    except Exception:  # not a torch zip file: torch's legacy format, or not a torch file at all
+        return _legacy_unsafe_globals(path)
+
+
+def _legacy_unsafe_globals(path: Path) -> list[str]:
+    """The globals beyond torch's allowed ones that a legacy (non-zip) torch file names: its
+    fourth pickle (after the magic number, the protocol and the system's details) holds the
+    object; read with :mod:`pickletools`, nothing unpickled. Empty for other files."""
+    from torch import _weights_only_unpickler as unpickler
+
+    allowed: set[str] = set()
+    for getter in ("_get_allowed_globals", "_get_user_allowed_globals"):
+        allowed |= set(getattr(unpickler, getter, dict)())
+    with open_regular_file(path, ModelLoadError, "weights file") as handle:
+        if not _starts_with_torch_magic(handle):
+            return []
+        names: list[str] = []
+        for _ in range(3):  # the protocol, the system's details, then the object
+            found = pickle_globals(handle)
+            if found is None or not found[1]:
+                return []
+            names = found[0]
+    return sorted(set(names) - allowed)
 
 
 def pickled_model_classes(path: str | os.PathLike[str]) -> list[str]:

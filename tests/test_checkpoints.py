@@ -105,13 +105,16 @@ def test_safetensors_weights(
 
 def test_corrupt_checkpoint_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "corrupt.pth"
-    path.write_bytes(os.urandom(4096))
+    path.write_bytes(b"\0" + os.urandom(4095))  # never a zip, a pickle or safetensors
     code, _, err = run(
         "explain", str(CAT), "-m", "resnet18", "--weights", str(path), "-o", str(tmp_path)
     )
     assert (
         code == 1
-        and err.startswith(f"Error: {path}: not a readable weights file (")
+        and err.startswith(
+            f"Error: {path}: is not a weights file: neither a torch file (zip or pickle) nor "
+            "safetensors (it starts with bytes 00 "
+        )
         and err.count("\n") == 1
     )
 

@@ -152,8 +152,8 @@ def test_a_huge_input_size_is_refused_with_the_bound(tmp_path: Path) -> None:
     code, _, err = run("explain", str(CAT), "-m", str(card), "-o", str(tmp_path / "o"))
     assert (code, err) == (
         1,
-        f"Error: {card}: bad model card: input_size must be between 16 and {MAX_INPUT_SIZE} "
-        "(not 100000) and crop_pct in (0, 1]\n",
+        f"Error: {card}: bad model card: [preprocessing] input_size must be a whole number of "
+        f"pixels from 16 to {MAX_INPUT_SIZE}, not 100000\n",
     )
     with pytest.raises(camtool.InvalidArgumentError, match="too large"):
         camtool.Preprocessing(input_size=MAX_INPUT_SIZE + 1)
