@@ -45,7 +45,7 @@ from torch import nn
 
 import camtool
 from camtool import metrics
-from camtool.io import load_image
+from camtool.io.images import load_image
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = (ROOT / "examples" / "chelsea.png", ROOT / "examples" / "coffee.png")

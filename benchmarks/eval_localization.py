@@ -19,7 +19,7 @@ import torch
 
 import camtool
 from camtool.image import resize_image
-from camtool.io import load_image
+from camtool.io.images import load_image
 from camtool.metrics import (
     localization_error,
     max_box_accuracy,

@@ -26,7 +26,7 @@ import camtool
 from camtool.allocator import keep_freed_memory
 from camtool.boxes import cam_to_box, draw_box_in_place, small_map_box
 from camtool.geometry import FeatureGeometry
-from camtool.io import image_to_bgr_array, load_image
+from camtool.io.images import image_to_bgr_array, load_image
 from camtool.render import _colormap_table, normalize_cams, overlay, upsample_cams
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "chelsea.png"

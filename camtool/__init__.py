@@ -176,10 +176,7 @@ if TYPE_CHECKING:
         Preprocessing,
         Region,
     )
-    from camtool.io import (
-        load_image,
-        save_image,
-    )
+    from camtool.io.images import load_image, save_image
     from camtool.labels import (
         ClassName,
         class_names,
@@ -190,10 +187,7 @@ if TYPE_CHECKING:
         EvalReport,
         evaluate,
     )
-    from camtool.models import (
-        LoadedModel,
-        load_model,
-    )
+    from camtool.models.loading import LoadedModel, load_model
     from camtool.picture import (
         Picture,
     )

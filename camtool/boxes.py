@@ -12,13 +12,13 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
 from camtool.errors import InvalidArgumentError
 from camtool.geometry import FeatureGeometry
+from camtool.io.opencv import cv2
 from camtool.render import upsample_weights
 from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold
 

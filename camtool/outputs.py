@@ -23,10 +23,10 @@ from camtool.explanation import (
     comparison_sheet,
     explain,
 )
-from camtool.io import VIDEO_SUFFIXES, video_info
+from camtool.io.videos import VIDEO_SUFFIXES, video_info
 from camtool.labels import ClassesArg, resolve_class
 from camtool.methods.base import DEFAULT_METHOD, Method
-from camtool.models import DEFAULT_MODEL
+from camtool.models.loading import DEFAULT_MODEL
 from camtool.naming import NameRegistry, component, input_stems, overlay_tail, video_tail
 from camtool.render import DEFAULT_SCALE, check_scale
 from camtool.settings import (

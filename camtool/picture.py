@@ -15,7 +15,7 @@ from torch import Tensor
 
 from camtool.errors import InvalidArgumentError
 from camtool.image import resize_image
-from camtool.io import encode_image, save_image
+from camtool.io.images import encode_image, save_image
 
 #: The longest side of a picture embedded in a notebook's HTML view (larger ones are scaled down
 #: for the view only, so that a 12-megapixel photo does not put megabytes in the notebook).

@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cache, lru_cache
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
 from camtool.errors import InvalidArgumentError
 from camtool.geometry import FeatureGeometry
+from camtool.io.opencv import cv2
 
 #: Colour maps by name: OpenCV's colour map, or None for ``gray`` (black to white). Names are
 #: matched in any case (:func:`colormap_name`).

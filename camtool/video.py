@@ -21,10 +21,10 @@ from camtool.explanation import (
     bind_method,
     build_explanation,
 )
-from camtool.io import VideoWriter, open_video
+from camtool.io.videos import VideoWriter, open_video
 from camtool.labels import ClassesArg
 from camtool.methods.base import DEFAULT_METHOD, Method
-from camtool.models import DEFAULT_MODEL
+from camtool.models.loading import DEFAULT_MODEL
 from camtool.progress import ProgressBar
 from camtool.render import draw_label
 from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold

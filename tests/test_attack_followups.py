@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from camtool.cards import find_card
-from camtool.weights import verified_weights_file
+from camtool.models.cards import find_card
+from camtool.models.weights import verified_weights_file
 from tests.conftest import CAT, ROOT
 
 

@@ -15,7 +15,7 @@ import torchvision
 from typer.testing import CliRunner
 
 import camtool
-from camtool.cards import LOADING_OPTIONS, ModelCard, builtin_card_dir, read_card
+from camtool.models.cards import LOADING_OPTIONS, ModelCard, builtin_card_dir, read_card
 from camtool.cli import app
 from tests.conftest import CAT
 

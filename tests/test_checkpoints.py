@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 import camtool
 from camtool.cli import app
 from camtool.methods.cam import compute
-from camtool.weights import hub_cache_path
+from camtool.models.downloads import hub_cache_path
 from tests.conftest import CAT, cam_head
 
 runner = CliRunner()

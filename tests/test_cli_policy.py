@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import camtool
-from camtool.cards import builtin_card_dir
+from camtool.models.cards import builtin_card_dir
 from camtool.cli import app
 from camtool.image import MAX_INPUT_SIZE
 from tests.conftest import CAT, ROOT

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from camtool.cards import WeightsSource, read_card
+from camtool.models.cards import WeightsSource, read_card
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text("utf-8")

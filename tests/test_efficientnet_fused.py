@@ -12,8 +12,8 @@ from conftest import CAT, CAT_CLASSES, COFFEE, ESPRESSO, foolbox_photos
 from torch import nn
 
 import camtool
-from camtool.efficientnet_fused import fused_features
-from camtool.efficientnet_lite import EfficientNetLite
+from camtool.models.efficientnet_fused import fused_features
+from camtool.models.efficientnet_lite import EfficientNetLite
 
 
 def _batch(model: camtool.LoadedModel, *paths: object) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import camtool
-from camtool.efficientnet_lite import Conv2dSame
+from camtool.models.efficientnet_lite import Conv2dSame
 from camtool.geometry import FeatureGeometry, record_geometry
 from tests.conftest import CAT
 

@@ -175,7 +175,7 @@ def test_grad_cams_road_percentile_removes_the_complement() -> None:
 
 @pytest.fixture(scope="module")
 def cat() -> torch.Tensor:
-    from camtool.io import load_image
+    from camtool.io.images import load_image
     from tests.conftest import CAT
 
     image = load_image(CAT)[None].float() / 255

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from camtool.cards import builtin_card_dir
+from camtool.models.cards import builtin_card_dir
 from camtool.cli import app
 from camtool.export import MANIFEST
 from camtool.naming import NAME_MAX, NameRegistry, component, fit

@@ -19,7 +19,7 @@ import camtool
 from camtool.cli import app
 from camtool.export import read_manifest
 from camtool.labels import resolve_class, suggest_classes
-from camtool.models import resolve_device, resolve_dtype
+from camtool.models.network import resolve_device, resolve_dtype
 from camtool.render import colorize, overlay
 from camtool.settings import DEFAULT_OUT_DIR, parse_device, parse_dtype
 from tests.conftest import CAT

@@ -12,7 +12,7 @@ import camtool
 from camtool.boxes import Box, cam_to_box, small_map_box
 from camtool.errors import InvalidArgumentError
 from camtool.geometry import FeatureGeometry
-from camtool.io import load_image
+from camtool.io.images import load_image
 from camtool.render import normalize_cams, upsample_cams, upsample_weights
 from tests.conftest import foolbox_photos
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import camtool
 from camtool.boxes import draw_box
-from camtool.io import image_to_bgr_array, load_image
+from camtool.io.images import image_to_bgr_array, load_image
 from camtool.render import COLORMAPS, overlay
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import camtool
 from camtool.cli import app
-from camtool.io import open_video
+from camtool.io.videos import open_video
 from camtool.video import explain_frames
 from tests.conftest import CAT, COFFEE
 

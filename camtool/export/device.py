@@ -64,7 +64,7 @@ def device_model_options(
 ) -> dict[str, Any]:
     """``model_options`` with the device runner's defaults on CUDA: ``dtype="bfloat16"`` unless a
     dtype was given (channels-last is already the default there). Elsewhere unchanged."""
-    from camtool.network import resolve_device
+    from camtool.models.network import resolve_device
 
     choose_runner(runner, torch.device("cpu"))  # checks the name before any model loads
     if model_options.get("dtype") is not None or runner == "local":

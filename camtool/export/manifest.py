@@ -30,7 +30,7 @@ from typing import Any
 
 from camtool.errors import InvalidArgumentError, ManifestError, OutputBusyError, OutputWriteError
 from camtool.export.inputs import InputItem, safe_stem
-from camtool.io import TEMP_PREFIX, TEMP_SUFFIX, open_regular_file
+from camtool.io.files import TEMP_PREFIX, TEMP_SUFFIX, open_regular_file
 from camtool.naming import NameRegistry
 
 MANIFEST = "manifest.jsonl"

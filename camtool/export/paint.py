@@ -38,7 +38,7 @@ from camtool.export.stages import (
 from camtool.geometry import FeatureGeometry
 from camtool.image import Region
 from camtool.methods.base import MapBatch
-from camtool.models import LoadedModel
+from camtool.models.loading import LoadedModel
 from camtool.render import colormap_colors, draw_legend, normalize_cams, upsample_weights
 from camtool.settings import DEFAULT_BOX_THRESHOLD
 

@@ -470,7 +470,7 @@ class _ExportActor:
 
     def _render(self, result: Any, item: Any) -> dict[str, Any]:
         from camtool.export.stages import render_and_write
-        from camtool.io import write_part
+        from camtool.io.files import write_part
 
         parts: list[list[str]] = []
 

@@ -67,12 +67,10 @@ from camtool.export.stages import (
     render_and_write,
     single_threaded_opencv,
 )
-from camtool.io import (
-    open_atomic,
-)
+from camtool.io.files import open_atomic
 from camtool.labels import ClassesArg
 from camtool.methods.base import DEFAULT_METHOD, Method
-from camtool.models import DEFAULT_MODEL, LoadedModel
+from camtool.models.loading import DEFAULT_MODEL, LoadedModel
 from camtool.progress import ProgressBar
 from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold, check_positive_int
 
@@ -566,7 +564,7 @@ def _run_local(
         stream.close()  # stops the decoding workers now, not at garbage collection
         writer_pool.shutdown(wait=True, cancel_futures=True)
         if opencv_threads is not None:
-            import cv2
+            from camtool.io.opencv import cv2
 
             cv2.setNumThreads(opencv_threads)
 

@@ -31,13 +31,10 @@ from camtool.explanation import (
 )
 from camtool.export.inputs import InputItem, safe_stem
 from camtool.image import Preprocessing, Region
-from camtool.io import (
-    encode_image,
-    load_image,
-    write_bytes_atomic,
-)
+from camtool.io.images import encode_image, load_image
+from camtool.io.files import write_bytes_atomic
 from camtool.methods.base import MapBatch
-from camtool.models import LoadedModel
+from camtool.models.loading import LoadedModel
 from camtool.naming import fit, heatmap_tail, overlay_tail, raw_tail
 from camtool.render import DEFAULT_SCALE, check_scale, colormap_name
 from camtool.settings import (
@@ -374,7 +371,7 @@ def single_threaded_opencv() -> int:
     Our own threads already run OpenCV calls in parallel; its inner pool only oversubscribes the
     CPUs. (Only ever in this process: calling it in a forked DataLoader worker can hang.)
     """
-    import cv2
+    from camtool.io.opencv import cv2
 
     previous = cv2.getNumThreads()
     cv2.setNumThreads(1)

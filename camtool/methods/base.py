@@ -23,7 +23,7 @@ from camtool.errors import InvalidArgumentError
 from camtool.geometry import FeatureGeometry
 
 if TYPE_CHECKING:
-    from camtool.models import LoadedModel
+    from camtool.models.loading import LoadedModel
 
 #: The method used when none is named: the first of :data:`AUTO_ORDER` that can explain the
 #: model (exact methods first, then Grad-CAM); a model none of them can explain still gets its

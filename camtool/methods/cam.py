@@ -33,10 +33,10 @@ from camtool.methods.heads import (
     find_cam_head,
     identity_residual,
 )
-from camtool.models import network_failures
+from camtool.models.network import network_failures
 
 if TYPE_CHECKING:
-    from camtool.models import LoadedModel
+    from camtool.models.loading import LoadedModel
 
 #: The maps of :func:`compute` (the name CAM users know): a :class:`MapBatch` of method "cam".
 CamBatch = MapBatch

@@ -31,7 +31,7 @@ from camtool.methods.layers import (
 )
 
 if TYPE_CHECKING:
-    from camtool.models import LoadedModel
+    from camtool.models.loading import LoadedModel
 
 
 def principal_projection(activations: Tensor) -> Tensor:

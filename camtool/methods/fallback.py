@@ -20,7 +20,7 @@ from camtool.hooks import eval_mode
 from camtool.methods.base import Explainer, MapBatch
 
 if TYPE_CHECKING:
-    from camtool.models import LoadedModel
+    from camtool.models.loading import LoadedModel
 
 
 class PredictionsOnly:
@@ -48,7 +48,7 @@ class PredictionsOnly:
         self, batch: Tensor, classes: Sequence[int] | None = None, maps: int = 1
     ) -> MapBatch:
         """Classify ``Tensor[N,3,h,w]``; return logits and empty ``Tensor[N,0,1,1]`` maps."""
-        from camtool.models import logits_of, network_failures
+        from camtool.models.network import logits_of, network_failures
 
         model = self.model
         batch = model.placed(batch)

@@ -58,7 +58,7 @@ from camtool.methods.layers import (
 )
 
 if TYPE_CHECKING:
-    from camtool.models import LoadedModel
+    from camtool.models.loading import LoadedModel
 
 #: ``formula(A Tensor[N,C,h,w], g Tensor[k,N,C,h,w]) -> maps Tensor[N,k,h,w]`` (all float32).
 Formula = Callable[[Tensor, Tensor], Tensor]
@@ -195,7 +195,7 @@ class GradientExplainer(LayerExplainer):
             ClassSelectionError: a class index out of range; ModelRunError: the network fails;
             UnsupportedModelError: the layer does not run once or the score does not depend on it.
         """
-        from camtool.models import logits_of, network_failures
+        from camtool.models.network import logits_of, network_failures
 
         model, target = self.model, self.target
         batch = prepare_batch(model, batch)

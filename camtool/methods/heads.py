@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from camtool.errors import InvalidArgumentError, UnsupportedModelError
 from camtool.hooks import capture_input, capture_output, eval_mode
-from camtool.models import check_finite_weights, logits_of, probe_image
+from camtool.models.network import check_finite_weights, logits_of, probe_image
 
 HeadKind = Literal[
     "explicit", "forward_features", "pool_input", "class_maps", "traced", "sequential", "tokens"

@@ -47,10 +47,10 @@ from camtool.methods.heads import (
     relative_scale,
     run_capturing,
 )
-from camtool.models import network_failures, probe_image
+from camtool.models.network import network_failures, probe_image
 
 if TYPE_CHECKING:
-    from camtool.models import LoadedModel
+    from camtool.models.loading import LoadedModel
 
 Rule = Literal["gauss-legendre", "trapezoid"]
 IntegrationKind = Literal["pooled", "flattened", "forward_head"]

@@ -40,7 +40,7 @@ from camtool.methods.base import MapBatch, Target
 from camtool.methods.heads import _lookup, is_global_avg_pool
 
 if TYPE_CHECKING:
-    from camtool.models import LoadedModel
+    from camtool.models.loading import LoadedModel
 
 Layout = Literal["NCHW", "NHWC", "tokens"]
 
@@ -427,7 +427,7 @@ class LayerExplainer:
             UnsupportedModelError: the layer does not run once.
         """
         from camtool.methods.cam import select_classes
-        from camtool.models import logits_of, network_failures
+        from camtool.models.network import logits_of, network_failures
 
         model, target = self.model, self.target
         batch = prepare_batch(model, batch)

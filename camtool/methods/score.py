@@ -35,7 +35,7 @@ from camtool.methods.layers import (
 )
 
 if TYPE_CHECKING:
-    from camtool.models import LoadedModel
+    from camtool.models.loading import LoadedModel
 
 
 #: Two channels of one image share a masked input when their min-max normalised grids differ by
@@ -74,7 +74,7 @@ class ScoreCamExplainer(LayerExplainer):
         Raises:
             ClassSelectionError, ModelRunError, UnsupportedModelError (as the gradient methods).
         """
-        from camtool.models import network_failures
+        from camtool.models.network import network_failures
 
         read = self.read(batch, classes, maps)
         model = self.model
@@ -102,7 +102,7 @@ class ScoreCamExplainer(LayerExplainer):
           (float rounding; after a ReLU, all those with a single active cell, say) share one
           masked input and its score (see :func:`shared_grids`).
         """
-        from camtool.models import logits_of
+        from camtool.models.network import logits_of
 
         model = self.model
         n, channels = int(activations.shape[0]), int(activations.shape[1])

@@ -45,7 +45,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from camtool.errors import CamtoolError, ClassSelectionError
-from camtool.io import MAX_TEXT_BYTES, open_regular_file, read_text_file
+from camtool.io.files import MAX_TEXT_BYTES, open_regular_file, read_text_file
 
 #: A box may reach this many pixels beyond the image's edges (annotation tools round outwards);
 #: it is then clipped to the image. Further out is an error.

@@ -50,7 +50,7 @@ from camtool.export.manifest import (
     split_resumed,
 )
 from camtool.image import resize_image
-from camtool.io import load_image
+from camtool.io.images import load_image
 from camtool.metrics.annotations import (
     AnnotationError,
     GroundTruthBox,
@@ -59,7 +59,7 @@ from camtool.metrics.annotations import (
     read_annotations,
     resolve_boxes,
 )
-from camtool.models import DEFAULT_MODEL, LoadedModel
+from camtool.models.loading import DEFAULT_MODEL, LoadedModel
 from camtool.progress import ProgressBar
 from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold
 

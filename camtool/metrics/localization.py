@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
 from camtool.boxes import Box, cam_to_box
 from camtool.errors import InvalidArgumentError
+from camtool.io.opencv import cv2
 from camtool.metrics.checks import check_boxes, check_fractions, normalize_maps
 from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold
 

@@ -33,7 +33,7 @@ from camtool.settings import check_positive_int
 
 if TYPE_CHECKING:
     from camtool.methods.base import Method
-    from camtool.models import LoadedModel
+    from camtool.models.loading import LoadedModel
 
 #: ``forward(images) -> logits``: pixel images ``Tensor[N,3,H,W]`` float32 RGB in [0, 1] (before
 #: normalisation) to class scores ``Tensor[N,K]`` float32 (logits, not probabilities).
@@ -52,7 +52,7 @@ def pixel_forward(model: LoadedModel, *, batch_size: int = 64) -> PixelForward:
         InvalidArgumentError: a ``batch_size`` below 1; ``ModelRunError``: the network fails.
     """
     from camtool.hooks import eval_mode
-    from camtool.models import logits_of, network_failures
+    from camtool.models.network import logits_of, network_failures
 
     check_positive_int(batch_size, "batch_size")
     keep_freed_memory()

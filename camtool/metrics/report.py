@@ -19,16 +19,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 import torch
 
 from camtool.errors import CamtoolError
-from camtool.io import load_image, open_atomic, save_image, write_bytes_atomic
+from camtool.io.images import load_image, save_image
+from camtool.io.files import open_atomic, write_bytes_atomic
+from camtool.io.opencv import cv2
 
 if TYPE_CHECKING:
     from camtool.metrics.evaluate import EvalReport, Summary
-    from camtool.models import LoadedModel
+    from camtool.models.loading import LoadedModel
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0

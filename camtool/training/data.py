@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from camtool.errors import CamtoolError
 from camtool.export.inputs import collect_inputs
-from camtool.io import read_text_file
+from camtool.io.files import read_text_file
 from camtool.naming import slug
 
 

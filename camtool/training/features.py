@@ -22,8 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from camtool.errors import CamtoolError, ImageReadError
-from camtool.io import image_byte_limit, load_image, max_pixels_limit, read_file, write_bytes_atomic
-from camtool.models import LoadedModel, network_failures
+from camtool.io.images import image_byte_limit, load_image, max_pixels_limit
+from camtool.io.files import read_file, write_bytes_atomic
+from camtool.models.loading import LoadedModel
+from camtool.models.network import network_failures
 from camtool.progress import ProgressBar
 from camtool.training.data import FitWarning
 

@@ -19,12 +19,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from camtool.efficientnet_lite import EfficientNetLite
+from camtool.models.efficientnet_lite import EfficientNetLite
 from camtool.errors import EXIT_INTERRUPTED, EXIT_OK, ImageReadError, InvalidArgumentError
 from camtool.export.inputs import lies_within
 from camtool.image import MAX_INPUT_SIZE
-from camtool.io import load_image, save_image, write_bytes_atomic
-from camtool.models import DEFAULT_MODEL, LoadedModel, load_model
+from camtool.io.images import load_image, save_image
+from camtool.io.files import write_bytes_atomic
+from camtool.models.loading import DEFAULT_MODEL, LoadedModel, load_model
 from camtool.naming import component
 from camtool.training.data import (
     Dataset,
@@ -497,7 +498,7 @@ def _write_model(
     training: dict[str, Any],
     results: Sequence[HeadResult],
 ) -> None:
-    from camtool.weights import file_sha256
+    from camtool.models.downloads import file_sha256
 
     save_weights(folder / "weights.safetensors", model.module)
     write_bytes_atomic(folder / "labels.txt", ("\n".join(model.labels) + "\n").encode())

@@ -17,14 +17,15 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from camtool.errors import InvalidArgumentError, OutputWriteError
 from camtool.image import Preprocessing, resize_image
-from camtool.io import TEMP_PREFIX, TEMP_SUFFIX, save_image, write_bytes_atomic
+from camtool.io.files import TEMP_PREFIX, TEMP_SUFFIX, write_bytes_atomic
+from camtool.io.images import save_image
+from camtool.io.opencv import cv2
 from camtool.naming import slug
 from camtool.render import labelled_grid
 

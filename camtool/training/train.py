@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camtool.efficientnet_lite import EfficientNetLite
+from camtool.models.efficientnet_lite import EfficientNetLite
 from camtool.progress import ProgressBar
 
 HeadKind = Literal["gap", "flatten"]

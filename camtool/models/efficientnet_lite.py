@@ -9,7 +9,9 @@ those names and the state dicts load as they are. What makes the logits match Te
 * batch-norm epsilon 1e-3; ReLU6; no squeeze-excitation (the "lite" variants drop it).
 
 It follows timm's contract (``forward_features``, ``forward_head``, ``get_classifier``), and
-importing it costs nothing beyond torch (timm and torchvision take about 2 s to import).
+importing it costs nothing beyond torch (timm and torchvision take about 2 s to import). Its
+layers are in :mod:`camtool.models.efficientnet_blocks`; its fused CPU inference path in
+:mod:`camtool.models.efficientnet_fused`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camtool.efficientnet_fused import fused_features
+from camtool.models.efficientnet_blocks import Conv2dSame, MBConvBlock, batch_norm, round_channels
+from camtool.models.efficientnet_fused import fused_features
 
 # (repeats, kernel, stride, expand ratio, output channels) of EfficientNet-B0's seven stages.
 _STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
@@ -28,70 +31,6 @@ _STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80
 #: (channel multiplier, depth multiplier, input size) of each variant.
 VARIANTS = {"efficientnet_lite0": (1.0, 1.0, 224), "efficientnet_lite1": (1.0, 1.1, 240),
             "efficientnet_lite2": (1.1, 1.2, 260)}  # fmt: skip
-
-
-def _round_channels(channels: float, divisor: int = 8) -> int:
-    rounded = max(divisor, int(channels + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * channels else rounded
-
-
-class Conv2dSame(nn.Conv2d):
-    """A bias-free convolution with TensorFlow's "SAME" padding, computed for each input size.
-
-    Stride-1 convolutions (odd kernels) pad symmetrically, which the convolution does itself;
-    strided ones pad more on the bottom/right when the input size is even, which needs an
-    explicit pad only then.
-    """
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
-        padding = (kernel - 1) // 2 if stride == 1 else 0
-        super().__init__(cin, cout, kernel, stride, padding=padding, groups=groups, bias=False)
-
-    def pad_same(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        """``x`` (``Tensor[N,C,H,W]``) padded for this convolution where the padding is
-        asymmetric (else ``x`` itself), and the padding the convolution itself applies."""
-        if self.stride == (1, 1):
-            return x, (int(self.padding[0]), int(self.padding[1]))
-        pads = []
-        for size, k, s in zip(
-            reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=True
-        ):
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-            pads += [total // 2, total - total // 2]
-        if pads[0] == pads[1] and pads[2] == pads[3]:  # symmetric: let the convolution pad
-            return x, (pads[2], pads[0])
-        return F.pad(x, pads), (0, 0)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x, padding = self.pad_same(x)
-        return F.conv2d(x, self.weight, None, self.stride, padding, self.dilation, self.groups)
-
-
-def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=1e-3)
-
-
-class MBConvBlock(nn.Module):
-    """Mobile inverted bottleneck: (expand 1x1) -> depthwise kxk -> project 1x1 (+ skip)."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int) -> None:
-        super().__init__()
-        mid = cin * expand
-        if expand != 1:
-            self._expand_conv = Conv2dSame(cin, mid, 1)
-            self._bn0 = _bn(mid)
-        self._depthwise_conv = Conv2dSame(mid, mid, kernel, stride, groups=mid)
-        self._bn1 = _bn(mid)
-        self._project_conv = Conv2dSame(mid, cout, 1)
-        self._bn2 = _bn(cout)
-        self.expand = expand != 1
-        self.skip = stride == 1 and cin == cout
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
-        y = self._bn2(self._project_conv(y))
-        return y + x if self.skip else y
 
 
 class EfficientNetLite(nn.Module):
@@ -120,18 +59,18 @@ class EfficientNetLite(nn.Module):
         #: Run inference on the CPU through folded, fused convolutions where nothing can tell.
         self.fuse_inference = True
         self._conv_stem = Conv2dSame(3, 32, 3, 2)
-        self._bn0 = _bn(32)
+        self._bn0 = batch_norm(32)
         blocks, cin = [], 32
         last = len(_STAGES) - 1
         for i, (repeats, kernel, stride, expand, cout) in enumerate(_STAGES):
-            cout = _round_channels(cout * width)
+            cout = round_channels(cout * width)
             count = repeats if i in (0, last) else math.ceil(repeats * depth)
             for j in range(count):
                 blocks.append(MBConvBlock(cin, cout, kernel, stride if j == 0 else 1, expand))
                 cin = cout
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = Conv2dSame(cin, 1280, 1)
-        self._bn1 = _bn(1280)
+        self._bn1 = batch_norm(1280)
         cells = 1 if head == "gap" else grid
         self._avg_pooling = nn.AdaptiveAvgPool2d(cells)
         self._dropout = nn.Dropout(0.2)

@@ -30,7 +30,7 @@ from camtool.image import (
     crop_pct_problem,
     normalization_problem,
 )
-from camtool.io import read_text_file
+from camtool.io.files import read_text_file
 
 # --------------------------------------------------------------------------------------------
 # Model cards
@@ -69,7 +69,7 @@ def builtin_card_dir() -> Path:
     packaged = importlib.resources.files("camtool") / "_cards"
     if packaged.is_dir():
         return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "models"
+    return Path(__file__).resolve().parents[2] / "models"
 
 
 def user_card_dirs() -> list[Path]:

@@ -1,4 +1,6 @@
-"""Files <-> tensors. The only module where OpenCV's BGR, HWC arrays exist.
+"""Images: files, tensors, arrays and PIL images <-> ``Tensor[3,H,W]`` uint8 RGB, and the sources
+:func:`camtool.explain` takes. The only module (with :mod:`camtool.io.videos`) where OpenCV's BGR,
+HWC arrays exist.
 
 Images cross the module boundary as ``Tensor[3, H, W]`` of dtype ``uint8`` in RGB order, shown
 the way a photo viewer shows them (EXIF orientation applied).
@@ -7,18 +9,28 @@ the way a photo viewer shows them (EXIF orientation applied).
 from __future__ import annotations
 
 import os
-import re
-import stat
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from camtool.errors import CamtoolError, ImageReadError, ImageTooLargeError, OutputWriteError
-from camtool.formats import FORMATS, ImageFormat, identify
+import numpy as np
+import torch
+from torch import Tensor
+
+from camtool.errors import (
+    ImageReadError,
+    ImageTooLargeError,
+    InvalidArgumentError,
+    OutputWriteError,
+)
+from camtool.image import CHANNEL_COUNTS, Layout, Preprocessing, image_layout
+from camtool.io.files import read_file, write_bytes_atomic
+from camtool.io.formats import FORMATS, ImageFormat, identify
+from camtool.io.opencv import cv2
 
 #: Images with more pixels than this are refused before they are decoded, instead of exhausting
 #: memory (100 megapixels: a 300 MB image, plus heatmaps of the same size). Override with the
@@ -32,145 +44,17 @@ def max_pixels_limit() -> int:
     return int(value) if value and value.isdigit() else MAX_PIXELS
 
 
-#: OpenCV's own pixel limit, set far above any ``max_pixels`` so that camtool's limit is the only
-#: one that decides: camtool reads every format's size from its header before decoding (see
-#: :mod:`camtool.formats`). OpenCV reads this variable once, when it is loaded.
-OPENCV_PIXEL_CEILING = 1 << 40
-os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(OPENCV_PIXEL_CEILING)
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from camtool.image import CHANNEL_COUNTS, Layout, image_layout  # noqa: E402
-
-# OpenCV's own log lines (a truncated BMP, a bad TIFF) would break the one-line error contract.
-cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-
-#: Text files camtool reads (label files, ``@list`` files, model cards) may hold at most this many
-#: bytes (64 MiB: a list of about a million paths).
-MAX_TEXT_BYTES = 64 << 20
 
 #: An image file may hold at most this many bytes per allowed pixel (16-bit RGBA, uncompressed),
 #: plus :data:`IMAGE_METADATA_BYTES`; see :func:`image_byte_limit`.
 IMAGE_BYTES_PER_PIXEL = 8
 IMAGE_METADATA_BYTES = 16 << 20
 
-_FILE_KINDS = (
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
 
 def image_byte_limit(max_pixels: int) -> int:
     """The most bytes an image file may hold under a pixel limit of ``max_pixels``."""
     return IMAGE_BYTES_PER_PIXEL * max_pixels + IMAGE_METADATA_BYTES
-
-
-def read_file(
-    path: str | os.PathLike[str],
-    max_bytes: int,
-    error: type[CamtoolError] = ImageReadError,
-    what: str = "image file",
-) -> bytes:
-    """Read a whole regular file of at most ``max_bytes`` bytes: the one way camtool reads files.
-
-    The file is opened without blocking (opening a FIFO never waits for a writer) and the
-    *opened descriptor* is checked, so a name swapped for a FIFO or a device between a check
-    and the read cannot get past it. Reading stops past ``max_bytes`` (``/dev/zero`` or a file
-    that grows while it is read).
-
-    Args:
-        path: the file. max_bytes: the size limit. error: the :class:`CamtoolError` subclass to
-            raise. what: what the file should be, for messages ("label file").
-
-    Raises:
-        ``error``: missing, unreadable, not a regular file, or above the size limit.
-    """
-    fd = _open_regular_fd(path, error, what)
-    try:
-        info = os.fstat(fd)
-        if info.st_size > max_bytes:
-            raise error(path, _too_big(info.st_size, max_bytes))
-        chunks, total = [], 0
-        while chunk := os.read(fd, min(1 << 24, max_bytes + 1 - total)):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > max_bytes:
-                raise error(path, _too_big(total, max_bytes))
-        return b"".join(chunks)
-    except OSError as exc:
-        raise error(path, f"cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-
-
-def _open_regular_fd(path: str | os.PathLike[str], error: type[CamtoolError], what: str) -> int:
-    """Open ``path`` for reading without blocking and check the opened descriptor: a regular
-    file, else ``error`` (a FIFO, a device, a directory, ...). The caller closes the descriptor."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags | getattr(os, "O_NOCTTY", 0))
-    except FileNotFoundError:
-        raise error(path, "no such file") from None
-    except PermissionError:
-        raise error(path, "permission denied") from None
-    except OSError as exc:  # a socket (ENXIO), a loop of links, ...
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:
-            mode = stat.S_IFREG
-        raise error(
-            path, _not_regular(mode, what) or f"cannot read: {exc.strerror or exc}"
-        ) from None
-    try:
-        problem = _not_regular(os.fstat(fd).st_mode, what)
-    except OSError as exc:
-        problem = f"cannot read: {exc.strerror or exc}"
-    if problem:
-        os.close(fd)
-        raise error(path, problem)
-    return fd
-
-
-def open_regular_file(
-    path: str | os.PathLike[str], error: type[CamtoolError], what: str
-) -> BinaryIO:
-    """Open a regular file for reading in binary mode, refusing FIFOs, devices and directories
-    on the opened descriptor (see :func:`read_file`), for readers that stream (weights, hashes,
-    manifests) rather than read whole."""
-    return os.fdopen(_open_regular_fd(path, error, what), "rb")
-
-
-def _not_regular(mode: int, what: str) -> str | None:
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return f"is a directory, not {'an' if what[0] in 'aeiou' else 'a'} {what}"
-    kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
-    return f"not a regular file ({kind})"
-
-
-def _too_big(size: int, limit: int) -> str:
-    return f"file holds more than {limit:,} bytes ({size:,} read), above the limit for it"
-
-
-def read_text_file(
-    path: str | os.PathLike[str], error: type[CamtoolError], what: str, encoding: str = "utf-8"
-) -> str:
-    """Read a regular text file of at most :data:`MAX_TEXT_BYTES` (see :func:`read_file`).
-
-    Raises:
-        ``error``: as :func:`read_file`, or the file is not valid text in ``encoding``.
-    """
-    data = read_file(path, MAX_TEXT_BYTES, error, what)
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as exc:
-        raise error(path, f"{what} is not {encoding} text (byte {exc.start})") from None
 
 
 @cache
@@ -462,232 +346,124 @@ def save_image(path: str | os.PathLike[str], image: Tensor, quality: int = 95) -
     return path
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    with open_atomic(path) as handle:
-        handle.write(data)
+# --------------------------------------------------------------------------------------------
+# The sources camtool.explain takes
 
 
-#: Temporary files are named ``.camtool-<8 random characters>.part``: one fixed-length pattern
-#: (so a final name that fits the file system's limit always has a temporary name that fits too),
-#: which an export recognises and removes after a crash.
-TEMP_PREFIX = ".camtool-"
-TEMP_SUFFIX = ".part"
-
-
-@contextmanager
-def open_atomic(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """Open a temporary file beside ``path`` for writing; rename it to ``path`` on success.
-
-    On any exception the temporary file is removed and ``path`` is left as it was.
-    """
-    with _open_part(Path(path), rename=True) as (handle, _):
-        yield handle
-
-
-def write_part(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` (named as :func:`open_atomic` names
-    them) and return that file, complete, without renaming it: the caller renames it into place
-    (``os.replace``), or an export's clean-up removes it.
-
-    Raises:
-        OutputWriteError: the folder or the file cannot be written (nothing is left behind).
-    """
-    with _open_part(Path(path), rename=False) as (handle, tmp):
-        handle.write(data)
-    return tmp
-
-
-@contextmanager
-def _open_part(path: Path, rename: bool) -> Iterator[tuple[BinaryIO, Path]]:
-    """A new temporary file beside ``path``, open for writing: yields ``(handle, its path)``.
-    After the block the file is closed and, with ``rename``, renamed to ``path``. On any
-    exception the temporary file is removed (an ``OSError`` becomes :class:`OutputWriteError`).
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A fixed short name: a final name of NAME_MAX bytes must still leave room for it.
-        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.parent)
-    except OSError as exc:
-        raise OutputWriteError(
-            path.parent, f"cannot write here: {exc.strerror or exc}", exc.errno
-        ) from None
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, "wb") as handle:
-            yield handle, Path(tmp)
-        if rename:
-            os.replace(tmp, path)
-    except OSError as exc:
-        _remove_quietly(tmp)
-        raise OutputWriteError(path, f"cannot write: {exc.strerror or exc}", exc.errno) from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def _remove_quietly(path: str) -> None:
-    with suppress(OSError):
-        os.unlink(path)
-
-
-#: File name suffixes read as videos.
-VIDEO_SUFFIXES = frozenset(
-    {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
-)
+#: What the ``images`` argument of :func:`camtool.explain` accepts.
+Images = ImageSource | Sequence[ImageSource]
 
 
 @dataclass(frozen=True)
-class VideoInfo:
-    """A video's frame rate, frame size and (as the container reports it) frame count."""
+class NamedImage:
+    """One input image: ``name`` (its path, or ``<Tensor>``, ``<Tensor>[2]`` for the third image
+    of a batch, ...) and ``image``, ``Tensor[3,H,W]`` uint8 RGB on the CPU."""
 
-    fps: float
-    width: int
-    height: int
-    frames: int
+    name: str
+    image: Tensor
 
 
-def open_video(path: str | os.PathLike[str]) -> tuple[VideoInfo, Iterator[Tensor]]:
-    """Open a video: its :class:`VideoInfo` and an iterator of ``Tensor[3,H,W]`` uint8 RGB frames.
+def is_batch(images: object) -> bool:
+    """True for a four-axis tensor or numpy array (a batch of images)."""
+    return isinstance(images, (Tensor, np.ndarray)) and images.ndim == 4
+
+
+def gather_images(images: Images, layout: Layout | None = None) -> tuple[list[NamedImage], bool]:
+    """Load every image of ``images``; return them with ``single``: whether one image (not a list
+    or a batch) was given.
+
+    Args:
+        images: one source, a list or tuple of single-image sources, or a batch (four axes: the
+            first counts the images, the other three are one image's, as for ``layout``).
+        layout: ``"CHW"`` or ``"HWC"`` for in-memory images; by default the shape tells (see
+            :func:`camtool.image.image_layout`; a batch's images share one layout).
 
     Raises:
-        ImageReadError: missing, unreadable or without a single decodable frame.
+        ImageReadError: an image that cannot be read, a shape that is neither an image nor a
+            batch, a batch inside a list. In-memory images are named in the message as the
+            argument (``images``, ``images[2]``), files by their path.
     """
-    path = Path(path)
-    capture = _open_capture(path)
-    ok, first = capture.read() if capture.isOpened() else (False, None)
-    if not ok or first is None:
-        capture.release()
-        raise ImageReadError(path, "not a video OpenCV can read (or no frame could be decoded)")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    info = VideoInfo(
-        float(fps), first.shape[1], first.shape[0], int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    )
-
-    def frames() -> Iterator[Tensor]:
+    if is_batch(images):
+        batch: Any = images
         try:
-            frame = first
-            while frame is not None:
-                yield (
-                    torch.from_numpy(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-                    .permute(2, 0, 1)
-                    .contiguous()
+            found = image_layout(batch.shape[1:], layout, "images")
+        except ImageReadError as exc:
+            raise ImageReadError(
+                "images", f"a batch of shape {list(batch.shape)}: {exc.problem}"
+            ) from None
+        name = source_name(batch)
+        return [
+            NamedImage(f"{name}[{i}]", _load(batch[i], f"images[{i}]", found))
+            for i in range(len(batch))
+        ], False
+    if isinstance(images, (list, tuple)):
+        loaded = []
+        for i, source in enumerate(images):
+            if is_batch(source):
+                raise ImageReadError(
+                    f"images[{i}]",
+                    f"a list holds single images, got a batch of shape {list(source.shape)}: pass "
+                    "the batch itself, not in a list",
                 )
-                ok, frame = capture.read()
-                if not ok:
-                    break
-        finally:
-            capture.release()
-
-    return info, frames()
-
-
-def _open_capture(path: Path) -> Any:
-    """A ``cv2.VideoCapture`` of a regular file, checked as :func:`read_file` checks files: the
-    file is opened without blocking and its descriptor checked, and (where ``/proc`` exists)
-    OpenCV opens that same descriptor, so no FIFO or device can be swapped in meanwhile."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags | getattr(os, "O_NOCTTY", 0))
-    except FileNotFoundError:
-        raise ImageReadError(path, "no such file") from None
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot read: {exc.strerror or exc}") from None
-    try:
-        problem = _not_regular(os.fstat(fd).st_mode, "video file")
-        if problem:
-            raise ImageReadError(path, problem)
-        same = f"/proc/self/fd/{fd}"
-        return cv2.VideoCapture(same if os.path.exists(same) else str(path))
-    finally:
-        os.close(fd)
-
-
-def video_info(path: str | os.PathLike[str]) -> VideoInfo:
-    """A video's :class:`VideoInfo`, from its first frame (see :func:`open_video` for errors)."""
-    info, frames = open_video(path)
-    frames.close()  # type: ignore[attr-defined]
-    return info
-
-
-_VIDEO_PART = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)" + re.escape(TEMP_SUFFIX) + r"\.\w+")
-
-
-def remove_orphaned_videos(folder: Path) -> list[Path]:
-    """Remove the unfinished videos (``.camtool-<pid>.part.<ext>``) in ``folder`` whose writing
-    process no longer exists (a run killed with SIGKILL cannot remove its own); return them.
-    A live process's file, and any other file, is left alone."""
-    removed: list[Path] = []
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return removed
-    for name in names:
-        match = _VIDEO_PART.fullmatch(name)
-        if match is None or _process_exists(int(match.group(1))):
-            continue
-        _remove_quietly(str(folder / name))
-        removed.append(folder / name)
-    return removed
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # someone else's process (or a pid we cannot ask about): keep its file
-    return True
-
-
-class VideoWriter:
-    """Write ``Tensor[3,H,W]`` uint8 RGB frames to a video (MPEG-4 in .mp4/.mov/.m4v, which needs
-    even frame sizes; Motion-JPEG in .avi, any size), under a temporary name renamed on
-    :meth:`close`; :meth:`discard` removes it."""
-
-    def __init__(self, path: str | os.PathLike[str], fps: float, width: int, height: int) -> None:
-        self.path = Path(path)
-        # A fixed short temporary name (a long final name must still fit) that a killed run's
-        # clean-up recognises; the suffix tells OpenCV the container.
-        self.partial = self.path.with_name(
-            f"{TEMP_PREFIX}{os.getpid()}{TEMP_SUFFIX}{self.path.suffix}"
+            loaded.append(NamedImage(source_name(source), _load(source, f"images[{i}]", layout)))
+        return loaded, False
+    if isinstance(images, (Tensor, np.ndarray)) and images.ndim not in (2, 3):
+        kind = "tensor" if isinstance(images, Tensor) else "array"
+        raise ImageReadError(
+            "images",
+            "expected an image [3,H,W], [H,W,3] or [H,W], or a batch [N,3,H,W] or [N,H,W,3], "
+            f"got a {kind} of shape {list(images.shape)}",
         )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        remove_orphaned_videos(self.path.parent)
-        size = (width, height)
-        if self.path.suffix.lower() == ".avi":  # OpenCV's own MJPEG writer keeps odd frame sizes
-            fourcc = cv2.VideoWriter.fourcc(*"MJPG")
-            self.writer = cv2.VideoWriter(
-                str(self.partial), cv2.CAP_OPENCV_MJPEG, fourcc, fps, size
-            )
-        else:
-            self.writer = cv2.VideoWriter(
-                str(self.partial), cv2.VideoWriter.fourcc(*"mp4v"), fps, size
-            )
-        if not self.writer.isOpened():
-            raise OutputWriteError(self.path, f"OpenCV cannot write {self.path.suffix} video here")
+    return [NamedImage(source_name(images), _load(images, "images", layout))], True
 
-    def write(self, frame: Tensor) -> None:
-        """Append one frame."""
-        self.writer.write(image_to_bgr_array(frame))
 
-    def close(self) -> Path:
-        """Finish the file and move it into place."""
-        self.writer.release()
-        os.replace(self.partial, self.path)
-        return self.path
+def _load(source: ImageSource, label: str, layout: Layout | None) -> Tensor:
+    """:func:`load_image`, with an in-memory image's errors naming it as ``label``."""
+    if isinstance(source, (str, os.PathLike)):
+        return load_image(source, layout=layout)
+    try:
+        return load_image(source, layout=layout)
+    except ImageReadError as exc:
+        raise type(exc)(label, exc.problem) from None
 
-    def discard(self) -> None:
-        """Stop and delete the unfinished file."""
-        self.writer.release()
-        _remove_quietly(str(self.partial))
+
+def preprocessed_batch(images: object, preprocessing: Preprocessing) -> tuple[Tensor, bool]:
+    """Check a batch that is already the network's input; return it with ``single``.
+
+    Args:
+        images: ``Tensor[N,3,h,w]`` (or one ``Tensor[3,h,w]``) float, resized and normalised as
+            ``preprocessing`` does (``preprocessing.prepare``).
+        preprocessing: the model's; a model that takes one input size only needs that size.
+
+    Returns:
+        ``(batch, single)``: ``Tensor[N,3,h,w]`` float on the input's device.
+
+    Raises:
+        InvalidArgumentError: not a floating-point tensor of that shape, NaN or infinite values,
+            a size the model does not take.
+    """
+    if not isinstance(images, Tensor):
+        raise InvalidArgumentError(
+            "images",
+            "with preprocessed=True, expected a float Tensor[N,3,h,w] normalised for the model, "
+            f"got {type(images).__name__}",
+        )
+    if images.device.type == "meta":
+        raise InvalidArgumentError("images", "a meta tensor holds no values to explain")
+    single = images.ndim == 3
+    batch = images.detach()[None] if single else images.detach()
+    if batch.ndim != 4 or batch.shape[1] != 3 or not batch.is_floating_point():
+        raise InvalidArgumentError(
+            "images",
+            "with preprocessed=True, expected a float Tensor[N,3,h,w] normalised for the model, "
+            f"got {str(images.dtype).removeprefix('torch.')} {list(images.shape)}",
+        )
+    if batch.numel() and not bool(torch.isfinite(batch).all()):
+        raise InvalidArgumentError("images", "the preprocessed batch has NaN or infinite values")
+    size = preprocessing.input_size
+    if preprocessing.fixed_size and tuple(batch.shape[2:]) != (size, size):
+        raise InvalidArgumentError(
+            "images",
+            f"this model takes {size}x{size} inputs only, got a batch of {list(images.shape)}",
+        )
+    return batch, single

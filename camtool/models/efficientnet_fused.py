@@ -29,8 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from camtool.models.efficientnet_blocks import Conv2dSame, MBConvBlock
+
 if TYPE_CHECKING:
-    from camtool.efficientnet_lite import Conv2dSame, EfficientNetLite
+    from camtool.models.efficientnet_lite import EfficientNetLite
 
 
 @dataclass(frozen=True)
@@ -149,8 +151,6 @@ def _weights_key(network: nn.Module) -> _Key | None:
 def _fold(network: EfficientNetLite) -> _FoldedNetwork | None:
     """Fold every batch norm of the feature extractor into its convolution; None when a layer is
     not of the kind this path knows (a replaced or customised module)."""
-    from camtool.efficientnet_lite import Conv2dSame, MBConvBlock
-
     def folded(conv: nn.Module, norm: nn.Module, relu6: bool) -> _FoldedConv:
         if type(conv) is not Conv2dSame or conv.bias is not None:
             raise _Unfoldable
