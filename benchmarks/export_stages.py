@@ -39,8 +39,8 @@ from camtool.explanation import bind_method, build_explanation
 from camtool.export.inputs import InputItem
 from camtool.export.stages import ExportOptions, MappedImage, output_path, render_and_write
 from camtool.image import Region
-from camtool.io.images import encode_image, load_image
 from camtool.io.files import write_bytes_atomic
+from camtool.io.images import encode_image, load_image
 from camtool.naming import overlay_tail
 
 STAGES = ("decode", "preprocess", "forward+maps", "render", "encode", "write")

@@ -838,9 +838,9 @@ def inspect(
     Architectures without weights are inspected with random weights.
     """
     with errors_to_exit_codes():
-        from camtool.models.cards import find_card, is_card_name
         from camtool.image import Preprocessing
         from camtool.methods import bind, method_names
+        from camtool.models.cards import find_card, is_card_name
         from camtool.models.loading import load_model
 
         options = model_options(weights, labels, None, None, dtype, unsafe_load_pickle)
@@ -932,8 +932,8 @@ def inspect_table(info: dict[str, Any], verbose: bool = False) -> Table:
 def models(verbose: VerboseOption = False) -> None:
     """List the named models (built-in and from CAMTOOL_MODELS) and whether their weights are installed."""
     with errors_to_exit_codes():
-        from camtool.models.cards import list_cards
         from camtool.errors import ModelLoadError
+        from camtool.models.cards import list_cards
         from camtool.models.downloads import weights_status
 
         broken: list[ModelLoadError] = []

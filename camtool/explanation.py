@@ -20,13 +20,21 @@ import torch
 from torch import Tensor, nn
 
 from camtool.boxes import Box, draw_box_in_place, small_map_box
-from camtool.models.cards import ModelCard, find_card, is_card_name
 from camtool.errors import ClassSelectionError, InvalidArgumentError
 from camtool.geometry import FeatureGeometry
 from camtool.image import Layout, Region
-from camtool.io.images import ImageSource, save_image, source_name
+from camtool.io.images import (
+    Images,
+    ImageSource,
+    NamedImage,
+    gather_images,
+    preprocessed_batch,
+    save_image,
+    source_name,
+)
 from camtool.labels import ClassesArg, label_index, resolve_classes
 from camtool.methods.base import DEFAULT_METHOD, Explainer, MapBatch, Method, bind
+from camtool.models.cards import ModelCard, find_card, is_card_name
 from camtool.models.loading import DEFAULT_MODEL, LoadedModel, load_model
 from camtool.picture import Picture, figures_html
 from camtool.render import (
@@ -39,7 +47,6 @@ from camtool.render import (
     upsample_cams,
 )
 from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold, check_positive_int
-from camtool.io.images import Images, NamedImage, gather_images, preprocessed_batch
 
 #: Maps per row in a comparison sheet; more wrap onto further rows.
 SHEET_MAPS_PER_ROW = 4

@@ -25,8 +25,8 @@ import torch
 from camtool.errors import CamtoolError, InvalidArgumentError
 from camtool.export.manifest import MANIFEST, read_manifest
 from camtool.image import resize_image
-from camtool.io.images import load_image, save_image
 from camtool.io.files import open_atomic
+from camtool.io.images import load_image, save_image
 from camtool.naming import fit
 from camtool.progress import ProgressBar
 from camtool.render import COLORMAPS, colormap_colors

@@ -218,8 +218,8 @@ def class_names(
     Raises:
         UnknownModelError, ModelLoadError: the model or its label file cannot be read.
     """
-    from camtool.models.cards import find_card, is_card_name, load_labels
     from camtool.explanation import BoundMethod
+    from camtool.models.cards import find_card, is_card_name, load_labels
     from camtool.models.loading import DEFAULT_MODEL, LoadedModel, load_model
 
     model = DEFAULT_MODEL if model is None else model

@@ -15,8 +15,8 @@ import torchvision
 from typer.testing import CliRunner
 
 import camtool
-from camtool.models.cards import LOADING_OPTIONS, ModelCard, builtin_card_dir, read_card
 from camtool.cli import app
+from camtool.models.cards import LOADING_OPTIONS, ModelCard, builtin_card_dir, read_card
 from tests.conftest import CAT
 
 runner = CliRunner()

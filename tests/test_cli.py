@@ -13,8 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import camtool
-from camtool.models.cards import find_card
 from camtool.cli import app
+from camtool.models.cards import find_card
 from camtool.models.downloads import weights_path
 from tests.conftest import CAT, COFFEE, make_bad_inputs, make_odd_inputs
 

@@ -16,9 +16,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import camtool
-from camtool.models.cards import builtin_card_dir
 from camtool.cli import app
 from camtool.image import MAX_INPUT_SIZE
+from camtool.models.cards import builtin_card_dir
 from tests.conftest import CAT, ROOT
 
 runner = CliRunner()

@@ -21,8 +21,8 @@ from PIL import Image
 
 import camtool
 from camtool.errors import ClassSelectionError, ImageReadError
-from camtool.io.images import image_suffixes
 from camtool.io.files import read_file
+from camtool.io.images import image_suffixes
 from camtool.labels import resolve_class
 from tests.conftest import CAT, ROOT
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import camtool
-from camtool.models.efficientnet_lite import Conv2dSame
 from camtool.geometry import FeatureGeometry, record_geometry
+from camtool.models.efficientnet_lite import Conv2dSame
 from tests.conftest import CAT
 
 

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from camtool.models.cards import builtin_card_dir
 from camtool.cli import app
 from camtool.export import MANIFEST
+from camtool.models.cards import builtin_card_dir
 from camtool.naming import NAME_MAX, NameRegistry, component, fit
 from tests.conftest import CAT
 

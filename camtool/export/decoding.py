@@ -18,9 +18,9 @@ import torch
 
 from camtool.errors import CamtoolError
 from camtool.export.inputs import InputItem
+from camtool.io.files import read_file
 from camtool.io.formats import identify
 from camtool.io.images import image_byte_limit, load_image, max_pixels_limit
-from camtool.io.files import read_file
 
 #: Decodes a list of JPEG files' bytes on a device: ``Tensor[3,H,W]`` uint8 RGB each.
 JpegDecoder = Callable[[Sequence[bytes], torch.device], list[torch.Tensor]]

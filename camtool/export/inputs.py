@@ -14,8 +14,8 @@ from pathlib import Path, PurePosixPath
 from camtool.errors import (
     ImageReadError,
 )
-from camtool.io.images import image_suffixes
 from camtool.io.files import read_text_file
+from camtool.io.images import image_suffixes
 from camtool.naming import NameRegistry, component
 
 

@@ -31,8 +31,8 @@ from camtool.explanation import (
 )
 from camtool.export.inputs import InputItem, safe_stem
 from camtool.image import Preprocessing, Region
-from camtool.io.images import encode_image, load_image
 from camtool.io.files import write_bytes_atomic
+from camtool.io.images import encode_image, load_image
 from camtool.methods.base import MapBatch
 from camtool.models.loading import LoadedModel
 from camtool.naming import fit, heatmap_tail, overlay_tail, raw_tail

@@ -207,4 +207,3 @@ def remove_quietly(path: str) -> None:
     """Remove the file ``path`` if it is there; never raises."""
     with suppress(OSError):
         os.unlink(path)
-

@@ -44,8 +44,6 @@ def max_pixels_limit() -> int:
     return int(value) if value and value.isdigit() else MAX_PIXELS
 
 
-
-
 #: An image file may hold at most this many bytes per allowed pixel (16-bit RGBA, uncompressed),
 #: plus :data:`IMAGE_METADATA_BYTES`; see :func:`image_byte_limit`.
 IMAGE_BYTES_PER_PIXEL = 8

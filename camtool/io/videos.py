@@ -168,4 +168,3 @@ class VideoWriter:
         """Stop and delete the unfinished file."""
         self.writer.release()
         remove_quietly(str(self.partial))
-

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from camtool.errors import CamtoolError
-from camtool.io.images import load_image, save_image
 from camtool.io.files import open_atomic, write_bytes_atomic
+from camtool.io.images import load_image, save_image
 from camtool.io.opencv import cv2
 
 if TYPE_CHECKING:

@@ -151,6 +151,7 @@ def _weights_key(network: nn.Module) -> _Key | None:
 def _fold(network: EfficientNetLite) -> _FoldedNetwork | None:
     """Fold every batch norm of the feature extractor into its convolution; None when a layer is
     not of the kind this path knows (a replaced or customised module)."""
+
     def folded(conv: nn.Module, norm: nn.Module, relu6: bool) -> _FoldedConv:
         if type(conv) is not Conv2dSame or conv.bias is not None:
             raise _Unfoldable

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from camtool.errors import CamtoolError, ImageReadError
-from camtool.io.images import image_byte_limit, load_image, max_pixels_limit
 from camtool.io.files import read_file, write_bytes_atomic
+from camtool.io.images import image_byte_limit, load_image, max_pixels_limit
 from camtool.models.loading import LoadedModel
 from camtool.models.network import network_failures
 from camtool.progress import ProgressBar

@@ -19,12 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from camtool.models.efficientnet_lite import EfficientNetLite
 from camtool.errors import EXIT_INTERRUPTED, EXIT_OK, ImageReadError, InvalidArgumentError
 from camtool.export.inputs import lies_within
 from camtool.image import MAX_INPUT_SIZE
-from camtool.io.images import load_image, save_image
 from camtool.io.files import write_bytes_atomic
+from camtool.io.images import load_image, save_image
+from camtool.models.efficientnet_lite import EfficientNetLite
 from camtool.models.loading import DEFAULT_MODEL, LoadedModel, load_model
 from camtool.naming import component
 from camtool.training.data import (
