@@ -35,7 +35,8 @@ from export_throughput import make_dataset  # benchmarks/ is on sys.path when ru
 
 import camtool
 from camtool.allocator import keep_freed_memory
-from camtool.explanation import bind_method, build_explanation
+from camtool.binding import bind_method
+from camtool.explanation import build_explanation
 from camtool.export.inputs import InputItem
 from camtool.export.stages import ExportOptions, MappedImage, output_path, render_and_write
 from camtool.image import Region

@@ -17,37 +17,37 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from camtool._version import __version__
 
 _EXPORTS = {
-    "explain": "camtool.explanation",
+    "explain": "camtool.explaining",
     "Explanation": "camtool.explanation",
     "ClassScore": "camtool.explanation",
     "comparison_sheet": "camtool.explanation",
     "Picture": "camtool.picture",
     "export": "camtool.export",
     "fit": "camtool.training",
-    "FitReport": "camtool.training",
-    "explain_iter": "camtool.export",
-    "ExportOptions": "camtool.export",
-    "ExportReport": "camtool.export",
-    "ExportFailure": "camtool.export",
-    "ExportInterrupted": "camtool.export",
+    "FitReport": "camtool.training.fit",
+    "explain_iter": "camtool.export.runner",
+    "ExportOptions": "camtool.export.stages",
+    "ExportReport": "camtool.export.runner",
+    "ExportFailure": "camtool.export.inputs",
+    "ExportInterrupted": "camtool.export.runner",
     "explain_video": "camtool.video",
     "VideoReport": "camtool.video",
     "write_gallery": "camtool.gallery",
     "evaluate": "camtool.metrics.evaluate",
     "EvalReport": "camtool.metrics.evaluate",
-    "class_names": "camtool.labels",
+    "class_names": "camtool.binding",
     "ClassName": "camtool.labels",
     "resolve_class": "camtool.labels",
     "resolve_classes": "camtool.labels",
-    "load_model": "camtool.models",
-    "LoadedModel": "camtool.models",
+    "load_model": "camtool.models.loading",
+    "LoadedModel": "camtool.models.loading",
     "Preprocessing": "camtool.image",
     "Region": "camtool.image",
-    "load_image": "camtool.io",
-    "save_image": "camtool.io",
+    "load_image": "camtool.io.images",
+    "save_image": "camtool.io.images",
     "normalize_cams": "camtool.render",
     "upsample_cams": "camtool.render",
     "colorize": "camtool.render",
@@ -139,6 +139,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from camtool import methods, metrics
+    from camtool.binding import class_names
     from camtool.boxes import (
         cam_to_box,
         draw_box,
@@ -155,12 +156,8 @@ if TYPE_CHECKING:
         UnsupportedModelError,
         WeightsHashError,
     )
-    from camtool.explanation import (
-        ClassScore,
-        Explanation,
-        comparison_sheet,
-        explain,
-    )
+    from camtool.explaining import explain
+    from camtool.explanation import ClassScore, Explanation, comparison_sheet
     from camtool.export import (
         ExportFailure,
         ExportInterrupted,
@@ -177,12 +174,7 @@ if TYPE_CHECKING:
         Region,
     )
     from camtool.io.images import load_image, save_image
-    from camtool.labels import (
-        ClassName,
-        class_names,
-        resolve_class,
-        resolve_classes,
-    )
+    from camtool.labels import ClassName, resolve_class, resolve_classes
     from camtool.metrics.evaluate import (
         EvalReport,
         evaluate,

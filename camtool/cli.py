@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperCommand
 
-from camtool import __version__
+from camtool._version import __version__
 from camtool.errors import (
     EXIT_ERROR,
     CamtoolError,
@@ -448,7 +448,7 @@ def explain(
     classes (--maps or --class), one row per --model and --method when several are given.
     """
     with errors_to_exit_codes():
-        from camtool.explanation import bind_method
+        from camtool.binding import bind_method
         from camtool.outputs import FilesReport, Rendering, explain_files
 
         options = model_options(
@@ -1044,7 +1044,7 @@ def list_classes(
     """List a model's classes, index and label: what --class takes (an index, the label in any
     case, or its file-name form: egyptian_cat)."""
     with errors_to_exit_codes():
-        from camtool.labels import class_names
+        from camtool.binding import class_names
 
         found = class_names(model, query, labels=labels, weights=weights)
         if as_json:

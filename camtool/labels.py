@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import difflib
 import operator
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, SupportsIndex
+from typing import SupportsIndex
 
 from camtool.errors import ClassSelectionError
 from camtool.naming import slug
-
-if TYPE_CHECKING:
-    from camtool.explanation import BoundMethod, ModelSpec
 
 #: What ``classes=`` takes: one class (an index or a name) or several (a list, a tuple, a 1-D
 #: integer array or tensor); see :func:`resolve_classes`.
@@ -194,51 +190,6 @@ def match_classes(labels: Sequence[str], query: str | None = None) -> list[Class
         or text in c.name.lower()
         or (key and key in slug(c.name, fallback=""))
     ]
-
-
-def class_names(
-    model: ModelSpec | BoundMethod | None = None,
-    query: str | None = None,
-    *,
-    labels: str | os.PathLike[str] | None = None,
-    weights: str | os.PathLike[str] | None = None,
-) -> list[ClassName]:
-    """The classes of a model (index and label), all of them or those matching ``query`` (see
-    :func:`match_classes`); what ``camtool classes [MODEL] [QUERY]`` prints.
-
-    A named model's labels are read from its card, without loading the network; any other
-    model spec is loaded (on the CPU, random weights allowed: only its label count matters).
-
-    Args:
-        model: a model spec as for :func:`camtool.load_model` (default: the default model), a
-            loaded model or a bound method.
-        query: text to look for in the labels, or an index.
-        labels: a label file replacing the model's labels. weights: as for ``load_model``.
-
-    Raises:
-        UnknownModelError, ModelLoadError: the model or its label file cannot be read.
-    """
-    from camtool.explanation import BoundMethod
-    from camtool.models.cards import find_card, is_card_name, load_labels
-    from camtool.models.loading import DEFAULT_MODEL, LoadedModel, load_model
-
-    model = DEFAULT_MODEL if model is None else model
-    if isinstance(model, BoundMethod):
-        model = model.model
-    if labels is not None:
-        names = load_labels(labels)
-    elif isinstance(model, LoadedModel):
-        names = model.labels
-    elif (
-        isinstance(model, str)
-        and weights is None
-        and (model.endswith(".toml") or is_card_name(model))
-    ):
-        card = find_card(model)
-        names = load_labels(card.labels, card.path.parent if card.path else None)
-    else:
-        names = load_model(model, device="cpu", weights=weights, random_weights=True).labels
-    return match_classes(names, query)
 
 
 def _exact(text: str) -> str:

@@ -14,15 +14,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from camtool.binding import BoundMethod, ModelSpec, bind_method
 from camtool.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, CamtoolError
-from camtool.explanation import (
-    BoundMethod,
-    Explanation,
-    ModelSpec,
-    bind_method,
-    comparison_sheet,
-    explain,
-)
+from camtool.explaining import explain
+from camtool.explanation import Explanation, comparison_sheet
 from camtool.io.videos import VIDEO_SUFFIXES, video_info
 from camtool.labels import ClassesArg, resolve_class
 from camtool.methods.base import DEFAULT_METHOD, Method

@@ -13,14 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from camtool.binding import BoundMethod, ModelSpec, bind_method
 from camtool.errors import UnsupportedModelError
-from camtool.explanation import (
-    BoundMethod,
-    Explanation,
-    ModelSpec,
-    bind_method,
-    build_explanation,
-)
+from camtool.explanation import Explanation, build_explanation
 from camtool.io.videos import VideoWriter, open_video
 from camtool.labels import ClassesArg
 from camtool.methods.base import DEFAULT_METHOD, Method

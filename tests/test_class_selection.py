@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import camtool
+from camtool.binding import bind_method
 from camtool.errors import ClassSelectionError
-from camtool.explanation import bind_method
 from tests.conftest import CAT
 
 LABELS = camtool.class_names()  # the default model's 1,000 ImageNet classes

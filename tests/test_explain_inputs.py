@@ -150,7 +150,7 @@ def test_every_call_form_of_explain_takes_every_option() -> None:
     import inspect
     import typing
 
-    from camtool.explanation import ExplainOptions
+    from camtool.explaining import ExplainOptions
 
     real = inspect.signature(camtool.explain).parameters
     keywords = {name for name, p in real.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from camtool.binding import BoundMethod
 from camtool.errors import DeviceMemoryError, InvalidArgumentError
-from camtool.explanation import BoundMethod
 from camtool.export.decoding import JpegDecoder, Read, decode_on_device, jpeg_decoder, read_one
 from camtool.export.inputs import ExportFailure, InputItem
 from camtool.export.paint import Painted, paint, write_painted

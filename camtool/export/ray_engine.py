@@ -433,7 +433,7 @@ class _ExportActor:
     ) -> None:
         import torch
 
-        from camtool.explanation import bind_method
+        from camtool.binding import bind_method
 
         os.chdir(cwd)  # relative inputs and OUT mean what they mean to the driver
         if device == "cpu":

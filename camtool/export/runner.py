@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
-from camtool import __version__
+from camtool._version import __version__
 from camtool.allocator import keep_freed_memory
+from camtool.binding import BoundMethod, ModelSpec, bind_method
 from camtool.errors import (
     EXIT_INTERRUPTED,
     CamtoolError,
@@ -30,13 +31,7 @@ from camtool.errors import (
     OutputWriteError,
     run_exit_code,
 )
-from camtool.explanation import (
-    BoundMethod,
-    Explanation,
-    ModelSpec,
-    bind_method,
-    build_explanation,
-)
+from camtool.explanation import Explanation, build_explanation
 from camtool.export.device import (
     CUDA_BATCH_SIZE,
     Runner,

@@ -19,16 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from camtool.binding import BoundMethod
 from camtool.errors import (
     CamtoolError,
     InvalidArgumentError,
     OutputWriteError,
 )
-from camtool.explanation import (
-    BoundMethod,
-    Explanation,
-    build_explanation,
-)
+from camtool.explanation import Explanation, build_explanation
 from camtool.export.inputs import InputItem, safe_stem
 from camtool.image import Preprocessing, Region
 from camtool.io.files import write_bytes_atomic

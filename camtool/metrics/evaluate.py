@@ -32,15 +32,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from camtool import __version__
+from camtool._version import __version__
 from camtool.allocator import keep_freed_memory
+from camtool.binding import ModelSpec, get_model
 from camtool.errors import (
     EXIT_INTERRUPTED,
     CamtoolError,
     InvalidArgumentError,
     run_exit_code,
 )
-from camtool.explanation import ModelSpec, get_model
 from camtool.export.inputs import ExportFailure, InputItem, collect_inputs
 from camtool.export.manifest import (
     ManifestWriter,

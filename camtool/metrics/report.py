@@ -142,7 +142,7 @@ def write_report_files(
 
 
 def _write_json(report: EvalReport, out: Path) -> Path:
-    from camtool import __version__
+    from camtool._version import __version__
 
     protocols = {name: {"better": b, "unit": u, "what": w} for name, (b, u, w) in MEASURES.items()}
     data = {

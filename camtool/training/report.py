@@ -305,7 +305,7 @@ def class_sheets(
     Returns:
         The sheets written, ``folder/class_<index>_<slug>.png``.
     """
-    from camtool.explanation import explain
+    from camtool.explaining import explain
 
     written = []
     for k, name in enumerate(names):

@@ -1,0 +1,177 @@
+"""``camtool.explain``: one image, a list or a batch -> :class:`~camtool.explanation.Explanation`
+objects, through the bound method's one seam.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict, Unpack, overload
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from camtool.binding import BoundMethod, ModelSpec, bind_method
+from camtool.errors import InvalidArgumentError
+from camtool.explanation import Explanation, build_explanation
+from camtool.image import Layout, Region
+from camtool.io.images import (
+    Images,
+    ImageSource,
+    NamedImage,
+    gather_images,
+    preprocessed_batch,
+    source_name,
+)
+from camtool.labels import ClassesArg
+from camtool.methods.base import DEFAULT_METHOD, Method
+from camtool.models.loading import DEFAULT_MODEL
+from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold, check_positive_int
+
+
+class ExplainOptions(TypedDict, total=False):
+    """The keyword options of :func:`explain` (one list for all its call forms)."""
+
+    method: str | Method
+    classes: ClassesArg
+    maps: int
+    top_k: int
+    crop: bool
+    device: str | None
+    labels: str | None
+    weights: str | None
+    layer: str | None
+    classifier: str | None
+    target: str | None
+    dtype: str | None
+    batch_size: int
+    box_threshold: float
+    layout: Layout | None
+    preprocessed: bool
+
+
+@overload
+def explain(
+    images: list[ImageSource] | tuple[ImageSource, ...],
+    model: ModelSpec | BoundMethod = ...,
+    **options: Unpack[ExplainOptions],
+) -> list[Explanation]: ...
+
+
+@overload
+def explain(
+    images: Tensor | np.ndarray[Any, Any],
+    model: ModelSpec | BoundMethod = ...,
+    **options: Unpack[ExplainOptions],
+) -> Any: ...  # one image: an Explanation; a batch: a list of them
+
+
+@overload
+def explain(
+    images: ImageSource,
+    model: ModelSpec | BoundMethod = ...,
+    **options: Unpack[ExplainOptions],
+) -> Explanation: ...
+
+
+def explain(
+    images: Images,
+    model: ModelSpec | BoundMethod = DEFAULT_MODEL,
+    *,
+    method: str | Method = DEFAULT_METHOD,
+    classes: ClassesArg = None,
+    maps: int = 1,
+    top_k: int = 5,
+    crop: bool = False,
+    device: str | None = "auto",
+    labels: str | None = None,
+    weights: str | None = None,
+    layer: str | None = None,
+    classifier: str | None = None,
+    target: str | None = None,
+    dtype: str | None = None,
+    batch_size: int = 16,
+    box_threshold: float = DEFAULT_BOX_THRESHOLD,
+    layout: Layout | None = None,
+    preprocessed: bool = False,
+) -> Explanation | list[Explanation]:
+    """Explain one image or several: predictions, maps, heatmaps and boxes.
+
+    Args:
+        images: one image: a path, a PIL image, or a tensor or numpy array ``[3,H,W]``,
+            ``[H,W,3]`` or ``[H,W]`` (uint8, or float in [0, 1]); a list of images; or a batch,
+            ``Tensor[N,3,H,W]`` or ``[N,H,W,3]`` (tensor or array), whose images are explained
+            together (one forward pass per ``batch_size`` images).
+        model: a model name (default: ``efficientnet_lite0``), card, ``nn.Module``, loaded model
+            or :class:`BoundMethod` (which fixes method, classes and layers too).
+        method: the method that makes the maps (``camtool.methods.method_names()``; default
+            ``"auto"``: the first that can explain the model, exact methods first).
+        classes: the classes to map: one class (an index, any integer-like, or a name) or several
+            (a list, tuple or 1-D integer array/tensor of them; see
+            :func:`camtool.labels.resolve_classes`); default: the top ``maps`` predictions.
+        maps: how many top classes to map when ``classes`` is not given.
+        top_k: how many predictions to report.
+        crop: centre-crop like the classic evaluation transform instead of using the whole image.
+        device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``.
+        labels: a label file overriding the model's class names.
+        weights, dtype: as for :func:`camtool.load_model`.
+        layer, classifier: module names that override the method's discovery.
+        target: the score the maps explain, ``"logit"`` or ``"probability"`` (default: the
+            method's own, the class logit except for Score-CAM; the exact methods decompose
+            the logit and refuse ``"probability"``).
+        batch_size: images per forward pass (images of equal input size are batched together).
+        box_threshold: fraction of the map's maximum used for the CAM box, 0 < t < 1 (default
+            0.2, the CAM paper's).
+        layout: ``"CHW"`` or ``"HWC"``: where in-memory images keep their channels. By default
+            the shape tells (the axis of length 1, 3 or 4); a shape that cannot tell (``[3,H,3]``)
+            is refused with a request for ``layout``.
+        preprocessed: ``images`` is already the network's input: a float ``Tensor[N,3,h,w]`` (or
+            ``[3,h,w]``) resized and normalised as the model's preprocessing does
+            (``model.preprocessing.prepare``). It goes into the network as it is (``crop`` does not
+            apply); each explanation's ``image`` and overlays show it de-normalised, at the
+            network's resolution.
+
+    Returns:
+        An :class:`Explanation` for one image, else a list in the input order (a batch's order).
+
+    Raises:
+        ImageReadError: an image that cannot be read or has a shape that is no image (the message
+            names the argument, ``images`` or ``images[i]``, and the shape); InvalidArgumentError:
+            a ``preprocessed`` batch of the wrong shape or dtype; and the errors of
+            :func:`bind_method`.
+    """
+    check_box_threshold(box_threshold)
+    check_positive_int(batch_size, "batch_size")
+    bound = bind_method(
+        model, method, classes, device=device, layer=layer, classifier=classifier,
+        target=target, labels=labels, weights=weights, dtype=dtype,
+    )  # fmt: skip
+    loaded = bound.model
+    if preprocessed:
+        if crop:
+            raise InvalidArgumentError("crop", "a preprocessed batch goes in as it is: no crop")
+        batch, single = preprocessed_batch(images, loaded.preprocessing)
+        name = source_name(images)
+        height, width = batch.shape[2:]
+        inputs = [
+            NamedImage(name if single else f"{name}[{i}]", loaded.preprocessing.denormalize(x))
+            for i, x in enumerate(batch)
+        ]
+        prepared = [(x, Region(0.0, 0.0, float(width), float(height))) for x in batch]
+    else:
+        inputs, single = gather_images(images, layout)
+        prepared = [loaded.preprocessing.prepare(item.image, crop) for item in inputs]
+    results: list[Explanation | None] = [None] * len(inputs)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (tensor, _) in enumerate(prepared):
+        groups.setdefault(tuple(tensor.shape), []).append(i)
+    for members in groups.values():
+        for start in range(0, len(members), batch_size):
+            chunk = members[start : start + batch_size]
+            out = bound(torch.stack([prepared[i][0] for i in chunk]), maps)
+            for row, i in enumerate(chunk):
+                results[i] = build_explanation(
+                    loaded, out, row, inputs[i].name, inputs[i].image, prepared[i][1],
+                    top_k, box_threshold,
+                )  # fmt: skip
+    done = [r for r in results if r is not None]
+    return done[0] if single else done
