@@ -37,9 +37,9 @@ import camtool
 from camtool.allocator import keep_freed_memory
 from camtool.binding import bind_method
 from camtool.explanation import build_explanation
-from camtool.export.inputs import InputItem
 from camtool.export.stages import ExportOptions, MappedImage, output_path, render_and_write
 from camtool.image import Region
+from camtool.inputs import InputItem
 from camtool.io.files import write_bytes_atomic
 from camtool.io.images import encode_image, load_image
 from camtool.naming import overlay_tail

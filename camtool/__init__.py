@@ -31,7 +31,7 @@ _EXPORTS = {
     "explain_iter": "camtool.export.runner",
     "ExportOptions": "camtool.export.stages",
     "ExportReport": "camtool.export.runner",
-    "ExportFailure": "camtool.export.inputs",
+    "ExportFailure": "camtool.inputs",
     "ExportInterrupted": "camtool.export.runner",
     "explain_video": "camtool.video",
     "VideoReport": "camtool.video",

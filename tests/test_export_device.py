@@ -22,7 +22,7 @@ from torch import nn
 import camtool
 from camtool.export import ExportOptions, export, read_manifest
 from camtool.export.decoding import Read, decode_on_device, jpeg_decoder
-from camtool.export.inputs import InputItem
+from camtool.inputs import InputItem
 from tests.conftest import CAT, EXAMPLES, foolbox_photos, make_odd_inputs
 
 BOOKKEEPING = {"manifest.jsonl", "summary.json"}

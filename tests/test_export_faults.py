@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 import camtool
 from camtool.cli import app
 from camtool.export import ExportOptions, export
-from camtool.export.manifest import load_manifest, read_manifest
+from camtool.export.manifest import read_manifest
+from camtool.journal import load_journal as load_manifest
 from tests.conftest import CAT, COFFEE
 
 runner = CliRunner()
@@ -298,7 +299,7 @@ def test_batch_size_changes_results_only_within_rounding(
 def test_clean_up_leaves_a_nested_export_folder_alone(tmp_path: Path) -> None:
     """An export into OUT removes stale temporary files under OUT, but not those inside OUT/sub
     while another export holds OUT/sub (its lock file is there)."""
-    from camtool.export.manifest import locked_output
+    from camtool.journal import locked_output
 
     out = tmp_path / "out"
     (out / "sub").mkdir(parents=True)

@@ -30,7 +30,7 @@ pytest.importorskip("ray.data")
 import camtool  # noqa: E402
 from camtool.cli import app  # noqa: E402
 from camtool.export import ExportOptions  # noqa: E402
-from camtool.export.manifest import load_manifest  # noqa: E402
+from camtool.journal import load_journal as load_manifest  # noqa: E402
 from tests.conftest import CAT, COFFEE, make_bad_inputs  # noqa: E402
 
 CLI = [sys.executable, "-m", "camtool.cli"]

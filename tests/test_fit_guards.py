@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import camtool
 from camtool.cli import app
 from camtool.errors import InvalidArgumentError, OutputWriteError
-from camtool.export.inputs import lies_within
+from camtool.inputs import lies_within
 from camtool.training import DatasetError, read_dataset
 from camtool.training.report import staged_folder
 

@@ -111,7 +111,7 @@ def test_overlay_is_a_picture_of_the_input_size(lite0: camtool.LoadedModel) -> N
 
 def test_class_score_fields_have_one_name_everywhere(lite0: camtool.LoadedModel) -> None:
     """The README, the dataclass, the JSON summary and the manifest's schema name the same fields."""
-    from camtool.export.manifest import _SCORE_FIELDS
+    from camtool.journal import _SCORE_FIELDS
 
     fields = [f.name for f in dataclasses.fields(camtool.ClassScore)]
     assert fields == ["index", "name", "probability", "logit"]

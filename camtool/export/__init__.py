@@ -17,10 +17,10 @@ import sys
 import types
 from typing import Any
 
-from camtool.export.inputs import ExportFailure, InputItem, collect_inputs
 from camtool.export.manifest import MANIFEST, SUMMARY, read_manifest
 from camtool.export.runner import ExportInterrupted, ExportReport, explain_iter, export
 from camtool.export.stages import ExportOptions
+from camtool.inputs import ExportFailure, InputItem, collect_inputs
 
 __all__ = [
     "MANIFEST",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from camtool.errors import CamtoolError
-from camtool.export.inputs import InputItem
+from camtool.inputs import InputItem
 from camtool.io.files import read_file
 from camtool.io.formats import identify
 from camtool.io.images import image_byte_limit, load_image, max_pixels_limit

@@ -28,13 +28,13 @@ import torch
 from camtool.binding import BoundMethod
 from camtool.errors import DeviceMemoryError, InvalidArgumentError
 from camtool.export.decoding import JpegDecoder, Read, decode_on_device, jpeg_decoder, read_one
-from camtool.export.inputs import ExportFailure, InputItem
 from camtool.export.paint import Painted, paint, write_painted
 from camtool.export.stages import ExportOptions, Written
 from camtool.image import Region
+from camtool.inputs import ExportFailure, InputItem
 
 if TYPE_CHECKING:
-    from camtool.export.runner import _Plan, _Recorder
+    from camtool.export.run import Plan, Recorder
 
 #: Which arrangement of the stages an export runs: ``"local"`` (decode and render on CPU
 #: threads, the network on its device), ``"device"`` (this module: pixels on the device), or
@@ -94,8 +94,8 @@ class _Sample:
 class _Flow:
     """The state of one device run: pools, writes in flight, the batch limit after an OOM."""
 
-    plan: _Plan
-    recorder: _Recorder
+    plan: Plan
+    recorder: Recorder
     out: Path
     options: ExportOptions
     maps: int
@@ -166,14 +166,14 @@ def _release_memory(device: torch.device) -> None:
 
 
 def run_device(
-    plan: _Plan,
+    plan: Plan,
     out: Path,
     options: ExportOptions,
     maps: int,
     crop: bool,
     workers: int,
     writers: int | None,
-    recorder: _Recorder,
+    recorder: Recorder,
     interrupted: object,
 ) -> None:
     """Export ``plan.todo`` with pixels on the model's device; record every outcome through
@@ -221,8 +221,8 @@ def _reads(
 
 
 def _prepared(
-    plan: _Plan,
-    recorder: _Recorder,
+    plan: Plan,
+    recorder: Recorder,
     reader: ThreadPoolExecutor,
     decoder: JpegDecoder | None,
     crop: bool,

@@ -27,7 +27,6 @@ from torch import Tensor
 
 from camtool.boxes import Box, draw_box, small_map_box
 from camtool.explanation import ClassScore, Explanation
-from camtool.export.inputs import InputItem
 from camtool.export.stages import (
     ExportOptions,
     Written,
@@ -37,6 +36,7 @@ from camtool.export.stages import (
 )
 from camtool.geometry import FeatureGeometry
 from camtool.image import Region
+from camtool.inputs import InputItem
 from camtool.methods.base import MapBatch
 from camtool.models.loading import LoadedModel
 from camtool.render import colormap_colors, draw_legend, normalize_cams, upsample_weights

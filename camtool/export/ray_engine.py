@@ -36,8 +36,9 @@ from camtool.errors import EXIT_ERROR, CamtoolError, InvalidArgumentError, Outpu
 if TYPE_CHECKING:
     import numpy as np
 
-    from camtool.export.runner import _Flag, _Plan, _Recorder
+    from camtool.export.run import Plan, Recorder
     from camtool.export.stages import ExportOptions
+    from camtool.journal import InterruptFlag
 
 Engine = Literal["local", "ray"]
 
@@ -130,13 +131,13 @@ def ray_address(value: str, default: str) -> str | None:
 
 
 def run_on_ray(
-    plan: _Plan,
-    recorder: _Recorder,
+    plan: Plan,
+    recorder: Recorder,
     out: Path,
     options: ExportOptions,
     maps: int,
     crop: bool,
-    interrupted: _Flag,
+    interrupted: InterruptFlag,
     ray_options: RayOptions,
     spec: tuple[Any, Any, Any, str | None, dict[str, Any]],
     batch_size: int | None = None,
@@ -168,13 +169,13 @@ class _RayJob:
     """The arguments of :func:`run_on_ray`, as its steps (:func:`_run_connected`, :func:`_run`)
     take them."""
 
-    plan: _Plan
-    recorder: _Recorder
+    plan: Plan
+    recorder: Recorder
     out: Path
     options: ExportOptions
     maps: int
     crop: bool
-    interrupted: _Flag
+    interrupted: InterruptFlag
     ray_options: RayOptions
     spec: tuple[Any, Any, Any, str | None, dict[str, Any]]
     batch_size: int | None
@@ -208,7 +209,7 @@ CONNECT_TIMEOUT_S = 10.0
 
 
 @contextmanager
-def _stop_at_once(interrupted: _Flag) -> Iterator[None]:
+def _stop_at_once(interrupted: InterruptFlag) -> Iterator[None]:
     """While the driver waits on Ray (connecting, starting the pool, waiting for a batch) and no
     image is between "files written" and "manifest line written", Ctrl-C sets ``interrupted``
     and stops the wait at once (KeyboardInterrupt), instead of waiting for the next image."""
@@ -387,10 +388,10 @@ def _address() -> str:
     return str(ray.get_runtime_context().gcs_address)
 
 
-def _record(recorder: _Recorder, item: Any, record: dict[str, Any]) -> None:
+def _record(recorder: Recorder, item: Any, record: dict[str, Any]) -> None:
     """One image's result, on the driver: a failure, or its files announced, renamed into place
     and listed; a file-system refusal stops the run."""
-    from camtool.export.inputs import ExportFailure
+    from camtool.inputs import ExportFailure
 
     status = record["status"]
     if status == "failed":
@@ -447,8 +448,8 @@ class _ExportActor:
         """Rows ``index, path, stem`` -> rows ``index, record`` (a JSON text per image)."""
         import numpy as np
 
-        from camtool.export.inputs import InputItem
         from camtool.export.stages import explain_stream
+        from camtool.inputs import InputItem
 
         items = [
             InputItem(Path(str(path)), PurePosixPath(str(stem)))

@@ -26,8 +26,8 @@ from camtool.errors import (
     OutputWriteError,
 )
 from camtool.explanation import Explanation, build_explanation
-from camtool.export.inputs import InputItem, safe_stem
 from camtool.image import Preprocessing, Region
+from camtool.inputs import InputItem, safe_stem
 from camtool.io.files import write_bytes_atomic
 from camtool.io.images import encode_image, load_image
 from camtool.methods.base import MapBatch

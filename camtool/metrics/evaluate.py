@@ -32,7 +32,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from camtool._version import __version__
 from camtool.allocator import keep_freed_memory
 from camtool.binding import ModelSpec, get_model
 from camtool.errors import (
@@ -41,16 +40,20 @@ from camtool.errors import (
     InvalidArgumentError,
     run_exit_code,
 )
-from camtool.export.inputs import ExportFailure, InputItem, collect_inputs
-from camtool.export.manifest import (
-    ManifestWriter,
+from camtool.image import resize_image
+from camtool.inputs import ExportFailure, InputItem, collect_inputs
+from camtool.io.images import load_image
+from camtool.journal import (
+    JournalWriter,
     check_same_settings,
-    earlier_manifest,
+    earlier_journal,
+    failed_record,
+    image_record,
+    interrupt_flag,
     locked_output,
+    run_record,
     split_resumed,
 )
-from camtool.image import resize_image
-from camtool.io.images import load_image
 from camtool.metrics.annotations import (
     AnnotationError,
     GroundTruthBox,
@@ -326,14 +329,12 @@ def _evaluate(
     unmatched: list[str],
     started: float,
 ) -> EvalReport:
-    from camtool.export.runner import _interrupt_flag, _now
-
     records: list[dict[str, Any]] = []
     writer = None
     todo: list[InputItem] = items
     carried: list[dict[str, Any]] = []
     if out is not None:
-        earlier = earlier_manifest(out / RESULTS, resume)
+        earlier = earlier_journal(out / RESULTS, resume)
         resumed = earlier if resume else None
         if resumed is not None and resumed.runs:
             check_same_settings(out / RESULTS, resumed.runs[-1].get("settings") or {}, settings)
@@ -343,28 +344,25 @@ def _evaluate(
             records = [
                 r for p, r in resumed.by_path.items() if r.get("status") == "ok" and p in wanted
             ]
-        writer = ManifestWriter(out / RESULTS, append=resume)
-        writer.write({"type": "run", "camtool": __version__, "started": _now(),
-                      "resumed": bool(resume), "cwd": os.getcwd(), "settings": settings})  # fmt: skip
+        writer = JournalWriter(out / RESULTS, append=resume)
+        writer.write(run_record(settings, bool(resume)))
     failed = [ExportFailure(r["input"], r["error"]) for r in carried] + list(failures)
     if writer is not None:
         for failure in failures:
-            writer.write({"type": "image", "input": failure.input, "status": "failed",
-                          "error": failure.error})  # fmt: skip
+            writer.write(failed_record(failure.input, failure.error))
     bar = (
         ProgressBar("eval", len(items), "img", len(items) - len(todo), len(failed))
         if progress
         else None
     )
     evaluated = 0
-    with _interrupt_flag() as interrupted:
+    with interrupt_flag() as interrupted:
         try:
             for done, bad in _batches(run, todo):
                 for failure, item in bad:
                     failed.append(failure)
                     if writer is not None:
-                        writer.write({"type": "image", "input": failure.input, "path": item.resolved,
-                                      "status": "failed", "error": failure.error})  # fmt: skip
+                        writer.write(failed_record(failure.input, failure.error, item.resolved))
                     if bar:
                         bar.advance(failed=len(failed))
                 for record in done:
@@ -527,8 +525,7 @@ def _measure(
     labels = run.model.labels
     records = []
     for i, (item, _, (width, height), boxes) in enumerate(ready):
-        records.append({
-            "type": "image", "input": str(item.path), "path": item.resolved, "status": "ok",
+        records.append(image_record(str(item.path), item.resolved, {
             "output_stem": str(item.stem), "width": width, "height": height,
             "class": int(classes[i]), "class_name": labels[int(classes[i])],
             "class_source": "annotation" if annotated[i] else "prediction",
@@ -537,7 +534,7 @@ def _measure(
             "boxes": [[round(v, 2) for v in b] for b, g in zip(boxes, run.boxes.get(item.resolved, []), strict=True)
                       if annotated[i] and g.index == annotated[i][0]],
             "results": results[i], "curves": curves[i],
-        })  # fmt: skip
+        }))  # fmt: skip
         if item.resolved in run.rescaled:
             records[-1]["boxes_rescaled"] = run.rescaled.pop(item.resolved)
     return records

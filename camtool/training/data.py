@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from camtool.errors import CamtoolError
-from camtool.export.inputs import collect_inputs
+from camtool.inputs import collect_inputs
 from camtool.io.files import read_text_file
 from camtool.naming import slug
 

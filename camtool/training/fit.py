@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from camtool.errors import EXIT_INTERRUPTED, EXIT_OK, ImageReadError, InvalidArgumentError
-from camtool.export.inputs import lies_within
 from camtool.image import MAX_INPUT_SIZE
+from camtool.inputs import lies_within
 from camtool.io.files import write_bytes_atomic
 from camtool.io.images import load_image, save_image
 from camtool.models.efficientnet_lite import EfficientNetLite
