@@ -27,7 +27,8 @@ from camtool.metrics import (
     pixel_forward,
     pointing_game,
 )
-from camtool.metrics.annotations import match_images, read_annotations, resolve_boxes
+from camtool.metrics.annotations import match_images, resolve_boxes
+from camtool.metrics.box_files import read_annotations
 
 ROOT = Path(__file__).resolve().parent.parent
 THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)

@@ -14,7 +14,6 @@ view can be bookmarked (and tested with a headless browser).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import urllib.parse
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from camtool.errors import CamtoolError, InvalidArgumentError
 from camtool.export.manifest import MANIFEST, read_manifest
+from camtool.html import html_page
 from camtool.image import resize_image
 from camtool.io.files import open_atomic
 from camtool.io.images import load_image, save_image
@@ -107,7 +107,7 @@ def write_gallery(export_dir: str | os.PathLike[str], progress: bool = False) ->
     data = {"model": model, "method": method, "head": head, "cards": cards, "failed": failed,
             "legend": colour_legend(str(settings.get("colormap", "jet")),
                                     str(settings.get("scale", "per-map")), exact)}  # fmt: skip
-    page = _PAGE.replace("__DATA__", _script_json(data))
+    page = html_page("camtool gallery", _STYLE, _BODY, _SCRIPT, data)
     target = root / "index.html"
     with open_atomic(target) as handle:
         handle.write(page.encode("utf-8"))
@@ -182,19 +182,7 @@ def _card(root: Path, record: dict[str, Any], base: Path, per_class: int = 1) ->
     }
 
 
-def _script_json(data: Any) -> str:
-    """JSON that is safe inside a ``<script>`` element (no ``</script>`` or ``<!--`` can form)."""
-    text = json.dumps(data, ensure_ascii=True, allow_nan=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src 'self' data: file:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
-<title>camtool gallery</title>
-<style>
-body{font:14px system-ui,sans-serif;margin:0;background:#f4f4f4;color:#222}
+_STYLE = """body{font:14px system-ui,sans-serif;margin:0;background:#f4f4f4;color:#222}
 header{position:sticky;top:0;background:#fff;padding:10px 16px;border-bottom:1px solid #ddd;display:flex;gap:12px;flex-wrap:wrap;align-items:center;z-index:1}
 header h1{font-size:16px;margin:0 12px 0 0}
 #count{color:#666}
@@ -216,9 +204,9 @@ td.p{text-align:right;font-variant-numeric:tabular-nums}
 #legend .bar{width:160px;height:12px;border:1px solid #999}
 #failures{padding:0 16px 16px}
 #failures li{overflow-wrap:anywhere}
-</style></head>
-<body>
-<header><h1>camtool gallery</h1>
+"""
+
+_BODY = """<header><h1>camtool gallery</h1>
 <label>class <select id="cls"><option value="">all</option></select></label>
 <label>search <input id="q" type="search" placeholder="file name"></label>
 <label>sort <select id="sort"><option value="desc">confidence high-low</option><option value="asc">confidence low-high</option><option value="name">name</option></select></label>
@@ -226,9 +214,9 @@ td.p{text-align:right;font-variant-numeric:tabular-nums}
 <div id="legend"><span>low</span><span class="bar"></span><span>high</span><span id="meaning"></span></div></header>
 <main id="cards"></main><div id="end"></div>
 <section id="failures"></section>
-<script id="data" type="application/json">__DATA__</script>
-<script>
-"use strict";
+"""
+
+_SCRIPT = """"use strict";
 const data = JSON.parse(document.getElementById("data").textContent);
 const el = (tag, text, cls) => { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; };
 const cls = document.getElementById("cls"), q = document.getElementById("q"), sort = document.getElementById("sort");
@@ -298,5 +286,4 @@ function failures() {
 document.getElementById("end").appendChild(sentinel);
 readHash(); [cls, q, sort].forEach(x => x.addEventListener("input", render)); window.addEventListener("hashchange", () => { readHash(); render(); });
 render(); failures();
-</script></body></html>
 """

@@ -17,9 +17,9 @@ from camtool.metrics.annotations import (
     clip_box,
     fit_to_image,
     match_images,
-    read_annotations,
     resolve_boxes,
 )
+from camtool.metrics.box_files import read_annotations
 from tests.conftest import CAT, EXAMPLES
 
 DATA = Path(__file__).parent / "data" / "boxes"

@@ -15,7 +15,8 @@ See docs/metrics.md for each measure's definition and protocol.
 
 from __future__ import annotations
 
-from camtool.metrics.annotations import AnnotationError, read_annotations
+from camtool.metrics.annotations import AnnotationError
+from camtool.metrics.box_files import read_annotations
 from camtool.metrics.evaluate import EvalReport, evaluate
 from camtool.metrics.localization import (
     LocalizationResult,

@@ -104,7 +104,12 @@ def class_scores(logits: Tensor, classes: Tensor, score: Score) -> Tensor:
     return values.gather(1, classes[:, None].to(values.device)).squeeze(1)
 
 
-def _check_score(score: str) -> Score:
+def check_score(score: str) -> Score:
+    """``score`` (``"probability"`` or ``"logit"``) as the :data:`Score` it names.
+
+    Raises:
+        InvalidArgumentError: any other value.
+    """
     if score not in ("probability", "logit"):
         raise InvalidArgumentError(score, "unknown score; choose probability or logit")
     return "probability" if score == "probability" else "logit"
@@ -210,7 +215,7 @@ def _curve(
     return fractions, scores, auc, step
 
 
-def _curve_inputs(
+def curve_inputs(
     forward: PixelForward,
     images: Tensor,
     maps: Tensor,
@@ -247,16 +252,16 @@ def _perturbation_inputs(
     **counts: int,
 ) -> tuple[Tensor, Tensor, Tensor, Score]:
     """The arguments :func:`deletion`, :func:`insertion` and :func:`average_drop` share, checked
-    in this order: those of :func:`_curve_inputs`, then each of ``counts`` (``batch_size=...``)
+    in this order: those of :func:`curve_inputs`, then each of ``counts`` (``batch_size=...``)
     a positive int, then ``score``. Returns ``(images, maps, classes, score)``.
 
     Raises:
         InvalidArgumentError: the first argument that is not usable.
     """
-    images, maps, classes = _curve_inputs(forward, images, maps, classes, original_logits)
+    images, maps, classes = curve_inputs(forward, images, maps, classes, original_logits)
     for name, value in counts.items():
         check_positive_int(value, name)
-    return images, maps, classes, _check_score(score)
+    return images, maps, classes, check_score(score)
 
 
 def deletion(

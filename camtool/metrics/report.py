@@ -1,11 +1,8 @@
-"""What ``camtool eval`` writes from its per-image results: the summaries (mean and 95% interval
-per method and measure), ``results.json``, ``results.csv``, the deletion and insertion curves as
-PNG plots (drawn with OpenCV), overlays of the worst and best images per measure, and
-``index.html``, a self-contained page linking them (every string inserted as text, never HTML).
-
-Intervals: a percentile bootstrap over images (:data:`BOOTSTRAP_RESAMPLES` resamples, seed
-:data:`BOOTSTRAP_SEED`), for every measure the same way (MaxBoxAcc: the whole statistic, the best
-threshold included, is recomputed on each resample).
+"""What ``camtool eval`` writes from its per-image results: ``results.json``, ``results.csv``, the
+deletion and insertion curves as PNG plots (drawn with OpenCV), overlays of the worst and best
+images per measure, and ``index.html``, a self-contained page linking them (on
+:mod:`camtool.html`'s page shell; every string inserted as text, never HTML). The summaries (mean
+and 95% interval per method and measure) are :mod:`camtool.metrics.summaries`'.
 """
 
 from __future__ import annotations
@@ -15,7 +12,6 @@ import io
 import json
 import os
 import urllib.parse
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,31 +19,15 @@ import numpy as np
 import torch
 
 from camtool.errors import CamtoolError
+from camtool.html import html_page
 from camtool.io.files import open_atomic, write_bytes_atomic
 from camtool.io.images import load_image, save_image
 from camtool.io.opencv import cv2
+from camtool.metrics.summaries import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, MEASURES
 
 if TYPE_CHECKING:
-    from camtool.metrics.evaluate import EvalReport, Summary
+    from camtool.metrics.evaluate import EvalReport
     from camtool.models.loading import LoadedModel
-
-BOOTSTRAP_RESAMPLES = 1000
-BOOTSTRAP_SEED = 0
-
-#: Per measure: (which way is better, unit, what it is).
-MEASURES: dict[str, tuple[str, str, str]] = {
-    "deletion": ("lower", "", "deletion AUC (probability, RISE)"),
-    "insertion": ("higher", "", "insertion AUC (probability, RISE)"),
-    "road_morf": ("lower", "", "ROAD MoRF: mean probability, most relevant removed"),
-    "road_lerf": ("higher", "", "ROAD LeRF: mean probability, least relevant removed"),
-    "average_drop": ("lower", "%", "Average Drop (Grad-CAM++)"),
-    "increase_in_confidence": ("higher", "%", "Increase in Confidence (Grad-CAM++)"),
-    "completeness": ("lower", "", "|mean(map) + bias - logit| (decompositions only)"),
-    "pointing_game": ("higher", "%", "pointing game accuracy (15 px tolerance)"),
-    "top1_loc_error": ("lower", "%", "top-1 localization error (CAM paper)"),
-    "top5_loc_error": ("lower", "%", "top-5 localization error (CAM paper)"),
-    "max_box_acc": ("higher", "%", "MaxBoxAccV2 (IoU 0.3/0.5/0.7)"),
-}
 
 #: The measures whose worst and best images get overlays (one value per image that orders them).
 RANKED = ("deletion", "insertion", "road_morf", "average_drop", "top1_iou", "pointing_game")
@@ -57,67 +37,6 @@ SHOWN = 3
 
 _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
             (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # fmt: skip
-
-
-def _measures_of(metric: str) -> list[str]:
-    return {
-        "road": ["road_morf", "road_lerf"],
-        "average_drop": ["average_drop", "increase_in_confidence"],
-        "localization": ["top1_loc_error", "top5_loc_error"],
-    }.get(metric, [metric])
-
-
-def summarize(
-    records: Sequence[dict[str, Any]], methods: Sequence[str], metrics: Sequence[str]
-) -> list[Summary]:
-    """One :class:`~camtool.metrics.evaluate.Summary` per method and measure over ``records``
-    (measures an image lacks, e.g. completeness for Grad-CAM, are left out of its n)."""
-    from camtool.metrics.evaluate import Summary
-
-    found = []
-    for method in methods:
-        for metric in metrics:
-            for measure in _measures_of(metric):
-                values = [r["results"].get(method, {}).get(measure) for r in records]
-                values = [v for v in values if v is not None]
-                if not values:
-                    continue
-                better, unit, _ = MEASURES[measure]
-                if measure == "max_box_acc":
-                    correct = torch.tensor(
-                        [[[c == "1" for c in row] for row in v] for v in values]
-                    ).permute(0, 2, 1)  # [N, T, D]
-                    mean, low, high = _bootstrap(correct.float(), _max_box_acc)
-                else:
-                    mean, low, high = _bootstrap(
-                        torch.tensor(values, dtype=torch.float64), lambda x: x.mean(dim=-1)
-                    )
-                found.append(Summary(method, measure, mean, low, high, len(values), better, unit))
-    return found
-
-
-def _max_box_acc(correct: torch.Tensor) -> torch.Tensor:
-    """``[..., N, T, D]`` bool-as-float -> ``[...]``: mean over D of the max over T of the mean
-    over N, in %."""
-    return 100.0 * correct.mean(dim=-3).max(dim=-2).values.mean(dim=-1)
-
-
-def _bootstrap(values: torch.Tensor, statistic: Any) -> tuple[float, float, float]:
-    """``(statistic, 2.5th, 97.5th percentile)`` of ``statistic`` over resamples of the first
-    axis (images) of ``values``."""
-    n = int(values.shape[0])
-    value = float(statistic(values))
-    if n < 2:
-        return value, value, value
-    generator = torch.Generator().manual_seed(BOOTSTRAP_SEED)
-    stats = []
-    for start in range(0, BOOTSTRAP_RESAMPLES, 100):
-        count = min(100, BOOTSTRAP_RESAMPLES - start)
-        index = torch.randint(0, n, (count, n), generator=generator)
-        stats.append(statistic(values[index]))
-    joined = torch.cat(stats).double()
-    low, high = torch.quantile(joined, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    return value, float(low), float(high)
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,8 +288,6 @@ def _write_html(
     overlays: dict[tuple[str, str], Path],
     curves: list[Path],
 ) -> Path:
-    from camtool.gallery import _script_json
-
     summaries = [
         {"method": s.method, "measure": s.measure, "mean": s.mean, "low": s.low, "high": s.high,
          "n": s.n, "better": s.better, "unit": s.unit}
@@ -394,20 +311,14 @@ def _write_html(
         "failed": [{"input": f.input, "error": f.error} for f in report.failures],
         "files": {"json": "results.json", "csv": "results.csv"},
     }  # fmt: skip
-    page = _PAGE.replace("__DATA__", _script_json(data))
+    page = html_page("camtool evaluation", _STYLE, _BODY, _SCRIPT, data)
     path = out / "index.html"
     with open_atomic(path) as handle:
         handle.write(page.encode("utf-8"))
     return path
 
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src 'self' data: file:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
-<title>camtool evaluation</title>
-<style>
-body{font:14px system-ui,sans-serif;margin:16px;color:#222;background:#fafafa}
+_STYLE = """body{font:14px system-ui,sans-serif;margin:16px;color:#222;background:#fafafa}
 table{border-collapse:collapse;margin:8px 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;font-variant-numeric:tabular-nums}
 th:first-child,td:first-child{text-align:left}
@@ -418,9 +329,9 @@ figure img{width:180px;height:140px;object-fit:contain;background:#eee;display:b
 figcaption{font-size:12px;overflow-wrap:anywhere}
 .curves img{max-width:48%}
 .meta{color:#666;font-size:12px}
-</style></head>
-<body>
-<h1>camtool evaluation</h1>
+"""
+
+_BODY = """<h1>camtool evaluation</h1>
 <p class="meta" id="settings"></p>
 <p><a id="json">results.json</a> <a id="csv">results.csv</a></p>
 <h2>Summary (mean and 95% interval)</h2>
@@ -430,9 +341,9 @@ figcaption{font-size:12px;overflow-wrap:anywhere}
 <h2>Worst and best images</h2>
 <div id="rankings"></div>
 <section id="failures"></section>
-<script id="data" type="application/json">__DATA__</script>
-<script>
-"use strict";
+"""
+
+_SCRIPT = """"use strict";
 const data = JSON.parse(document.getElementById("data").textContent);
 const el = (tag, text, cls) => { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; };
 document.getElementById("settings").textContent = Object.entries(data.settings).map(([k, v]) => k + ": " + JSON.stringify(v)).join("; ");
@@ -475,5 +386,4 @@ if (data.failed.length) {
   const s = document.getElementById("failures"); s.appendChild(el("h2", data.failed.length + " failed inputs"));
   const ul = el("ul"); data.failed.forEach(f => ul.appendChild(el("li", f.input + ": " + f.error))); s.appendChild(ul);
 }
-</script></body></html>
 """

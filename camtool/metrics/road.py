@@ -36,7 +36,7 @@ from torch import Tensor
 from camtool.errors import InvalidArgumentError
 from camtool.metrics.checks import check_fractions, descending_ranks
 from camtool.metrics.maps import PixelForward
-from camtool.metrics.perturbation import _check_score, _curve_inputs, class_scores
+from camtool.metrics.perturbation import check_score, class_scores, curve_inputs
 from camtool.settings import check_positive_int
 
 #: The removal fractions of the paper's curves: 10%, 20%, ..., 90% of the pixels.
@@ -373,10 +373,10 @@ def road(
     Returns:
         :class:`RoadResult`: ``morf``/``lerf`` ``[N,P]`` scores, ``*_correct`` ``[N,P]``.
     """
-    images, maps, classes = _curve_inputs(forward, images, maps, classes)
+    images, maps, classes = curve_inputs(forward, images, maps, classes)
     fractions = check_fractions(percentages, "percentages")
     check_positive_int(batch_size, "batch_size")
-    score_name = _check_score(score)
+    score_name = check_score(score)
     if not isinstance(noise, int | float) or noise < 0:
         raise InvalidArgumentError("noise", f"expected a standard deviation >= 0, got {noise!r}")
     method = _solver(solver)
