@@ -113,7 +113,7 @@ def test_no_import_cycle() -> None:
         path.append(node)
         for target in edges[node]:
             if state.get(target) == 1:
-                cycles.append(path[path.index(target) :] + [target])
+                cycles.append([*path[path.index(target) :], target])
             elif target not in state:
                 visit(target)
         path.pop()
