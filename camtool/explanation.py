@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,12 +64,13 @@ class Explanation:
             (``<Tensor>[2]``: the third image of a batch).
         image: ``Tensor[3,H,W]`` uint8 RGB, the input as loaded (for a ``preprocessed`` batch:
             the network's input, de-normalised, at the network's resolution).
-        model: the model's name; ``head``: what the maps were computed from (for CAM, the head:
-            feature map -> classifier); ``method``: the method that made them (``"cam"``).
+        model: the model's name; ``made_from``: what the maps were computed from (for CAM, the
+            head: feature map -> classifier; for Grad-CAM, the layer); ``method``: the method
+            that made them (``"cam"``).
         predictions: the top-k classes, most probable first.
-        explained: the classes that have maps, in the order of ``cams``/``heatmaps``/``boxes``.
-        cams: ``Tensor[k,h,w]`` float32 raw CAMs at feature resolution: ``cams[i].mean() +
-            bias[i]`` equals the logit of ``explained[i]``.
+        explained: the classes that have maps, in the order of ``maps``/``heatmaps``/``boxes``.
+        maps: ``Tensor[k,h,w]`` float32, the method's raw maps at feature resolution (for the
+            exact methods ``maps[i].mean() + bias[i]`` equals the logit of ``explained[i]``).
         bias: ``Tensor[k]`` float32, the classifier bias of each explained class.
         heatmaps: ``Tensor[k,H,W]`` float32 in [0, 1] at the image's resolution (0 outside
             ``region``), each map normalised on its own (see :meth:`scaled_heatmaps` for one
@@ -84,11 +86,11 @@ class Explanation:
     source: str
     image: Tensor
     model: str
-    head: str
+    made_from: str
     method: str
     predictions: tuple[ClassScore, ...]
     explained: tuple[ClassScore, ...]
-    cams: Tensor
+    maps: Tensor
     bias: Tensor
     heatmaps: Tensor
     boxes: tuple[Box | None, ...]
@@ -96,6 +98,19 @@ class Explanation:
     region: Region
     input_hw: tuple[int, int]
     geometry: FeatureGeometry
+
+    @property
+    def cams(self) -> Tensor:
+        """Deprecated name of :attr:`maps` (which holds every method's maps, not only CAMs);
+        warns once, and goes in the next release."""
+        _deprecated("Explanation.cams", "Explanation.maps")
+        return self.maps
+
+    @property
+    def head(self) -> str:
+        """Deprecated name of :attr:`made_from`; warns once, and goes in the next release."""
+        _deprecated("Explanation.head", "Explanation.made_from")
+        return self.made_from
 
     def _position(self, which: int | str) -> int:
         if isinstance(which, str):  # a label as --class takes it: exact, any case, or slug
@@ -114,11 +129,11 @@ class Explanation:
         maps the lowest value of all ``k`` raw maps to 0 and the highest to 1, so maps of
         several classes compare (for decompositions the raw maps are in logit units).
         """
-        if scale == "per-map" or len(self.cams) < 2:
-            scale_range(self.cams, scale)  # checks the name
+        if scale == "per-map" or len(self.maps) < 2:
+            scale_range(self.maps, scale)  # checks the name
             return self.heatmaps
-        own_low, own_high = scale_range(self.cams, "per-map")
-        low, high = scale_range(self.cams, scale)
+        own_low, own_high = scale_range(self.maps, "per-map")
+        low, high = scale_range(self.maps, scale)
         span = (high - low)[0]
         if span <= 0:
             return torch.zeros_like(self.heatmaps)
@@ -136,7 +151,7 @@ class Explanation:
         """The raw map values that the coolest and the hottest colour stand for, in the map's
         units (logit units for decompositions) on ``scale``."""
         i = self._position(which)
-        low, high = scale_range(self.cams, scale)
+        low, high = scale_range(self.maps, scale)
         return float(low[i]), float(high[i])
 
     def overlay(
@@ -217,17 +232,20 @@ class Explanation:
         return save_image(path, self.overlay(which, **options).tensor)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready summary: predictions, explained classes with boxes, model, head."""
+        """Return a JSON-ready summary: predictions, explained classes with boxes, model, method and
+        what the maps were made from (``made_from``; also as ``head``, its old key, for one
+        release)."""
         return {
             "input": self.source,
             "width": int(self.image.shape[2]),
             "height": int(self.image.shape[1]),
             "model": self.model,
             "method": self.method,
-            "head": self.head,
+            "made_from": self.made_from,
+            "head": self.made_from,  # the old key, kept for one release
             "identity_residual": self.residual,
             "network_input": {"width": self.input_hw[1], "height": self.input_hw[0]},
-            "feature_grid": {"width": int(self.cams.shape[-1]), "height": int(self.cams.shape[-2])},
+            "feature_grid": {"width": int(self.maps.shape[-1]), "height": int(self.maps.shape[-2])},
             "predictions": [vars(p) for p in self.predictions],
             "explained": [
                 {**vars(score), "box": list(box) if box else None}
@@ -269,11 +287,25 @@ class Explanation:
         about = (
             f"{html.escape(name)} ({self.image.shape[2]}x{self.image.shape[1]}): "
             f"{html.escape(self.method)} maps, {html.escape(self.model)}: "
-            f"{html.escape(self.head)}{residual_text(self.residual)}"
+            f"{html.escape(self.made_from)}{residual_text(self.residual)}"
         )
         return (
             f"<div>{figures_html(figures)}<p>{about}</p><table><tr><th>class</th><th>name</th>"
             f"<th>probability</th><th>logit</th></tr>{rows}</table></div>"
+        )
+
+
+_WARNED: set[str] = set()
+
+
+def _deprecated(old: str, new: str) -> None:
+    """Warn once per process that ``old`` is deprecated in favour of ``new``."""
+    if old not in _WARNED:
+        _WARNED.add(old)
+        warnings.warn(
+            f"{old} is deprecated and goes in the next release; use {new}",
+            DeprecationWarning,
+            stacklevel=3,
         )
 
 
@@ -285,9 +317,9 @@ def describe_maps(ex: Explanation, verbose: bool = False) -> list[str]:
     residual of decompositions, the network input.
     """
     if not ex.explained:
-        return [f"No maps: {ex.head.removeprefix('no maps: ')}"]
+        return [f"No maps: {ex.made_from.removeprefix('no maps: ')}"]
     names = ", ".join(s.name for s in ex.explained)
-    grid_h, grid_w = int(ex.cams.shape[-2]), int(ex.cams.shape[-1])
+    grid_h, grid_w = int(ex.maps.shape[-2]), int(ex.maps.shape[-1])
     kind = (
         "an exact decomposition of the class score"
         if ex.residual is not None
@@ -299,7 +331,7 @@ def describe_maps(ex: Explanation, verbose: bool = False) -> list[str]:
         f"feature cells, upsampled to the image."
     ]
     if verbose:
-        lines.append(f"  method: {ex.method}: {ex.head}")
+        lines.append(f"  method: {ex.method}: {ex.made_from}")
         lines.append(
             f"  network input: {ex.input_hw[1]}x{ex.input_hw[0]} px, feature grid "
             f"{grid_w}x{grid_h} (width x height)"
@@ -407,11 +439,11 @@ def build_explanation(
         source=source,
         image=image,
         model=model.name,
-        head=out.summary,
+        made_from=out.summary,
         method=out.method,
         predictions=tuple(score(i) for i in top),
         explained=tuple(score(int(i)) for i in out.classes[row].tolist()),
-        cams=cams,
+        maps=cams,
         bias=out.bias[row].cpu().clone() if out.bias is not None else torch.zeros(len(cams)),
         heatmaps=heatmaps,
         boxes=tuple(boxes),

@@ -98,13 +98,14 @@ def write_gallery(export_dir: str | os.PathLike[str], progress: bool = False) ->
         if bar:
             bar.stop()
     model = runs[-1].get("settings", {}).get("model", "") if runs else ""
-    head = runs[-1].get("head", "") if runs else ""
+    last = runs[-1] if runs else {}
+    made_from = last.get("made_from", last.get("head", ""))  # runs before made_from existed: "head"
     method = runs[-1].get("method", "cam") if runs else ""
     detail = runs[-1].get("head_detail", {}) if runs else {}
     exact = method not in ("", "none") and bool(
         detail.get("decomposition", True) if isinstance(detail, dict) else True
     )
-    data = {"model": model, "method": method, "head": head, "cards": cards, "failed": failed,
+    data = {"model": model, "method": method, "made_from": made_from, "cards": cards, "failed": failed,
             "legend": colour_legend(str(settings.get("colormap", "jet")),
                                     str(settings.get("scale", "per-map")), exact)}  # fmt: skip
     page = html_page("camtool gallery", _STYLE, _BODY, _SCRIPT, data)
@@ -220,7 +221,7 @@ _SCRIPT = """"use strict";
 const data = JSON.parse(document.getElementById("data").textContent);
 const el = (tag, text, cls) => { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; };
 const cls = document.getElementById("cls"), q = document.getElementById("q"), sort = document.getElementById("sort");
-document.getElementById("model").textContent = data.model + " - " + data.method + ": " + data.head;
+document.getElementById("model").textContent = data.model + " - " + data.method + ": " + data.made_from;
 document.querySelector("#legend .bar").style.background = "linear-gradient(to right, " + data.legend.colors.join(", ") + ")";
 document.getElementById("meaning").textContent = data.legend.colormap + ": " + data.legend.meaning;
 [...new Set(data.cards.map(c => c.top))].sort().forEach(name => { const o = el("option", name); o.value = name; cls.appendChild(o); });

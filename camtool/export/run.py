@@ -220,7 +220,7 @@ class Recorder:
         try:
             manifest.write(
                 run_record(
-                    plan.settings, plan.resumed, method=explainer.method, head=head,
+                    plan.settings, plan.resumed, method=explainer.method, made_from=head, head=head,
                     head_detail=explainer.as_dict(), excluded=[str(p) for p in plan.excluded],
                     removed=plan.removed,
                 )
@@ -339,7 +339,7 @@ def write_summary(
 ) -> None:
     summary = {
         "camtool": __version__, "torch": torch.__version__, "python": platform.python_version(),
-        "finished": now(), "model": model.name, "method": settings["method"], "head": head,
+        "finished": now(), "model": model.name, "method": settings["method"], "made_from": head, "head": head,
         "device": device, **engine,
         "settings": settings, "total": report.total, "exported": report.exported,
         "failed": report.failed, "skipped": report.skipped, "seconds": round(report.seconds, 3),

@@ -344,7 +344,7 @@ def written_or_refused(
 
 
 def _raw_bytes(ex: Explanation, options: ExportOptions) -> bytes:
-    cams = ex.cams.numpy().astype(options.raw_dtype)
+    cams = ex.maps.numpy().astype(options.raw_dtype)
     buffer = io.BytesIO()
     if options.raw == "npy":
         np.save(buffer, cams)
