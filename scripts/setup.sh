@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv with camtool and its dependencies. `scripts/setup.sh` for users, `scripts/setup.sh test`
-# for the test suite (test-only packages as well). Safe to run again: it only installs what is missing.
+# for the test suite (test-only packages, and MkDocs for the docs site that .ci/run builds). Safe to
+# run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -9,7 +10,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 extras=""
-[ "${1:-}" = "test" ] && extras="[test,ray,eval]"  # the suite runs the Ray export and ROAD solver tests too
+# the suite runs the Ray export and ROAD solver tests too; .ci/run builds the docs site
+[ "${1:-}" = "test" ] && extras="[test,ray,eval,docs]"
 pip install -c constraints.txt -e ".${extras}"
 if [ "${1:-}" = "test" ]; then
   # foolbox ships 20 labelled ImageNet photos; its own dependencies (jax/tf adapters) are not needed.

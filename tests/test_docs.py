@@ -30,8 +30,12 @@ def test_readme_says_what_camtool_is_then_gives_the_two_commands_then_pip() -> N
         "bash scripts/setup.sh && .venv/bin/camtool explain examples/chelsea.png --box --out out"
     )
     assert commands[1] == "bash scripts/setup.sh test && .venv/bin/python -m pytest"
-    ci = (ROOT / ".ci" / "run").read_text("utf-8").strip().splitlines()[-1]
-    assert ci == commands[1]
+    # CI runs exactly that command (as one whole line), and then builds the docs site strictly
+    ci = (ROOT / ".ci" / "run").read_text("utf-8").strip().splitlines()
+    assert commands[1] in ci
+    docs_build = [line for line in ci if "mkdocs build" in line]
+    assert docs_build and ci.index(commands[1]) < ci.index(docs_build[0])
+    assert "--strict" in docs_build[0]
     pip = [c.split("#")[0].strip() for c in commands[2:6]]
     assert pip[0] == "pip install ."
     assert pip[1] == "pip install '.[lite12]'"
