@@ -80,8 +80,11 @@ def bind_method(
     returned as it is (the other arguments are then ignored).
 
     Raises:
-        camtool's typed errors: an unknown model, method or class; a model the method cannot
-        explain (``UnsupportedModelError``, with the reason).
+        UnknownModelError: an unknown model name.
+        ModelLoadError: a model that cannot be loaded.
+        InvalidArgumentError: an unknown method.
+        ClassSelectionError: an unknown class.
+        UnsupportedModelError: a model the method cannot explain, with the reason.
     """
     if isinstance(model, BoundMethod):
         return model

@@ -113,8 +113,10 @@ def explain(
         crop: centre-crop like the classic evaluation transform instead of using the whole image.
         device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``.
         labels: a label file overriding the model's class names.
-        weights, dtype: as for :func:`camtool.load_model`.
-        layer, classifier: module names that override the method's discovery.
+        weights: a weights file, as for :func:`camtool.load_model`.
+        layer: a module name that overrides the method's choice of layer.
+        classifier: a module name that overrides CAM's choice of classifier.
+        dtype: the compute dtype, as for :func:`camtool.load_model`.
         target: the score the maps explain, ``"logit"`` or ``"probability"`` (default: the
             method's own, the class logit except for Score-CAM; the exact methods decompose
             the logit and refuse ``"probability"``).

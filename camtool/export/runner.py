@@ -129,8 +129,9 @@ def export(
     Args:
         inputs: files, folders, globs and ``@list.txt`` files (see :func:`collect_inputs`).
         out_dir: the output folder (created).
-        model, method: as for :func:`camtool.explain`; ``model_options`` (weights, labels,
-            dtype; layer, classifier for the method) as there.
+        model: as for :func:`camtool.explain`.
+        method: as for :func:`camtool.explain`; ``model_options`` (weights, labels, dtype;
+            layer, classifier for the method) as there too.
         classes: fixed classes to explain (names or indices); default: each image's top ``maps``.
         crop: centre-crop instead of using the whole image.
         options: rendering and file options (:class:`ExportOptions`).

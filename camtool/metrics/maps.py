@@ -117,7 +117,9 @@ class MapSource(Protocol):
     ``Tensor[N,H,W]`` float32 at the images' resolution, or a :class:`MapsWithFacts` carrying
     them (and, for decompositions, the bias and logit)."""
 
-    def __call__(self, images: Tensor, classes: Tensor) -> MapsWithFacts | Tensor: ...
+    def __call__(self, images: Tensor, classes: Tensor) -> MapsWithFacts | Tensor:
+        """The maps of ``images`` for ``classes`` (see the class docstring for shapes)."""
+        ...
 
 
 def maps_of(result: MapsWithFacts | Tensor) -> Tensor:
@@ -154,8 +156,9 @@ class MethodMaps:
         backward pass for the gradient methods, shared masked inputs for Score-CAM).
 
         Raises:
-            InvalidArgumentError: bad images or classes (the message names the argument);
-            the method's own errors (``UnsupportedModelError``, ``ModelRunError``).
+            InvalidArgumentError: bad images or classes (the message names the argument).
+            UnsupportedModelError: the method cannot explain the model.
+            ModelRunError: the network failed on the batch.
         """
         from camtool.render import upsample_cams
 
@@ -233,8 +236,8 @@ def method_maps(
     :func:`camtool.methods.bind`.
 
     Raises:
-        InvalidArgumentError: an unknown method; UnsupportedModelError: the method cannot explain
-        this model (the message says why).
+        InvalidArgumentError: an unknown method.
+        UnsupportedModelError: the method cannot explain this model (the message says why).
     """
     options = {"layer": layer, "classifier": classifier, "target": target}
     return MethodMaps(model, method, classes_per_call, **options)

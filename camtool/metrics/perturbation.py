@@ -432,8 +432,8 @@ def completeness(maps: MapsWithFacts) -> CompletenessResult:
     identity holds there; upsampling does not keep the mean exactly).
 
     Raises:
-        NotDecompositionError: the maps come with no bias (Grad-CAM, Score-CAM, ...: they do not
-        claim to decompose the score).
+        NotDecompositionError: the maps come with no bias (Grad-CAM, Score-CAM, ...: they do
+            not claim to decompose the score).
     """
     if not isinstance(maps, MapsWithFacts):
         raise InvalidArgumentError(

@@ -149,7 +149,9 @@ def load_model(
             convert it to a state dict.
 
     Raises:
-        UnknownModelError, ModelLoadError, WeightsHashError.
+        UnknownModelError: a name that is no card, architecture or file.
+        ModelLoadError: a model that cannot be built, or weights that cannot be loaded.
+        WeightsHashError: a weights file whose sha256 is not the card's.
     """
     if isinstance(spec, LoadedModel):
         return spec
