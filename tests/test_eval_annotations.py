@@ -332,7 +332,8 @@ def test_a_box_file_past_the_box_limit_is_refused_and_read_in_bounded_memory(
     assert path.stat().st_size > 24_000_000
     script = (
         "import resource, sys\n"
-        "from camtool.metrics.annotations import AnnotationError, read_annotations\n"
+        "from camtool.metrics.annotations import AnnotationError\n"
+        "from camtool.metrics.box_files import read_annotations\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n"
         "    read_annotations(sys.argv[1])\n"

@@ -101,7 +101,7 @@ def test_labels_list_and_card_fifos_are_refused_without_blocking(tmp_path: Path)
         "from pathlib import Path\n"
         "from camtool.export import collect_inputs\n"
         "from camtool.errors import ModelLoadError\n"
-        "from camtool.cards import read_card\n"
+        "from camtool.models.cards import read_card\n"
         f"items, failures = collect_inputs(['@{listed}'])\n"
         "print(items, [f.error for f in failures])\n"
         "try:\n"
@@ -138,7 +138,7 @@ def test_text_and_image_reads_stop_at_their_limits(tmp_path: Path) -> None:
     zero.symlink_to("/dev/zero")
     probe = in_subprocess(
         "from camtool.errors import ModelLoadError\n"
-        "from camtool.cards import load_labels\n"
+        "from camtool.models.cards import load_labels\n"
         "try:\n"
         f"    load_labels({str(zero)!r})\n"
         "except ModelLoadError as exc:\n"
