@@ -45,7 +45,7 @@ from camtool.settings import (
     parse_device,
     parse_dtype,
 )
-from camtool.usage import CamtoolGroup, checked_by
+from camtool.cli.usage import CamtoolGroup, checked_by
 
 if TYPE_CHECKING:
     from camtool.explanation import Explanation
@@ -1105,7 +1105,7 @@ def show_warning(
     """Show a Python warning as one ``Warning:`` line when camtool raised it; drop warnings that
     libraries (torch, torchvision, timm) raise about their own internals, which a user of the
     command can do nothing about."""
-    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parents[1]):
         err_console.print(f"Warning: {' '.join(str(message).split())}", markup=False)
 
 
@@ -1122,6 +1122,3 @@ def main() -> None:
         warnings.showwarning = show_warning
     app()
 
-
-if __name__ == "__main__":
-    main()
