@@ -1,4 +1,5 @@
-"""``camtool export`` (many images to files and a manifest) and ``camtool report`` (its gallery)."""
+"""``camtool export`` (many images to files and a manifest) and ``camtool gallery`` (its HTML
+gallery; ``camtool report``, its former name, is kept as a hidden alias)."""
 
 from __future__ import annotations
 
@@ -140,8 +141,12 @@ def export(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
     ] = False,
-    html_report: Annotated[
-        bool, typer.Option("--report", help="Also write OUT/index.html, a gallery of the results.")
+    gallery: Annotated[
+        bool,
+        typer.Option(
+            "--report",
+            help="Also write the gallery of the results, OUT/index.html (as `camtool gallery OUT`).",
+        ),
     ] = False,
     ray: Annotated[
         str | None,
@@ -207,7 +212,7 @@ def export(
             print_error(
                 f"{report.manifest}: {len(report.failures) - 20} more failed inputs are listed here"
             )
-        if html_report:
+        if gallery:
             from camtool.gallery import write_gallery
 
             page = write_gallery(report.out_dir, progress=not quiet)
@@ -229,8 +234,8 @@ def export(
         raise typer.Exit(report.exit_code)
 
 
-@app.command()
-def report(
+@app.command("gallery")
+def gallery_command(
     export_dir: Annotated[
         Path, typer.Argument(help="The output folder of a `camtool export` run.")
     ],
@@ -242,3 +247,6 @@ def report(
 
         page = write_gallery(export_dir, progress=not quiet)
         say(f"gallery: {page}", whole=True)
+
+
+app.command("report", hidden=True)(gallery_command)  # its name before it was `gallery`
