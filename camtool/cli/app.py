@@ -28,19 +28,18 @@ app = typer.Typer(
 )
 
 
-def version_callback(value: bool) -> None:
+def print_version(value: bool) -> None:
+    """Print ``camtool <version>`` and stop, when ``--version`` is given."""
     if value:
         console.print(f"camtool {__version__}")
         raise typer.Exit()
 
 
 @app.callback()
-def root(
+def read_root_options(
     version: Annotated[
         bool,
-        typer.Option(
-            "--version", callback=version_callback, is_eager=True, help="Print the version."
-        ),
+        typer.Option("--version", callback=print_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
     """Exact Class Activation Maps: see where a CNN with a global-average-pooling head looks."""

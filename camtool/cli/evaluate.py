@@ -21,7 +21,7 @@ from camtool.cli.options import (
 from camtool.settings import DEFAULT_BOX_THRESHOLD
 
 
-def eval_table(report: Any) -> Table:
+def build_eval_table(report: Any) -> Table:
     """A rich table of an evaluation: one row per method, per measure its mean and 95% interval."""
     measures = list(dict.fromkeys(s.measure for s in report.summaries))
     table = Table(title="mean [95% interval]")
@@ -43,7 +43,7 @@ def eval_table(report: Any) -> Table:
 
 
 @app.command("eval")
-def evaluate_command(
+def evaluate_methods(
     images: Annotated[
         list[str],
         typer.Argument(
@@ -110,9 +110,10 @@ def evaluate_command(
     """
     with errors_to_exit_codes():
         from camtool.metrics.evaluate import evaluate
+        from camtool.models.loading import DEFAULT_MODEL
 
         report = evaluate(
-            images, method or ["cam"], boxes, metric, (model or ["efficientnet_lite0"])[0],
+            images, method or ["cam"], boxes, metric, (model or [DEFAULT_MODEL])[0],
             size=size, out=out, resume=resume, steps=steps, box_threshold=box_threshold,
             batch_size=batch_size, device=device, progress=not quiet,
             weights=str(weights) if weights else None, labels=str(labels) if labels else None,
@@ -121,7 +122,7 @@ def evaluate_command(
         for failure in report.failures[:20]:
             print_error(f"{failure.input}: {failure.error}")
         if not quiet:
-            console.print(eval_table(report))
+            console.print(build_eval_table(report))
             console.print(
                 f"evaluated {report.evaluated}, failed {report.failed}, skipped {report.skipped} "
                 f"(already done) of {report.total} in {report.seconds:.1f} s -> {out}",

@@ -33,7 +33,7 @@ from camtool.cli.options import (
     UnsafePickleOption,
     VerboseOption,
     WeightsOption,
-    model_options,
+    collect_model_options,
 )
 from camtool.settings import (
     DEFAULT_ALPHA,
@@ -133,14 +133,15 @@ def explain(
     """
     with errors_to_exit_codes():
         from camtool.binding import bind_method
+        from camtool.models.loading import DEFAULT_MODEL
         from camtool.outputs import FilesReport, Rendering, explain_files
 
-        options = model_options(
+        options = collect_model_options(
             weights, labels, layer, classifier, dtype, unsafe_load_pickle, target
         )
         bound = [
             bind_method(name, method, classes, device=device, **options)
-            for name in (models or ["efficientnet_lite0"])
+            for name in (models or [DEFAULT_MODEL])
             for method in (methods or ["auto"])
         ]
         rendering = Rendering(alpha, colormap, box, image_format, scale, legend)
@@ -180,7 +181,7 @@ def explain(
                 print_error(result.error)
                 doc["errors"].append({"input": result.input, "error": result.error})
             if result.video is not None:
-                doc.setdefault("videos", []).append(video_summary(result.video, not as_json))
+                doc.setdefault("videos", []).append(summarize_video(result.video, not as_json))
             for ex, outputs in zip(result.explanations, result.outputs, strict=True):
                 doc["images"].append({**ex.to_dict(), "outputs": [str(o) for o in outputs]})
                 if not as_json:
@@ -190,7 +191,7 @@ def explain(
         raise typer.Exit(report.exit_code)
 
 
-def video_summary(report: VideoReport, show: bool) -> dict[str, Any]:
+def summarize_video(report: VideoReport, show: bool) -> dict[str, Any]:
     """The JSON summary of an overlaid video; with ``show``, also a line saying what was written."""
     if show:
         console.print(
@@ -203,7 +204,7 @@ def video_summary(report: VideoReport, show: bool) -> dict[str, Any]:
             "height": report.height}  # fmt: skip
 
 
-def predictions_table(ex: Explanation) -> Table:
+def build_predictions_table(ex: Explanation) -> Table:
     """Return a rich table of an explanation's top-k classes (the explained ones marked)."""
     table = Table()
     table.add_column("#", justify="right")
@@ -232,7 +233,7 @@ def print_explanation(ex: Explanation, outputs: list[Path], verbose: bool = Fals
 
     height, width = int(ex.image.shape[1]), int(ex.image.shape[2])
     say(f"{ex.source} ({width}x{height} px), {ex.model}", whole=True)
-    console.print(predictions_table(ex))
+    console.print(build_predictions_table(ex))
     for line in describe_maps(ex, verbose):
         say(line)
     if outputs:

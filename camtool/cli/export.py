@@ -4,7 +4,7 @@ gallery; ``camtool report``, its former name, is kept as a hidden alias)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from typer.core import TyperCommand
@@ -35,9 +35,9 @@ from camtool.cli.options import (
     TargetOption,
     UnsafePickleOption,
     WeightsOption,
-    model_options,
+    collect_model_options,
 )
-from camtool.cli.usage import checked_by
+from camtool.cli.usage import check_with
 from camtool.settings import (
     DEFAULT_ALPHA,
     DEFAULT_BOX_THRESHOLD,
@@ -48,6 +48,9 @@ from camtool.settings import (
     parse_dtype,
 )
 
+if TYPE_CHECKING:
+    from camtool.export.run import ExportReport
+
 RAY_DEFAULT = "(default)"  # `--ray` without an address
 
 
@@ -56,6 +59,7 @@ class _OptionalRayValue(TyperCommand):
     another option) reads as ``--ray=(default)``."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """Click's parsing, after a bare ``--ray`` became ``--ray=(default)``."""
         args = list(args)
         for i, arg in enumerate(args):
             if arg == "--":
@@ -135,7 +139,7 @@ def export(
         typer.Option(
             help=f"One of {DTYPE_CHOICES} (autocast; the identity check adapts). Default: "
             "bfloat16 for the device runner on CUDA, else float32.",
-            callback=checked_by(parse_dtype),
+            callback=check_with(parse_dtype),
         ),
     ] = None,
     quiet: Annotated[
@@ -171,6 +175,7 @@ def export(
         from camtool.export import ExportOptions
         from camtool.export import export as export_images
         from camtool.export.ray_engine import ray_address
+        from camtool.models.loading import DEFAULT_MODEL
 
         engine: Literal["local", "ray"] = (
             "ray" if ray is not None or ray_actors is not None else "local"
@@ -183,35 +188,12 @@ def export(
             top_k=top_k, scale=scale, legend=legend, box_threshold=box_threshold,
         )  # fmt: skip
         report = export_images(
-            inputs, out, (model or ["efficientnet_lite0"])[0], method=(method or ["auto"])[0], classes=classes, maps=maps, crop=crop, options=options, resume=resume,
+            inputs, out, (model or [DEFAULT_MODEL])[0], method=(method or ["auto"])[0], classes=classes, maps=maps, crop=crop, options=options, resume=resume,
             device=device, batch_size=batch_size, workers=workers, decoder=decoder, progress=not quiet,
             runner=runner, engine=engine, ray_address=address, ray_actors=ray_actors,
-            **model_options(weights, labels, layer, classifier, dtype, unsafe_load_pickle, target),
+            **collect_model_options(weights, labels, layer, classifier, dtype, unsafe_load_pickle, target),
         )  # fmt: skip
-        if report.removed:  # shown even with --quiet: camtool removed files
-            console.print(
-                f"removed {report.removed} unfinished files (left by an interrupted run) "
-                f"from {report.out_dir}",
-                markup=False,
-            )
-        if report.excluded:
-            count = len(report.excluded)
-            shown = ", ".join(report.excluded[:3]) + (", ..." if count > 3 else "")
-            err_console.print(
-                f"Warning: skipped {count} input{'' if count == 1 else 's'} inside the output "
-                f"folder {report.out_dir} (never read as input): {shown}",
-                markup=False,
-            )
-        for failure in report.failures[:20]:
-            print_error(
-                failure.error
-                if failure.error.startswith(failure.input)
-                else f"{failure.input}: {failure.error}"
-            )
-        if len(report.failures) > 20:
-            print_error(
-                f"{report.manifest}: {len(report.failures) - 20} more failed inputs are listed here"
-            )
+        print_export_problems(report)
         if gallery:
             from camtool.gallery import write_gallery
 
@@ -219,23 +201,54 @@ def export(
             if not quiet:
                 say(f"gallery: {page}", whole=True)
         if not quiet:
-            console.print(
-                f"exported {report.exported}, failed {report.failed}, skipped {report.skipped} "
-                f"(already done) of {report.total}"
-                + (
-                    f" (+{len(report.excluded)} inside the output folder)"
-                    if report.excluded
-                    else ""
-                )
-                + f" in {report.seconds:.1f} s "
-                f"({report.images_per_second:.1f} images/s) -> {report.out_dir} (manifest: {report.manifest})",
-                markup=False,
-            )
+            print_export_summary(report)
         raise typer.Exit(report.exit_code)
 
 
+def print_export_problems(report: ExportReport) -> None:
+    """Print what an export removed, skipped or failed on (shown even with ``--quiet``): the
+    unfinished files it removed, the inputs inside the output folder it skipped, and the first 20
+    failed inputs as ``Error:`` lines (the rest are in the manifest)."""
+    if report.removed:
+        console.print(
+            f"removed {report.removed} unfinished files (left by an interrupted run) "
+            f"from {report.out_dir}",
+            markup=False,
+        )
+    if report.excluded:
+        count = len(report.excluded)
+        shown = ", ".join(report.excluded[:3]) + (", ..." if count > 3 else "")
+        err_console.print(
+            f"Warning: skipped {count} input{'' if count == 1 else 's'} inside the output "
+            f"folder {report.out_dir} (never read as input): {shown}",
+            markup=False,
+        )
+    for failure in report.failures[:20]:
+        print_error(
+            failure.error
+            if failure.error.startswith(failure.input)
+            else f"{failure.input}: {failure.error}"
+        )
+    if len(report.failures) > 20:
+        print_error(
+            f"{report.manifest}: {len(report.failures) - 20} more failed inputs are listed here"
+        )
+
+
+def print_export_summary(report: ExportReport) -> None:
+    """Print the one-line summary of an export: counts, time, throughput and where it wrote."""
+    console.print(
+        f"exported {report.exported}, failed {report.failed}, skipped {report.skipped} "
+        f"(already done) of {report.total}"
+        + (f" (+{len(report.excluded)} inside the output folder)" if report.excluded else "")
+        + f" in {report.seconds:.1f} s "
+        f"({report.images_per_second:.1f} images/s) -> {report.out_dir} (manifest: {report.manifest})",
+        markup=False,
+    )
+
+
 @app.command("gallery")
-def gallery_command(
+def write_export_gallery(
     export_dir: Annotated[
         Path, typer.Argument(help="The output folder of a `camtool export` run.")
     ],
@@ -249,4 +262,4 @@ def gallery_command(
         say(f"gallery: {page}", whole=True)
 
 
-app.command("report", hidden=True)(gallery_command)  # its name before it was `gallery`
+app.command("report", hidden=True)(write_export_gallery)  # its name before it was `gallery`

@@ -23,14 +23,14 @@ from camtool.cli.options import (
     UnsafePickleOption,
     VerboseOption,
     WeightsOption,
-    model_options,
+    collect_model_options,
 )
 from camtool.errors import EXIT_ERROR, UnsupportedModelError
 from camtool.naming import INVISIBLE, visible
 
 
-@app.command()
-def inspect(
+@app.command("inspect")
+def inspect_model(
     model: Annotated[str, typer.Argument(help="Model spec, as for --model of `explain`.")],
     weights: WeightsOption = None,
     unsafe_load_pickle: UnsafePickleOption = False,
@@ -56,7 +56,7 @@ def inspect(
         from camtool.models.cards import find_card, is_card_name
         from camtool.models.loading import load_model
 
-        options = model_options(weights, labels, None, None, dtype, unsafe_load_pickle)
+        options = collect_model_options(weights, labels, None, None, dtype, unsafe_load_pickle)
         del options["layer"], options["classifier"]
         if input_size is not None:
             known = model.endswith(".toml") or is_card_name(model)
@@ -87,14 +87,15 @@ def inspect(
         # never breaks them); the table holds what wraps well between words.
         say(info["name"] if info["name"] == model else f"{info['name']} ({model})", whole=True)
         say(f"weights: {info['weights']}", whole=True)
-        console.print(inspect_table(info, verbose))
+        console.print(build_inspect_table(info, verbose))
 
 
-def _numbers(values: list[float]) -> str:
+def _format_numbers(values: list[float]) -> str:
+    """Numbers as ``0.485, 0.456, 0.406`` (three significant digits)."""
     return ", ".join(f"{v:.3g}" for v in values)
 
 
-def inspect_table(info: dict[str, Any], verbose: bool = False) -> Table:
+def build_inspect_table(info: dict[str, Any], verbose: bool = False) -> Table:
     """The rich table of ``camtool inspect``: model facts, then one row per method (``verbose``:
     with what each method binds to, the CAM head's probe residual and folded layers)."""
     table = Table(show_header=False, box=None, padding=(0, 1))
@@ -106,7 +107,7 @@ def inspect_table(info: dict[str, Any], verbose: bool = False) -> Table:
         ("parameters", f"{info['parameters']:,}"),
         ("classes", f"{info['classes']} (labels: {info['labels_source']})"),
         ("input", f"{size} px on the shorter side, {prep['interpolation']} resizing"),
-        ("normalise", f"mean {_numbers(prep['mean'])}; std {_numbers(prep['std'])}"),
+        ("normalise", f"mean {_format_numbers(prep['mean'])}; std {_format_numbers(prep['std'])}"),
         ("--crop", f"centre crop of {prep['crop_pct']:g} of the image"),
         ("settings from", prep["source"]),
         ("dtype", info["dtype"]),
@@ -141,8 +142,8 @@ def inspect_table(info: dict[str, Any], verbose: bool = False) -> Table:
     return table
 
 
-@app.command()
-def models(verbose: VerboseOption = False) -> None:
+@app.command("models")
+def list_models(verbose: VerboseOption = False) -> None:
     """List the named models (built-in and from CAMTOOL_MODELS) and whether their weights are installed."""
     with errors_to_exit_codes():
         from camtool.errors import ModelLoadError

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from camtool.cli.usage import checked_by
+from camtool.cli.usage import check_with
 from camtool.settings import (
     DEVICE_CHOICES,
     DTYPE_CHOICES,
@@ -34,7 +34,7 @@ ExportRunner = Literal["auto", "local", "device"]
 Scale = Literal["joint", "per-map"]
 
 
-def single(value: list[str] | None) -> list[str] | None:
+def refuse_repeats(value: list[str] | None) -> list[str] | None:
     """Refuse an option given more than once where only one value makes sense."""
     if value and len(value) > 1:
         raise typer.BadParameter(
@@ -51,7 +51,7 @@ ModelOption = Annotated[
         help="Model: a name from `camtool models`, a card file, a torchvision name with --weights, "
         "NAME:WEIGHTS (e.g. resnet50:IMAGENET1K_V2), timm:NAME (pretrained: from the Hugging Face cache), "
         "hf:FOLDER (transformers), or a TorchScript file. [default: efficientnet_lite0]",
-        callback=single,
+        callback=refuse_repeats,
         show_default=False,
     ),
 ]
@@ -70,7 +70,7 @@ UnsafePickleOption = Annotated[
 ]
 
 
-def module_name(value: str | None) -> str | None:
+def refuse_empty_module_name(value: str | None) -> str | None:
     """Refuse an empty module name while parsing, so the error names the option (the library
     refuses it too, see ``camtool.methods.bind``)."""
     if value is not None and not value.strip():
@@ -86,18 +86,22 @@ MethodOption = Annotated[
         "layercam, hirescam, scorecam, eigencam (maps of one layer, --layer; not decompositions); "
         "or auto (the default: cam, else integrated-head, else gradcam: exact methods first; "
         "predictions alone when none can).",
-        callback=single,
+        callback=refuse_repeats,
         show_default=False,
     ),
 ]
 LayerOption = Annotated[
     str | None,
-    typer.Option(help="Feature layer (a module name); overrides discovery.", callback=module_name),
+    typer.Option(
+        help="Feature layer (a module name); overrides discovery.",
+        callback=refuse_empty_module_name,
+    ),
 ]
 ClassifierOption = Annotated[
     str | None,
     typer.Option(
-        help="Classifier layer (a module name); overrides discovery.", callback=module_name
+        help="Classifier layer (a module name); overrides discovery.",
+        callback=refuse_empty_module_name,
     ),
 ]
 TargetOption = Annotated[
@@ -110,13 +114,13 @@ TargetOption = Annotated[
 
 
 DeviceOption = Annotated[
-    str, typer.Option(help=f"One of {DEVICE_CHOICES}.", callback=checked_by(parse_device))
+    str, typer.Option(help=f"One of {DEVICE_CHOICES}.", callback=check_with(parse_device))
 ]
 DtypeOption = Annotated[
     str,
     typer.Option(
         help=f"One of {DTYPE_CHOICES} (autocast; the identity check adapts).",
-        callback=checked_by(parse_dtype),
+        callback=check_with(parse_dtype),
     ),
 ]
 
@@ -142,7 +146,7 @@ BoxThresholdOption = Annotated[
         "--box-threshold",
         help="The CAM box keeps pixels at or above this fraction of the map's maximum "
         "(0 < t < 1; 0.2 in the CAM paper).",
-        callback=checked_by(check_box_threshold),
+        callback=check_with(check_box_threshold),
     ),
 ]
 ScaleOption = Annotated[
@@ -171,7 +175,7 @@ CropOption = Annotated[
 ]
 
 
-def model_options(
+def collect_model_options(
     weights: Path | None,
     labels: Path | None,
     layer: str | None,
