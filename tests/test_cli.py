@@ -249,7 +249,7 @@ def test_usage_errors_are_one_line_too(tmp_path: Path, args: list[str], line: st
 def test_cli_colour_map_choices_match_the_renderer() -> None:
     from typing import get_args
 
-    from camtool import cli
+    from camtool.cli import options as cli
     from camtool.render import COLORMAPS
 
     assert list(get_args(cli.Colormap)) == list(COLORMAPS)

@@ -6,7 +6,7 @@
   takes no value, instead of being read as an input file.
 - Usage errors (a bad option value, a missing argument, an unknown option) are one line,
   ``Error: <option>: <problem>``, with exit code 2, like every other camtool error.
-- :func:`checked_by` turns a library rule (``camtool.settings.parse_device``, say) into an
+- :func:`check_with` turns a library rule (``camtool.settings.parse_device``, say) into an
   option callback, so a bad value is refused while parsing and the error names the option.
 
 No torch here: ``camtool --help`` must stay fast.
@@ -39,31 +39,32 @@ BOOLEAN_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
 Callback = Callable[[typer.Context, typer.CallbackParam, Any], Any]
 
 
-def checked_by(rule: Callable[[Any], Any]) -> Callback:
+def check_with(rule: Callable[[Any], Any]) -> Callback:
     """An option callback that passes the value through ``rule`` (a library function that returns
     the canonical value or raises a :class:`CamtoolError`) and turns its error into a usage
     error naming the option and the value: ``Error: --device gpu: not a device: ...``."""
 
     def callback(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
+        """``rule(value)``, its error turned into a usage error naming the option."""
         if value is None or ctx.resilient_parsing:
             return value
         try:
             return rule(value)
         except CamtoolError as exc:
             shown = shlex.quote(str(value))
-            hint = f"{option_name(param)} {shown}"
+            hint = f"{format_option_name(param)} {shown}"
             raise typer.BadParameter(exc.problem, param_hint=hint) from None
 
     return callback
 
 
-def option_name(param: Any) -> str:
+def format_option_name(param: Any) -> str:
     """An option's longest name (``--box-threshold``), or an argument's name (``images``)."""
     opts = [o for o in getattr(param, "opts", ()) if o.startswith("-")]
     return max(opts, key=len) if opts else str(param.name)
 
 
-def _flags(params: Sequence[Any]) -> dict[str, Any]:
+def _find_flags(params: Sequence[Any]) -> dict[str, Any]:
     """The names of a command's flag options (``--box``, ``-q``) and the options themselves."""
     return {
         name: param
@@ -73,13 +74,14 @@ def _flags(params: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def _show_as_flags(params: Sequence[Any]) -> None:
-    for param in _flags(params).values():
+def _hide_flag_metavars(params: Sequence[Any]) -> None:
+    """Show flags as flags in the help: ``--box``, not ``--box <bool>``."""
+    for param in _find_flags(params).values():
         if param.metavar is None:
             param.metavar = ""  # no "<bool>" beside a flag in the help
 
 
-def _sentence(text: str) -> str:
+def _rephrase(text: str) -> str:
     """Click's message as camtool's problem phrase: one line, first letter in lower case (unless
     the word is an acronym), sentences joined by ``;``, no final dot."""
     text = " ".join(text.split()).rstrip(".")
@@ -89,32 +91,34 @@ def _sentence(text: str) -> str:
     return text[:1].lower() + text[1:] if text[1:2].islower() or len(text) == 1 else text
 
 
-def usage_error_line(exc: click_errors.UsageError) -> str:
+def format_usage_error(exc: click_errors.UsageError) -> str:
     """One line, ``<subject>: <problem>``, for a Click usage error."""
     errors = click_errors
     command = exc.ctx.command_path if exc.ctx is not None else "camtool"
     see = f" (see '{command} --help')"
     if isinstance(exc, errors.MissingParameter):
-        subject = exc.param_hint if isinstance(exc.param_hint, str) else option_name(exc.param)
+        subject = (
+            exc.param_hint if isinstance(exc.param_hint, str) else format_option_name(exc.param)
+        )
         kind = exc.param_type or getattr(exc.param, "param_type_name", "parameter")
         return f"{subject}: missing {kind}{see}"
     if isinstance(exc, errors.BadParameter):
         hint = exc.param_hint
         if hint is None:
-            subject = option_name(exc.param) if exc.param is not None else command
+            subject = format_option_name(exc.param) if exc.param is not None else command
         else:
             subject = hint if isinstance(hint, str) else " / ".join(hint)
-        return f"{subject}: {_sentence(exc.message)}"
+        return f"{subject}: {_rephrase(exc.message)}"
     if isinstance(exc, errors.NoSuchOption):
         close = sorted(exc.possibilities or ())
         guess = f"; did you mean {', '.join(close)}?" if close else ""
         return f"{exc.option_name}: no such option{guess}{see}"
     if isinstance(exc, errors.BadOptionUsage):
-        problem = _sentence(exc.message).removeprefix(f"option '{exc.option_name}' ")
+        problem = _rephrase(exc.message).removeprefix(f"option '{exc.option_name}' ")
         if problem.startswith("does not take a value"):
             problem = f"is a flag and takes no value (write {exc.option_name} alone)"
         return f"{exc.option_name}: {problem}"
-    problem = _sentence(exc.message)
+    problem = _rephrase(exc.message)
     unknown = re.match(r"no such command '(.*?)'(.*)", problem)
     if unknown:
         return f"{unknown[1]}: no such command{unknown[2]}{see}"
@@ -126,30 +130,32 @@ class CamtoolGroup(typer.core.TyperGroup):
     ``Error:`` line (exit 2) whether it runs as a process or under a test runner."""
 
     def get_params(self, ctx: Any) -> list[Any]:
+        """The group's options, flags shown without a value."""
         params = super().get_params(ctx)
-        _show_as_flags(params)
+        _hide_flag_metavars(params)
         return params
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        """The command named ``cmd_name`` (or None), its flags shown without a value."""
         command = super().get_command(ctx, cmd_name)
         if command is not None:
-            _show_as_flags(command.get_params(ctx))
+            _hide_flag_metavars(command.get_params(ctx))
         return command
 
-    def stray_flag_value(self, args: Sequence[str]) -> str | None:
+    def find_stray_flag_value(self, args: Sequence[str]) -> str | None:
         """The error line for ``--flag true`` (a flag followed by a word like ``true`` that is
         not an existing file), or None."""
         position = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
         command = self.commands.get(args[position]) if position is not None else None
         if command is None or position is None:
             return None
-        flags = _flags(command.params)
+        flags = _find_flags(command.params)
         rest = list(args[position + 1 :])
         if "--" in rest:
             rest = rest[: rest.index("--")]
         for flag, value in itertools.pairwise(rest):
             if flag in flags and value.lower() in BOOLEAN_WORDS and not os.path.exists(value):
-                long = option_name(flags[flag])
+                long = format_option_name(flags[flag])
                 return (
                     f"{flag}: is a flag and takes no value ({value!r} is not an input): "
                     f"write {long} to turn it on, leave it out to keep it off"
@@ -164,10 +170,11 @@ class CamtoolGroup(typer.core.TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        """Run the command line; a usage error is one ``Error:`` line and exit code 2."""
         argv = list(sys.argv[1:] if args is None else args)
         if not standalone_mode:
             return super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
-        stray = self.stray_flag_value(argv)
+        stray = self.find_stray_flag_value(argv)
         if stray is not None:
             _print_error(stray)
             sys.exit(EXIT_USAGE)
@@ -178,10 +185,10 @@ class CamtoolGroup(typer.core.TyperGroup):
             exc.show()
             sys.exit(EXIT_USAGE)
         except errors.UsageError as exc:
-            _print_error(usage_error_line(exc))
+            _print_error(format_usage_error(exc))
             sys.exit(EXIT_USAGE)
         except errors.ClickException as exc:
-            _print_error(_sentence(exc.format_message()))
+            _print_error(_rephrase(exc.format_message()))
             sys.exit(EXIT_ERROR)
         except typer.Abort:
             _print_error("aborted")
