@@ -149,13 +149,15 @@ def explain(
         doc: dict[str, Any] = {
             "model": bound[0].model.name,
             "method": bound[0].explainer.method,
-            "head": bound[0].explainer.describe(),
+            "made_from": bound[0].explainer.describe(),
+            "head": bound[0].explainer.describe(),  # the old key, kept for one release
             "head_detail": bound[0].explainer.as_dict(),
             "models": [
                 {
                     "model": b.model.name,
                     "method": b.explainer.method,
-                    "head": b.explainer.describe(),
+                    "made_from": b.explainer.describe(),
+                    "head": b.explainer.describe(),  # the old key, kept for one release
                     "head_detail": b.explainer.as_dict(),
                 }
                 for b in bound
