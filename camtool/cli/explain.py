@@ -133,8 +133,8 @@ def explain(
     """
     with errors_to_exit_codes():
         from camtool.binding import bind_method
+        from camtool.explain_to_folder import FilesReport, Rendering, explain_files
         from camtool.models.loading import DEFAULT_MODEL
-        from camtool.outputs import FilesReport, Rendering, explain_files
 
         options = collect_model_options(
             weights, labels, layer, classifier, dtype, unsafe_load_pickle, target
