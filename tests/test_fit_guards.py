@@ -9,6 +9,7 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -17,8 +18,9 @@ from typer.testing import CliRunner
 import camtool
 from camtool.cli import app
 from camtool.errors import InvalidArgumentError, OutputWriteError
-from camtool.inputs import lies_within
+from camtool.inputs import RealFolder, collect_inputs, lies_within
 from camtool.training import DatasetError, read_dataset
+from camtool.training.fit import _check_holds_no_data
 from camtool.training.report import staged_folder
 
 runner = CliRunner()
@@ -223,3 +225,41 @@ def test_class_folders_that_strip_to_one_name_are_refused(tmp_path: Path) -> Non
         f"Error: {data}: class folders ' cat' and 'cat' have the same class name 'cat'; rename one"
     )
     assert not (tmp_path / "m").exists()
+
+
+def _count_realpath(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Record every path that ``os.path.realpath`` resolves from now on (it still resolves)."""
+    calls: list[object] = []
+    real = os.path.realpath
+
+    def counted(path: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os.path, "realpath", counted)
+    return calls
+
+
+def test_a_folder_is_resolved_once_for_many_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _tiny(tmp_path / "data", {"cat": 20, "dog": 20})
+    (tmp_path / "link").symlink_to(data)
+    folder = RealFolder(tmp_path / "link")
+    assert folder.real == str(data)
+    assert folder.holds(data / "cat" / "0.png") and folder.holds(tmp_path / "link" / "x")
+    assert not folder.holds(tmp_path / "data2") and folder.holds_real(str(data / "cat"))
+    (tmp_path / "link").unlink()  # resolved when made: relinking it changes nothing
+    (tmp_path / "link").symlink_to(tmp_path)
+    assert folder.holds(data / "dog") and not folder.holds(tmp_path / "other")
+    assert RealFolder("/").holds(tmp_path) and lies_within(tmp_path, "/")
+    # listing 40 files with an output folder to leave out: each file and folder resolved once
+    calls = _count_realpath(monkeypatch)
+    items, failures = collect_inputs([data], exclude=tmp_path / "out")
+    assert len(items) == 40 and failures == []
+    assert len(calls) == 40 + 3 + 1  # the files, the folders walked (data, cat, dog), the output
+    # fit's check that the model folder holds no image: the folder once, each image once
+    dataset = read_dataset(data)
+    calls.clear()
+    _check_holds_no_data(tmp_path / "model", [dataset])
+    assert len(calls) == 1 + 40

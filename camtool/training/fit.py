@@ -21,7 +21,7 @@ from torch import Tensor
 
 from camtool.errors import EXIT_INTERRUPTED, EXIT_OK, ImageReadError, InvalidArgumentError
 from camtool.image import MAX_INPUT_SIZE
-from camtool.inputs import lies_within
+from camtool.inputs import RealFolder, lies_within
 from camtool.io.files import write_bytes_atomic
 from camtool.io.images import load_image, save_image
 from camtool.models.efficientnet_lite import EfficientNetLite
@@ -375,9 +375,10 @@ def _check_apart(
 def _check_holds_no_data(target: Path, datasets: Sequence[Dataset]) -> None:
     """Refuse a model folder that holds an image of the data (a CSV's file, a class folder
     linked from inside it), however the paths are spelled."""
+    folder = RealFolder(target)
     for dataset in datasets:
         for sample in dataset.samples:
-            if lies_within(sample.path, target):
+            if folder.holds(sample.path):
                 raise InvalidArgumentError(
                     target,
                     f"holds {sample.path}, an image of {dataset.source}; choose a model folder "
