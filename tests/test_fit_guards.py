@@ -20,7 +20,8 @@ from camtool.cli import app
 from camtool.errors import InvalidArgumentError, OutputWriteError
 from camtool.inputs import RealFolder, collect_inputs, lies_within
 from camtool.training import DatasetError, read_dataset
-from camtool.training.fit import _check_holds_no_data
+from camtool.training.data import FitWarning
+from camtool.training.fit import _check_outside_data
 from camtool.training.report import staged_folder
 
 runner = CliRunner()
@@ -41,6 +42,10 @@ def _tiny(folder: Path, classes: dict[str, int]) -> Path:
 
 def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def _files_in(top: Path, folder: str) -> list[str]:
+    return [folder, *(f"{folder}/{name}" for name in _files(top / folder))]
 
 
 def _parts(folder: Path) -> list[Path]:
@@ -132,6 +137,50 @@ def test_the_model_folder_is_never_the_data_nor_around_it(
     with pytest.raises(InvalidArgumentError, match="is the data folder"):
         camtool.fit(data, data, overwrite=True, device="cpu")
     assert _files(tmp_path) == sorted([*before, "list.csv"])  # nothing written, nothing lost
+
+
+def test_the_model_folder_never_lies_inside_a_folder_the_data_is_read_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Class folders linked from elsewhere, an empty one too, a linked folder inside a class
+    folder, a CSV's images' folder: a model folder inside one would be read as data next time."""
+    data = _tiny(tmp_path / "data", {"dog": 3})
+    real = _tiny(tmp_path / "x", {"cats_real": 3, "birds": 0, "more": 2})
+    (data / "cat").symlink_to(real / "cats_real")
+    (data / "bird").symlink_to(real / "birds")  # empty: skipped with a warning, still read
+    (data / "dog" / "more").symlink_to(real / "more")
+    cache = tmp_path / "cache"
+    before = _files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(FitWarning, match="class folder has no images"):
+        line = _refused(["data", "-o", "x/cats_real/model"], 2, cache)
+    assert line == (
+        f"Error: {real / 'cats_real' / 'model'}: lies inside the data folder data/cat "
+        f"({real / 'cats_real'}); choose a model folder outside the training data"
+    )
+    with pytest.warns(FitWarning):
+        line = _refused(["data", "-o", "x/birds/model"], 2, cache)
+    assert f"lies inside the data folder data/bird ({real / 'birds'});" in line
+    with pytest.warns(FitWarning):
+        line = _refused(["data", "-o", "x/more/deeper/model"], 2, cache)
+    assert f"lies inside the data folder data/dog/more ({real / 'more'});" in line
+    _tiny(tmp_path / "train", {"cat": 2, "dog": 2})
+    with pytest.warns(FitWarning):
+        line = _refused(["train", "--val", "data", "-o", "x/more/model"], 2, cache)
+    assert f"lies inside the validation folder data/dog/more ({real / 'more'});" in line
+    with pytest.raises(InvalidArgumentError) as caught, pytest.warns(FitWarning):
+        camtool.fit(data, real / "cats_real" / "m", device="cpu")
+    assert caught.value.problem.startswith("lies inside the data folder")
+    # a CSV's listed images: the model folder must not land among them
+    (tmp_path / "list.csv").write_text(
+        "x/more/0.png,a\nx/more/1.png,a\ndata/dog/0.png,b\ndata/dog/1.png,b\n"
+    )
+    line = _refused(["list.csv", "-o", "x/more/model"], 2, cache)
+    assert line == (
+        f"Error: {real / 'more' / 'model'}: lies inside the data folder {real / 'more'}; choose a "
+        "model folder outside the training data"
+    )
+    assert _files(tmp_path) == sorted([*before, "list.csv", *_files_in(tmp_path, "train")])
 
 
 def test_a_non_empty_output_is_refused_before_any_image_is_read(tmp_path: Path) -> None:
@@ -261,5 +310,5 @@ def test_a_folder_is_resolved_once_for_many_paths(
     # fit's check that the model folder holds no image: the folder once, each image once
     dataset = read_dataset(data)
     calls.clear()
-    _check_holds_no_data(tmp_path / "model", [dataset])
-    assert len(calls) == 1 + 40
+    _check_outside_data(tmp_path / "model", [("data", dataset)])
+    assert len(calls) == 1 + 40 + 2  # the model folder, each image, each class folder

@@ -12,7 +12,7 @@ import random
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -42,11 +42,14 @@ class Sample:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Labelled images: ``labels`` (class names, in class-index order) and the samples."""
+    """Labelled images: ``labels`` (class names, in class-index order) and the samples;
+    ``class_folders``: the class folders a folder of them was read from, empty ones too (none
+    for a CSV)."""
 
     source: str
     labels: tuple[str, ...]
     samples: tuple[Sample, ...]
+    class_folders: tuple[Path, ...] = ()
 
     def counts(self) -> list[int]:
         """Images per class, in class-index order."""
@@ -69,8 +72,9 @@ def read_dataset(spec: str | os.PathLike[str], labels: Sequence[str] | None = No
             one class name once stripped (``cat`` and `` cat``).
     """
     path = Path(spec)
+    folders: tuple[Path, ...] = ()
     if path.is_dir():
-        names, found = _read_folder(path)
+        names, found, folders = _read_folder(path)
     elif path.suffix.lower() == ".csv":
         names, found = _read_csv(path)
     else:
@@ -92,10 +96,10 @@ def read_dataset(spec: str | os.PathLike[str], labels: Sequence[str] | None = No
             )
     index = {name: k for k, name in enumerate(ordered)}
     samples = tuple(Sample(p, index[name]) for p, name in found)
-    return Dataset(str(path), ordered, samples)
+    return Dataset(str(path), ordered, samples, folders)
 
 
-def _read_folder(root: Path) -> tuple[list[str], list[tuple[Path, str]]]:
+def _read_folder(root: Path) -> tuple[list[str], list[tuple[Path, str]], tuple[Path, ...]]:
     try:
         folders = sorted(
             (e for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")),
@@ -127,7 +131,7 @@ def _read_folder(root: Path) -> tuple[list[str], list[tuple[Path, str]]]:
             found += [(item.path, name) for item in items]
     if not folders:
         raise DatasetError(root, "no class folders (expected DATA/<class>/<image>)")
-    return names, found
+    return names, found, tuple(Path(entry.path) for entry in folders)
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[Path, str]]]:
@@ -205,8 +209,8 @@ def split(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]
     keep.sort(key=lambda s: order[s.path])
     held.sort(key=lambda s: order[s.path])
     return (
-        Dataset(train.source, train.labels, tuple(keep)),
-        Dataset(train.source, train.labels, tuple(held)),
+        replace(train, samples=tuple(keep)),
+        replace(train, samples=tuple(held)),
     )
 
 
