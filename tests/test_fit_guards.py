@@ -312,3 +312,15 @@ def test_a_folder_is_resolved_once_for_many_paths(
     calls.clear()
     _check_outside_data(tmp_path / "model", [("data", dataset)])
     assert len(calls) == 1 + 40 + 2  # the model folder, each image, each class folder
+
+
+def test_an_empty_folder_that_strips_to_a_class_name_is_left_out(tmp_path: Path) -> None:
+    data = _tiny(tmp_path / "data", {" cat": 0, "cat": 2, "dog": 2, "dog ": 0})
+    with pytest.warns(FitWarning) as caught:
+        dataset = read_dataset(data)
+    assert [str(w.message) for w in caught] == [
+        f"{data / ' cat'}: class folder has no images; class ' cat' is left out",
+        f"{data / 'dog '}: class folder has no images; class 'dog ' is left out",
+    ]
+    assert dataset.labels == ("cat", "dog") and dataset.counts() == [2, 2]
+    assert [s.path.parent.name for s in dataset.samples] == ["cat", "cat", "dog", "dog"]

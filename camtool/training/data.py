@@ -68,8 +68,9 @@ def read_dataset(spec: str | os.PathLike[str], labels: Sequence[str] | None = No
 
     Raises:
         DatasetError: the path is neither a folder nor a CSV, a CSV line is malformed, a label
-            is unknown, a label cannot be a line of a label file, or two class folders make
-            one class name once stripped (``cat`` and `` cat``).
+            is unknown, a label cannot be a line of a label file, or two class folders with
+            images make one class name once stripped (``cat`` and `` cat``; an empty folder is
+            left out with a :class:`FitWarning` first, as every empty class folder is).
     """
     path = Path(spec)
     folders: tuple[Path, ...] = ()
@@ -111,24 +112,25 @@ def _read_folder(root: Path) -> tuple[list[str], list[tuple[Path, str]], tuple[P
     folder_of: dict[str, str] = {}  # class name -> the folder it came from
     for entry in folders:
         name = entry.name.strip()
-        if name in folder_of:  # 'cat' and ' cat': two folders, one class once stripped
-            _refuse_collision(
-                root, "class folders", folder_of[name], entry.name, "class name", name
-            )
-        folder_of[name] = entry.name
         items, failures = collect_inputs([entry.path])
         for failure in failures:
             if failure.error == "no image files in this folder":
                 warnings.warn(
-                    f"{entry.path}: class folder has no images; class '{name}' is left out",
+                    f"{entry.path}: class folder has no images; class {entry.name!r} is left out",
                     FitWarning,
                     stacklevel=3,
                 )
             else:
                 warnings.warn(f"{failure.input}: {failure.error}", FitWarning, stacklevel=3)
-        if items:
-            names.append(name)
-            found += [(item.path, name) for item in items]
+        if not items:
+            continue  # an empty folder is left out: it takes no class name from another
+        if name in folder_of:  # 'cat' and ' cat': two folders, one class once stripped
+            _refuse_collision(
+                root, "class folders", folder_of[name], entry.name, "class name", name
+            )
+        folder_of[name] = entry.name
+        names.append(name)
+        found += [(item.path, name) for item in items]
     if not folders:
         raise DatasetError(root, "no class folders (expected DATA/<class>/<image>)")
     return names, found, tuple(Path(entry.path) for entry in folders)
