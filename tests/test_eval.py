@@ -273,3 +273,11 @@ def test_a_folder_held_by_a_running_eval_names_eval_in_the_refusal(tmp_path: Pat
     finally:
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=60)
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.5, True])
+def test_a_batch_size_that_is_no_positive_integer_is_refused(size: object, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        evaluate([CAT], ["cam"], out=tmp_path / "out", batch_size=size)  # type: ignore[arg-type]
+    assert str(caught.value) == f"batch_size: expected a positive integer, got {size!r}"
+    assert not (tmp_path / "out").exists()

@@ -324,3 +324,16 @@ def test_an_empty_folder_that_strips_to_a_class_name_is_left_out(tmp_path: Path)
     ]
     assert dataset.labels == ("cat", "dog") and dataset.counts() == [2, 2]
     assert [s.path.parent.name for s in dataset.samples] == ["cat", "cat", "dog", "dog"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("epochs", 0), ("epochs", 2.5), ("batch_size", -1), ("batch_size", 2.5)]
+)
+def test_epochs_and_batch_size_must_be_positive_integers(
+    tmp_path: Path, option: str, value: object
+) -> None:
+    data = _tiny(tmp_path / "data", {"cat": 3, "dog": 3})
+    with pytest.raises(InvalidArgumentError) as caught:
+        camtool.fit(data, tmp_path / "m", device="cpu", **{option: value})  # type: ignore[arg-type]
+    assert str(caught.value) == f"{option}: expected a positive integer, got {value!r}"
+    assert _files(tmp_path) == _files_in(tmp_path, "data")

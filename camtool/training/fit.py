@@ -27,6 +27,7 @@ from camtool.io.images import load_image, save_image
 from camtool.models.efficientnet_lite import EfficientNetLite
 from camtool.models.loading import DEFAULT_MODEL, LoadedModel, load_model
 from camtool.naming import component
+from camtool.settings import check_positive_int
 from camtool.training.data import (
     Dataset,
     DatasetError,
@@ -335,9 +336,9 @@ def _check_settings(
 ) -> None:
     if head not in ("gap", "flatten"):
         raise InvalidArgumentError(head, "unknown head; choose gap or flatten")
+    check_positive_int(settings.epochs, "epochs")  # 2.5 too: not only below 1
+    check_positive_int(settings.batch_size, "batch_size")
     checks = [
-        (settings.epochs >= 1, "epochs", "must be at least 1"),
-        (settings.batch_size >= 1, "batch size", "must be at least 1"),
         (settings.learning_rate > 0, "learning rate", "must be positive"),
         (settings.weight_decay >= 0, "weight decay", "must not be negative"),
         (stages >= 0, "finetune stages", "must not be negative"),
