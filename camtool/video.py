@@ -16,6 +16,7 @@ from torch import Tensor
 from camtool.binding import BoundMethod, ModelSpec, bind_method
 from camtool.errors import UnsupportedModelError
 from camtool.explanation import Explanation, build_explanation
+from camtool.image import check_crop
 from camtool.io.videos import VideoWriter, open_video
 from camtool.labels import ClassesArg
 from camtool.methods.base import DEFAULT_METHOD, Method
@@ -71,7 +72,7 @@ def explain_frames(
 
     Raises (when called, before any frame is read):
         InvalidArgumentError: a ``batch_size`` that is no positive integer, a box threshold
-            outside (0, 1).
+            outside (0, 1), ``crop`` with a model whose ``crop_pct`` is above 1.
         UnsupportedModelError: the method cannot explain the model.
     """
     check_box_threshold(box_threshold)
@@ -79,6 +80,7 @@ def explain_frames(
     bound = model if isinstance(model, BoundMethod) else bind_method(model, method, classes)
     if bound.explainer.method == "none":
         raise UnsupportedModelError(bound.model.name, bound.explainer.describe())
+    check_crop(bound.model.preprocessing, crop)
     return _explained_frames(frames, bound, crop, batch_size, smooth, top_k, source, box_threshold)
 
 
@@ -154,6 +156,7 @@ def explain_video(
     check_box_threshold(box_threshold)
     check_positive_int(batch_size, "batch_size")
     bound = bind_method(model, method, classes, device=device, **model_options)
+    check_crop(bound.model.preprocessing, crop)
     info, frames = open_video(path)
     writer = VideoWriter(output, info.fps, info.width, info.height)
     bar = ProgressBar("video", info.frames or None, "frames") if progress else None
