@@ -280,14 +280,16 @@ def resolve_boxes(
             except ClassSelectionError as exc:
                 raise AnnotationError(
                     box.source,
-                    f"{box.entry}: class {_clipped(box.label)!r} is not one of the {len(labels)} "
+                    f"{box.entry}: class {clipped(box.label)!r} is not one of the {len(labels)} "
                     f"classes of {model} ({exc.problem})",
                 ) from None
         resolved.append(replace(box, index=cache[box.label]))
     return replace(annotations, boxes=tuple(resolved))
 
 
-def _clipped(text: str) -> str:
+def clipped(text: str) -> str:
+    """A value as a message shows it: whole up to 60 characters, else its first 40 and its
+    length (a 100,000-character label or id must not make a 100 kB error line)."""
     return text if len(text) <= 60 else f"{text[:40]}... ({len(text):,} characters)"
 
 
