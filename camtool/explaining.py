@@ -13,7 +13,7 @@ from torch import Tensor
 from camtool.binding import BoundMethod, ModelSpec, bind_method
 from camtool.errors import InvalidArgumentError
 from camtool.explanation import Explanation, build_explanation
-from camtool.image import Layout, Region
+from camtool.image import Layout, Region, check_crop
 from camtool.io.images import (
     Images,
     ImageSource,
@@ -160,6 +160,7 @@ def explain(
         ]
         prepared = [(x, Region(0.0, 0.0, float(width), float(height))) for x in batch]
     else:
+        check_crop(loaded.preprocessing, crop)  # once, before any image is read
         inputs, single = gather_images(images, layout)
         prepared = [loaded.preprocessing.prepare(item.image, crop) for item in inputs]
     results: list[Explanation | None] = [None] * len(inputs)

@@ -100,14 +100,7 @@ class Preprocessing:
         """
         if self.fixed_size and not crop:
             return self.input_size, self.input_size
-        if crop and self.crop_pct > 1:
-            from camtool.errors import InvalidArgumentError
-
-            raise InvalidArgumentError(
-                "crop",
-                f"this model's crop_pct is {self.crop_pct:g} (above 1): its centre crop would "
-                "pad the image, which camtool does not do; use the whole image (no crop)",
-            )
+        check_crop(self, crop)
         short = int(self.input_size / self.crop_pct) if crop else self.input_size
         scale = short / min(height, width)
         if not crop:
@@ -195,6 +188,25 @@ def image_layout(shape: Sequence[int], layout: str | None, name: str) -> Layout:
             f"expected 1, 3 or 4 channels first ([3,H,W]) or last ([H,W,3]), got shape {sizes}",
         )
     return "CHW" if first else "HWC"
+
+
+def check_crop(preprocessing: Preprocessing, crop: bool) -> None:
+    """Refuse ``crop`` for a model whose ``crop_pct`` is above 1 (timm's VOLO models): its
+    centre crop would be larger than the resized image. Every entry point (explain, explain_iter,
+    export, video) asks once, before it reads any image, so that a run fails once and not per
+    image; :meth:`Preprocessing.resized_size` asks too.
+
+    Raises:
+        InvalidArgumentError: naming ``crop`` and the model's ``crop_pct``.
+    """
+    if crop and preprocessing.crop_pct > 1:
+        from camtool.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(
+            "crop",
+            f"this model's crop_pct is {preprocessing.crop_pct:g} (above 1): its centre crop "
+            "would pad the image, which camtool does not do; use the whole image (no crop)",
+        )
 
 
 def check_input_size(size: int) -> None:

@@ -44,9 +44,33 @@ def lies_within(path: str | os.PathLike[str], folder: str | os.PathLike[str]) ->
     """Whether ``path`` is ``folder`` or lies inside it, however either is spelled (relative
     parts and symlinks resolved; neither needs to exist). The one rule that keeps an output
     folder and its inputs apart: an export never reads an input inside its output folder, and
-    ``camtool fit`` never writes a model folder that is, holds or lies inside its data."""
-    real, top = os.path.realpath(path), os.path.realpath(folder)
-    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+    ``camtool fit`` never writes a model folder that is, holds or lies inside its data. To test
+    many paths against one folder, resolve it once: :class:`RealFolder`."""
+    return RealFolder(folder).holds(path)
+
+
+class RealFolder:
+    """A folder resolved once (relative parts and symlinks; it need not exist), to ask of many
+    paths whether they are it or lie inside it: ``RealFolder(f).holds(p)`` is
+    ``lies_within(p, f)``, without resolving ``f`` again for every ``p``."""
+
+    __slots__ = ("_prefix", "real")
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.real: str = os.path.realpath(folder)
+        self._prefix = self.real.rstrip(os.sep) + os.sep
+
+    def holds(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` (resolved here) is this folder or lies inside it."""
+        return self.holds_real(os.path.realpath(path))
+
+    def holds_real(self, real: str) -> bool:
+        """:meth:`holds` for a path already resolved (``os.path.realpath``): no file system
+        call."""
+        return real == self.real or real.startswith(self._prefix)
+
+    def __repr__(self) -> str:
+        return f"RealFolder({self.real!r})"
 
 
 def _has_magic(text: str) -> bool:
@@ -55,11 +79,11 @@ def _has_magic(text: str) -> bool:
 
 def _walk_images(root: Path) -> Iterator[Path | ExportFailure]:
     """Image files under ``root``, sorted, following symlinked folders but never around a loop."""
-    stack = [root]
-    seen = {os.path.realpath(root)}
+    top = os.path.realpath(root)
+    stack = [(root, top)]  # each folder with its real path, resolved once
+    seen = {top}
     while stack:
-        folder = stack.pop()
-        here = os.path.realpath(folder)
+        folder, here = stack.pop()
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
         except OSError as exc:
@@ -79,7 +103,7 @@ def _walk_images(root: Path) -> Iterator[Path | ExportFailure]:
                     )
                 elif real not in seen:  # a second link to a folder already walked adds nothing
                     seen.add(real)
-                    subfolders.append(Path(entry.path))
+                    subfolders.append((Path(entry.path), real))
             elif Path(entry.name).suffix.lower() in image_suffixes():
                 yield Path(entry.path)
         stack.extend(reversed(subfolders))
@@ -121,7 +145,7 @@ def collect_inputs(
     failures: list[ExportFailure] = []
     names = NameRegistry()
     seen: set[str] = set()
-    skip = os.path.realpath(exclude) if exclude is not None else None
+    skip = RealFolder(exclude) if exclude is not None else None
     left_out: list[Path] = [] if excluded is None else excluded
 
     def add(path: Path, root: Path) -> None:
@@ -129,7 +153,7 @@ def collect_inputs(
         if real in seen:
             return
         seen.add(real)
-        if skip is not None and lies_within(real, skip):
+        if skip is not None and skip.holds_real(real):
             left_out.append(path)
             return
         # a.jpg and a.png, or the same name from two inputs: one rule, shared with `explain`

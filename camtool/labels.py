@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import operator
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import SupportsIndex
@@ -50,6 +51,7 @@ def resolve_class(spec: int | str | SupportsIndex, labels: Sequence[str]) -> int
     if not isinstance(spec, str):
         if isinstance(spec, bool) or type(spec).__name__ == "bool_" or _is_bool_tensor(spec):
             raise ClassSelectionError(spec, "a class is an integer index or a name, not a boolean")
+        _check_has_values(spec, ())
         try:
             index = operator.index(spec)
         except TypeError:
@@ -59,7 +61,9 @@ def resolve_class(spec: int | str | SupportsIndex, labels: Sequence[str]) -> int
         return _checked_index(spec, index, labels)
     wanted = spec.strip()
     if wanted.isdecimal():  # what int() reads ("²" is isdigit() but no int); never 5000 digits
-        return _checked_index(spec, int(wanted) if len(wanted) <= 30 else len(labels), labels)
+        start = next((i for i, c in enumerate(wanted) if unicodedata.decimal(c)), len(wanted))
+        digits = wanted[start:] or "0"  # "000...0" of any length is class 0
+        return _checked_index(spec, int(digits) if len(digits) <= 30 else len(labels), labels)
     found = label_index(spec, labels)
     if found is None:
         raise ClassSelectionError(spec, f"unknown class name{_hint(wanted, labels)}")
@@ -72,12 +76,13 @@ def resolve_classes(classes: ClassesArg | object, labels: Sequence[str]) -> list
     ``classes`` is one class (an ``int``, a ``str``, a numpy or torch integer scalar, a 0-d
     integer array or tensor) or several (a list, tuple or range of them, or a 1-D integer numpy
     array or tensor); each is resolved by :func:`resolve_class`. A string is one class, never a
-    sequence of characters (``"285"`` is class 285). None or an empty collection: None (each
-    image's top predictions).
+    sequence of characters (``"285"`` is class 285). None or an empty collection (an empty
+    array or tensor of any dtype too): None (each image's top predictions).
 
     Raises:
-        ClassSelectionError: anything else (a float, a set, a dict, bytes, a 2-D or float array),
-            saying what was given; and the errors of :func:`resolve_class`.
+        ClassSelectionError: anything else (a float, a set, a dict, bytes, a 2-D or float array,
+            a meta or sparse tensor), saying what was given; and the errors of
+            :func:`resolve_class`.
     """
     if classes is None:
         return None
@@ -102,17 +107,37 @@ def resolve_classes(classes: ClassesArg | object, labels: Sequence[str]) -> list
 def _resolve_array(
     array: object, shape: tuple[int, ...], labels: Sequence[str]
 ) -> list[int] | None:
-    """The classes of a numpy array or a torch tensor: a 0-d or 1-D integer one."""
+    """The classes of a numpy array or a torch tensor: a 0-d or 1-D integer one; an empty one
+    (of any dtype, like ``[]``) asks for none."""
+    if 0 in shape:
+        return None
     dtype = str(getattr(array, "dtype", "")).removeprefix("torch.")
     integer = dtype.startswith(("int", "uint")) and "bool" not in dtype
+    kind = "tensor" if type(array).__module__.startswith("torch") else "array"
     if len(shape) > 1 or not integer:
-        kind = "tensor" if type(array).__module__.startswith("torch") else "array"
         raise ClassSelectionError(
             f"<{kind} {dtype} {list(shape)}>",
             "classes as an array or a tensor must be 0-d or 1-D with an integer dtype",
         )
+    _check_has_values(array, shape)
     values = array.tolist()  # type: ignore[attr-defined]  # numpy and torch both have it
     return [_checked_index(v, int(v), labels) for v in (values if shape else [values])] or None
+
+
+def _check_has_values(value: object, shape: tuple[int, ...]) -> None:
+    """Refuse a torch tensor whose values cannot be read: a meta one (shapes only), a sparse
+    one."""
+    if getattr(value, "is_meta", False) is True:
+        what = "a meta tensor"
+    elif str(getattr(value, "layout", "torch.strided")) != "torch.strided":
+        what = f"a {str(getattr(value, 'layout', '')).removeprefix('torch.')} tensor"
+    else:
+        return
+    dtype = str(getattr(value, "dtype", "")).removeprefix("torch.")
+    raise ClassSelectionError(
+        f"<tensor {dtype} {list(shape)}>",
+        f"{what} holds no class indices to read; pass a list or a dense tensor",
+    )
 
 
 def _shown(value: object) -> str:

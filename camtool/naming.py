@@ -36,8 +36,9 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 #: Characters that move the cursor, change a terminal's state or reorder the text shown: C0 and
 #: C1 control characters (ESC starts the sequences that set a window's title or clear the
-#: screen) and the Unicode bidirectional overrides and isolates. Newline and tab are kept.
-INVISIBLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: screen) and the Unicode bidirectional marks (LRM, RLM, ALM U+061C), overrides and isolates.
+#: Newline and tab are kept.
+INVISIBLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def visible(text: str) -> str:

@@ -16,13 +16,14 @@ from torch import Tensor
 from camtool.binding import BoundMethod, ModelSpec, bind_method
 from camtool.errors import UnsupportedModelError
 from camtool.explanation import Explanation, build_explanation
+from camtool.image import check_crop
 from camtool.io.videos import VideoWriter, open_video
 from camtool.labels import ClassesArg
 from camtool.methods.base import DEFAULT_METHOD, Method
 from camtool.models.loading import DEFAULT_MODEL
 from camtool.progress import ProgressBar
 from camtool.render import draw_label
-from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold
+from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,31 @@ def explain_frames(
     steadies flickering maps; CAMs, scores and boxes stay the frame's own. ``model`` is a loaded
     model (or any spec :func:`camtool.explain` takes, or a bound method); ``method`` makes the
     maps; ``box_threshold`` is as for :func:`camtool.explain`.
+
+    Raises (when called, before any frame is read):
+        InvalidArgumentError: a ``batch_size`` that is no positive integer, a box threshold
+            outside (0, 1), ``crop`` with a model whose ``crop_pct`` is above 1.
+        UnsupportedModelError: the method cannot explain the model.
     """
     check_box_threshold(box_threshold)
+    check_positive_int(batch_size, "batch_size")
     bound = model if isinstance(model, BoundMethod) else bind_method(model, method, classes)
     if bound.explainer.method == "none":
         raise UnsupportedModelError(bound.model.name, bound.explainer.describe())
+    check_crop(bound.model.preprocessing, crop)
+    return _explained_frames(frames, bound, crop, batch_size, smooth, top_k, source, box_threshold)
+
+
+def _explained_frames(
+    frames: Iterable[Tensor],
+    bound: BoundMethod,
+    crop: bool,
+    batch_size: int,
+    smooth: int,
+    top_k: int,
+    source: str,
+    box_threshold: float,
+) -> Iterator[Explanation]:
     recent: deque[Tensor] = deque(maxlen=max(1, smooth))
     index = 0
     shown: int | None = None
@@ -129,10 +150,13 @@ def explain_video(
 
     Raises:
         ImageReadError: the video cannot be opened or decoded. OutputWriteError: it cannot be
-        written.
+        written. InvalidArgumentError: as :func:`explain_frames` (before the video is opened).
     """
     started = time.perf_counter()
+    check_box_threshold(box_threshold)
+    check_positive_int(batch_size, "batch_size")
     bound = bind_method(model, method, classes, device=device, **model_options)
+    check_crop(bound.model.preprocessing, crop)
     info, frames = open_video(path)
     writer = VideoWriter(output, info.fps, info.width, info.height)
     bar = ProgressBar("video", info.frames or None, "frames") if progress else None

@@ -309,3 +309,38 @@ def test_a_crop_larger_than_the_resized_image_is_refused_not_sliced() -> None:
     )
     batch, _ = volo.prepare(image)  # the whole image is fine
     assert tuple(batch.shape) == (3, 224, 299)
+
+
+def test_crop_with_a_crop_pct_above_1_is_refused_once_before_any_image_is_read(
+    tmp_path: Path,
+) -> None:
+    """One usage error for the run (exit 2), not one failure per image (exit 3)."""
+    from camtool.image import check_crop
+    from camtool.video import explain_frames
+    from tests.conftest import COFFEE
+
+    volo = camtool.load_model(
+        "efficientnet_lite0", preprocessing=camtool.Preprocessing(crop_pct=1.15), device="cpu"
+    )
+    message = (
+        "crop: this model's crop_pct is 1.15 (above 1): its centre crop would pad the image, "
+        "which camtool does not do; use the whole image (no crop)"
+    )
+    check_crop(volo.preprocessing, crop=False)  # the whole image: fine
+    check_crop(camtool.Preprocessing(crop_pct=1.0), crop=True)
+    missing = tmp_path / "missing.png"  # never read: the refusal comes first
+    calls = {
+        "explain": lambda: camtool.explain([CAT, missing], volo, crop=True),
+        "explain_iter": lambda: list(camtool.explain_iter([CAT, COFFEE], volo, crop=True)),
+        "export": lambda: camtool.export([CAT, COFFEE], tmp_path / "out", volo, crop=True),
+        "explain_frames": lambda: explain_frames(iter([]), volo, crop=True),
+        "explain_video": lambda: camtool.explain_video(
+            missing, tmp_path / "clip.mp4", volo, crop=True
+        ),
+    }
+    for name, call in calls.items():
+        with pytest.raises(camtool.InvalidArgumentError) as caught:
+            call()
+        assert (str(caught.value), caught.value.exit_code) == (message, 2), name
+    assert [p.name for p in tmp_path.rglob("*")] in ([], ["out"])  # nothing written
+    assert camtool.explain(CAT, volo).explained  # without crop the model explains

@@ -35,6 +35,12 @@ NAMES = [c.name for c in LABELS]
         (None, None),
         ([], None),
         (np.array([], dtype=np.int64), None),
+        (np.array([]), None),  # float64, as np.array([]) makes it: empty means none too
+        (torch.tensor([]), None),
+        (np.zeros((0, 3)), None),
+        ("0" * 40, [0]),  # class 0, not out of range: leading zeros are no digits of the index
+        ("0" * 5000 + "285", [285]),
+        ("\u0660" * 40 + "\u0663", [3]),  # Arabic-Indic digits, which int() reads too
     ],
 )
 def test_one_class_or_several_in_any_integer_or_name_form(given: object, indices: object) -> None:
@@ -66,6 +72,22 @@ def test_one_class_or_several_in_any_integer_or_name_form(given: object, indices
         (True, "True: a class is an integer index or a name, not a boolean"),
         (np.array([1000]), "1000: class index out of range 0..999"),
         ([285, 1.5], "1.5: a class is an integer index or a name, not float"),
+        ("0" * 40 + "1000", f"{'0' * 40}1000: class index out of range 0..999"),
+        (
+            torch.tensor([285, 281], device="meta"),
+            "<tensor int64 [2]>: a meta tensor holds no class indices to read; pass a list or a "
+            "dense tensor",
+        ),
+        (
+            [torch.tensor(285, device="meta")],
+            "<tensor int64 []>: a meta tensor holds no class indices to read; pass a list or a "
+            "dense tensor",
+        ),
+        (
+            torch.tensor([285, 281]).to_sparse(),
+            "<tensor int64 [2]>: a sparse_coo tensor holds no class indices to read; pass a list "
+            "or a dense tensor",
+        ),
     ],
 )
 def test_anything_else_is_a_class_selection_error_saying_what_was_given(

@@ -242,6 +242,41 @@ def test_cli_eval_refuses_or_rescales_voc_boxes_of_another_size(tmp_path: Path) 
     assert record["boxes"] == [[0.0, 0.0, 400.89, 300.0]]
 
 
+def test_voc_boxes_of_a_photo_turned_by_its_exif_orientation_are_refused_not_rescaled(
+    tmp_path: Path,
+) -> None:
+    """Stored 451x300 with EXIF orientation 6 (turned a quarter): camtool reads it 300x451, as a
+    viewer shows it. A VOC file made on the stored pixels declares 451x300: width and height
+    swapped. Scaling x by 300/451 and y by 451/300 would put the boxes in the wrong place."""
+    from PIL import Image
+
+    photo = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(CAT).convert("RGB").save(photo, exif=exif.tobytes())
+    assert camtool.load_image(photo).shape == (3, 451, 300)
+    xml = tmp_path / "turned.xml"
+    xml.write_text(
+        "<annotation><filename>turned.jpg</filename><size><width>451</width><height>300"
+        "</height></size><object><name>Egyptian cat</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+        "<xmax>200</xmax><ymax>150</ymax></bndbox></object></annotation>"
+    )
+    problem = (
+        f"{xml}: object 1 (Egyptian cat): the file gives the image as 451x300 px but it is "
+        "300x451 px: width and height swapped, an orientation mismatch (its boxes were drawn on "
+        "the stored, unrotated pixels; camtool turns the image as its EXIF orientation says), so "
+        "they would land in the wrong place, and --rescale-boxes cannot fix that"
+    )
+    base = ["eval", str(photo), "--boxes", str(xml), "--metric", "pointing_game", "--size", "64"]
+    for extra in ([], ["--rescale-boxes"]):
+        result = runner.invoke(app, [*base, *extra, "-q", "-o", str(tmp_path / f"r{len(extra)}")])
+        assert result.exit_code == 3, result.stderr
+        assert result.stderr == f"Error: {photo}: {problem}\n"
+    found = evaluate(photo, ["cam"], xml, ["pointing_game"], size=64, rescale_boxes=True)
+    assert (found.exit_code, found.evaluated, found.rescaled) == (3, 0, ())
+    assert [(f.input, f.error) for f in found.failures] == [(str(photo), problem)]
+
+
 def test_a_folder_held_by_a_running_eval_names_eval_in_the_refusal(tmp_path: Path) -> None:
     """A real `camtool eval` process holds the report folder: a second eval (or an export) into
     it is refused with one line that names the command and the pid holding it."""
@@ -273,3 +308,11 @@ def test_a_folder_held_by_a_running_eval_names_eval_in_the_refusal(tmp_path: Pat
     finally:
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=60)
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.5, True])
+def test_a_batch_size_that_is_no_positive_integer_is_refused(size: object, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        evaluate([CAT], ["cam"], out=tmp_path / "out", batch_size=size)  # type: ignore[arg-type]
+    assert str(caught.value) == f"batch_size: expected a positive integer, got {size!r}"
+    assert not (tmp_path / "out").exists()

@@ -387,6 +387,26 @@ def test_bad_coco_entries_are_refused_naming_the_annotation(tmp_path: Path) -> N
         read_annotations(path)
 
 
+def test_long_ids_and_labels_are_clipped_in_messages(tmp_path: Path) -> None:
+    """A 100,000-character annotation id or class name makes a short line, not a 100 kB one."""
+    long = "x" * 100_000
+    shown = f"{'x' * 40}... (100,000 characters)"
+    bad = {"id": long, "image_id": 1, "category_id": 3, "bbox": [0, 0, 4, 4]}
+    message = refusal(coco(tmp_path / "boxes.json", annotations=[bad]))
+    assert message == (
+        f"{tmp_path / 'boxes.json'}: annotation id {shown}: category_id 3 is not a category of "
+        "this file"
+    )
+    ok = {"id": long, "image_id": 1, "category_id": 7, "bbox": [0, 0, 4, 4]}
+    (box,) = read_annotations(coco(tmp_path / "boxes.json", annotations=[ok])).boxes
+    assert box.entry == f"annotation id {shown}"  # as later errors name it (fit_to_image)
+    path = voc(tmp_path, "pascal.xml", box_object("1", "1", "900", "20", name=long))
+    assert refusal(path) == (
+        f"{path}: object 1 ({shown}): box [0, 0, 900, 20] lies outside the image (451x300 px; a "
+        "box may reach 1 px beyond its edges)"
+    )
+
+
 def test_a_class_that_is_not_the_models_names_the_file_and_entry(tmp_path: Path) -> None:
     path = voc(tmp_path, "pascal.xml", box_object("1", "1", "20", "20", name="cat"))
     with pytest.raises(AnnotationError) as caught:

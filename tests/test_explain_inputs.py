@@ -178,6 +178,23 @@ def test_broken_in_memory_images_are_typed_errors_naming_them(
     with pytest.raises(camtool.ImageReadError) as caught:
         camtool.explain([CAT, Image.open(tmp_path / "half.png")], lite0)
     assert str(caught.value) == "images[1]: cannot decode the PIL image: image file is truncated"
+    # camtool's own refusals of a decoded PIL image pass through as they are
+    from camtool.io.images import load_image
+
+    for picture, problem in (
+        (
+            Image.new("F", (8, 8), -5.0),
+            "mode F pixels must lie in [0, 1] or [0, 255], not [-5, -5]",
+        ),
+        (Image.new("F", (8, 8), float("nan")), "image has NaN or infinite pixels"),
+        (Image.new("I", (8, 8), 70000), "mode I pixels must lie in 0..65535, not 70000..70000"),
+    ):
+        with pytest.raises(camtool.ImageReadError) as caught:
+            camtool.explain(picture, lite0)
+        assert str(caught.value) == f"images: {problem}"
+        with pytest.raises(camtool.ImageReadError) as caught:
+            load_image(picture)
+        assert str(caught.value) == f"<Image>: {problem}"
     with pytest.raises(camtool.ImageReadError) as caught:
         camtool.explain(np.zeros((8, 8, 3), dtype=object), lite0)
     assert str(caught.value) == (

@@ -9,6 +9,7 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -17,8 +18,10 @@ from typer.testing import CliRunner
 import camtool
 from camtool.cli import app
 from camtool.errors import InvalidArgumentError, OutputWriteError
-from camtool.inputs import lies_within
+from camtool.inputs import RealFolder, collect_inputs, lies_within
 from camtool.training import DatasetError, read_dataset
+from camtool.training.data import FitWarning
+from camtool.training.fit import _check_outside_data
 from camtool.training.report import staged_folder
 
 runner = CliRunner()
@@ -39,6 +42,10 @@ def _tiny(folder: Path, classes: dict[str, int]) -> Path:
 
 def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def _files_in(top: Path, folder: str) -> list[str]:
+    return [folder, *(f"{folder}/{name}" for name in _files(top / folder))]
 
 
 def _parts(folder: Path) -> list[Path]:
@@ -132,6 +139,50 @@ def test_the_model_folder_is_never_the_data_nor_around_it(
     assert _files(tmp_path) == sorted([*before, "list.csv"])  # nothing written, nothing lost
 
 
+def test_the_model_folder_never_lies_inside_a_folder_the_data_is_read_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Class folders linked from elsewhere, an empty one too, a linked folder inside a class
+    folder, a CSV's images' folder: a model folder inside one would be read as data next time."""
+    data = _tiny(tmp_path / "data", {"dog": 3})
+    real = _tiny(tmp_path / "x", {"cats_real": 3, "birds": 0, "more": 2})
+    (data / "cat").symlink_to(real / "cats_real")
+    (data / "bird").symlink_to(real / "birds")  # empty: skipped with a warning, still read
+    (data / "dog" / "more").symlink_to(real / "more")
+    cache = tmp_path / "cache"
+    before = _files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(FitWarning, match="class folder has no images"):
+        line = _refused(["data", "-o", "x/cats_real/model"], 2, cache)
+    assert line == (
+        f"Error: {real / 'cats_real' / 'model'}: lies inside the data folder data/cat "
+        f"({real / 'cats_real'}); choose a model folder outside the training data"
+    )
+    with pytest.warns(FitWarning):
+        line = _refused(["data", "-o", "x/birds/model"], 2, cache)
+    assert f"lies inside the data folder data/bird ({real / 'birds'});" in line
+    with pytest.warns(FitWarning):
+        line = _refused(["data", "-o", "x/more/deeper/model"], 2, cache)
+    assert f"lies inside the data folder data/dog/more ({real / 'more'});" in line
+    _tiny(tmp_path / "train", {"cat": 2, "dog": 2})
+    with pytest.warns(FitWarning):
+        line = _refused(["train", "--val", "data", "-o", "x/more/model"], 2, cache)
+    assert f"lies inside the validation folder data/dog/more ({real / 'more'});" in line
+    with pytest.raises(InvalidArgumentError) as caught, pytest.warns(FitWarning):
+        camtool.fit(data, real / "cats_real" / "m", device="cpu")
+    assert caught.value.problem.startswith("lies inside the data folder")
+    # a CSV's listed images: the model folder must not land among them
+    (tmp_path / "list.csv").write_text(
+        "x/more/0.png,a\nx/more/1.png,a\ndata/dog/0.png,b\ndata/dog/1.png,b\n"
+    )
+    line = _refused(["list.csv", "-o", "x/more/model"], 2, cache)
+    assert line == (
+        f"Error: {real / 'more' / 'model'}: lies inside the data folder {real / 'more'}; choose a "
+        "model folder outside the training data"
+    )
+    assert _files(tmp_path) == sorted([*before, "list.csv", *_files_in(tmp_path, "train")])
+
+
 def test_a_non_empty_output_is_refused_before_any_image_is_read(tmp_path: Path) -> None:
     data = _tiny(tmp_path / "data", {"cat": 3, "dog": 3})
     taken = tmp_path / "taken"
@@ -223,3 +274,66 @@ def test_class_folders_that_strip_to_one_name_are_refused(tmp_path: Path) -> Non
         f"Error: {data}: class folders ' cat' and 'cat' have the same class name 'cat'; rename one"
     )
     assert not (tmp_path / "m").exists()
+
+
+def _count_realpath(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Record every path that ``os.path.realpath`` resolves from now on (it still resolves)."""
+    calls: list[object] = []
+    real = os.path.realpath
+
+    def counted(path: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os.path, "realpath", counted)
+    return calls
+
+
+def test_a_folder_is_resolved_once_for_many_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _tiny(tmp_path / "data", {"cat": 20, "dog": 20})
+    (tmp_path / "link").symlink_to(data)
+    folder = RealFolder(tmp_path / "link")
+    assert folder.real == str(data)
+    assert folder.holds(data / "cat" / "0.png") and folder.holds(tmp_path / "link" / "x")
+    assert not folder.holds(tmp_path / "data2") and folder.holds_real(str(data / "cat"))
+    (tmp_path / "link").unlink()  # resolved when made: relinking it changes nothing
+    (tmp_path / "link").symlink_to(tmp_path)
+    assert folder.holds(data / "dog") and not folder.holds(tmp_path / "other")
+    assert RealFolder("/").holds(tmp_path) and lies_within(tmp_path, "/")
+    # listing 40 files with an output folder to leave out: each file and folder resolved once
+    calls = _count_realpath(monkeypatch)
+    items, failures = collect_inputs([data], exclude=tmp_path / "out")
+    assert len(items) == 40 and failures == []
+    assert len(calls) == 40 + 3 + 1  # the files, the folders walked (data, cat, dog), the output
+    # fit's check that the model folder holds no image: the folder once, each image once
+    dataset = read_dataset(data)
+    calls.clear()
+    _check_outside_data(tmp_path / "model", [("data", dataset)])
+    assert len(calls) == 1 + 40 + 2  # the model folder, each image, each class folder
+
+
+def test_an_empty_folder_that_strips_to_a_class_name_is_left_out(tmp_path: Path) -> None:
+    data = _tiny(tmp_path / "data", {" cat": 0, "cat": 2, "dog": 2, "dog ": 0})
+    with pytest.warns(FitWarning) as caught:
+        dataset = read_dataset(data)
+    assert [str(w.message) for w in caught] == [
+        f"{data / ' cat'}: class folder has no images; class ' cat' is left out",
+        f"{data / 'dog '}: class folder has no images; class 'dog ' is left out",
+    ]
+    assert dataset.labels == ("cat", "dog") and dataset.counts() == [2, 2]
+    assert [s.path.parent.name for s in dataset.samples] == ["cat", "cat", "dog", "dog"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("epochs", 0), ("epochs", 2.5), ("batch_size", -1), ("batch_size", 2.5)]
+)
+def test_epochs_and_batch_size_must_be_positive_integers(
+    tmp_path: Path, option: str, value: object
+) -> None:
+    data = _tiny(tmp_path / "data", {"cat": 3, "dog": 3})
+    with pytest.raises(InvalidArgumentError) as caught:
+        camtool.fit(data, tmp_path / "m", device="cpu", **{option: value})  # type: ignore[arg-type]
+    assert str(caught.value) == f"{option}: expected a positive integer, got {value!r}"
+    assert _files(tmp_path) == _files_in(tmp_path, "data")

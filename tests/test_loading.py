@@ -167,6 +167,47 @@ def test_a_save_pretrained_folder_loads_from_the_command_line(
     assert code == 1 and "no config.json" in err
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("crop_pct", 0.05, "crop_pct must be a finite number of at least 0.1, not 0.05"),
+        ("image_mean", [2, 2, 2], "mean must be 3 numbers from 0 to 1, not (2.0, 2.0, 2.0)"),
+        ("image_std", [0], "std must be 3 numbers from 0.001 to 10, not (0.0, 0.0, 0.0)"),
+    ],
+)
+def test_a_preprocessor_config_out_of_bounds_is_a_model_error_naming_the_file(
+    hf_folder: tuple[Path, nn.Module], tmp_path: Path, field: str, value: object, problem: str
+) -> None:
+    import shutil
+
+    folder = tmp_path / "bad-resnet"
+    shutil.copytree(hf_folder[0], folder)
+    config = folder / "preprocessor_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), field: value}))
+    with pytest.raises(camtool.ModelLoadError) as caught:
+        camtool.load_model(f"hf:{folder}")
+    assert str(caught.value) == f"{config}: {problem}"
+    assert caught.value.exit_code == 1
+    code, _, err = run("inspect", f"hf:{folder}")
+    assert code == 1  # after transformers' own "Loading weights" bar
+    assert err.splitlines()[-1] == f"Error: {config}: {problem}"
+
+
+def test_a_timm_pretrained_cfg_out_of_bounds_is_a_model_error_naming_it() -> None:
+    timm = pytest.importorskip("timm")
+    for overlay, problem in (
+        ({"crop_pct": 0.05}, "crop_pct must be a finite number of at least 0.1, not 0.05"),
+        ({"mean": (0.5, 0.5, 7.0)}, "mean must be 3 numbers from 0 to 1, not (0.5, 0.5, 7.0)"),
+    ):
+        net = timm.create_model("test_resnet", pretrained_cfg_overlay=overlay)
+        with pytest.raises(camtool.ModelLoadError) as caught:
+            camtool.load_model(net, device="cpu")
+        assert str(caught.value) == f"timm pretrained_cfg (test_resnet): {problem}"
+        assert caught.value.exit_code == 1
+        mine = camtool.Preprocessing(input_size=64)  # the caller's wins, and the cfg is not read
+        assert camtool.load_model(net, preprocessing=mine).preprocessing == mine
+
+
 # --------------------------------------------------------------------------------------------
 # whole pickled models
 

@@ -43,6 +43,10 @@ def test_visible_escapes_every_control_character_but_newline_and_tab() -> None:
     assert visible(f"a{TITLE}b") == "a\\x1b]0;pwned\\x07b"
     assert visible("x\r\x00\x7f\x9b\u202e\ty\n") == "x\\x0d\\x00\\x7f\\x9b\\u202e\ty\n"
     assert visible("Egyptian cat, 猫") == "Egyptian cat, 猫"
+    # every bidirectional control the Unicode Bidi Algorithm lists (UAX #9, table 4)
+    bidi = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+    assert visible(bidi) == "".join(f"\\u{ord(c):04x}" for c in bidi)
+    assert visible("abc\u061cdef") == "abc\\u061cdef"  # ARABIC LETTER MARK
     assert visible(visible(CLEAR)) == visible(CLEAR)
 
 

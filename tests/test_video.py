@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -130,3 +131,20 @@ def test_a_video_left_unfinished_by_sigkill_is_removed_by_the_next_run(tmp_path:
     )
     assert result.exit_code == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["short_cam.mp4"]
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5, True])
+def test_a_batch_size_that_is_no_positive_integer_is_refused_before_any_frame_is_read(
+    tmp_path: Path, lite0: camtool.LoadedModel, size: object
+) -> None:
+    message = f"batch_size: expected a positive integer, got {size!r}"
+    read: list[int] = []
+    frames = (read.append(i) or torch.zeros(3, 8, 8, dtype=torch.uint8) for i in range(3))
+    with pytest.raises(camtool.InvalidArgumentError) as caught:
+        explain_frames(frames, lite0, batch_size=size)  # type: ignore[arg-type]
+    assert str(caught.value) == message and read == []
+    clip = make_clip(tmp_path / "clip.avi", frames=2)
+    with pytest.raises(camtool.InvalidArgumentError) as caught:
+        camtool.explain_video(clip, tmp_path / "out.avi", lite0, batch_size=size)  # type: ignore[arg-type]
+    assert str(caught.value) == message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi"]

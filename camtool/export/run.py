@@ -33,6 +33,7 @@ from camtool.export.stages import (
     ExportOptions,
     Written,
 )
+from camtool.image import check_crop
 from camtool.inputs import ExportFailure, InputItem, collect_inputs
 from camtool.io.files import open_atomic
 from camtool.journal import (
@@ -166,6 +167,7 @@ def plan_run(job: ExportJob) -> Plan:
     bound = bind_method(job.model, job.method, job.classes, device=device, **model_options)
     load_seconds = time.perf_counter() - loading
     loaded = bound.model
+    check_crop(loaded.preprocessing, job.crop)  # once, before any image is read
     excluded: list[Path] = []
     items, failures = collect_inputs(job.inputs, exclude=out, excluded=excluded)
     if excluded and not items:

@@ -36,6 +36,7 @@ from camtool.export.stages import (
     render_and_write,
     single_threaded_opencv,
 )
+from camtool.image import check_crop
 from camtool.inputs import ExportFailure, InputItem, collect_inputs
 from camtool.journal import (
     InterruptFlag,
@@ -73,6 +74,7 @@ def explain_iter(
     check_positive_int(batch_size, "batch_size")
     bound = bind_method(model, method, classes, device=device, **model_options)
     loaded = bound.model
+    check_crop(loaded.preprocessing, crop)  # once, not per image
     items, failures = collect_inputs(inputs)
     yield from failures
     workers = default_workers() if workers is None else workers

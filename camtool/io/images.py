@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from camtool.errors import (
+    CamtoolError,
     ImageReadError,
     ImageTooLargeError,
     InvalidArgumentError,
@@ -157,7 +158,7 @@ def _pil_to_image(picture: Any, name: str, limit: int) -> Tensor:
         if picture.mode in ("I", "F"):
             return _array_to_image(_scaled_by_range(np.asarray(picture), picture.mode, name), name)
         return _array_to_image(np.asarray(picture.convert("RGB")), name)
-    except MemoryError:
+    except (MemoryError, CamtoolError):  # camtool's own refusals (a range, NaN) as they are
         raise
     except Exception as exc:  # PIL's decoders raise many types (OSError, AssertionError, ...)
         why = str(exc) or ("its file is closed" if _pil_file_closed(picture) else "")

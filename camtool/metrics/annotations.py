@@ -190,15 +190,26 @@ def fit_to_image(box: GroundTruthBox, size: tuple[int, int], rescale: bool = Fal
     A VOC or COCO file declares the size of the image its boxes were drawn on. When that is not
     the real image's size (the boxes were drawn on a resized copy, say), the boxes would land in
     the wrong place: refused, or with ``rescale`` scaled by the ratio of the two sizes (width
-    and height apart).
+    and height apart). A declared size that is the real one with width and height swapped is an
+    orientation mismatch (a photo whose EXIF orientation turns it, boxes drawn on its stored
+    pixels), which scaling cannot fix: refused, with ``rescale`` too.
 
     Raises:
-        AnnotationError: another declared size (without ``rescale``), naming the file and the
-            entry; a box outside the image (:func:`clip_box`).
+        AnnotationError: another declared size (without ``rescale``; a swapped one always),
+            naming the file and the entry; a box outside the image (:func:`clip_box`).
     """
     coordinates = box.box
     if box.size is not None and box.size != size:
         (declared_width, declared_height), (width, height) = box.size, size
+        if (declared_width, declared_height) == (height, width):  # no resized copy: turned
+            raise AnnotationError(
+                box.source,
+                f"{box.entry}: the file gives the image as {declared_width}x{declared_height} px "
+                f"but it is {width}x{height} px: width and height swapped, an orientation "
+                "mismatch (its boxes were drawn on the stored, unrotated pixels; camtool turns "
+                "the image as its EXIF orientation says), so they would land in the wrong place, "
+                "and --rescale-boxes cannot fix that",
+            )
         if not rescale:
             raise AnnotationError(
                 box.source,
@@ -269,14 +280,16 @@ def resolve_boxes(
             except ClassSelectionError as exc:
                 raise AnnotationError(
                     box.source,
-                    f"{box.entry}: class {_clipped(box.label)!r} is not one of the {len(labels)} "
+                    f"{box.entry}: class {clipped(box.label)!r} is not one of the {len(labels)} "
                     f"classes of {model} ({exc.problem})",
                 ) from None
         resolved.append(replace(box, index=cache[box.label]))
     return replace(annotations, boxes=tuple(resolved))
 
 
-def _clipped(text: str) -> str:
+def clipped(text: str) -> str:
+    """A value as a message shows it: whole up to 60 characters, else its first 40 and its
+    length (a 100,000-character label or id must not make a 100 kB error line)."""
     return text if len(text) <= 60 else f"{text[:40]}... ({len(text):,} characters)"
 
 

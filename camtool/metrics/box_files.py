@@ -22,6 +22,7 @@ from camtool.metrics.annotations import (
     GroundTruthBox,
     check_box_count,
     checked_box,
+    clipped,
     coordinate,
     declared_size,
     read_text,
@@ -222,7 +223,7 @@ def _voc_boxes(path: Path) -> tuple[GroundTruthBox, ...]:
     try:
         for number, obj in enumerate(root.iter("object"), 1):
             label = (obj.findtext("name") or "").strip()
-            entry = f"object {number}" + (f" ({label})" if label else "")
+            entry = f"object {number}" + (f" ({clipped(label)})" if label else "")
             where = f"{path}: {entry}"
             if not label:
                 raise AnnotationError(where, "<name> is missing or empty")
@@ -317,7 +318,9 @@ def read_coco(path: str | os.PathLike[str]) -> tuple[GroundTruthBox, ...]:
                         f"id {_short(ident)} is used twice (annotation {seen[ident]} has it too)",
                     )
                 seen[ident] = number
-            entry = f"annotation id {ident}" if _is_id(ident) else f"annotation {number}"
+            entry = (
+                f"annotation id {clipped(str(ident))}" if _is_id(ident) else f"annotation {number}"
+            )
             where = f"{path}: {entry}"
             image_id, category_id = item.get("image_id"), item.get("category_id")
             if not _is_id(image_id) or image_id not in images:

@@ -53,7 +53,7 @@ from camtool.metrics.measuring import EvalRun, measured_batches
 from camtool.metrics.summaries import Summary
 from camtool.models.loading import DEFAULT_MODEL
 from camtool.progress import ProgressBar
-from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold
+from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold, check_positive_int
 
 RESULTS = "results.jsonl"
 
@@ -200,8 +200,8 @@ def evaluate(
 
     Raises:
         AnnotationError: a bad annotation file (before anything is written).
-        InvalidArgumentError: an unknown metric or method; a box metric without boxes; resuming
-            with other settings. OutputBusyError: another run writes into ``out``.
+        InvalidArgumentError: an unknown metric or method; a box metric without boxes; a
+            ``batch_size`` that is no positive integer; resuming with other settings. OutputBusyError: another run writes into ``out``.
         EvalInterrupted: Ctrl-C (every finished image is kept; resume to finish).
     """
     started = time.perf_counter()
@@ -209,6 +209,7 @@ def evaluate(
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     check_box_threshold(box_threshold)
+    check_positive_int(batch_size, "batch_size")  # -1 ran no batch at all and said nothing
     if steps is not None and (isinstance(steps, bool) or steps < 1):
         raise InvalidArgumentError(steps, "steps must be at least 1")
     if not methods:

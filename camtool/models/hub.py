@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from camtool.errors import ModelLoadError, UnknownModelError
+from camtool.errors import InvalidArgumentError, ModelLoadError, UnknownModelError
 from camtool.image import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 HF_PREFIX = "hf:"
@@ -65,7 +65,12 @@ def load_transformers_folder(folder: str | Path) -> nn.Module:
 
 def transformers_preprocessing(folder: str | Path) -> tuple[Preprocessing, str] | None:
     """The preprocessing in a folder's ``preprocessor_config.json`` (size, crop, mean, std,
-    resampling), and a phrase naming it; None when the folder has none."""
+    resampling), and a phrase naming it; None when the folder has none.
+
+    Raises:
+        ModelLoadError: naming the file: it cannot be read, or a value is out of bounds (a
+            ``crop_pct`` of 0.05, a mean above 1), with the field and its bounds.
+    """
     path = Path(folder).expanduser() / "preprocessor_config.json"
     if not path.is_file():
         return None
@@ -90,6 +95,8 @@ def transformers_preprocessing(folder: str | Path) -> tuple[Preprocessing, str] 
             interpolation="bicubic" if config.get("resample") == 3 else "bilinear",
             crop_pct=crop_pct,
         )
+    except InvalidArgumentError as exc:  # a value out of bounds: the file's fault, not a usage
+        raise ModelLoadError(path, exc.problem) from None
     except (ValueError, TypeError, IndexError, AttributeError, OSError) as exc:
         raise ModelLoadError(path, f"cannot read this preprocessor config ({exc})") from None
     return (

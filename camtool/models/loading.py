@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from camtool.errors import ModelLoadError
+from camtool.errors import InvalidArgumentError, ModelLoadError
 from camtool.image import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from camtool.models.building import build_network, three_floats
 from camtool.models.cards import ModelCard, imagenet_labels, load_labels
@@ -159,24 +159,27 @@ def load_model(
     if isinstance(spec, nn.Module):
         module, name, card, source = spec, type(spec).__name__, None, "caller's module"
         default_labels: str | tuple[str, ...] | None = None
-        prep, prep_source = preprocessing_carried_by(spec)
+        built_prep: tuple[Preprocessing, str] | None = None
         last = bool(channels_last)
     else:
         target = resolve_device(device)
         built = build_network(spec, weights, random_weights, unsafe_load_pickle)
         module, name, card, source, default_labels = built[:5]
-        if built.preprocessing is None:
-            prep, prep_source = preprocessing_carried_by(module)
-        else:
-            prep, prep_source = built.preprocessing, built.preprocessing_source
+        built_prep = (
+            None
+            if built.preprocessing is None
+            else (built.preprocessing, built.preprocessing_source)
+        )
         module.eval().to(target)
         for parameter in module.parameters():
             parameter.requires_grad_(False)
         last = target.type in ("cpu", "cuda") if channels_last is None else channels_last
         if last:
             module.to(memory_format=torch.channels_last)
-    if preprocessing is not None:
+    if preprocessing is not None:  # the caller's: what the network carries is not read
         prep, prep_source = preprocessing, "given by the caller"
+    else:
+        prep, prep_source = built_prep or preprocessing_carried_by(module)
     fixed = fixed_input_size(module)
     if fixed is not None and not prep.fixed_size:
         prep = replace(prep, input_size=fixed, fixed_size=True)
@@ -197,19 +200,30 @@ def load_model(
 
 def preprocessing_carried_by(module: nn.Module) -> tuple[Preprocessing, str]:
     """The preprocessing a network carries (timm's ``pretrained_cfg``), else ImageNet defaults;
-    and a phrase saying which."""
+    and a phrase saying which.
+
+    Raises:
+        ModelLoadError: naming the ``pretrained_cfg``: a value out of bounds (a ``crop_pct`` of
+            0.05, a mean above 1), with the field and its bounds, or one it cannot read.
+    """
     config = getattr(module, "pretrained_cfg", None)
     if isinstance(config, Mapping) and config.get("input_size"):
+        source = f"timm pretrained_cfg ({config.get('architecture', type(module).__name__)})"
         size = config["input_size"]
         interpolation = str(config.get("interpolation", "bicubic"))
-        prep = Preprocessing(
-            input_size=int(size[-1]),
-            mean=three_floats(config.get("mean", IMAGENET_MEAN)),
-            std=three_floats(config.get("std", IMAGENET_STD)),
-            interpolation="bicubic" if interpolation == "bicubic" else "bilinear",
-            crop_pct=float(config.get("crop_pct", 0.875)),
-        )
-        return prep, f"timm pretrained_cfg ({config.get('architecture', type(module).__name__)})"
+        try:
+            prep = Preprocessing(
+                input_size=int(size[-1]),
+                mean=three_floats(config.get("mean", IMAGENET_MEAN)),
+                std=three_floats(config.get("std", IMAGENET_STD)),
+                interpolation="bicubic" if interpolation == "bicubic" else "bilinear",
+                crop_pct=float(config.get("crop_pct", 0.875)),
+            )
+        except InvalidArgumentError as exc:  # the model's values: not a usage error
+            raise ModelLoadError(source, exc.problem) from None
+        except (ValueError, TypeError, IndexError) as exc:
+            raise ModelLoadError(source, f"cannot read its preprocessing ({exc})") from None
+        return prep, source
     return Preprocessing(), "ImageNet defaults (224 px, ImageNet mean/std): the model carries none"
 
 

@@ -12,7 +12,7 @@ import random
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -42,11 +42,14 @@ class Sample:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Labelled images: ``labels`` (class names, in class-index order) and the samples."""
+    """Labelled images: ``labels`` (class names, in class-index order) and the samples;
+    ``class_folders``: the class folders a folder of them was read from, empty ones too (none
+    for a CSV)."""
 
     source: str
     labels: tuple[str, ...]
     samples: tuple[Sample, ...]
+    class_folders: tuple[Path, ...] = ()
 
     def counts(self) -> list[int]:
         """Images per class, in class-index order."""
@@ -65,12 +68,14 @@ def read_dataset(spec: str | os.PathLike[str], labels: Sequence[str] | None = No
 
     Raises:
         DatasetError: the path is neither a folder nor a CSV, a CSV line is malformed, a label
-            is unknown, a label cannot be a line of a label file, or two class folders make
-            one class name once stripped (``cat`` and `` cat``).
+            is unknown, a label cannot be a line of a label file, or two class folders with
+            images make one class name once stripped (``cat`` and `` cat``; an empty folder is
+            left out with a :class:`FitWarning` first, as every empty class folder is).
     """
     path = Path(spec)
+    folders: tuple[Path, ...] = ()
     if path.is_dir():
-        names, found = _read_folder(path)
+        names, found, folders = _read_folder(path)
     elif path.suffix.lower() == ".csv":
         names, found = _read_csv(path)
     else:
@@ -92,10 +97,10 @@ def read_dataset(spec: str | os.PathLike[str], labels: Sequence[str] | None = No
             )
     index = {name: k for k, name in enumerate(ordered)}
     samples = tuple(Sample(p, index[name]) for p, name in found)
-    return Dataset(str(path), ordered, samples)
+    return Dataset(str(path), ordered, samples, folders)
 
 
-def _read_folder(root: Path) -> tuple[list[str], list[tuple[Path, str]]]:
+def _read_folder(root: Path) -> tuple[list[str], list[tuple[Path, str]], tuple[Path, ...]]:
     try:
         folders = sorted(
             (e for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")),
@@ -107,27 +112,28 @@ def _read_folder(root: Path) -> tuple[list[str], list[tuple[Path, str]]]:
     folder_of: dict[str, str] = {}  # class name -> the folder it came from
     for entry in folders:
         name = entry.name.strip()
-        if name in folder_of:  # 'cat' and ' cat': two folders, one class once stripped
-            _refuse_collision(
-                root, "class folders", folder_of[name], entry.name, "class name", name
-            )
-        folder_of[name] = entry.name
         items, failures = collect_inputs([entry.path])
         for failure in failures:
             if failure.error == "no image files in this folder":
                 warnings.warn(
-                    f"{entry.path}: class folder has no images; class '{name}' is left out",
+                    f"{entry.path}: class folder has no images; class {entry.name!r} is left out",
                     FitWarning,
                     stacklevel=3,
                 )
             else:
                 warnings.warn(f"{failure.input}: {failure.error}", FitWarning, stacklevel=3)
-        if items:
-            names.append(name)
-            found += [(item.path, name) for item in items]
+        if not items:
+            continue  # an empty folder is left out: it takes no class name from another
+        if name in folder_of:  # 'cat' and ' cat': two folders, one class once stripped
+            _refuse_collision(
+                root, "class folders", folder_of[name], entry.name, "class name", name
+            )
+        folder_of[name] = entry.name
+        names.append(name)
+        found += [(item.path, name) for item in items]
     if not folders:
         raise DatasetError(root, "no class folders (expected DATA/<class>/<image>)")
-    return names, found
+    return names, found, tuple(Path(entry.path) for entry in folders)
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[Path, str]]]:
@@ -205,8 +211,8 @@ def split(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]
     keep.sort(key=lambda s: order[s.path])
     held.sort(key=lambda s: order[s.path])
     return (
-        Dataset(train.source, train.labels, tuple(keep)),
-        Dataset(train.source, train.labels, tuple(held)),
+        replace(train, samples=tuple(keep)),
+        replace(train, samples=tuple(held)),
     )
 
 

@@ -21,12 +21,13 @@ from torch import Tensor
 
 from camtool.errors import EXIT_INTERRUPTED, EXIT_OK, ImageReadError, InvalidArgumentError
 from camtool.image import MAX_INPUT_SIZE
-from camtool.inputs import lies_within
+from camtool.inputs import RealFolder, lies_within
 from camtool.io.files import write_bytes_atomic
 from camtool.io.images import load_image, save_image
 from camtool.models.efficientnet_lite import EfficientNetLite
 from camtool.models.loading import DEFAULT_MODEL, LoadedModel, load_model
 from camtool.naming import component
+from camtool.settings import check_positive_int
 from camtool.training.data import (
     Dataset,
     DatasetError,
@@ -206,8 +207,9 @@ def fit(
     Raises:
         DatasetError: data a classifier cannot be trained on; InvalidArgumentError: bad settings;
         InvalidArgumentError too (usage): ``output`` is, holds or lies inside the data or
-        validation folder, holds a file of the data, or is a non-empty folder without
-        ``overwrite`` (all refused before any image is read); ModelLoadError;
+        validation folder, holds a file of the data, lies inside a folder the data is read
+        from (a class folder or an image's folder, linked ones too), or is a non-empty folder
+        without ``overwrite`` (all refused before any image is read); ModelLoadError;
         OutputWriteError: ``output`` cannot be written (read-only, forbidden, a full disk:
         found before any image is read, by a probe file); KeyboardInterrupt before the first
         epoch ended.
@@ -220,7 +222,7 @@ def fit(
     _check_settings(head, settings, input_size, finetune_stages)
     _check_apart(target, data, val)
     train_set, val_set = _datasets(data, val, val_fraction, seed)  # lists files, reads no image
-    _check_holds_no_data(target, (train_set, val_set))
+    _check_outside_data(target, (("data", train_set), ("validation", val_set)))
     check_output_folder(target, overwrite)  # before any image is read: never lose a whole run
     backbone = _backbone(model, device, input_size)
     assert isinstance(backbone.module, EfficientNetLite)
@@ -334,9 +336,9 @@ def _check_settings(
 ) -> None:
     if head not in ("gap", "flatten"):
         raise InvalidArgumentError(head, "unknown head; choose gap or flatten")
+    check_positive_int(settings.epochs, "epochs")  # 2.5 too: not only below 1
+    check_positive_int(settings.batch_size, "batch_size")
     checks = [
-        (settings.epochs >= 1, "epochs", "must be at least 1"),
-        (settings.batch_size >= 1, "batch size", "must be at least 1"),
         (settings.learning_rate > 0, "learning rate", "must be positive"),
         (settings.weight_decay >= 0, "weight decay", "must not be negative"),
         (stages >= 0, "finetune stages", "must not be negative"),
@@ -372,15 +374,35 @@ def _check_apart(
         )
 
 
-def _check_holds_no_data(target: Path, datasets: Sequence[Dataset]) -> None:
+def _check_outside_data(target: Path, datasets: Sequence[tuple[str, Dataset]]) -> None:
     """Refuse a model folder that holds an image of the data (a CSV's file, a class folder
-    linked from inside it), however the paths are spelled."""
-    for dataset in datasets:
+    linked from inside it), or lies inside a folder the data is read from (a class folder,
+    linked from elsewhere; a listed image's folder): its report's pictures would be read as
+    images of the data next time. However the paths are spelled; each resolved once."""
+    folder = RealFolder(target)
+    for _, dataset in datasets:
         for sample in dataset.samples:
-            if lies_within(sample.path, target):
+            if folder.holds(sample.path):
                 raise InvalidArgumentError(
                     target,
                     f"holds {sample.path}, an image of {dataset.source}; choose a model folder "
+                    "outside the training data",
+                )
+    resolved: set[str] = set()
+    for what, dataset in datasets:
+        parents = dict.fromkeys(s.path.parent for s in dataset.samples)
+        for source in (*dataset.class_folders, *parents):
+            key = os.fspath(source)
+            if key in resolved:
+                continue
+            resolved.add(key)
+            around = RealFolder(source)
+            if around.holds_real(folder.real):
+                real = around.real
+                linked = f" ({real})" if real != os.path.abspath(source) else ""
+                raise InvalidArgumentError(
+                    target,
+                    f"lies inside the {what} folder {source}{linked}; choose a model folder "
                     "outside the training data",
                 )
 
@@ -418,7 +440,7 @@ def _datasets(
 
 def _kept(dataset: Dataset, index: Tensor) -> Dataset:
     samples = tuple(dataset.samples[i] for i in index.tolist())
-    return Dataset(dataset.source, dataset.labels, samples)
+    return replace(dataset, samples=samples)
 
 
 def _warn_skipped(skipped: Sequence[tuple[str, str]]) -> None:
@@ -474,9 +496,7 @@ def _finetune(
             for members in groups.values()
             for i in range(0, len(members), settings.batch_size)
         ]
-        prepared.append(
-            (Dataset(dataset.source, dataset.labels, tuple(s for s, _ in ordered)), batches)
-        )
+        prepared.append((replace(dataset, samples=tuple(s for s, _ in ordered)), batches))
     _warn_skipped(skipped)
     (train_set, batches), (val_set, val_batches) = prepared
     _check_after_skipping(train_set, val_set)
