@@ -70,8 +70,8 @@ def explain_frames(
     model (or any spec :func:`camtool.explain` takes, or a bound method); ``method`` makes the
     maps; ``box_threshold`` is as for :func:`camtool.explain`.
 
-    Raises (when called, before any frame is read):
-        InvalidArgumentError: a ``batch_size`` that is no positive integer, a box threshold
+    Raises:
+        InvalidArgumentError: (when called, before any frame is read) a ``batch_size`` that is no positive integer, a box threshold
             outside (0, 1), ``crop`` with a model whose ``crop_pct`` is above 1.
         UnsupportedModelError: the method cannot explain the model.
     """
@@ -149,8 +149,9 @@ def explain_video(
     The file is written under a temporary name and renamed when complete.
 
     Raises:
-        ImageReadError: the video cannot be opened or decoded. OutputWriteError: it cannot be
-        written. InvalidArgumentError: as :func:`explain_frames` (before the video is opened).
+        ImageReadError: the video cannot be opened or decoded.
+        OutputWriteError: it cannot be written.
+        InvalidArgumentError: as :func:`explain_frames` (before the video is opened).
     """
     started = time.perf_counter()
     check_box_threshold(box_threshold)

@@ -4,9 +4,6 @@ folder that ``camtool explain -m FOLDER/card.toml`` loads, and a report of how i
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 import time
@@ -20,14 +17,10 @@ import torch
 from torch import Tensor
 
 from camtool.errors import EXIT_INTERRUPTED, EXIT_OK, ImageReadError, InvalidArgumentError
-from camtool.image import MAX_INPUT_SIZE
-from camtool.inputs import RealFolder, lies_within
-from camtool.io.files import write_bytes_atomic
-from camtool.io.images import load_image, save_image
+from camtool.io.images import load_image
 from camtool.models.efficientnet_lite import EfficientNetLite
 from camtool.models.loading import DEFAULT_MODEL, LoadedModel, load_model
 from camtool.naming import component
-from camtool.settings import check_positive_int
 from camtool.training.data import (
     Dataset,
     DatasetError,
@@ -44,14 +37,14 @@ from camtool.training.features import (
     extract_features,
     hash_files,
 )
+from camtool.training.guards import (
+    check_after_skipping,
+    check_apart,
+    check_outside_data,
+    check_settings,
+)
 from camtool.training.report import (
-    card_text,
     check_output_folder,
-    class_sheets,
-    confusion_matrix,
-    confusion_picture,
-    preprocessing_table,
-    save_weights,
     staged_folder,
 )
 from camtool.training.train import (
@@ -62,23 +55,7 @@ from camtool.training.train import (
     network_with_head,
     train_head,
 )
-
-#: What a fit says about the heads it trained.
-EXACTNESS = (
-    "Only the GAP head gives exact CAMs: mean(CAM) + bias = logit, with the same class weights "
-    "at every position. A Flatten head has weights per position; camtool explains it with the "
-    "integrated-head decomposition (exact up to a measured quadrature residual)."
-)
-
-
-@dataclass(frozen=True)
-class ValidationResult:
-    """One validation image: its class, the predicted class and the predicted probability."""
-
-    path: str
-    label: int
-    predicted: int
-    probability: float
+from camtool.training.writing import EXACTNESS, ValidationResult, write_model, write_report
 
 
 @dataclass(frozen=True)
@@ -205,24 +182,26 @@ def fit(
         A :class:`FitReport` whose ``model`` is loaded from the saved card.
 
     Raises:
-        DatasetError: data a classifier cannot be trained on; InvalidArgumentError: bad settings;
-        InvalidArgumentError too (usage): ``output`` is, holds or lies inside the data or
-        validation folder, holds a file of the data, lies inside a folder the data is read
-        from (a class folder or an image's folder, linked ones too), or is a non-empty folder
-        without ``overwrite`` (all refused before any image is read); ModelLoadError;
+        DatasetError: data a classifier cannot be trained on.
+        InvalidArgumentError: bad settings; and (a usage error) an ``output`` that is, holds or
+            lies inside the data or validation folder, holds a file of the data, lies inside a
+            folder the data is read from (a class folder or an image's folder, linked ones
+            too), or is a non-empty folder without ``overwrite``: all refused before any image
+            is read.
+        ModelLoadError: the backbone cannot be loaded.
         OutputWriteError: ``output`` cannot be written (read-only, forbidden, a full disk:
-        found before any image is read, by a probe file); KeyboardInterrupt before the first
-        epoch ended.
+            found before any image is read, by a probe file).
+        KeyboardInterrupt: Ctrl-C before the first epoch ended.
     """
     started = time.perf_counter()
     say = log or (lambda line: None)
     out = Path(output)
     target = Path(os.path.abspath(out))  # `-o .` too: the folder is staged beside it
     settings = TrainSettings(epochs, learning_rate, weight_decay, batch_size, seed)
-    _check_settings(head, settings, input_size, finetune_stages)
-    _check_apart(target, data, val)
+    check_settings(head, settings, input_size, finetune_stages)
+    check_apart(target, data, val)
     train_set, val_set = _datasets(data, val, val_fraction, seed)  # lists files, reads no image
-    _check_outside_data(target, (("data", train_set), ("validation", val_set)))
+    check_outside_data(target, (("data", train_set), ("validation", val_set)))
     check_output_folder(target, overwrite)  # before any image is read: never lose a whole run
     backbone = _backbone(model, device, input_size)
     assert isinstance(backbone.module, EfficientNetLite)
@@ -264,7 +243,7 @@ def fit(
         _warn_skipped(skipped)
         train_set = _kept(train_set, train_f.index)
         val_set = _kept(val_set, val_f.index)
-        _check_after_skipping(train_set, val_set)
+        check_after_skipping(train_set, val_set)
         y = torch.tensor([s.label for s in train_set.samples], dtype=torch.int64)
         y_val = torch.tensor([s.label for s in val_set.samples], dtype=torch.int64)
         heads: list[HeadKind] = ["gap", "flatten"] if head == "flatten" else ["gap"]
@@ -312,9 +291,9 @@ def fit(
         "learning_rate": learning_rate, "weight_decay": weight_decay, "interrupted": interrupted,
     }  # fmt: skip
     with staged_folder(target, overwrite) as folder:
-        _write_model(folder, trained_model, head, grid, card_fields, results)
+        write_model(folder, trained_model, head, grid, card_fields, results)
         if report:
-            _write_report(
+            write_report(
                 folder / "report",
                 trained_model,
                 val_set,
@@ -329,82 +308,6 @@ def fit(
         len(train_set.samples), len(val_set.samples), validation, tuple(skipped), cached,
         interrupted, time.perf_counter() - started,
     )  # fmt: skip
-
-
-def _check_settings(
-    head: str, settings: TrainSettings, input_size: int | None, stages: int
-) -> None:
-    if head not in ("gap", "flatten"):
-        raise InvalidArgumentError(head, "unknown head; choose gap or flatten")
-    check_positive_int(settings.epochs, "epochs")  # 2.5 too: not only below 1
-    check_positive_int(settings.batch_size, "batch_size")
-    checks = [
-        (settings.learning_rate > 0, "learning rate", "must be positive"),
-        (settings.weight_decay >= 0, "weight decay", "must not be negative"),
-        (stages >= 0, "finetune stages", "must not be negative"),
-        (input_size is None or 16 <= input_size <= MAX_INPUT_SIZE, "input size",
-         f"must lie between 16 and {MAX_INPUT_SIZE} px (a model card's bounds)"),
-    ]  # fmt: skip
-    for ok, name, problem in checks:
-        if not ok:
-            raise InvalidArgumentError(name, problem)
-
-
-def _check_apart(
-    target: Path, data: str | os.PathLike[str], val: str | os.PathLike[str] | None
-) -> None:
-    """Refuse a model folder that is, holds or lies inside the data or validation folder (or
-    holds a data CSV): writing or replacing it would change or delete the data."""
-    for what, source in (("data", data), ("validation", val)):
-        if source is None or not os.path.exists(source):
-            continue  # read_dataset says what is missing
-        kind = "folder" if os.path.isdir(source) else "file"
-        if lies_within(source, target):
-            problem = (
-                f"is the {what} {kind}"
-                if lies_within(target, source)
-                else f"holds the {what} {kind} {source}"
-            )
-        elif kind == "folder" and lies_within(target, source):
-            problem = f"lies inside the {what} folder {source}"
-        else:
-            continue
-        raise InvalidArgumentError(
-            target, f"{problem}; choose a model folder outside the training data"
-        )
-
-
-def _check_outside_data(target: Path, datasets: Sequence[tuple[str, Dataset]]) -> None:
-    """Refuse a model folder that holds an image of the data (a CSV's file, a class folder
-    linked from inside it), or lies inside a folder the data is read from (a class folder,
-    linked from elsewhere; a listed image's folder): its report's pictures would be read as
-    images of the data next time. However the paths are spelled; each resolved once."""
-    folder = RealFolder(target)
-    for _, dataset in datasets:
-        for sample in dataset.samples:
-            if folder.holds(sample.path):
-                raise InvalidArgumentError(
-                    target,
-                    f"holds {sample.path}, an image of {dataset.source}; choose a model folder "
-                    "outside the training data",
-                )
-    resolved: set[str] = set()
-    for what, dataset in datasets:
-        parents = dict.fromkeys(s.path.parent for s in dataset.samples)
-        for source in (*dataset.class_folders, *parents):
-            key = os.fspath(source)
-            if key in resolved:
-                continue
-            resolved.add(key)
-            around = RealFolder(source)
-            if around.holds_real(folder.real):
-                real = around.real
-                linked = f" ({real})" if real != os.path.abspath(source) else ""
-                raise InvalidArgumentError(
-                    target,
-                    f"lies inside the {what} folder {source}{linked}; choose a model folder "
-                    "outside the training data",
-                )
 
 
 def _backbone(model: str, device: str | None, input_size: int | None) -> LoadedModel:
@@ -448,16 +351,6 @@ def _warn_skipped(skipped: Sequence[tuple[str, str]]) -> None:
         warnings.warn(f"{file}: {problem}; left out", FitWarning, stacklevel=3)
 
 
-def _check_after_skipping(train: Dataset, val: Dataset) -> None:
-    for name, count in zip(train.labels, train.counts(), strict=True):
-        if not count:
-            raise DatasetError(
-                train.source, f"class {name!r}: none of its training images could be read"
-            )
-    if not val.samples:
-        raise DatasetError(val.source, "none of the validation images could be read")
-
-
 def _flat(*grids: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
     flat = [g.flatten(1) if g is not None else None for g in grids]
     assert flat[0] is not None and flat[1] is not None
@@ -499,7 +392,7 @@ def _finetune(
         prepared.append((replace(dataset, samples=tuple(s for s, _ in ordered)), batches))
     _warn_skipped(skipped)
     (train_set, batches), (val_set, val_batches) = prepared
-    _check_after_skipping(train_set, val_set)
+    check_after_skipping(train_set, val_set)
     labels = torch.tensor([s.label for s in train_set.samples], dtype=torch.int64)
     val_labels = torch.tensor([s.label for s in val_set.samples], dtype=torch.int64)
     assert isinstance(backbone.module, EfficientNetLite)
@@ -508,79 +401,3 @@ def _finetune(
         len(train_set.labels), settings, backbone.device, flips, progress,
     )  # fmt: skip
     return network, result, val_logits, tuple(skipped), train_set, val_set
-
-
-def _write_model(
-    folder: Path,
-    model: LoadedModel,
-    head: HeadKind,
-    grid: int,
-    training: dict[str, Any],
-    results: Sequence[HeadResult],
-) -> None:
-    from camtool.models.downloads import file_sha256
-
-    save_weights(folder / "weights.safetensors", model.module)
-    write_bytes_atomic(folder / "labels.txt", ("\n".join(model.labels) + "\n").encode())
-    assert isinstance(model.module, EfficientNetLite)
-    architecture = f"camtool:{model.module.variant}"
-    saved = next(r for r in results if r.head == head)
-    card = {
-        "name": model.name,
-        "description": f"{head.upper()} head on {training['backbone']}, {len(model.labels)} "
-        f"classes, trained by camtool fit (val accuracy {saved.val_accuracy:.3f})",
-        "architecture": architecture,
-        "labels": "labels.txt",
-        "architecture_options": {"head": "flatten", "grid": grid} if head == "flatten" else None,
-        "preprocessing": _prep_table(model),
-        "weights": {
-            "file": "weights.safetensors",
-            "sha256": file_sha256(folder / "weights.safetensors"),
-        },
-        "training": {
-            **training,
-            "metrics": {
-                f"{r.head}_{k}": v for r in results for k, v in r.as_dict().items() if k != "head"
-            },
-        },
-    }
-    write_bytes_atomic(
-        folder / "card.toml", card_text({k: v for k, v in card.items() if v is not None}).encode()
-    )
-
-
-def _prep_table(model: LoadedModel) -> dict[str, Any]:
-    return preprocessing_table(model.preprocessing)
-
-
-def _write_report(
-    folder: Path,
-    model: LoadedModel,
-    val_set: Dataset,
-    probabilities: Tensor,
-    results: Sequence[HeadResult],
-    skipped: Sequence[tuple[str, str]],
-    validation: Sequence[ValidationResult],
-) -> None:
-    labels = torch.tensor([s.label for s in val_set.samples], dtype=torch.int64)
-    matrix = confusion_matrix(labels, probabilities.argmax(1), len(model.labels))
-    save_image(folder / "confusion.png", confusion_picture(matrix, model.labels))
-    class_sheets(
-        folder, model, [s.path for s in val_set.samples], labels, probabilities, model.labels
-    )
-    metrics = {
-        "heads": [r.as_dict() for r in results],
-        "confusion_matrix": matrix.tolist(),
-        "labels": list(model.labels),
-        "skipped": [{"input": f, "error": e} for f, e in skipped],
-        "exactness": EXACTNESS,
-    }
-    write_bytes_atomic(folder / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["file", "label", "predicted", "probability"])
-    for v in validation:
-        writer.writerow(
-            [v.path, model.labels[v.label], model.labels[v.predicted], f"{v.probability:.6f}"]
-        )
-    write_bytes_atomic(folder / "validation.csv", table.getvalue().encode())
