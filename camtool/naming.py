@@ -41,12 +41,17 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
 INVISIBLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
-def visible(text: str) -> str:
+def visible(text: str, one_line: bool = False) -> str:
     """``text`` as it may be shown on a terminal: every control character (see
     :data:`INVISIBLE`) written as its escape (``"\\x1b]0;title\\x07"`` for ESC ] 0 ; ... BEL),
     so a label, a card's name or a file name shows what it holds and cannot drive the terminal.
-    Newlines and tabs are kept."""
-    return INVISIBLE.sub(_escaped, text)
+    Newlines and tabs are kept, unless ``one_line`` (an error message, a label on its line):
+    then they are escaped too (``\\x0a``), so no data can start a line of its own."""
+    shown = INVISIBLE.sub(_escaped, text)
+    return _LINE_BREAKS.sub(_escaped, shown) if one_line else shown
+
+
+_LINE_BREAKS = re.compile(r"[\t\n]")
 
 
 def _escaped(match: re.Match[str]) -> str:

@@ -115,3 +115,27 @@ def test_fit_shows_class_folders_and_unreadable_files_as_escapes(tmp_path: Path)
     )  # fmt: skip
     assert (tmp_path / "model" / "card.toml").is_file(), output
     assert_shown_not_sent(output, CLEAR)  # the warning that leaves the broken file out
+
+
+def test_an_error_is_one_line_whatever_newlines_its_input_holds(tmp_path: Path) -> None:
+    missing = tmp_path / "bad\nError: forged.jpg"
+    environ = {k: v for k, v in os.environ.items() if k != "CAMTOOL_DEBUG"}
+    done = subprocess.run(
+        [sys.executable, "-m", "camtool.cli", "explain", str(missing), "-o", str(tmp_path / "o")],
+        capture_output=True, text=True, env=environ, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("Error: ")
+    assert "bad\\x0aError: forged.jpg" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "camtool.cli", "explain", str(CAT), "--method", "x\nError: fake"],
+        capture_output=True, text=True, env=environ, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "x\\x0aError: fake" in done.stderr
+
+
+def test_models_lists_a_broken_cards_file_as_it_is_named(tmp_path: Path) -> None:
+    (tmp_path / "x[red]y.toml").write_text("not = [toml")
+    output = camtool_run("models", env={"CAMTOOL_MODELS": str(tmp_path), "COLUMNS": "200"})
+    assert f"x[red]y: {tmp_path / 'x[red]y.toml'}" in output

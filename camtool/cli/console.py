@@ -41,8 +41,9 @@ err_console = TerminalConsole(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_error(error: object) -> None:
-    """Print ``Error: <message>`` as one line on stderr."""
-    err_console.print(f"Error: {error}", markup=False)
+    """Print ``Error: <message>`` as one line on stderr (a newline in the message, from a file
+    name or an argument, is shown as ``\\x0a``: no data can forge a line of its own)."""
+    err_console.print(f"Error: {visible(str(error), one_line=True)}", markup=False)
 
 
 @contextmanager

@@ -198,4 +198,4 @@ class CamtoolGroup(typer.core.TyperGroup):
 
 def _print_error(line: str) -> None:
     """``Error: <line>`` on stderr (whatever ``sys.stderr`` is now: a test runner's too)."""
-    print(f"Error: {visible(line)}", file=sys.stderr, flush=True)
+    print(f"Error: {visible(line, one_line=True)}", file=sys.stderr, flush=True)
