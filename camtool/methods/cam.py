@@ -25,14 +25,9 @@ from camtool.errors import ClassSelectionError, UnsupportedModelError
 from camtool.geometry import GeometryMemo
 from camtool.hooks import eval_mode
 from camtool.methods.base import MapBatch, bind, register
-from camtool.methods.heads import (
-    IDENTITY_TOLERANCE,
-    CamHead,
-    check_exact,
-    features_and_logits,
-    find_cam_head,
-    identity_residual,
-)
+from camtool.methods.discovery import find_cam_head
+from camtool.methods.heads import CamHead, features_and_logits
+from camtool.methods.identity import IDENTITY_TOLERANCE, check_exact, identity_residual
 from camtool.models import network_failures
 
 if TYPE_CHECKING:

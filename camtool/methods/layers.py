@@ -37,7 +37,7 @@ from camtool.errors import UnsupportedModelError
 from camtool.geometry import GeometryMemo, GeometryRecorder
 from camtool.hooks import eval_mode
 from camtool.methods.base import MapBatch, Target
-from camtool.methods.heads import _lookup, is_global_avg_pool
+from camtool.methods.tree import is_global_avg_pool, lookup
 
 if TYPE_CHECKING:
     from camtool.models import LoadedModel
@@ -279,7 +279,7 @@ def find_target_layer(
             layer or type(model).__name__,
             "a TorchScript module takes no hooks; gradient and perturbation methods need them",
         )
-    named = layer and _lookup(model, layer, "layer")
+    named = layer and lookup(model, layer, "layer")
     probe = probe_network(model, probe_size)
     if layer:
         assert isinstance(named, nn.Module)
