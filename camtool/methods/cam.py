@@ -24,7 +24,7 @@ from torch import Tensor
 from camtool.errors import ClassSelectionError, UnsupportedModelError
 from camtool.geometry import GeometryMemo
 from camtool.hooks import eval_mode
-from camtool.methods.base import MapBatch, bind, register
+from camtool.methods.base import MapBatch, bind
 from camtool.methods.discovery import find_cam_head
 from camtool.methods.heads import CamHead, features_and_logits
 from camtool.methods.identity import IDENTITY_TOLERANCE, check_exact, identity_residual
@@ -186,7 +186,8 @@ class Cam:
         return CamExplainer(model, head)
 
 
-register(Cam())
+#: The ``cam`` method (registered by :mod:`camtool.methods.registry`).
+CAM = Cam()
 
 
 def compute(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from camtool.methods.base import MapBatch, register
+from camtool.methods.base import MapBatch
 from camtool.methods.layers import (
     LayerExplainer,
     layer_of,
@@ -87,4 +87,5 @@ class EigenCam:
         return EigenCamExplainer(model, layer_of(self.name, model, layer, classifier))
 
 
-EIGENCAM = register(EigenCam())
+#: The ``eigencam`` method (registered by :mod:`camtool.methods.registry`).
+EIGENCAM = EigenCam()

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from camtool.errors import UnsupportedModelError
 from camtool.hooks import eval_mode
-from camtool.methods.base import MapBatch, Target, check_target, register
+from camtool.methods.base import MapBatch, Target, check_target
 from camtool.methods.cam import select_classes
 from camtool.methods.layers import (
     LayerExplainer,
@@ -56,6 +56,7 @@ from camtool.methods.layers import (
     one_tensor,
     prepare_batch,
 )
+from camtool.models import logits_of, network_failures
 
 if TYPE_CHECKING:
     from camtool.models import LoadedModel
@@ -195,8 +196,6 @@ class GradientExplainer(LayerExplainer):
             ClassSelectionError: a class index out of range; ModelRunError: the network fails;
             UnsupportedModelError: the layer does not run once or the score does not depend on it.
         """
-        from camtool.models import logits_of, network_failures
-
         model, target = self.model, self.target
         batch = prepare_batch(model, batch)
         input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
@@ -252,43 +251,33 @@ class GradientMethod:
         return GradientExplainer(model, found, self.target, self.name, self.title, self.formula)
 
 
-GRADCAM = register(
-    GradientMethod(
-        "gradcam",
-        "Grad-CAM",
-        "Grad-CAM (Selvaraju et al. 2017): gradient-weighted layer maps; not a decomposition",
-        gradcam,
-    )
+GRADCAM = GradientMethod(
+    "gradcam",
+    "Grad-CAM",
+    "Grad-CAM (Selvaraju et al. 2017): gradient-weighted layer maps; not a decomposition",
+    gradcam,
 )
-GRADCAM_PLUS_PLUS = register(
-    GradientMethod(
-        "gradcam++",
-        "Grad-CAM++",
-        "Grad-CAM++ (Chattopadhay et al. 2018), with the paper's alpha; not a decomposition",
-        gradcam_plus_plus,
-    )
+GRADCAM_PLUS_PLUS = GradientMethod(
+    "gradcam++",
+    "Grad-CAM++",
+    "Grad-CAM++ (Chattopadhay et al. 2018), with the paper's alpha; not a decomposition",
+    gradcam_plus_plus,
 )
-XGRADCAM = register(
-    GradientMethod(
-        "xgradcam",
-        "XGrad-CAM",
-        "XGrad-CAM (Fu et al. 2020): activation-weighted gradients; not a decomposition",
-        xgradcam,
-    )
+XGRADCAM = GradientMethod(
+    "xgradcam",
+    "XGrad-CAM",
+    "XGrad-CAM (Fu et al. 2020): activation-weighted gradients; not a decomposition",
+    xgradcam,
 )
-LAYERCAM = register(
-    GradientMethod(
-        "layercam",
-        "LayerCAM",
-        "LayerCAM (Jiang et al. 2021): positive gradients times activations, cell by cell; not a decomposition",
-        layercam,
-    )
+LAYERCAM = GradientMethod(
+    "layercam",
+    "LayerCAM",
+    "LayerCAM (Jiang et al. 2021): positive gradients times activations, cell by cell; not a decomposition",
+    layercam,
 )
-HIRESCAM = register(
-    GradientMethod(
-        "hirescam",
-        "HiResCAM",
-        "HiResCAM (Draelos & Carin 2020): gradients times activations, cell by cell, signed; not a decomposition",
-        hirescam,
-    )
+HIRESCAM = GradientMethod(
+    "hirescam",
+    "HiResCAM",
+    "HiResCAM (Draelos & Carin 2020): gradients times activations, cell by cell, signed; not a decomposition",
+    hirescam,
 )

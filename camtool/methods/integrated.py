@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from camtool.errors import UnsupportedModelError
 from camtool.geometry import GeometryMemo
 from camtool.hooks import eval_mode
-from camtool.methods.base import MapBatch, register
+from camtool.methods.base import MapBatch
 from camtool.methods.cam import select_classes
 from camtool.methods.heads import probe_text, run_capturing
 from camtool.methods.identity import IDENTITY_TOLERANCE, check_exact, relative_scale
@@ -416,4 +416,5 @@ class IntegratedHead:
         raise UnsupportedModelError(type(model.module).__name__, f"no head to integrate: {reason}")
 
 
-register(IntegratedHead())
+#: The ``integrated-head`` method (registered by :mod:`camtool.methods.registry`).
+INTEGRATED_HEAD = IntegratedHead()

@@ -37,7 +37,9 @@ from camtool.errors import UnsupportedModelError
 from camtool.geometry import GeometryMemo, GeometryRecorder
 from camtool.hooks import eval_mode
 from camtool.methods.base import MapBatch, Target
+from camtool.methods.cam import select_classes
 from camtool.methods.tree import is_global_avg_pool, lookup
+from camtool.models import logits_of, network_failures
 
 if TYPE_CHECKING:
     from camtool.models import LoadedModel
@@ -426,9 +428,6 @@ class LayerExplainer:
             ClassSelectionError: a class index out of range; ModelRunError: the network fails;
             UnsupportedModelError: the layer does not run once.
         """
-        from camtool.methods.cam import select_classes
-        from camtool.models import logits_of, network_failures
-
         model, target = self.model, self.target
         batch = prepare_batch(model, batch)
         input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))

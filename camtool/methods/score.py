@@ -27,12 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from camtool.hooks import eval_mode
-from camtool.methods.base import MapBatch, Target, check_target, register
+from camtool.methods.base import MapBatch, Target, check_target
 from camtool.methods.layers import (
     LayerExplainer,
     TargetLayer,
     layer_of,
 )
+from camtool.models import logits_of, network_failures
 
 if TYPE_CHECKING:
     from camtool.models import LoadedModel
@@ -74,8 +75,6 @@ class ScoreCamExplainer(LayerExplainer):
         Raises:
             ClassSelectionError, ModelRunError, UnsupportedModelError (as the gradient methods).
         """
-        from camtool.models import network_failures
-
         read = self.read(batch, classes, maps)
         model = self.model
         with (
@@ -102,8 +101,6 @@ class ScoreCamExplainer(LayerExplainer):
           (float rounding; after a ReLU, all those with a single active cell, say) share one
           masked input and its score (see :func:`shared_grids`).
         """
-        from camtool.models import logits_of
-
         model = self.model
         n, channels = int(activations.shape[0]), int(activations.shape[1])
         input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
@@ -191,4 +188,5 @@ class ScoreCam:
         return ScoreCamExplainer(model, found, self.target, self.batch_size)
 
 
-SCORECAM = register(ScoreCam())
+#: The ``scorecam`` method (registered by :mod:`camtool.methods.registry`).
+SCORECAM = ScoreCam()
