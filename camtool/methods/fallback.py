@@ -107,7 +107,8 @@ class Substitute:
     def __call__(
         self, batch: Tensor, classes: Sequence[int] | None = None, maps: int = 1
     ) -> MapBatch:
-        """The method's :class:`MapBatch`, with this summary and details."""
+        """The method's :class:`MapBatch` of ``batch`` (``Tensor[N,3,h,w]`` float, maps
+        ``Tensor[N,k,h',w']`` float32), with this summary and details."""
         out = self.explainer(batch, classes, maps)
         details = {**out.details, "auto_reasons": list(self.reasons)}
         return replace(out, summary=self.describe(), details=details)

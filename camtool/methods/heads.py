@@ -189,8 +189,9 @@ def features_and_logits(module: nn.Module, head: CamHead, batch: Tensor) -> tupl
 def run_capturing(
     module: nn.Module, batch: Tensor, point: nn.Module, inputs: bool, name: str
 ) -> tuple[Tensor, Tensor]:
-    """Run ``module`` on ``batch`` once, capturing the input (``inputs``) or the output of
-    ``point`` (named ``name``): ``(captured tensor, logits)``.
+    """Run ``module`` on ``batch`` (``Tensor[N,3,H,W]``) once, capturing the input (``inputs``)
+    or the output of ``point`` (named ``name``): ``(captured tensor, logits Tensor[N,K])``, in the
+    network's dtype (the captured tensor as ``point`` sees it, e.g. ``Tensor[N,C,h,w]``).
 
     Raises:
         UnsupportedModelError: ``point`` did not run exactly once.

@@ -55,7 +55,8 @@ def identity_residual(features: Tensor, head: CamHead, logits: Tensor) -> Tensor
 
 
 def relative_scale(logits: Tensor) -> float:
-    """The scale residuals are measured against: ``max(1, max |logit|)``."""
+    """The scale residuals are measured against: ``max(1, max |logit|)`` over ``logits``
+    (``Tensor[N,K]``, any float dtype)."""
     return float(logits.float().abs().amax().clamp(min=1.0))
 
 

@@ -9,7 +9,8 @@ straight path ``x(t) = b + t (p - b)``::
     f_k(p) - f_k(b) = integral_0^1 grad f_k(x(t)) . (p - b) dt = sum_d g_kd (p_d - b_d)
 
 with ``g_k`` the path-averaged gradient (integrated gradients, Sundararajan et al., 2017, applied
-to the head alone). The integral is computed by a quadrature rule; only the head runs per step,
+to the head alone; the quadrature is in :mod:`camtool.methods.quadrature`). The integral is
+computed by a quadrature rule; only the head runs per step,
 never the backbone, and all steps of all images go through it in one or a few calls. The maps::
 
     pooled heads:     maps[k, h, w] = sum_c g_kc (F_c(h, w) - b_c)
@@ -103,7 +104,8 @@ class IntegrationHead:
         self, model: nn.Module
     ) -> tuple[Callable[[Tensor], Tensor] | None, Callable[[Tensor], Tensor]]:
         """``(prefix, rest)``: the head's leading affine modules (None when there are none) and
-        the modules after them; ``rest(prefix(x))`` is the head."""
+        the modules after them; ``rest(prefix(x))`` is the head, ``Tensor[M,D]`` ->
+        ``Tensor[M,K]`` (``prefix``: ``Tensor[M,D]`` -> ``Tensor[M,H]``)."""
         if self.kind == "forward_head":
             return None, self.runner(model)
         modules = [m for _, m in self.modules]
@@ -381,8 +383,36 @@ def probe(model: LoadedModel, head: IntegrationHead, steps: int, rule: Rule) -> 
 
 
 class IntegratedHead:
-    """Integrated gradients of the head after the pooling: exact up to a measured quadrature
-    residual, for any head (MLPs, flattened maps); the backbone runs once."""
+    """The ``integrated-head`` method: integrated gradients of the head after the pooling, an
+    exact decomposition of ``logit - logit(baseline)`` up to a measured quadrature residual.
+
+    Integrated gradients: Sundararajan, Taly & Yan, 2017, "Axiomatic Attribution for Deep
+    Networks" (ICML 2017, https://arxiv.org/abs/1703.01365), applied to the head alone, on top of
+    the feature map of Class Activation Mapping (Zhou et al., 2016, "Learning Deep Features for
+    Discriminative Localization").
+
+    With ``F`` the feature map (``Tensor[N,C,h,w]``), ``p`` the pooled features (``mean_hw F``,
+    ``Tensor[N,C]``; for flattened heads ``F`` flattened, ``Tensor[N,C*h*w]``), ``f`` the head
+    (everything after the pooling, logits ``Tensor[N,K]``), ``b`` the baseline (zeros) and
+    ``t_s, w_s`` the quadrature's nodes and weights on [0, 1] (Gauss-Legendre, 128 by default)::
+
+        g[n, k, d] = sum_s w_s * d f_k / d x_d  at  x = b + t_s (p[n] - b)
+        pooled heads:     maps[n, k, h, w] = sum_c g[n, k, c] (F[n, c, h, w] - b[c])
+        flattened heads:  maps[n, k, h, w] = h * w * sum_c g[n, k, (c,h,w)] (F[n, c, h, w] - b[(c,h,w)])
+        bias[n, k] = f_k(b)
+
+    so ``mean_hw(maps[n, k]) + bias[n, k]`` is the logit up to the quadrature residual, which is
+    measured over all K classes on every batch and refused above :data:`INTEGRATION_TOLERANCE`.
+    The backbone runs once per batch; only the head runs per quadrature node.
+
+    The explainer (:class:`IntegratedHeadExplainer`) maps ``batch: Tensor[N,3,H,W]`` float to
+    ``maps: Tensor[N,k,h,w]`` float32 with ``bias: Tensor[N,k]`` and ``residual: Tensor[N]``
+    float32. It refuses a network with no average pooling followed by a classifier head that
+    reproduces the network's logits.
+
+    Args:
+        steps: quadrature nodes per image; rule: ``"gauss-legendre"`` or ``"trapezoid"``.
+    """
 
     name = "integrated-head"
     summary = (

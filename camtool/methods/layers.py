@@ -319,7 +319,9 @@ def find_target_layer(
 
 @contextmanager
 def read_layer(target: TargetLayer) -> Iterator[list[Tensor]]:
-    """Record (detached) what ``target`` gives on each forward pass; the hook is removed after."""
+    """Record (detached) what ``target`` gives on each forward pass (its raw tensor: e.g.
+    ``Tensor[N,C,h,w]``, ``Tensor[N,h,w,C]`` or tokens ``Tensor[N,L,C]``, the network's dtype);
+    the hook is removed after, even when an exception passes through."""
     seen: list[Tensor] = []
     if target.capture == "input":
         handle = target.module.register_forward_pre_hook(
@@ -334,7 +336,8 @@ def read_layer(target: TargetLayer) -> Iterator[list[Tensor]]:
 
 
 def one_tensor(target: TargetLayer, seen: Sequence[Tensor]) -> Tensor:
-    """The single tensor a layer gave during one forward pass.
+    """The single (raw) tensor a layer gave during one forward pass, as :func:`read_layer`
+    recorded it (``Tensor[N,...]``, see :meth:`TargetLayer.to_grid` for its grid).
 
     Raises:
         UnsupportedModelError: it ran zero or several times.
@@ -381,7 +384,8 @@ class LayerReading:
 
 
 def prepare_batch(model: LoadedModel, batch: Tensor) -> Tensor:
-    """The batch on the model's device and memory format, as a normal (not inference) tensor."""
+    """``batch`` (``Tensor[N,3,H,W]`` float) on the model's device and memory format, as a
+    normal (not inference) tensor, so that gradients can flow from it."""
     if batch.is_inference():
         with torch.inference_mode(False):
             batch = batch.clone()
@@ -424,6 +428,10 @@ class LayerExplainer:
         """One forward pass without gradients (under the model's autocast) that reads the layer
         and notes where its cells sit, for methods that need no gradient.
 
+        ``batch`` is ``Tensor[N,3,H,W]`` float, normalised for the model; the
+        :class:`LayerReading` holds the logits ``Tensor[N,K]`` and the activations
+        ``Tensor[N,C,h,w]`` (float32) and the chosen classes ``Tensor[N,k]`` (int64).
+
         Raises:
             ClassSelectionError: a class index out of range; ModelRunError: the network fails;
             UnsupportedModelError: the layer does not run once.
@@ -445,8 +453,8 @@ class LayerExplainer:
         return LayerReading(batch, input_hw, logits, activations, chosen)
 
     def recording(self, batch: Tensor) -> AbstractContextManager[GeometryRecorder | None]:
-        """Record the network's spatial layers when ``batch``'s input size is new (token grids
-        sit on the patch centres: nothing to record)."""
+        """Record the network's spatial layers when ``batch``'s (``Tensor[N,3,H,W]``) input size
+        is new (token grids sit on the patch centres: nothing to record)."""
         return self.geometry.recording(self.model.module, batch, self.target.layout == "tokens")
 
     def result(

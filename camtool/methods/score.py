@@ -165,7 +165,25 @@ def shared_grids(image: Tensor, grids: Tensor) -> tuple[Tensor, Tensor]:
 
 @dataclass(unsafe_hash=True)
 class ScoreCam:
-    """Score-CAM: the class's softmax probability on each channel-masked input weighs the channel."""
+    """Score-CAM: the class's softmax probability on each channel-masked input weighs the channel.
+
+    Wang, Wang, Du, Yang, Zhang, Ding, Mardziel & Hu, 2020, "Score-CAM: Score-Weighted Visual
+    Explanations for Convolutional Neural Networks" (CVPR Workshops 2020,
+    https://arxiv.org/abs/1910.01279), Algorithm 1. With ``X`` the batch (``Tensor[N,3,H,W]``),
+    ``A`` the target layer's activation (``Tensor[N,C,h,w]`` float32) and ``f`` the network::
+
+        H_c = s(Up(A_c))                 bilinear upsampling to H x W, min-max normalised to [0, 1]
+        w_c = softmax(f(X * H_c))[k]     (target="logit": f(X * H_c)[k])
+        map = ReLU(sum_c w_c A_c)        Tensor[N,k,h,w] float32
+
+    No gradients; ``N*C`` masked forward passes at most (channels with the same normalised grid
+    share one), ``batch_size`` per call. Not a decomposition of the score.
+
+    Attributes:
+        name, summary: the registry name and one line.
+        target: the score that weighs a channel, ``"probability"`` (the paper's) or ``"logit"``.
+        batch_size: masked inputs per forward pass.
+    """
 
     name: str = "scorecam"
     summary: str = "Score-CAM (Wang et al. 2020): channels weighted by the class's score on masked inputs; not a decomposition"
