@@ -14,7 +14,7 @@ import camtool
 from camtool.errors import UnsupportedModelError
 from camtool.methods import MapBatch, bind
 from camtool.methods.cam import CamExplainer
-from camtool.methods.heads import fold_head
+from camtool.methods.folding import fold_head
 from camtool.methods.integrated import IntegratedHeadExplainer
 
 

@@ -162,7 +162,13 @@ def list_models(verbose: VerboseOption = False) -> None:
         files: list[str] = []
         for error in broken:
             name = Path(str(error.subject)).stem
-            cells = [escape(name), *[""] * verbose, "", "[red]broken card[/]", escape(error.problem)]
+            cells = [
+                escape(name),
+                *[""] * verbose,
+                "",
+                "[red]broken card[/]",
+                escape(error.problem),
+            ]
             table.add_row(*cells)
             files.append(f"{name}: {error.subject}")
         for card in cards:
@@ -208,7 +214,9 @@ def list_classes(
             sys.stdout.write(INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
             return
         width = len(str(found[-1].index)) if found else 1
-        sys.stdout.write("".join(f"{c.index:>{width}}  {visible(c.name, one_line=True)}\n" for c in found))
+        sys.stdout.write(
+            "".join(f"{c.index:>{width}}  {visible(c.name, one_line=True)}\n" for c in found)
+        )
         if not found:
             print_error(f"{query}: no class of {model} matches")
             raise typer.Exit(EXIT_ERROR)

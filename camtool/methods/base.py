@@ -1,29 +1,47 @@
-"""The seam between models and methods.
+"""The seam between models and methods, and the registry of methods.
 
-A *method* (CAM, and later others) binds to a loaded model and returns an *explainer*; an
-explainer turns a preprocessed batch and the classes to map into a :class:`MapBatch`. Every entry
-point (explain, export, video) goes through this seam once and never knows which method runs::
+A *method* (CAM, Grad-CAM, ...) binds to a loaded model and returns an *explainer*; an explainer
+turns a preprocessed batch and the classes to map into a :class:`MapBatch`. Every entry point
+(explain, export, video) goes through this seam once and never knows which method runs::
 
     explainer = bind("cam", model)                 # discovery, proven on a probe batch
     out = explainer(batch, classes=None, maps=3)  # MapBatch: maps Tensor[N,k,h,w] float32
 
-Methods are found by name in a registry; a new method is one module that calls :func:`register`.
+Methods are found by name in a registry. A new method is one module that defines a
+:class:`Method` and one name in :mod:`camtool.methods.registry`, which registers the built-in
+methods; the package imports it, so importing any module of :mod:`camtool.methods` fills the
+registry first. This module imports no method module.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from torch import Tensor
-
-from camtool.errors import InvalidArgumentError
-from camtool.geometry import FeatureGeometry
+from camtool.errors import InvalidArgumentError, UnsupportedModelError
+from camtool.methods.explainer import Explainer, MapBatch
+from camtool.methods.fallback import PredictionsOnly, Substitute
 
 if TYPE_CHECKING:
     from camtool.models.loading import LoadedModel
+
+__all__ = [
+    "AUTO_ORDER",
+    "DEFAULT_METHOD",
+    "EXACT_METHODS",
+    "TARGETS",
+    "Explainer",
+    "MapBatch",
+    "Method",
+    "Target",
+    "bind",
+    "can_explain",
+    "check_target",
+    "get_method",
+    "method_names",
+    "register",
+    "with_target",
+]
 
 #: The method used when none is named: the first of :data:`AUTO_ORDER` that can explain the
 #: model (exact methods first, then Grad-CAM); a model none of them can explain still gets its
@@ -48,80 +66,6 @@ def check_target(target: str) -> Target:
     if target not in TARGETS:
         raise InvalidArgumentError(target, f"unknown target; choose one of {', '.join(TARGETS)}")
     return "logit" if target == "logit" else "probability"
-
-
-@dataclass(frozen=True)
-class MapBatch:
-    """The maps of N images for k classes each, as one method produced them.
-
-    Attributes:
-        method: the registry name of the method that made them (``"cam"``).
-        summary: one line saying what they were computed from (the explainer's ``describe()``).
-        logits: ``Tensor[N,K]`` float32, the network's output.
-        classes: ``Tensor[N,k]`` int64, the mapped class of each map.
-        maps: ``Tensor[N,k,h,w]`` float32, raw (not normalised).
-        geometry: where the maps' cells sit on the network input.
-        input_hw: (height, width) of the batch the network ran on.
-        features_shape: ``(C, h, w)`` of the feature map the maps were computed from.
-        bias: ``Tensor[N,k]`` float32 for decompositions (``maps.mean((-2,-1)) + bias`` is the
-            logit), None for methods whose maps do not decompose the score.
-        residual: ``Tensor[N]`` float32, per image the largest ``|mean(map) + bias - logit|``
-            over all K classes (decompositions only), else None.
-        details: JSON-ready facts about how the maps were made (the head or layer used).
-    """
-
-    method: str
-    summary: str
-    logits: Tensor
-    classes: Tensor
-    maps: Tensor
-    geometry: FeatureGeometry
-    input_hw: tuple[int, int]
-    features_shape: tuple[int, int, int]
-    bias: Tensor | None = None
-    residual: Tensor | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def probabilities(self) -> Tensor:
-        """``Tensor[N,K]`` float32, softmax of the logits."""
-        return self.logits.softmax(dim=-1)
-
-    @property
-    def cams(self) -> Tensor:
-        """The maps under the CAM paper's name (``Tensor[N,k,h,w]`` float32)."""
-        return self.maps
-
-    @property
-    def exact(self) -> bool:
-        """True when the maps decompose the logits (they come with a bias and a residual)."""
-        return self.bias is not None
-
-
-class Explainer(Protocol):
-    """A method bound to one model: call it on batches."""
-
-    method: str
-
-    def describe(self) -> str:
-        """One line saying what the maps are computed from (the head, the layer)."""
-        ...
-
-    def as_dict(self) -> dict[str, Any]:
-        """The same, JSON-ready."""
-        ...
-
-    def __call__(
-        self, batch: Tensor, classes: Sequence[int] | None = None, maps: int = 1
-    ) -> MapBatch:
-        """Map a batch.
-
-        Args:
-            batch: ``Tensor[N,3,h,w]`` float, normalised for the model.
-            classes: class indices to map for every image; default: each image's top ``maps``.
-            maps: how many top classes to map when ``classes`` is not given.
-        """
-        ...
 
 
 class Method(Protocol):
@@ -152,19 +96,8 @@ def register(method: Method) -> Method:
     return method
 
 
-def _load_builtin_methods() -> None:
-    from camtool.methods import (  # noqa: F401  (they register themselves)
-        cam,
-        eigen,
-        gradient,
-        integrated,
-        score,
-    )
-
-
 def method_names() -> tuple[str, ...]:
-    """The names of the registered methods."""
-    _load_builtin_methods()
+    """The names of the registered methods, in the order they were registered."""
     return tuple(_REGISTRY)
 
 
@@ -177,7 +110,6 @@ def get_method(name: str | Method) -> Method:
     """
     if not isinstance(name, str):
         return name
-    _load_builtin_methods()
     if name not in _REGISTRY:
         raise InvalidArgumentError(
             name, f"unknown method; choose one of {', '.join(sorted(_REGISTRY))}"
@@ -250,9 +182,6 @@ def _bind_auto(
 ) -> Explainer:
     """The first method of :data:`AUTO_ORDER` that binds (a method that is no decomposition
     says why no exact one applied); else predictions without maps."""
-    from camtool.errors import UnsupportedModelError
-    from camtool.methods.fallback import PredictionsOnly, Substitute
-
     reasons = []
     for name in AUTO_ORDER:
         if name in EXACT_METHODS and target == "probability":
@@ -279,8 +208,6 @@ def _bind_auto(
 
 def can_explain(method: str | Method, model: LoadedModel) -> tuple[bool, str]:
     """``(True, what it uses)`` when ``method`` can explain ``model``, else ``(False, why not)``."""
-    from camtool.errors import UnsupportedModelError
-
     try:
         return True, bind(method, model).describe()
     except UnsupportedModelError as exc:

@@ -7,10 +7,11 @@ For a head ``features -> global average pooling -> linear``::
 so ``cams[n, k] = sum_c W[k, c] * F[n, c]`` decomposes the logit exactly, pixel by pixel. Affine
 pieces after the pooling (eval-mode BatchNorm, Linear, Dropout, ...) fold into ``W`` and ``b``, and
 a LayerNorm over the pooled channels folds with one mean and scale per image (ConvNeXt, timm
-transformers that average their patch tokens): see :func:`camtool.methods.heads.fold_head`. Binding
-finds the head and proves it on a probe batch (:mod:`camtool.methods.heads`); every batch is then
-checked against the identity (``cams.mean + bias == logits``); its residual is part of every result
-and a head that breaks it is refused.
+transformers that average their patch tokens): see :func:`camtool.methods.folding.fold_head`.
+Binding finds the head and proves it on a probe batch (:mod:`camtool.methods.discovery`); every
+batch is then checked against the identity (``cams.mean + bias == logits``,
+:mod:`camtool.methods.identity`); its residual is part of every result and a head that breaks it
+is refused.
 """
 
 from __future__ import annotations
@@ -24,15 +25,10 @@ from torch import Tensor
 from camtool.errors import ClassSelectionError, UnsupportedModelError
 from camtool.geometry import GeometryMemo
 from camtool.hooks import eval_mode
-from camtool.methods.base import MapBatch, bind, register
-from camtool.methods.heads import (
-    IDENTITY_TOLERANCE,
-    CamHead,
-    check_exact,
-    features_and_logits,
-    find_cam_head,
-    identity_residual,
-)
+from camtool.methods.base import MapBatch, bind
+from camtool.methods.discovery import find_cam_head
+from camtool.methods.heads import CamHead, features_and_logits
+from camtool.methods.identity import IDENTITY_TOLERANCE, check_exact, identity_residual
 from camtool.models.network import network_failures
 
 if TYPE_CHECKING:
@@ -111,7 +107,7 @@ class CamExplainer:
             classes: class indices to map for every image; default: each image's top ``maps``.
             maps: how many top classes to map when ``classes`` is not given.
             tolerance: largest accepted relative identity residual; default: by the model's
-                dtype (see ``camtool.methods.heads.IDENTITY_TOLERANCE``).
+                dtype (see ``camtool.methods.identity.IDENTITY_TOLERANCE``).
 
         Raises:
             UnsupportedModelError: the maps do not decompose the logits (CAM would not be exact).
@@ -169,7 +165,35 @@ class CamExplainer:
 
 
 class Cam:
-    """Class Activation Mapping (Zhou et al., 2016): exact for GAP + affine heads."""
+    """Class Activation Mapping: the ``cam`` method, an exact decomposition of the logit.
+
+    Zhou, Khosla, Lapedriza, Oliva & Torralba, 2016, "Learning Deep Features for Discriminative
+    Localization" (CVPR 2016, https://arxiv.org/abs/1512.04150).
+
+    For a network whose head is ``features -> global average pooling -> linear``, with ``F`` the
+    feature map the pooling averages (``Tensor[N,C,h,w]``), ``W`` the classifier weight
+    (``Tensor[K,C]``) and ``b`` its bias (``Tensor[K]``)::
+
+        logit[n, k] = mean_hw( sum_c W[k, c] * F[n, c, h, w] ) + b[k]
+        maps[n, k, h, w] = sum_c W[k, c] * F[n, c, h, w]
+
+    so ``mean_hw(maps[n, k]) + b[k] == logit[n, k]`` exactly. Affine modules between the pooling
+    and the classifier (eval-mode BatchNorm, Linear, Dropout, Flatten) fold into ``W`` and ``b``; a
+    LayerNorm over the pooled channels right after the pooling folds with one mean ``mu_n`` and
+    scale ``sigma_n`` per image::
+
+        maps[n, k] = (1/sigma_n) * sum_c W_eff[k, c] (F[n, c] - mu_n)
+
+    (see :mod:`camtool.methods.folding`). When the features already are the class maps (``C ==
+    K``, no classifier after the pooling: SqueezeNet), the maps are the features themselves.
+
+    Binding finds the head (:func:`camtool.methods.discovery.find_cam_head`) and proves the
+    identity on a random probe image; every batch is checked again and its residual reported.
+    The explainer (:class:`CamExplainer`) maps ``batch: Tensor[N,3,H,W]`` float to
+    ``maps: Tensor[N,k,h,w]`` float32 with ``bias: Tensor[N,k]`` float32 and ``residual:
+    Tensor[N]`` float32. The method refuses a network whose head is not affine after the pooling
+    (an MLP, a flattened map, a class token): the integrated head or Grad-CAM explain those.
+    """
 
     name = "cam"
     summary = (
@@ -191,7 +215,8 @@ class Cam:
         return CamExplainer(model, head)
 
 
-register(Cam())
+#: The ``cam`` method (registered by :mod:`camtool.methods.registry`).
+CAM = Cam()
 
 
 def compute(
@@ -206,7 +231,8 @@ def compute(
 ) -> MapBatch:
     """CAMs of a preprocessed batch: the ``cam`` method bound to ``model`` (once) and called.
 
-    See :meth:`CamExplainer.__call__` for the arguments and errors.
+    ``batch`` is ``Tensor[N,3,h,w]`` float, normalised for the model; the result's ``maps`` are
+    ``Tensor[N,k,h',w']`` float32. See :meth:`CamExplainer.__call__` for the arguments and errors.
     """
     explainer = bind("cam", model, layer=layer, classifier=classifier)
     assert isinstance(explainer, CamExplainer)

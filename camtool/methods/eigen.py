@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from camtool.methods.base import MapBatch, register
+from camtool.methods.base import MapBatch
 from camtool.methods.layers import (
     LayerExplainer,
     layer_of,
@@ -71,7 +71,19 @@ class EigenCamExplainer(LayerExplainer):
 
 @dataclass(unsafe_hash=True)
 class EigenCam:
-    """Eigen-CAM: the first principal component of a layer's activations (class-agnostic)."""
+    """Eigen-CAM: the first principal component of a layer's activations (class-agnostic).
+
+    Muhammad & Yeasin, 2020, "Eigen-CAM: Class Activation Map using Principal Components" (IJCNN
+    2020, https://arxiv.org/abs/2008.00299). Per image, with the layer's activation
+    (``Tensor[C,h,w]`` float32) laid out as the ``(h*w) x C`` matrix ``M``::
+
+        M_c = M - mean over cells;   M_c = U S V^T;   map = M_c v_1   (reshaped to h x w)
+
+    with ``v_1`` oriented so that its components sum to a non-negative number (the map is bright
+    where the layer is active overall). One forward pass and a batched SVD; every requested class
+    gets the same ``Tensor[h,w]`` map, so ``maps`` is ``Tensor[N,k,h,w]`` float32. Signed (no
+    ReLU), class-agnostic and not a decomposition of any score.
+    """
 
     name: str = "eigencam"
     summary: str = "Eigen-CAM (Muhammad & Yeasin 2020): first principal component of a layer's activations, class-agnostic; not a decomposition"
@@ -87,4 +99,5 @@ class EigenCam:
         return EigenCamExplainer(model, layer_of(self.name, model, layer, classifier))
 
 
-EIGENCAM = register(EigenCam())
+#: The ``eigencam`` method (registered by :mod:`camtool.methods.registry`).
+EIGENCAM = EigenCam()

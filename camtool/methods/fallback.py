@@ -17,7 +17,8 @@ from torch import Tensor
 
 from camtool.geometry import FeatureGeometry
 from camtool.hooks import eval_mode
-from camtool.methods.base import Explainer, MapBatch
+from camtool.methods.explainer import Explainer, MapBatch
+from camtool.models.network import logits_of, network_failures
 
 if TYPE_CHECKING:
     from camtool.models.loading import LoadedModel
@@ -48,8 +49,6 @@ class PredictionsOnly:
         self, batch: Tensor, classes: Sequence[int] | None = None, maps: int = 1
     ) -> MapBatch:
         """Classify ``Tensor[N,3,h,w]``; return logits and empty ``Tensor[N,0,1,1]`` maps."""
-        from camtool.models.network import logits_of, network_failures
-
         model = self.model
         batch = model.placed(batch)
         autocast = model.autocast()
@@ -108,7 +107,8 @@ class Substitute:
     def __call__(
         self, batch: Tensor, classes: Sequence[int] | None = None, maps: int = 1
     ) -> MapBatch:
-        """The method's :class:`MapBatch`, with this summary and details."""
+        """The method's :class:`MapBatch` of ``batch`` (``Tensor[N,3,h,w]`` float, maps
+        ``Tensor[N,k,h',w']`` float32), with this summary and details."""
         out = self.explainer(batch, classes, maps)
         details = {**out.details, "auto_reasons": list(self.reasons)}
         return replace(out, summary=self.describe(), details=details)

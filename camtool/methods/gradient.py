@@ -47,7 +47,7 @@ from torch import Tensor
 
 from camtool.errors import UnsupportedModelError
 from camtool.hooks import eval_mode
-from camtool.methods.base import MapBatch, Target, check_target, register
+from camtool.methods.base import MapBatch, Target, check_target
 from camtool.methods.cam import select_classes
 from camtool.methods.layers import (
     LayerExplainer,
@@ -56,6 +56,7 @@ from camtool.methods.layers import (
     one_tensor,
     prepare_batch,
 )
+from camtool.models.network import logits_of, network_failures
 
 if TYPE_CHECKING:
     from camtool.models.loading import LoadedModel
@@ -70,12 +71,23 @@ def _combine(weights: Tensor, activations: Tensor) -> Tensor:
 
 
 def gradcam(activations: Tensor, gradients: Tensor) -> Tensor:
-    """Grad-CAM: ``ReLU(sum_c mean_ij(g_c) A_c)``."""
+    """Grad-CAM: ``ReLU(sum_c mean_ij(g_c) A_c)``.
+
+    Args:
+        activations: ``A``, ``Tensor[N,C,h,w]`` float32.
+        gradients: ``g``, ``Tensor[k,N,C,h,w]`` float32, one gradient per mapped class.
+
+    Returns:
+        ``Tensor[N,k,h,w]`` float32.
+    """
     return _combine(gradients.mean(dim=(-2, -1)), activations).relu()
 
 
 def gradcam_plus_plus(activations: Tensor, gradients: Tensor) -> Tensor:
-    """Grad-CAM++ with the paper's alpha (exponential-score closed form)."""
+    """Grad-CAM++ with the paper's alpha (exponential-score closed form).
+
+    ``A``: ``Tensor[N,C,h,w]``, ``g``: ``Tensor[k,N,C,h,w]`` -> ``Tensor[N,k,h,w]`` (float32).
+    """
     g2 = gradients.pow(2)
     g3 = g2 * gradients
     totals = activations.sum(dim=(-2, -1), keepdim=True)  # [N,C,1,1]
@@ -87,7 +99,10 @@ def gradcam_plus_plus(activations: Tensor, gradients: Tensor) -> Tensor:
 
 
 def xgradcam(activations: Tensor, gradients: Tensor) -> Tensor:
-    """XGrad-CAM: ``ReLU(sum_c (sum_ij A_cij / sum_ab A_cab * g_cij) A_c)``."""
+    """XGrad-CAM: ``ReLU(sum_c (sum_ij A_cij / sum_ab A_cab * g_cij) A_c)``.
+
+    ``A``: ``Tensor[N,C,h,w]``, ``g``: ``Tensor[k,N,C,h,w]`` -> ``Tensor[N,k,h,w]`` (float32).
+    """
     totals = activations.sum(dim=(-2, -1), keepdim=True)
     share = torch.where(
         totals != 0, activations / torch.where(totals != 0, totals, 1.0), torch.zeros(())
@@ -96,12 +111,18 @@ def xgradcam(activations: Tensor, gradients: Tensor) -> Tensor:
 
 
 def layercam(activations: Tensor, gradients: Tensor) -> Tensor:
-    """LayerCAM: ``ReLU(sum_c ReLU(g_c) * A_c)`` cell by cell."""
+    """LayerCAM: ``ReLU(sum_c ReLU(g_c) * A_c)`` cell by cell.
+
+    ``A``: ``Tensor[N,C,h,w]``, ``g``: ``Tensor[k,N,C,h,w]`` -> ``Tensor[N,k,h,w]`` (float32).
+    """
     return (gradients.relu() * activations).sum(dim=2).transpose(0, 1).relu()
 
 
 def hirescam(activations: Tensor, gradients: Tensor) -> Tensor:
-    """HiResCAM: ``sum_c g_c * A_c`` cell by cell (no ReLU)."""
+    """HiResCAM: ``sum_c g_c * A_c`` cell by cell (no ReLU).
+
+    ``A``: ``Tensor[N,C,h,w]``, ``g``: ``Tensor[k,N,C,h,w]`` -> ``Tensor[N,k,h,w]`` (float32).
+    """
     return (gradients * activations).sum(dim=2).transpose(0, 1)
 
 
@@ -112,7 +133,12 @@ def leaf_at(target: TargetLayer) -> Iterator[list[Tensor]]:
     Run the network under ``torch.no_grad()``: nothing before the layer records a graph, the rest
     does (the hook enables grad mode; the caller's ``no_grad`` block restores it on exit). The
     network continues with a copy of the leaf, so in-place operations after the layer (DenseNet's
-    ``relu(..., inplace=True)``) are allowed. The hook is removed on exit.
+    ``relu(..., inplace=True)``) are allowed. The hook is removed on exit, even when an exception
+    passes through.
+
+    Yields:
+        The leaves, one per forward pass: the layer's raw tensor (e.g. ``Tensor[N,C,h,w]`` or
+        tokens ``Tensor[N,L,C]``, the network's floating dtype) with ``requires_grad``.
     """
     seen: list[Tensor] = []
 
@@ -195,8 +221,6 @@ class GradientExplainer(LayerExplainer):
             ClassSelectionError: a class index out of range; ModelRunError: the network fails;
             UnsupportedModelError: the layer does not run once or the score does not depend on it.
         """
-        from camtool.models.network import logits_of, network_failures
-
         model, target = self.model, self.target
         batch = prepare_batch(model, batch)
         input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
@@ -226,7 +250,47 @@ class GradientExplainer(LayerExplainer):
 class GradientMethod:
     """A Grad-CAM-family method: its registry name, paper title, formula and score.
 
-    ``with_target("probability")`` gives the same method explaining the softmax probability.
+    Every member reads one layer's activation ``A`` (``Tensor[N,C,h,w]`` float32; tokens on their
+    grid) and the gradient ``g = dS/dA`` of the mapped class's score ``S`` (its logit, or its
+    softmax probability after ``with_target("probability")``), and combines them by its paper's
+    formula into ``maps: Tensor[N,k,h,w]`` float32 (sums over ``ij`` run over the ``h*w`` cells):
+
+    - ``gradcam``: Selvaraju, Cogswell, Das, Vedantam, Parikh & Batra, 2017, "Grad-CAM: Visual
+      Explanations from Deep Networks via Gradient-based Localization" (ICCV 2017,
+      https://arxiv.org/abs/1610.02391)::
+
+          w_c = mean_ij g_cij;   map = ReLU(sum_c w_c A_c)
+
+    - ``gradcam++``: Chattopadhay, Sarkar, Howlader & Balasubramanian, 2018, "Grad-CAM++:
+      Generalized Gradient-based Visual Explanations for Deep Convolutional Networks" (WACV 2018,
+      https://arxiv.org/abs/1710.11063), with the paper's ``alpha`` for an exponential score::
+
+          alpha_cij = g_cij^2 / (2 g_cij^2 + sum_ab A_cab * g_cij^3)   (0 where the denominator is 0)
+          w_c = sum_ij alpha_cij * ReLU(g_cij);   map = ReLU(sum_c w_c A_c)
+
+    - ``xgradcam``: Fu, Hu, Dong, Zhou, Gao & Liu, 2020, "Axiom-based Grad-CAM: Towards Accurate
+      Visualization and Explanation of CNNs" (BMVC 2020, https://arxiv.org/abs/2008.02312)::
+
+          w_c = sum_ij (A_cij / sum_ab A_cab) g_cij;   map = ReLU(sum_c w_c A_c)
+
+    - ``layercam``: Jiang, Zhang, Hou, Cheng & Wei, 2021, "LayerCAM: Exploring Hierarchical Class
+      Activation Maps for Localization" (IEEE Transactions on Image Processing 30)::
+
+          map_ij = ReLU(sum_c ReLU(g_cij) * A_cij)
+
+    - ``hirescam``: Draelos & Carin, 2020, "Use HiResCAM instead of Grad-CAM for faithful
+      explanations of convolutional neural networks" (https://arxiv.org/abs/2011.08891)::
+
+          map_ij = sum_c g_cij * A_cij          (signed: no ReLU)
+
+    None of them is a decomposition of the score (the results say so). On a head
+    ``GAP -> linear``, ``g = W_k / (h*w)`` at every cell, so Grad-CAM, XGrad-CAM and ReLU(HiResCAM)
+    equal ``ReLU(CAM) / (h*w)``.
+
+    Attributes:
+        name: the registry name; title: the paper's name for it; summary: one line.
+        formula: ``(A Tensor[N,C,h,w], g Tensor[k,N,C,h,w]) -> Tensor[N,k,h,w]``, all float32.
+        target: the score explained, ``"logit"`` (default) or ``"probability"``.
     """
 
     name: str
@@ -252,43 +316,33 @@ class GradientMethod:
         return GradientExplainer(model, found, self.target, self.name, self.title, self.formula)
 
 
-GRADCAM = register(
-    GradientMethod(
-        "gradcam",
-        "Grad-CAM",
-        "Grad-CAM (Selvaraju et al. 2017): gradient-weighted layer maps; not a decomposition",
-        gradcam,
-    )
+GRADCAM = GradientMethod(
+    "gradcam",
+    "Grad-CAM",
+    "Grad-CAM (Selvaraju et al. 2017): gradient-weighted layer maps; not a decomposition",
+    gradcam,
 )
-GRADCAM_PLUS_PLUS = register(
-    GradientMethod(
-        "gradcam++",
-        "Grad-CAM++",
-        "Grad-CAM++ (Chattopadhay et al. 2018), with the paper's alpha; not a decomposition",
-        gradcam_plus_plus,
-    )
+GRADCAM_PLUS_PLUS = GradientMethod(
+    "gradcam++",
+    "Grad-CAM++",
+    "Grad-CAM++ (Chattopadhay et al. 2018), with the paper's alpha; not a decomposition",
+    gradcam_plus_plus,
 )
-XGRADCAM = register(
-    GradientMethod(
-        "xgradcam",
-        "XGrad-CAM",
-        "XGrad-CAM (Fu et al. 2020): activation-weighted gradients; not a decomposition",
-        xgradcam,
-    )
+XGRADCAM = GradientMethod(
+    "xgradcam",
+    "XGrad-CAM",
+    "XGrad-CAM (Fu et al. 2020): activation-weighted gradients; not a decomposition",
+    xgradcam,
 )
-LAYERCAM = register(
-    GradientMethod(
-        "layercam",
-        "LayerCAM",
-        "LayerCAM (Jiang et al. 2021): positive gradients times activations, cell by cell; not a decomposition",
-        layercam,
-    )
+LAYERCAM = GradientMethod(
+    "layercam",
+    "LayerCAM",
+    "LayerCAM (Jiang et al. 2021): positive gradients times activations, cell by cell; not a decomposition",
+    layercam,
 )
-HIRESCAM = register(
-    GradientMethod(
-        "hirescam",
-        "HiResCAM",
-        "HiResCAM (Draelos & Carin 2020): gradients times activations, cell by cell, signed; not a decomposition",
-        hirescam,
-    )
+HIRESCAM = GradientMethod(
+    "hirescam",
+    "HiResCAM",
+    "HiResCAM (Draelos & Carin 2020): gradients times activations, cell by cell, signed; not a decomposition",
+    hirescam,
 )

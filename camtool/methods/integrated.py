@@ -9,7 +9,8 @@ straight path ``x(t) = b + t (p - b)``::
     f_k(p) - f_k(b) = integral_0^1 grad f_k(x(t)) . (p - b) dt = sum_d g_kd (p_d - b_d)
 
 with ``g_k`` the path-averaged gradient (integrated gradients, Sundararajan et al., 2017, applied
-to the head alone). The integral is computed by a quadrature rule; only the head runs per step,
+to the head alone; the quadrature is in :mod:`camtool.methods.quadrature`). The integral is
+computed by a quadrature rule; only the head runs per step,
 never the backbone, and all steps of all images go through it in one or a few calls. The maps::
 
     pooled heads:     maps[k, h, w] = sum_c g_kc (F_c(h, w) - b_c)
@@ -26,48 +27,24 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from camtool.errors import InvalidArgumentError, UnsupportedModelError
+from camtool.errors import UnsupportedModelError
 from camtool.geometry import GeometryMemo
 from camtool.hooks import eval_mode
-from camtool.methods.base import MapBatch, register
+from camtool.methods.base import MapBatch
 from camtool.methods.cam import select_classes
-from camtool.methods.heads import (
-    IDENTITY_TOLERANCE,
-    _is_classifier,
-    _leaf,
-    _lookup,
-    _named,
-    check_exact,
-    is_global_avg_pool,
-    probe_text,
-    relative_scale,
-    run_capturing,
-)
+from camtool.methods.heads import probe_text, run_capturing
+from camtool.methods.identity import IDENTITY_TOLERANCE, check_exact, relative_scale
+from camtool.methods.quadrature import DEFAULT_RULE, DEFAULT_STEPS, Rule, integrate_head, quadrature
+from camtool.methods.tree import is_classifier, is_global_avg_pool, is_leaf, lookup, named_modules
 from camtool.models.network import network_failures, probe_image
 
 if TYPE_CHECKING:
     from camtool.models.loading import LoadedModel
 
-Rule = Literal["gauss-legendre", "trapezoid"]
 IntegrationKind = Literal["pooled", "flattened", "forward_head"]
-
-#: Quadrature nodes per image. ReLU and Hardswish heads have kinks, so the integrand jumps and
-#: every rule converges as 1/steps. Measured on the heads of torchvision mobilenet_v3_small/large,
-#: vgg11 and alexnet (default nn.Linear init, so biases are non-zero and the head is not
-#: homogeneous) at pooled features of realistic size (relu/hardswish of 3 * N(0, 1)): the relative
-#: residual |sum IG + f(b) - f(p)| / max |f(p)| with Gauss-Legendre is 1.2e-2..1.3e-2 at 8
-#: steps, 2.2e-3..3.4e-3 at 32, 4.5e-4..8.8e-4 at 128 (alexnet 7.5e-4); the trapezoid rule is
-#: 2-4x worse on the ReLU heads (3.4e-3 on vgg11 at 128), and fails on zero-bias ReLU heads,
-#: whose gradient at its t = 0 node is degenerate. On the whole torchvision networks with random
-#: weights (64 px inputs) the residual relative to max(1, max |logit|) is below 1e-5.
-DEFAULT_STEPS = 128
-
-#: The default quadrature rule (Gauss-Legendre: exact for polynomials of degree 2*steps - 1).
-DEFAULT_RULE: Rule = "gauss-legendre"
 
 #: Largest accepted relative residual (residual / max(1, max |logit|)), by compute dtype.
 INTEGRATION_TOLERANCE: dict[torch.dtype, float] = {
@@ -76,126 +53,6 @@ INTEGRATION_TOLERANCE: dict[torch.dtype, float] = {
     torch.float16: 5e-2,
     torch.bfloat16: 5e-2,
 }
-
-#: Path points times pooled size per head call (bounds the memory of one call).
-_CHUNK_ELEMENTS = 1 << 24
-
-
-def quadrature(steps: int, rule: Rule = DEFAULT_RULE) -> tuple[Tensor, Tensor]:
-    """``(nodes Tensor[steps], weights Tensor[steps])`` float64 on [0, 1]; weights sum to 1.
-
-    Raises:
-        InvalidArgumentError: fewer than 1 step (2 for the trapezoid rule), or an unknown rule.
-    """
-    if rule == "gauss-legendre" and steps >= 1:
-        x, w = np.polynomial.legendre.leggauss(steps)
-        return torch.from_numpy((x + 1) / 2), torch.from_numpy(w / 2)
-    if rule == "trapezoid" and steps >= 2:
-        nodes = torch.linspace(0, 1, steps, dtype=torch.float64)
-        weights = torch.full((steps,), 1 / (steps - 1), dtype=torch.float64)
-        weights[0] = weights[-1] = 0.5 / (steps - 1)
-        return nodes, weights
-    if rule not in ("gauss-legendre", "trapezoid"):
-        raise InvalidArgumentError(
-            rule, "unknown quadrature rule; choose gauss-legendre or trapezoid"
-        )
-    raise InvalidArgumentError(str(steps), f"too few steps for the {rule} rule")
-
-
-@dataclass(frozen=True)
-class Integral:
-    """What :func:`integrate_head` computed for N images.
-
-    Attributes:
-        gradients: ``Tensor[N,k,D]`` float32, the path-averaged gradients ``g`` of the chosen
-            classes w.r.t. the pooled features.
-        totals: ``Tensor[N,K]`` float32, ``sum_d g_kd (p_d - b_d)`` for every class (by
-            forward-mode derivatives along the path).
-        at_baseline: ``Tensor[K]`` float32, the head's logits at the baseline.
-    """
-
-    gradients: Tensor
-    totals: Tensor
-    at_baseline: Tensor
-
-
-def integrate_head(
-    head: Callable[[Tensor], Tensor],
-    pooled: Tensor,
-    baseline: Tensor,
-    classes: Tensor,
-    steps: int = DEFAULT_STEPS,
-    rule: Rule = DEFAULT_RULE,
-    prefix: Callable[[Tensor], Tensor] | None = None,
-) -> Integral:
-    """Integrate the gradient of ``head`` along the straight path from ``baseline`` to ``pooled``.
-
-    Args:
-        head: pooled features ``Tensor[M,D]`` -> logits ``Tensor[M,K]`` (rows independent); with
-            ``prefix``, the rest of the head after it.
-        pooled: ``Tensor[N,D]``; baseline: ``Tensor[D]``; classes: ``Tensor[N,k]`` int64.
-        steps, rule: the quadrature (see :func:`quadrature`).
-        prefix: the head's leading affine part (Linear, eval BatchNorm, Dropout, Flatten), or
-            None. An affine map sends the straight path to a straight path and has a constant
-            gradient, so the integral is taken after it (``head`` alone per step) and the
-            gradients are pulled back through it once: exact, and far cheaper for wide inputs.
-
-    Gradients are enabled here only, on fresh copies of ``pooled`` and ``baseline`` (which may be
-    inference tensors); the head's parameters get no ``.grad``.
-    """
-    with torch.inference_mode(False), torch.enable_grad():
-        p = pooled.detach().float().clone()
-        b = baseline.detach().float().clone().to(p.device)
-        chosen = classes.clone().to(p.device)
-        if prefix is None:
-            return _integrate(head, p, b, chosen, steps, rule)
-        start = p.detach().clone().requires_grad_(True)
-        with torch.no_grad():
-            ends = prefix(torch.cat([b[None], p])).float()
-        inner = _integrate(head, ends[1:], ends[0], chosen, steps, rule)
-        k = chosen.shape[1]
-        hidden = prefix(start.clone()).float()  # [N,H]: linear in ``start``, so its VJP is exact
-        pulled = torch.stack(
-            [
-                torch.autograd.grad(hidden, start, inner.gradients[:, j], retain_graph=True)[0]
-                for j in range(k)
-            ],
-            dim=1,
-        )
-    return Integral(pulled.detach(), inner.totals, inner.at_baseline)
-
-
-def _integrate(
-    head: Callable[[Tensor], Tensor], p: Tensor, b: Tensor, chosen: Tensor, steps: int, rule: Rule
-) -> Integral:
-    nodes, weights = quadrature(steps, rule)
-    with torch.inference_mode(False), torch.enable_grad():
-        n, d = p.shape
-        delta = p - b
-        nodes, weights = nodes.float().to(p.device), weights.float().to(p.device)
-        per_call = max(1, _CHUNK_ELEMENTS // max(1, n * d))
-        gradients = p.new_zeros(n, chosen.shape[1], d)
-        totals: Tensor | None = None
-        for start in range(0, steps, per_call):
-            t, w = nodes[start : start + per_call], weights[start : start + per_call]
-            s = t.shape[0]
-            x = (b + t[:, None, None] * delta).reshape(s * n, d).requires_grad_(True)
-            out = head(x.clone()).float()  # a clone: heads may work in place (ReLU(True))
-            row_weight = w.repeat_interleave(n)
-            for j in range(chosen.shape[1]):
-                picked = out.gather(1, chosen[:, j].repeat(s)[:, None])[:, 0]
-                (grad,) = torch.autograd.grad(
-                    (picked * row_weight).sum(), x, retain_graph=j + 1 < chosen.shape[1]
-                )
-                gradients[:, j] += grad.view(s, n, d).sum(0)
-            del out
-            tangent = torch.func.jvp(head, (x.detach().clone(),), (delta.repeat(s, 1),))[1]
-            part = (tangent.float().view(s, n, -1) * w[:, None, None]).sum(0)
-            totals = part if totals is None else totals + part
-        with torch.no_grad():
-            at_baseline = head(b[None].clone()).float()[0]
-    assert totals is not None
-    return Integral(gradients.detach(), totals.detach(), at_baseline.detach())
 
 
 @dataclass(frozen=True, eq=False)
@@ -247,7 +104,8 @@ class IntegrationHead:
         self, model: nn.Module
     ) -> tuple[Callable[[Tensor], Tensor] | None, Callable[[Tensor], Tensor]]:
         """``(prefix, rest)``: the head's leading affine modules (None when there are none) and
-        the modules after them; ``rest(prefix(x))`` is the head."""
+        the modules after them; ``rest(prefix(x))`` is the head, ``Tensor[M,D]`` ->
+        ``Tensor[M,K]`` (``prefix``: ``Tensor[M,D]`` -> ``Tensor[M,H]``)."""
         if self.kind == "forward_head":
             return None, self.runner(model)
         modules = [m for _, m in self.modules]
@@ -317,8 +175,8 @@ def _head_after(
     last classifier registered after it)."""
     start = next(i for i, (_, m) in enumerate(named) if m is pool)
     inside = f"{pool_name}."
-    leaves = [(n, m) for n, m in named[start + 1 :] if _leaf(m) and not n.startswith(inside)]
-    ends = [i for i, (_, m) in enumerate(leaves) if (m is last if last else _is_classifier(m))]
+    leaves = [(n, m) for n, m in named[start + 1 :] if is_leaf(m) and not n.startswith(inside)]
+    ends = [i for i, (_, m) in enumerate(leaves) if (m is last if last else is_classifier(m))]
     if not ends:
         return None
     modules = tuple(leaves[: ends[-1] + 1])
@@ -334,11 +192,11 @@ def candidates(
     """Heads to try, in order: the named pooling (and last head module); timm's
     ``forward_features``/``forward_head``; each pooling module, last first, with the leaves
     registered after it up to the last classifier."""
-    named = _named(model)
+    named = named_modules(model)
     if layer or classifier:
-        last = _lookup(model, classifier, "classifier") if classifier else None
+        last = lookup(model, classifier, "classifier") if classifier else None
         if layer:
-            pool = _lookup(model, layer, "layer")
+            pool = lookup(model, layer, "layer")
             if not _is_pooling(pool):
                 raise UnsupportedModelError(
                     layer, f"is a {type(pool).__name__}; name the average pooling before the head"
@@ -525,8 +383,36 @@ def probe(model: LoadedModel, head: IntegrationHead, steps: int, rule: Rule) -> 
 
 
 class IntegratedHead:
-    """Integrated gradients of the head after the pooling: exact up to a measured quadrature
-    residual, for any head (MLPs, flattened maps); the backbone runs once."""
+    """The ``integrated-head`` method: integrated gradients of the head after the pooling, an
+    exact decomposition of ``logit - logit(baseline)`` up to a measured quadrature residual.
+
+    Integrated gradients: Sundararajan, Taly & Yan, 2017, "Axiomatic Attribution for Deep
+    Networks" (ICML 2017, https://arxiv.org/abs/1703.01365), applied to the head alone, on top of
+    the feature map of Class Activation Mapping (Zhou et al., 2016, "Learning Deep Features for
+    Discriminative Localization").
+
+    With ``F`` the feature map (``Tensor[N,C,h,w]``), ``p`` the pooled features (``mean_hw F``,
+    ``Tensor[N,C]``; for flattened heads ``F`` flattened, ``Tensor[N,C*h*w]``), ``f`` the head
+    (everything after the pooling, logits ``Tensor[N,K]``), ``b`` the baseline (zeros) and
+    ``t_s, w_s`` the quadrature's nodes and weights on [0, 1] (Gauss-Legendre, 128 by default)::
+
+        g[n, k, d] = sum_s w_s * d f_k / d x_d  at  x = b + t_s (p[n] - b)
+        pooled heads:     maps[n, k, h, w] = sum_c g[n, k, c] (F[n, c, h, w] - b[c])
+        flattened heads:  maps[n, k, h, w] = h * w * sum_c g[n, k, (c,h,w)] (F[n, c, h, w] - b[(c,h,w)])
+        bias[n, k] = f_k(b)
+
+    so ``mean_hw(maps[n, k]) + bias[n, k]`` is the logit up to the quadrature residual, which is
+    measured over all K classes on every batch and refused above :data:`INTEGRATION_TOLERANCE`.
+    The backbone runs once per batch; only the head runs per quadrature node.
+
+    The explainer (:class:`IntegratedHeadExplainer`) maps ``batch: Tensor[N,3,H,W]`` float to
+    ``maps: Tensor[N,k,h,w]`` float32 with ``bias: Tensor[N,k]`` and ``residual: Tensor[N]``
+    float32. It refuses a network with no average pooling followed by a classifier head that
+    reproduces the network's logits.
+
+    Args:
+        steps: quadrature nodes per image; rule: ``"gauss-legendre"`` or ``"trapezoid"``.
+    """
 
     name = "integrated-head"
     summary = (
@@ -560,4 +446,5 @@ class IntegratedHead:
         raise UnsupportedModelError(type(model.module).__name__, f"no head to integrate: {reason}")
 
 
-register(IntegratedHead())
+#: The ``integrated-head`` method (registered by :mod:`camtool.methods.registry`).
+INTEGRATED_HEAD = IntegratedHead()

@@ -37,7 +37,9 @@ from camtool.errors import UnsupportedModelError
 from camtool.geometry import GeometryMemo, GeometryRecorder
 from camtool.hooks import eval_mode
 from camtool.methods.base import MapBatch, Target
-from camtool.methods.heads import _lookup, is_global_avg_pool
+from camtool.methods.cam import select_classes
+from camtool.methods.tree import is_global_avg_pool, lookup
+from camtool.models.network import logits_of, network_failures
 
 if TYPE_CHECKING:
     from camtool.models.loading import LoadedModel
@@ -279,7 +281,7 @@ def find_target_layer(
             layer or type(model).__name__,
             "a TorchScript module takes no hooks; gradient and perturbation methods need them",
         )
-    named = layer and _lookup(model, layer, "layer")
+    named = layer and lookup(model, layer, "layer")
     probe = probe_network(model, probe_size)
     if layer:
         assert isinstance(named, nn.Module)
@@ -317,7 +319,9 @@ def find_target_layer(
 
 @contextmanager
 def read_layer(target: TargetLayer) -> Iterator[list[Tensor]]:
-    """Record (detached) what ``target`` gives on each forward pass; the hook is removed after."""
+    """Record (detached) what ``target`` gives on each forward pass (its raw tensor: e.g.
+    ``Tensor[N,C,h,w]``, ``Tensor[N,h,w,C]`` or tokens ``Tensor[N,L,C]``, the network's dtype);
+    the hook is removed after, even when an exception passes through."""
     seen: list[Tensor] = []
     if target.capture == "input":
         handle = target.module.register_forward_pre_hook(
@@ -332,7 +336,8 @@ def read_layer(target: TargetLayer) -> Iterator[list[Tensor]]:
 
 
 def one_tensor(target: TargetLayer, seen: Sequence[Tensor]) -> Tensor:
-    """The single tensor a layer gave during one forward pass.
+    """The single (raw) tensor a layer gave during one forward pass, as :func:`read_layer`
+    recorded it (``Tensor[N,...]``, see :meth:`TargetLayer.to_grid` for its grid).
 
     Raises:
         UnsupportedModelError: it ran zero or several times.
@@ -379,7 +384,8 @@ class LayerReading:
 
 
 def prepare_batch(model: LoadedModel, batch: Tensor) -> Tensor:
-    """The batch on the model's device and memory format, as a normal (not inference) tensor."""
+    """``batch`` (``Tensor[N,3,H,W]`` float) on the model's device and memory format, as a
+    normal (not inference) tensor, so that gradients can flow from it."""
     if batch.is_inference():
         with torch.inference_mode(False):
             batch = batch.clone()
@@ -422,13 +428,14 @@ class LayerExplainer:
         """One forward pass without gradients (under the model's autocast) that reads the layer
         and notes where its cells sit, for methods that need no gradient.
 
+        ``batch`` is ``Tensor[N,3,H,W]`` float, normalised for the model; the
+        :class:`LayerReading` holds the logits ``Tensor[N,K]`` and the activations
+        ``Tensor[N,C,h,w]`` (float32) and the chosen classes ``Tensor[N,k]`` (int64).
+
         Raises:
             ClassSelectionError: a class index out of range; ModelRunError: the network fails;
             UnsupportedModelError: the layer does not run once.
         """
-        from camtool.methods.cam import select_classes
-        from camtool.models.network import logits_of, network_failures
-
         model, target = self.model, self.target
         batch = prepare_batch(model, batch)
         input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
@@ -446,8 +453,8 @@ class LayerExplainer:
         return LayerReading(batch, input_hw, logits, activations, chosen)
 
     def recording(self, batch: Tensor) -> AbstractContextManager[GeometryRecorder | None]:
-        """Record the network's spatial layers when ``batch``'s input size is new (token grids
-        sit on the patch centres: nothing to record)."""
+        """Record the network's spatial layers when ``batch``'s (``Tensor[N,3,H,W]``) input size
+        is new (token grids sit on the patch centres: nothing to record)."""
         return self.geometry.recording(self.model.module, batch, self.target.layout == "tokens")
 
     def result(

@@ -27,12 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from camtool.hooks import eval_mode
-from camtool.methods.base import MapBatch, Target, check_target, register
+from camtool.methods.base import MapBatch, Target, check_target
 from camtool.methods.layers import (
     LayerExplainer,
     TargetLayer,
     layer_of,
 )
+from camtool.models.network import logits_of, network_failures
 
 if TYPE_CHECKING:
     from camtool.models.loading import LoadedModel
@@ -74,8 +75,6 @@ class ScoreCamExplainer(LayerExplainer):
         Raises:
             ClassSelectionError, ModelRunError, UnsupportedModelError (as the gradient methods).
         """
-        from camtool.models.network import network_failures
-
         read = self.read(batch, classes, maps)
         model = self.model
         with (
@@ -102,8 +101,6 @@ class ScoreCamExplainer(LayerExplainer):
           (float rounding; after a ReLU, all those with a single active cell, say) share one
           masked input and its score (see :func:`shared_grids`).
         """
-        from camtool.models.network import logits_of
-
         model = self.model
         n, channels = int(activations.shape[0]), int(activations.shape[1])
         input_hw = (int(batch.shape[-2]), int(batch.shape[-1]))
@@ -157,18 +154,37 @@ def shared_grids(image: Tensor, grids: Tensor) -> tuple[Tensor, Tensor]:
         rows = (image == n).nonzero().squeeze(1)
         near = (torch.cdist(grids[rows], grids[rows], p=float("inf")) <= GRID_TOLERANCE).cpu()
         near_rows, group = near.numpy(), np.full(int(rows.shape[0]), -1)
+        owners = rows.cpu().tolist()  # one device-to-host copy per image, not one per group
         for i in range(len(group)):
             if group[i] < 0:
                 group[near_rows[i] & (group < 0)] = len(distinct)
-                distinct.append(int(rows[i]))
-        which[rows.cpu()] = torch.from_numpy(group)
+                distinct.append(owners[i])
+        which[owners] = torch.from_numpy(group)
     device = grids.device
     return torch.tensor(distinct, dtype=torch.long, device=device), which.to(device)
 
 
 @dataclass(unsafe_hash=True)
 class ScoreCam:
-    """Score-CAM: the class's softmax probability on each channel-masked input weighs the channel."""
+    """Score-CAM: the class's softmax probability on each channel-masked input weighs the channel.
+
+    Wang, Wang, Du, Yang, Zhang, Ding, Mardziel & Hu, 2020, "Score-CAM: Score-Weighted Visual
+    Explanations for Convolutional Neural Networks" (CVPR Workshops 2020,
+    https://arxiv.org/abs/1910.01279), Algorithm 1. With ``X`` the batch (``Tensor[N,3,H,W]``),
+    ``A`` the target layer's activation (``Tensor[N,C,h,w]`` float32) and ``f`` the network::
+
+        H_c = s(Up(A_c))                 bilinear upsampling to H x W, min-max normalised to [0, 1]
+        w_c = softmax(f(X * H_c))[k]     (target="logit": f(X * H_c)[k])
+        map = ReLU(sum_c w_c A_c)        Tensor[N,k,h,w] float32
+
+    No gradients; ``N*C`` masked forward passes at most (channels with the same normalised grid
+    share one), ``batch_size`` per call. Not a decomposition of the score.
+
+    Attributes:
+        name, summary: the registry name and one line.
+        target: the score that weighs a channel, ``"probability"`` (the paper's) or ``"logit"``.
+        batch_size: masked inputs per forward pass.
+    """
 
     name: str = "scorecam"
     summary: str = "Score-CAM (Wang et al. 2020): channels weighted by the class's score on masked inputs; not a decomposition"
@@ -191,4 +207,5 @@ class ScoreCam:
         return ScoreCamExplainer(model, found, self.target, self.batch_size)
 
 
-SCORECAM = register(ScoreCam())
+#: The ``scorecam`` method (registered by :mod:`camtool.methods.registry`).
+SCORECAM = ScoreCam()
