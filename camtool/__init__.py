@@ -41,7 +41,6 @@ _EXPORTS = {
     "class_names": "camtool.binding",
     "ClassName": "camtool.labels",
     "resolve_class": "camtool.labels",
-    "resolve_classes": "camtool.labels",
     "load_model": "camtool.models.loading",
     "LoadedModel": "camtool.models.loading",
     "Preprocessing": "camtool.image",
@@ -115,7 +114,6 @@ __all__ = [
     "normalize_cams",
     "overlay",
     "resolve_class",
-    "resolve_classes",
     "save_image",
     "upsample_cams",
     "write_gallery",
@@ -174,7 +172,7 @@ if TYPE_CHECKING:
         Region,
     )
     from camtool.io.images import load_image, save_image
-    from camtool.labels import ClassName, resolve_class, resolve_classes
+    from camtool.labels import ClassName, resolve_class
     from camtool.metrics.evaluate import (
         EvalReport,
         evaluate,

@@ -10,6 +10,7 @@ import torch
 import camtool
 from camtool.binding import bind_method
 from camtool.errors import ClassSelectionError
+from camtool.labels import resolve_classes
 from tests.conftest import CAT
 
 LABELS = camtool.class_names()  # the default model's 1,000 ImageNet classes
@@ -44,7 +45,7 @@ NAMES = [c.name for c in LABELS]
     ],
 )
 def test_one_class_or_several_in_any_integer_or_name_form(given: object, indices: object) -> None:
-    assert camtool.resolve_classes(given, NAMES) == indices
+    assert resolve_classes(given, NAMES) == indices
 
 
 @pytest.mark.parametrize(
@@ -94,7 +95,7 @@ def test_anything_else_is_a_class_selection_error_saying_what_was_given(
     given: object, message: str
 ) -> None:
     with pytest.raises(ClassSelectionError) as caught:
-        camtool.resolve_classes(given, NAMES)
+        resolve_classes(given, NAMES)
     assert str(caught.value) == message
 
 

@@ -25,7 +25,7 @@ from camtool.cli.options import (
     WeightsOption,
     collect_model_options,
 )
-from camtool.errors import EXIT_ERROR, UnsupportedModelError
+from camtool.errors import EXIT_ERROR
 from camtool.naming import INVISIBLE, visible
 
 
@@ -52,7 +52,7 @@ def inspect_model(
     """
     with errors_to_exit_codes():
         from camtool.image import Preprocessing
-        from camtool.methods import bind, method_names
+        from camtool.methods import survey
         from camtool.models.cards import find_card, is_card_name
         from camtool.models.loading import load_model
 
@@ -63,23 +63,12 @@ def inspect_model(
             base = find_card(model).preprocessing if known else Preprocessing()
             options["preprocessing"] = replace(base, input_size=input_size)
         loaded = load_model(model, device=device, random_weights=True, **options)
-        info = {**loaded.describe(), "input_size": loaded.preprocessing.input_size, "methods": {}}
-        for name in method_names():
-            try:
-                explainer = bind(name, loaded, layer=layer, classifier=classifier)
-            except UnsupportedModelError as exc:
-                info["methods"][name] = {"explains": False, "reason": str(exc)}
-                continue
-            detail = explainer.as_dict()
-            info["methods"][name] = {
-                "explains": True,
-                "uses": explainer.describe(),
-                "decomposition": bool(detail.get("decomposition", True)),
-                "detail": detail,
-            }
-            if name == "cam":
-                info["head"], info["head_detail"] = explainer.describe(), explainer.as_dict()
-        info["auto"] = bind("auto", loaded, layer=layer, classifier=classifier).method
+        verdicts = survey(loaded, layer=layer, classifier=classifier)
+        info = {
+            **loaded.describe(),
+            "input_size": loaded.preprocessing.input_size,
+            **verdicts.as_dict(),
+        }
         if as_json:
             sys.stdout.write(json.dumps(info, indent=2) + "\n")
             return
