@@ -16,7 +16,7 @@ pip install -c constraints.txt -e ".${extras}"
 if [ "${1:-}" = "test" ]; then
   # foolbox ships 20 labelled ImageNet photos; its own dependencies (jax/tf adapters) are not needed.
   pip install --no-deps "foolbox==3.3.4"
-  # Peers of the differential tests (tests/test_peers.py). grad-cam's metadata asks for OpenCV,
+  # Peers of the differential tests (tests/methods/test_peers.py). grad-cam's metadata asks for OpenCV,
   # which camtool already has as opencv-python-headless: install it without dependencies, plus
   # the packages `import pytorch_grad_cam` really imports.
   pip install -c constraints.txt "torchcam==0.5.0" ttach tqdm scipy scikit-learn matplotlib

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -23,6 +26,17 @@ CAT = EXAMPLES / "chelsea.png"
 COFFEE = EXAMPLES / "coffee.png"
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 ESPRESSO = 967
+
+
+def camtool_cli(
+    *args: str, stdout: int | None = subprocess.PIPE
+) -> subprocess.CompletedProcess[str]:
+    """Run the camtool command in a process of its own (this checkout first on the path)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "camtool.cli", *args],
+        stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120, env=env,
+    )  # fmt: skip
 
 
 def cam_head(model: camtool.LoadedModel, **overrides: str) -> CamHead:

@@ -16,7 +16,7 @@ class (its logit by default, its softmax probability with ``target="probability"
   The paper's weights carry one more factor ``exp(S)``, the same for every channel and cell of a
   map; it is left out (it only scales the map, and overflows for large logits). torchcam 0.5.0
   omits ``alpha``: it divides a boolean-indexed *copy* (``alpha[idx][mask].div_(...)``), so its
-  weights are ``sum_ij g^2 * ReLU(g)`` (see tests/test_peers.py).
+  weights are ``sum_ij g^2 * ReLU(g)`` (see tests/methods/test_peers.py).
 - ``xgradcam`` (Fu et al., 2020): ``w_c = sum_ij (A_cij / sum_ab A_cab) g_cij`` (0 for a channel
   whose activations sum to 0); ``map = ReLU(sum_c w_c A_c)``.
 - ``layercam`` (Jiang et al., 2021): ``map = ReLU(sum_c ReLU(g_c) * A_c)``, cell by cell.

@@ -12,7 +12,7 @@ probability). ``target="logit"`` weights by the masked input's logit instead. No
 runs under ``torch.inference_mode``, the masked inputs of all images and channels in batches of
 ``batch_size``. pytorch-grad-cam 1.5.7 instead weights by a softmax over the channels of the
 logits; torchcam 0.5.0 by a softmax over the channels of the logit increase over the unmasked
-input, and normalises before upsampling (see tests/test_peers.py).
+input, and normalises before upsampling (see tests/methods/test_peers.py).
 """
 
 from __future__ import annotations

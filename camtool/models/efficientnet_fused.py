@@ -6,7 +6,7 @@ convolution with scaled weights and a bias; oneDNN clamps to [0, 6] as the convo
 output. That saves two passes over every activation: the default model's ``forward_features``
 runs about 1.3x faster on 2 CPU cores (``benchmarks/export_throughput.py``, method ``forward``
 against ``forward-unfused``). The features equal the modules' within float32 rounding
-(``tests/test_efficientnet_fused.py``).
+(``tests/models/test_efficientnet_fused.py``).
 
 The path is taken only where nothing can tell the difference: float32 on the CPU, eval mode, no
 autograd, no autocast, no tracing or compiling, every layer of the expected kind, and no hook on

@@ -21,7 +21,7 @@ from camtool.errors import InvalidArgumentError, OutputWriteError
 from camtool.inputs import RealFolder, collect_inputs, lies_within
 from camtool.training import DatasetError, read_dataset
 from camtool.training.data import FitWarning
-from camtool.training.fit import _check_outside_data
+from camtool.training.guards import check_outside_data
 from camtool.training.report import staged_folder
 
 runner = CliRunner()
@@ -310,7 +310,7 @@ def test_a_folder_is_resolved_once_for_many_paths(
     # fit's check that the model folder holds no image: the folder once, each image once
     dataset = read_dataset(data)
     calls.clear()
-    _check_outside_data(tmp_path / "model", [("data", dataset)])
+    check_outside_data(tmp_path / "model", [("data", dataset)])
     assert len(calls) == 1 + 40 + 2  # the model folder, each image, each class folder
 
 

@@ -24,8 +24,10 @@ from typer.testing import CliRunner
 import camtool
 from camtool.cli import app
 from camtool.methods.cam import compute
+from camtool.models.cards import find_card
 from camtool.models.downloads import hub_cache_path
-from tests.conftest import CAT, cam_head
+from camtool.models.weights import verified_weights_file
+from tests.conftest import CAT, cam_head, camtool_cli
 
 runner = CliRunner()
 
@@ -402,3 +404,16 @@ def test_a_checkpoint_with_training_objects_names_them_and_how_to_load_it(
     with torch.serialization.safe_globals(allowed):  # the advice works
         model = camtool.load_model("squeezenet1_1", weights=path, device="cpu")
     assert_loaded(model, state)
+
+
+def test_finite_weights_that_overflow_are_named(tmp_path: Path) -> None:
+    state = torch.load(verified_weights_file(find_card("efficientnet_lite0")), weights_only=True)
+    state["_fc.weight"].fill_(1e38)
+    path = tmp_path / "big.pth"
+    torch.save(state, path)
+    result = camtool_cli(
+        "explain", str(CAT), "--method", "cam", "--weights", str(path), "-o", str(tmp_path / "o")
+    )
+    assert result.returncode == 1
+    assert "NaN or infinity on a probe image" in result.stderr and "not exact" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1

@@ -22,7 +22,7 @@ from camtool.metrics.annotations import (
 from camtool.metrics.box_files import read_annotations
 from tests.conftest import CAT, EXAMPLES
 
-DATA = Path(__file__).parent / "data" / "boxes"
+DATA = Path(__file__).parents[1] / "data" / "boxes"
 
 
 def imagenet_labels() -> list[str]:

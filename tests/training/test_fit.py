@@ -22,7 +22,7 @@ import camtool
 from camtool.cli import app
 from camtool.training import DatasetError, FitWarning, read_dataset
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import fashion_mnist  # noqa: E402
 

@@ -19,7 +19,7 @@ import camtool
 from camtool.cli import app
 from camtool.image import MAX_INPUT_SIZE
 from camtool.models.cards import builtin_card_dir
-from tests.conftest import CAT, ROOT
+from tests.conftest import CAT, ROOT, camtool_cli
 
 runner = CliRunner()
 
@@ -180,3 +180,12 @@ def test_the_library_refuses_an_empty_module_name_too() -> None:
         camtool.methods.bind("cam", model, layer="")
     with pytest.raises(camtool.InvalidArgumentError, match="classifier: an empty module name"):
         camtool.methods.bind("cam", model, classifier="")
+
+
+def test_json_to_a_full_stdout_is_one_error_line(tmp_path: Path) -> None:
+    with open("/dev/full", "w") as full:
+        result = camtool_cli(
+            "explain", str(CAT), "--json", "-o", str(tmp_path), stdout=full.fileno()
+        )
+    assert result.returncode == 1
+    assert result.stderr == "Error: <stdout>: cannot write the output: No space left on device\n"

@@ -19,6 +19,7 @@ from typing import Any
 
 import cv2
 import pytest
+from tests.test_gallery import browse, elements
 from typer.testing import CliRunner
 
 import camtool
@@ -26,10 +27,9 @@ from camtool.cli import app
 from camtool.errors import InvalidArgumentError, OutputBusyError
 from camtool.metrics.evaluate import METRICS, EvalReport, evaluate
 from tests.conftest import CAT, COFFEE
-from tests.test_gallery import browse, elements
 
 runner = CliRunner()
-BOXES = Path(__file__).parent / "data" / "boxes" / "photos.csv"
+BOXES = Path(__file__).parents[1] / "data" / "boxes" / "photos.csv"
 HOSTILE = "<img src=x onerror=alert(1)>.png"
 CHEAP: dict[str, Any] = {"size": 64, "steps": 4}
 NO_ROAD = [m for m in METRICS if m != "road"]  # ROAD's imputation is slow: tested alone

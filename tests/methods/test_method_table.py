@@ -79,7 +79,7 @@ REPRESENTATIVE = {
 
 def readme_rows() -> list[tuple[str, str, str]]:
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("tests/test_method_table.py") :]
+    section = text[text.index("tests/methods/test_method_table.py") :]
     rows = []
     for line in section.splitlines()[1:]:
         line = line.strip()
