@@ -19,7 +19,6 @@ from typing import Any
 
 import cv2
 import pytest
-from tests.test_gallery import browse, elements
 from typer.testing import CliRunner
 
 import camtool
@@ -27,6 +26,7 @@ from camtool.cli import app
 from camtool.errors import InvalidArgumentError, OutputBusyError
 from camtool.metrics.evaluate import METRICS, EvalReport, evaluate
 from tests.conftest import CAT, COFFEE
+from tests.export.test_gallery import browse, elements
 
 runner = CliRunner()
 BOXES = Path(__file__).parents[1] / "data" / "boxes" / "photos.csv"
