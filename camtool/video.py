@@ -21,7 +21,7 @@ from camtool.io.videos import VideoWriter, open_video
 from camtool.labels import ClassesArg
 from camtool.methods.base import DEFAULT_METHOD, Method
 from camtool.models.loading import DEFAULT_MODEL
-from camtool.progress import ProgressBar
+from camtool.progress import ProgressBar, current, reporting
 from camtool.render import draw_label
 from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold, check_positive_int
 
@@ -165,14 +165,15 @@ def explain_video(
     try:
         stream = explain_frames(frames, bound, crop=crop, batch_size=batch_size,
                                 smooth=smooth, source=str(path), box_threshold=box_threshold)  # fmt: skip
-        for ex in stream:
-            score = ex.explained[0]
-            frame = draw_label(ex.overlay(0, alpha=alpha, colormap=colormap, box=box).tensor,
-                               f"{score.name} {score.probability:.2f}")  # fmt: skip
-            writer.write(frame)
-            count += 1
-            if bar:
-                bar.advance()
+        with reporting(None if bar else current()):  # one live display: the frames' bar
+            for ex in stream:
+                score = ex.explained[0]
+                frame = draw_label(ex.overlay(0, alpha=alpha, colormap=colormap, box=box).tensor,
+                                   f"{score.name} {score.probability:.2f}")  # fmt: skip
+                writer.write(frame)
+                count += 1
+                if bar:
+                    bar.advance()
         written = writer.close()
     except BaseException:
         writer.discard()

@@ -133,6 +133,7 @@ def explain(
     """
     with errors_to_exit_codes():
         from camtool.binding import bind_method
+        from camtool.cli.progress_view import shown_progress
         from camtool.explain_to_folder import FilesReport, Rendering, explain_files
         from camtool.models.loading import DEFAULT_MODEL
 
@@ -177,17 +178,18 @@ def explain(
             images, folder, bound, maps=maps, top_k=top_k, crop=crop, box_threshold=box_threshold,
             rendering=rendering, sheet=sheet, smooth=smooth, progress=not as_json,
         )  # fmt: skip
-        for result in results:
-            report.results.append(result)
-            if result.error is not None:
-                print_error(result.error)
-                doc["errors"].append({"input": result.input, "error": result.error})
-            if result.video is not None:
-                doc.setdefault("videos", []).append(summarize_video(result.video, not as_json))
-            for ex, outputs in zip(result.explanations, result.outputs, strict=True):
-                doc["images"].append({**ex.to_dict(), "outputs": [str(o) for o in outputs]})
-                if not as_json:
-                    print_explanation(ex, list(outputs), verbose)
+        with shown_progress(not as_json):  # Score-CAM's forward passes, say
+            for result in results:
+                report.results.append(result)
+                if result.error is not None:
+                    print_error(result.error)
+                    doc["errors"].append({"input": result.input, "error": result.error})
+                if result.video is not None:
+                    doc.setdefault("videos", []).append(summarize_video(result.video, not as_json))
+                for ex, outputs in zip(result.explanations, result.outputs, strict=True):
+                    doc["images"].append({**ex.to_dict(), "outputs": [str(o) for o in outputs]})
+                    if not as_json:
+                        print_explanation(ex, list(outputs), verbose)
         if as_json:
             sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         raise typer.Exit(report.exit_code)

@@ -17,6 +17,7 @@ input, and normalises before upsampling (see tests/methods/test_peers.py).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -34,6 +35,7 @@ from camtool.methods.layers import (
     layer_of,
 )
 from camtool.models.network import logits_of, network_failures
+from camtool.progress import Meter, Work
 
 if TYPE_CHECKING:
     from camtool.models.loading import LoadedModel
@@ -67,29 +69,48 @@ class ScoreCamExplainer(LayerExplainer):
         super().__init__(model, target, score)
         self.batch_size = batch_size
 
+    @property
+    def forward_passes_per_image(self) -> int:
+        """At most ``1 + C`` forward passes per image: the one that reads the layer's ``C``
+        channels, then one per channel's masked input (1 when ``C`` is not known yet)."""
+        shape = self.target.probe_shape
+        return 1 + (int(shape[0]) if shape else 0)
+
     def __call__(
         self, batch: Tensor, classes: Sequence[int] | None = None, maps: int = 1
     ) -> MapBatch:
         """Map a preprocessed ``Tensor[N,3,h,w]`` batch (``N*C`` masked forward passes, batched).
 
+        Its progress goes to the current :mod:`camtool.progress` callback, in forward passes
+        (one image through the network): ``N * (C + 1) + 1`` at most (the reading pass, one
+        per channel, the blank input), then the exact count once the shared masks are known.
+
         Raises:
             ClassSelectionError, ModelRunError, UnsupportedModelError (as the gradient methods).
         """
+        started = time.perf_counter()
         read = self.read(batch, classes, maps)
         model = self.model
+        n, channels = int(read.activations.shape[0]), int(read.activations.shape[1])
+        work = Work("Score-CAM", "forward passes", n * (channels + 1) + 1, channels + 1, n)
+        meter = Meter(work, started=started)
+        meter.advance(n)  # the pass that read the layer
         with (
             eval_mode(model.module),
             torch.inference_mode(),
             model.autocast(),
             network_failures(model.name, read.batch),
         ):
-            weights = self.channel_weights(read.batch, read.activations, read.chosen)
+            weights = self.channel_weights(read.batch, read.activations, read.chosen, meter)
             result = torch.einsum("nck,nchw->nkhw", weights, read.activations).relu()
-        channels = int(read.activations.shape[1])
+        meter.finish()
         return self.result(read.logits, read.chosen, result, channels, read.input_hw, None)
 
-    def channel_weights(self, batch: Tensor, activations: Tensor, chosen: Tensor) -> Tensor:
-        """``Tensor[N,C,k]``: the score of each mapped class on each channel's masked input.
+    def channel_weights(
+        self, batch: Tensor, activations: Tensor, chosen: Tensor, meter: Meter | None = None
+    ) -> Tensor:
+        """``Tensor[N,C,k]``: the score of each mapped class on each channel's masked input
+        (``meter``: counts each forward pass, one per input image).
 
         Only distinct masked inputs run through the network, ``batch_size`` per forward pass:
 
@@ -112,6 +133,8 @@ class ScoreCamExplainer(LayerExplainer):
             return out.softmax(-1) if self.score == "probability" else out
 
         blank = scores_of(torch.zeros_like(batch[:1]))[0]  # [K]
+        if meter is not None:
+            meter.advance(1)
         weights = blank[chosen][:, None, :].expand(n, channels, -1).clone()
         flat = activations.flatten(2)
         low, high = flat.amin(dim=-1), flat.amax(dim=-1)
@@ -121,6 +144,8 @@ class ScoreCamExplainer(LayerExplainer):
             high[image, channel, None] - low[image, channel, None]
         )  # [P, h*w], each in [0, 1]
         distinct, which = shared_grids(image, grids)  # [U], [P]
+        if meter is not None:  # the exact count: one pass per distinct masked input
+            meter.retotal(meter.done + int(distinct.shape[0]))
         owner = image[distinct]
         distinct_grids = grids[distinct]
         grid_shape = activations.shape[-2:]
@@ -130,6 +155,8 @@ class ScoreCamExplainer(LayerExplainer):
             masks = channel_masks(distinct_grids[rows].view(-1, 1, *grid_shape), input_hw)
             masked = batch[owner[rows]] * masks.to(batch.dtype)
             scores[rows] = scores_of(masked).gather(1, chosen[owner[rows]])
+            if meter is not None:
+                meter.advance(int(masked.shape[0]))
         weights[image, channel] = scores[which]
         return weights
 
