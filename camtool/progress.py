@@ -93,7 +93,8 @@ class Meter:
     A computation makes one per work: ``Meter(Work(...))`` (the current callback by default)
     sends ``done == 0``; :meth:`advance` sends each step. The work's ``seconds``, the wall time
     estimated from the rate after the first step, is set once: by the first step that ends
-    :data:`ESTIMATE_AFTER_SECONDS` after the first one, or by the last step. ``started``
+    :data:`ESTIMATE_AFTER_SECONDS` after the first one with 2% of the work (at least 8 units)
+    done since, or by the last step. ``started``
     (default: now) is when the work began, before the meter was made.
     """
 
@@ -118,7 +119,8 @@ class Meter:
         first_clock, first_done = self._first
         if self.work.seconds is not None or self.done <= first_done:
             return
-        if now or clock - first_clock >= ESTIMATE_AFTER_SECONDS:
+        enough = self.done - first_done >= max(8, self.work.total // 50)
+        if now or (enough and clock - first_clock >= ESTIMATE_AFTER_SECONDS):
             rate = (clock - first_clock) / (self.done - first_done)
             left = rate * (self.work.total - self.done)
             self.work = replace(self.work, seconds=clock - self.started + left)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from camtool.cli.app import app
-from camtool.cli.console import console, errors_to_exit_codes, print_error
+from camtool.cli.console import console, errors_to_exit_codes, print_error, say
 from camtool.cli.options import (
     BoxThresholdOption,
     DeviceOption,
@@ -22,24 +22,39 @@ from camtool.settings import DEFAULT_BOX_THRESHOLD
 
 
 def build_eval_table(report: Any) -> Table:
-    """A rich table of an evaluation: one row per method, per measure its mean and 95% interval."""
-    measures = list(dict.fromkeys(s.measure for s in report.summaries))
-    table = Table(title="mean [95% interval]")
-    table.add_column("method")
-    for measure in measures:
+    """A rich table of an evaluation: one row per measure (its direction: ↓ lower is better, ↑
+    higher), one column per method, each cell the mean over the images above its 95% interval;
+    narrow enough for 80 columns with a few methods."""
+    methods = list(dict.fromkeys(s.method for s in report.summaries))
+    found = {(s.method, s.measure): s for s in report.summaries}
+    count = len(report.records)
+    table = Table(
+        title=f"mean [95% interval] over {count} image{'' if count == 1 else 's'}",
+        caption="↓ lower is better, ↑ higher is better",
+    )
+    table.add_column("measure", no_wrap=True)
+    for method in methods:
+        table.add_column(method, justify="right")
+    for measure in dict.fromkeys(s.measure for s in report.summaries):
         better = next(s.better for s in report.summaries if s.measure == measure)
-        table.add_column(f"{measure} ({'↓' if better == 'lower' else '↑'})", justify="right")
-    for method in dict.fromkeys(s.method for s in report.summaries):
         cells = []
-        for measure in measures:
-            found = [s for s in report.summaries if (s.method, s.measure) == (method, measure)]
+        for method in methods:
+            s = found.get((method, measure))
             cells.append(
-                f"{found[0].mean:.3g}{found[0].unit} [{found[0].low:.3g}, {found[0].high:.3g}]"
-                if found
+                f"{_number(s.mean, s)}{s.unit}\n[{_number(s.low, s)}, {_number(s.high, s)}]"
+                if s is not None
                 else "-"
             )
-        table.add_row(method, *cells)
+        table.add_row(f"{measure} {'↓' if better == 'lower' else '↑'}", *cells)
     return table
+
+
+def _number(value: float, summary: Any) -> str:
+    """A measure's value in a table cell: a residual in scientific notation, a percentage with
+    one decimal, anything else (an area under a curve, a probability) with three."""
+    if summary.measure == "completeness":
+        return f"{value:.1e}".replace("e-0", "e-").replace("e+0", "e+")  # 3.4e-7
+    return f"{value:.1f}" if summary.unit == "%" else f"{value:.3f}"
 
 
 @app.command("eval")
@@ -105,29 +120,38 @@ def evaluate_methods(
     completeness) and, with --boxes, localization; write results.json, results.csv, curve plots
     and index.html into OUT.
 
+    A full run costs hundreds of forward passes per image and method (Score-CAM: one per
+    channel too); for a quick look, one metric with few steps:
+    camtool eval photos/ --metric deletion --steps 16
+
     Exit code 0 when every image was evaluated, 3 when some failed (each is listed), 130 when
     interrupted (finish with --resume).
     """
     with errors_to_exit_codes():
+        from camtool.cli.progress_view import shown_progress
         from camtool.metrics.evaluate import evaluate
         from camtool.models.loading import DEFAULT_MODEL
 
-        report = evaluate(
-            images, method or ["cam"], boxes, metric, (model or [DEFAULT_MODEL])[0],
-            size=size, out=out, resume=resume, steps=steps, box_threshold=box_threshold,
-            batch_size=batch_size, device=device, progress=not quiet,
-            weights=str(weights) if weights else None, labels=str(labels) if labels else None,
-            dtype=dtype, rescale_boxes=rescale_boxes,
-        )  # fmt: skip
+        with shown_progress(not quiet) as progress:
+            report = evaluate(
+                images, method or ["cam"], boxes, metric, (model or [DEFAULT_MODEL])[0],
+                size=size, out=out, resume=resume, steps=steps, box_threshold=box_threshold,
+                batch_size=batch_size, device=device, progress=progress or False,
+                weights=str(weights) if weights else None,
+                labels=str(labels) if labels else None, dtype=dtype, rescale_boxes=rescale_boxes,
+            )  # fmt: skip
         for failure in report.failures[:20]:
             print_error(f"{failure.input}: {failure.error}")
         if not quiet:
             console.print(build_eval_table(report))
             console.print(
                 f"evaluated {report.evaluated}, failed {report.failed}, skipped {report.skipped} "
-                f"(already done) of {report.total} in {report.seconds:.1f} s -> {out}",
+                f"(already done) of {report.total} in {report.seconds:.1f} s",
                 markup=False,
             )
+            page = next((f for f in report.files if f.name == "index.html"), None)
+            if page is not None:
+                say(f"report: {page}", whole=True)
         if report.rescaled:  # shown even with --quiet: camtool changed the boxes
             count = len(report.rescaled)
             console.print(

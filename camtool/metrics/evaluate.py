@@ -23,10 +23,13 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from torch import Tensor, nn
 
 from camtool.allocator import keep_freed_memory
 from camtool.binding import ModelSpec, get_model
@@ -49,10 +52,11 @@ from camtool.journal import (
 )
 from camtool.metrics.annotations import match_images, resolve_boxes
 from camtool.metrics.box_files import read_annotations
-from camtool.metrics.measuring import EvalRun, measured_batches
+from camtool.metrics.kept_maps import KeptMaps
+from camtool.metrics.measuring import EvalRun, forward_passes_per_image, measured_batches
 from camtool.metrics.summaries import Summary
 from camtool.models.loading import DEFAULT_MODEL
-from camtool.progress import ProgressBar
+from camtool.progress import Meter, ProgressCallback, Work, WorkBars, current, reporting
 from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold, check_positive_int
 
 RESULTS = "results.jsonl"
@@ -168,7 +172,7 @@ def evaluate(
     box_threshold: float = DEFAULT_BOX_THRESHOLD,
     batch_size: int = 8,
     device: str | None = "auto",
-    progress: bool = False,
+    progress: bool | ProgressCallback = False,
     report: bool = True,
     rescale_boxes: bool = False,
     **model_options: Any,
@@ -190,7 +194,13 @@ def evaluate(
         road_percentages: ROAD's fractions removed; box_threshold: the CAM box's threshold for
             the localization error.
         batch_size: images per batch (their perturbed copies go through the network together).
-        progress: show a progress bar; report: write the report files at the end.
+        progress: how the run reports its progress, in forward passes (one image through the
+            network: the maps, every perturbed copy; see :func:`forward_passes_per_image`):
+            True draws a rich bar and, when the run will take more than a few seconds, its cost
+            first; a :data:`~camtool.progress.ProgressCallback` is called with ``(work, done)``;
+            False: the callback of an enclosing :func:`camtool.progress.reporting`, if any.
+        report: write the report files at the end (the overlays of the worst and best images
+            use the maps of the measuring pass: no image is mapped twice).
         rescale_boxes: scale the boxes of an image whose size is not the one its VOC or COCO
             file declares (drawn on a resized copy) to the real size, and say so in its record
             (``boxes_rescaled``) and the settings; by default such an image fails.
@@ -244,6 +254,29 @@ def evaluate(
                          unmatched, started)  # fmt: skip
 
 
+def _images_note(done: int, total: int, failed: int) -> str:
+    return f"{done}/{total} img, {failed} failed"
+
+
+@contextmanager
+def _counting_passes(module: nn.Module, meter: Meter | None) -> Iterator[None]:
+    """Advance ``meter`` by the images of each batch that has gone through ``module`` (no
+    meter: nothing)."""
+    if meter is None:
+        yield
+        return
+
+    def count(_module: nn.Module, args: tuple[Any, ...], _output: Any) -> None:
+        first = args[0] if args else None
+        meter.advance(int(first.shape[0]) if isinstance(first, Tensor) and first.ndim else 1)
+
+    handle = module.register_forward_hook(count)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _settings(run: EvalRun, boxes: str | os.PathLike[str] | None) -> dict[str, Any]:
     """Every setting a resumed run must share, JSON-ready."""
     digest = None
@@ -273,7 +306,7 @@ def _evaluate(
     out: Path | None,
     settings: dict[str, Any],
     resume: bool,
-    progress: bool,
+    progress: bool | ProgressCallback,
     write_report: bool,
     unmatched: list[str],
     started: float,
@@ -299,28 +332,45 @@ def _evaluate(
     if writer is not None:
         for failure in failures:
             writer.write(failed_record(failure.input, failure.error))
-    bar = (
-        ProgressBar("eval", len(items), "img", len(items) - len(todo), len(failed))
-        if progress
-        else None
-    )
-    evaluated = 0
-    with interrupt_flag() as interrupted:
+    bars = WorkBars() if progress is True else None
+    callback = bars if bars is not None else progress if callable(progress) else current()
+    costs = {boxed: forward_passes_per_image(run, boxed) for boxed in (False, True)}
+
+    def cost(items: list[InputItem]) -> int:
+        return sum(costs[bool(run.boxes.get(i.resolved))] for i in items)
+
+    meter = None
+    finished = len(items) - len(todo)
+    if callback is not None:
+        work = Work(
+            "eval", "forward passes", cost(todo), per_image=cost(todo) // max(1, len(todo)),
+            images=len(todo), detail=_images_note(finished, len(items), len(failed)),
+        )  # fmt: skip
+        meter = Meter(work, callback)
+    kept = KeptMaps()
+    evaluated = processed = 0
+    with (
+        interrupt_flag() as interrupted,
+        _counting_passes(run.model.module, meter),
+        reporting(None),  # the methods' own work (Score-CAM's passes) is counted here
+    ):
         try:
-            for done, bad in measured_batches(run, todo):
+            for done, bad, maps in measured_batches(run, todo):
                 for failure, item in bad:
                     failed.append(failure)
                     if writer is not None:
                         writer.write(failed_record(failure.input, failure.error, item.resolved))
-                    if bar:
-                        bar.advance(failed=len(failed))
-                for record in done:
+                for record, image_maps in zip(done, maps, strict=True):
                     if writer is not None:
                         writer.write(record)
                     records.append(record)
+                    kept.offer(record, image_maps)
                     evaluated += 1
-                    if bar:
-                        bar.advance(failed=len(failed))
+                processed += len(done) + len(bad)
+                finished += len(done) + len(bad)
+                if meter is not None:  # the estimate of what is left, now that this is known
+                    meter.retotal(meter.done + cost(todo[processed:]))
+                    meter.note(_images_note(finished, len(items), len(failed)))
                 if interrupted:
                     break
         except KeyboardInterrupt:
@@ -329,8 +379,10 @@ def _evaluate(
         finally:
             if writer is not None:
                 writer.close()
-            if bar:
-                bar.stop()
+            if meter is not None and not interrupted:
+                meter.finish()
+            if bars is not None:
+                bars.close()
     from camtool.metrics.report import write_report_files
     from camtool.metrics.summaries import summarize
 
@@ -341,7 +393,7 @@ def _evaluate(
         time.perf_counter() - started, tuple(failed), (), bool(interrupted), tuple(unmatched),
     )  # fmt: skip
     if out is not None and write_report and not interrupted:
-        files = write_report_files(report, run.model, run.sources)
+        files = write_report_files(report, run.model, run.sources, kept.maps)
         report = replace(report, files=tuple(files))
     if interrupted:
         raise EvalInterrupted(report)

@@ -1,6 +1,7 @@
 """Measuring one batch of an evaluation: each method's maps of the batch's images (one seam call per
 method), then every measure on them (faithfulness curves and scores; with boxes, localization),
-as one journal record per image. :class:`EvalRun` is what a running evaluation holds.
+as one journal record per image. :class:`EvalRun` is what a running evaluation holds;
+:func:`forward_passes_per_image` what measuring one image costs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from camtool.journal import (
     image_record,
 )
 from camtool.metrics.annotations import AnnotationError, GroundTruthBox, fit_to_image
+from camtool.metrics.perturbation import RISE_STEPS
 from camtool.models.loading import LoadedModel
 
 
@@ -45,10 +47,40 @@ class EvalRun:
     rescaled: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
 
+#: Per image and method, its map (``Tensor[S,S]`` float32 at the evaluation's size) by method.
+ImageMaps = dict[str, Tensor]
+
+
+def forward_passes_per_image(run: EvalRun, boxed: bool) -> int:
+    """The forward passes (one image through the network) that measuring one image costs, as
+    :func:`measured_batches` runs them: the unperturbed image once; per method its maps (one
+    pass, or what the explainer says: ``forward_passes_per_image``, Score-CAM's ``1 + C``), and
+    the perturbed copies of each metric (deletion ``S``, insertion ``S + 1``, ROAD two per
+    percentage, Average Drop two); with boxes (``boxed``) the localization error maps the top 5
+    classes too. A batch adds a few shared passes (deletion's all-black image, Score-CAM's blank
+    input); Score-CAM's shared masks take fewer."""
+    pixels = run.size * run.size
+    step = math.ceil(pixels / (run.steps or RISE_STEPS))
+    steps = len(range(0, pixels, step))
+    perturbed = {
+        "deletion": steps, "insertion": steps + 1, "road": 2 * len(run.road_percentages),
+        "average_drop": 2,
+    }  # fmt: skip
+    metrics = sum(perturbed.get(m, 0) for m in run.metrics)
+    classes = min(5, len(run.model.labels)) if boxed and "localization" in run.metrics else 0
+    total = 1
+    for source in run.sources.values():
+        explainer = getattr(source, "explainer", None)
+        maps = int(getattr(explainer, "forward_passes_per_image", 1))
+        total += maps * (1 + classes) + metrics
+    return total
+
+
 def measured_batches(
     run: EvalRun, items: list[InputItem]
-) -> Iterator[tuple[list[dict[str, Any]], list[tuple[ExportFailure, InputItem]]]]:
-    """Decode, squeeze and measure ``items`` a batch at a time: ``(records, failures)`` each."""
+) -> Iterator[tuple[list[dict[str, Any]], list[tuple[ExportFailure, InputItem]], list[ImageMaps]]]:
+    """Decode, squeeze and measure ``items`` a batch at a time: ``(records, failures, maps)``
+    each, ``maps`` the maps the records were measured on (one :data:`ImageMaps` per record)."""
     for begin in range(0, len(items), run.batch_size):
         chunk = items[begin : begin + run.batch_size]
         ready: list[tuple[InputItem, Tensor, tuple[int, int], list[list[float]]]] = []
@@ -76,15 +108,16 @@ def measured_batches(
             )
             ready.append((item, pixels, (width, height), boxes))
         if ready:
-            yield _measure(run, ready), bad
+            records, maps = _measure(run, ready)
+            yield records, bad, maps
         else:
-            yield [], bad
+            yield [], bad, []
 
 
 def _measure(
     run: EvalRun, ready: list[tuple[InputItem, Tensor, tuple[int, int], list[list[float]]]]
-) -> list[dict[str, Any]]:
-    """Every metric of every method on one batch; one record per image."""
+) -> tuple[list[dict[str, Any]], list[ImageMaps]]:
+    """Every metric of every method on one batch; one record per image, and its maps."""
     from camtool.metrics import localization, perturbation
     from camtool.metrics.maps import pixel_forward
     from camtool.metrics.road import road as road_metric
@@ -113,9 +146,12 @@ def _measure(
     results: list[dict[str, dict[str, Any]]] = [{} for _ in range(n)]
     curves: list[dict[str, dict[str, list[float]]]] = [{} for _ in range(n)]
     with_boxes = [i for i in range(n) if scaled[i] is not None]
+    kept: list[ImageMaps] = [{} for _ in range(n)]
     for method, source in run.sources.items():
         facts = source(pixels, classes)
         maps = facts.maps
+        for i in range(n):
+            kept[i][method] = maps[i].detach().float().cpu()
         values: dict[str, list[Any]] = {}
         for metric in ("deletion", "insertion"):
             if metric in run.metrics:
@@ -184,7 +220,7 @@ def _measure(
         }))  # fmt: skip
         if item.resolved in run.rescaled:
             records[-1]["boxes_rescaled"] = run.rescaled.pop(item.resolved)
-    return records
+    return records, kept
 
 
 def _annotated(run: EvalRun, item: InputItem) -> list[int]:

@@ -44,17 +44,24 @@ _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 
 
 
 def write_report_files(
-    report: EvalReport, model: LoadedModel, sources: dict[str, Any]
+    report: EvalReport,
+    model: LoadedModel,
+    sources: dict[str, Any],
+    kept: dict[tuple[str, str], torch.Tensor] | None = None,
 ) -> list[Path]:
     """Write ``results.json``, ``results.csv``, ``curves_*.png``, overlays and ``index.html``
-    into ``report.out_dir``; return their paths."""
+    into ``report.out_dir``; return their paths.
+
+    ``kept``: the maps of the measuring pass by ``(method, path)`` (``Tensor[S,S]`` float32 at
+    the evaluation's size); an overlay whose map is not among them (an image an earlier run
+    measured) maps its image again with ``sources[method]``."""
     out = report.out_dir
     assert out is not None
     files = [_write_json(report, out), _write_csv(report, out)]
     curves = [_write_curve(report, out, metric) for metric in ("deletion", "insertion")]
     files += [c for c in curves if c is not None]
     ranked = rankings(report)
-    overlays = _write_overlays(report, out, model, sources, ranked)
+    overlays = _write_overlays(report, out, model, sources, ranked, kept or {})
     files += sorted(set(overlays.values()))
     files.append(_write_html(report, out, ranked, overlays, [c for c in curves if c]))
     return files
@@ -226,9 +233,11 @@ def _write_overlays(
     model: LoadedModel,
     sources: dict[str, Any],
     ranked: dict[str, dict[str, dict[str, list[dict[str, Any]]]]],
+    kept: dict[tuple[str, str], torch.Tensor],
 ) -> dict[tuple[str, str], Path]:
     """The overlay of each image a ranking shows, per method: its map (at the evaluation's size,
-    resized to the image) over the original, with its ground-truth boxes in green."""
+    resized to the image; the measured one when ``kept`` has it) over the original, with its
+    ground-truth boxes in green."""
     from camtool.boxes import draw_box
     from camtool.image import resize_image
     from camtool.naming import component
@@ -250,11 +259,14 @@ def _write_overlays(
             except CamtoolError:
                 continue  # gone since it was evaluated: the page shows no picture for it
             height, width = int(image.shape[1]), int(image.shape[2])
-            squeezed = resize_image(image, (size, size), model.preprocessing.interpolation)
-            pixels = squeezed[None].float().div_(255)
-            classes = torch.tensor([int(record["class"])])
-            maps = sources[method](pixels, classes)
-            heat = maps.maps if hasattr(maps, "maps") else maps
+            heat = kept.get((method, path))
+            if heat is None:
+                squeezed = resize_image(image, (size, size), model.preprocessing.interpolation)
+                pixels = squeezed[None].float().div_(255)
+                maps = sources[method](pixels, torch.tensor([int(record["class"])]))
+                heat = maps.maps if hasattr(maps, "maps") else maps
+            else:
+                heat = heat[None]
             heat = torch.nn.functional.interpolate(
                 heat[:, None].float().cpu(),
                 size=(height, width),
