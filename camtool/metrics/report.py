@@ -293,6 +293,37 @@ def _link(path: Path, root: Path) -> str:
     return urllib.parse.quote(relative, safe="/")
 
 
+def shown_settings(settings: dict[str, Any]) -> list[list[str]]:
+    """The run's settings as ``[name, value]`` rows for the page: lists joined with commas,
+    None as ``-``, and an installed file (the weights in the Python environment or a cache) by
+    its name, never its absolute path; the full values are in ``results.json``."""
+
+    def shown(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, list):
+            return ", ".join(shown(v) for v in value)
+        if isinstance(value, str) and os.path.isabs(value) and _installed(Path(value)):
+            return f"{Path(value).name} (installed)"
+        return str(value)
+
+    return [[name, shown(v)] for name, v in settings.items() if not isinstance(v, dict)]
+
+
+def _installed(path: Path) -> bool:
+    """True for a file in the Python environment (its prefixes, site-packages), camtool's own
+    folder or a user cache (``~/.cache``: torch hub, Hugging Face)."""
+    import site
+    import sys
+
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages()}
+    roots |= {str(Path(__file__).resolve().parents[1]), str(Path.home() / ".cache")}
+    resolved = path.resolve()
+    return any(
+        path.is_relative_to(root) or resolved.is_relative_to(Path(root).resolve()) for root in roots
+    )
+
+
 def _write_html(
     report: EvalReport,
     out: Path,
@@ -315,7 +346,8 @@ def _write_html(
                    for end in ("worst", "best")},
             })  # fmt: skip
     data = {
-        "settings": {k: v for k, v in report.settings.items() if not isinstance(v, dict)},
+        "settings": shown_settings(report.settings),
+        "boxes": report.settings.get("boxes") is not None,
         "summaries": summaries,
         "what": {name: w for name, (_, _, w) in MEASURES.items()} | {"top1_iou": "IoU of the top-1 box"},
         "rankings": rankings_out,
@@ -333,7 +365,12 @@ def _write_html(
 _STYLE = """body{font:14px system-ui,sans-serif;margin:16px;color:#222;background:#fafafa}
 table{border-collapse:collapse;margin:8px 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;font-variant-numeric:tabular-nums}
+th{overflow-wrap:anywhere}
 th:first-child,td:first-child{text-align:left}
+.wide{max-width:100%;overflow-x:auto}
+#summary td{white-space:nowrap}
+.interval{color:#666;font-size:12px}
+#settings td{text-align:left;font-size:12px;color:#444;overflow-wrap:anywhere;max-width:60em}
 .ranking{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;margin:8px 0}
 .row{display:flex;gap:8px;flex-wrap:wrap}
 figure{margin:0;width:180px}
@@ -344,13 +381,15 @@ figcaption{font-size:12px;overflow-wrap:anywhere}
 """
 
 _BODY = """<h1>camtool evaluation</h1>
-<p class="meta" id="settings"></p>
+<details open><summary>Settings</summary><div class="wide"><table id="settings"></table></div></details>
 <p><a id="json">results.json</a> <a id="csv">results.csv</a></p>
-<h2>Summary (mean and 95% interval)</h2>
-<div id="summary"></div>
+<h2>Summary: mean and 95% interval over the images</h2>
+<p class="meta">&darr; lower is better, &uarr; higher is better; n: the images measured.</p>
+<div class="wide" id="summary"></div>
 <h2>Curves</h2>
 <div class="curves" id="curves"></div>
 <h2>Worst and best images</h2>
+<p class="meta" id="legend">Each picture is the method's map over the image.</p>
 <div id="rankings"></div>
 <section id="failures"></section>
 """
@@ -358,19 +397,25 @@ _BODY = """<h1>camtool evaluation</h1>
 _SCRIPT = """"use strict";
 const data = JSON.parse(document.getElementById("data").textContent);
 const el = (tag, text, cls) => { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; };
-document.getElementById("settings").textContent = Object.entries(data.settings).map(([k, v]) => k + ": " + JSON.stringify(v)).join("; ");
+const settings = document.getElementById("settings");
+data.settings.forEach(([name, value]) => { const tr = el("tr"); tr.appendChild(el("th", name)); tr.appendChild(el("td", value)); settings.appendChild(tr); });
+if (data.boxes) document.getElementById("legend").textContent += " The green box is the ground truth: the annotated boxes of the class the map explains.";
 document.getElementById("json").href = data.files.json; document.getElementById("csv").href = data.files.csv;
+const fmt = (v, s) => s.measure === "completeness" ? v.toExponential(1) : v.toFixed(s.unit === "%" ? 1 : 3);
 const methods = [...new Set(data.summaries.map(s => s.method))];
 const measures = [...new Set(data.summaries.map(s => s.measure))];
-const table = el("table"); const head = el("tr"); head.appendChild(el("th", "method"));
-measures.forEach(m => { const th = el("th", m); th.title = data.what[m] || m; head.appendChild(th); });
+const table = el("table"); const head = el("tr"); head.appendChild(el("th", "measure"));
+methods.forEach(m => head.appendChild(el("th", m)));
 table.appendChild(head);
-methods.forEach(method => {
-  const row = el("tr"); row.appendChild(el("td", method));
-  measures.forEach(m => {
+measures.forEach(m => {
+  const better = data.summaries.find(x => x.measure === m).better;
+  const row = el("tr"); const name = el("th", m + (better === "lower" ? " \u2193" : " \u2191"));
+  name.title = (data.what[m] || m) + "; " + better + " is better"; row.appendChild(name);
+  methods.forEach(method => {
     const s = data.summaries.find(x => x.method === method && x.measure === m);
-    const cell = el("td", s ? s.mean.toFixed(3) + s.unit + " [" + s.low.toFixed(3) + ", " + s.high.toFixed(3) + "] n=" + s.n : "-");
-    if (s) cell.title = s.better + " is better"; row.appendChild(cell);
+    const cell = el("td", s ? fmt(s.mean, s) + s.unit : "-");
+    if (s) cell.appendChild(el("div", "[" + fmt(s.low, s) + ", " + fmt(s.high, s) + "] n=" + s.n, "interval"));
+    row.appendChild(cell);
   });
   table.appendChild(row);
 });
