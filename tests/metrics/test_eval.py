@@ -19,12 +19,16 @@ from typing import Any
 
 import cv2
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import camtool
+import camtool.progress
 from camtool.cli import app
 from camtool.errors import InvalidArgumentError, OutputBusyError
 from camtool.metrics.evaluate import METRICS, EvalReport, evaluate
+from camtool.metrics.kept_maps import KeptMaps
+from camtool.progress import Work
 from tests.conftest import CAT, COFFEE
 from tests.export.test_gallery import browse, elements
 
@@ -316,3 +320,114 @@ def test_a_batch_size_that_is_no_positive_integer_is_refused(size: object, tmp_p
         evaluate([CAT], ["cam"], out=tmp_path / "out", batch_size=size)  # type: ignore[arg-type]
     assert str(caught.value) == f"batch_size: expected a positive integer, got {size!r}"
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_counts_its_forward_passes_and_the_report_maps_no_image_again(
+    tmp_path: Path, lite0: camtool.LoadedModel
+) -> None:
+    for method in ("cam", "scorecam"):
+        camtool.methods.bind(method, lite0)  # bound (and probed) before the count starts
+    rows: list[int] = []
+    handle = lite0.module.register_forward_hook(
+        lambda _m, args, _out: rows.append(int(args[0].shape[0]))
+    )
+    events: list[tuple[Work, int]] = []
+    try:
+        report = evaluate(
+            [CAT, COFFEE], ["cam", "scorecam"], metrics=["deletion"], model=lite0,
+            out=tmp_path / "r", progress=lambda work, done: events.append((work, done)), **CHEAP,
+        )  # fmt: skip
+    finally:
+        handle.remove()
+    first, last = events[0], events[-1]
+    # per image: the image; CAM's map and deletion's 4 steps; Score-CAM's 1 + 1280 and 4 steps
+    assert (first[0].task, first[0].unit, first[0].per_image) == ("eval", "forward passes", 1291)
+    assert first[1] == 0 and first[0].total == 2 * 1291
+    assert [d for _, d in events] == sorted(d for _, d in events)
+    assert last[0].detail == "2/2 img, 0 failed"
+    # every pass of the whole run, the report's overlays included, is one the measuring counted
+    assert sum(rows) == last[1] == last[0].total
+    overlays = sorted(p.name for p in (tmp_path / "r" / "overlays" / "scorecam").iterdir())
+    assert overlays == ["chelsea_scorecam.png", "coffee_scorecam.png"]
+    assert report.files and report.exit_code == 0
+
+
+def test_kept_maps_are_those_of_the_images_a_ranking_can_still_show() -> None:
+    kept = KeptMaps()
+    for i, value in enumerate([0.5, 0.1, 0.9, 0.4, 0.6, 0.3, 0.7, 0.2]):
+        record = {
+            "input": f"{i}.png",
+            "path": f"/p/{i}.png",
+            "results": {"cam": {"deletion": value}},
+        }
+        kept.offer(record, {"cam": torch.full((2, 2), float(i))})
+    # the 3 lowest (0.1, 0.2, 0.3) and 3 highest (0.9, 0.7, 0.6) deletion areas, nothing else
+    assert sorted(path for _, path in kept.maps) == [f"/p/{i}.png" for i in (1, 2, 4, 5, 6, 7)]
+    assert float(kept.get("cam", "/p/6.png")[0, 0]) == 6.0 and kept.get("cam", "/p/0.png") is None
+
+
+def test_cli_eval_prints_the_cost_and_a_table_of_measures_by_method_at_80_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(camtool.progress, "COST_LINE_SECONDS", 0.0)  # whatever this CPU's speed
+    args = ["eval", str(CAT), str(COFFEE), "--boxes", str(BOXES), "--size", "64", "--steps", "2"]
+    for metric in ("deletion", "average_drop", "pointing_game"):
+        args += ["--metric", metric]
+    out = tmp_path / "r"
+    result = runner.invoke(
+        app, [*args, "--method", "cam", "--method", "gradcam", "-o", str(out)],
+        env={"COLUMNS": "80"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    # per image: the image, then per method its map, 2 deletion steps, 2 Average Drop passes
+    assert lines[0].startswith("eval: 11 forward passes per image, 22 for 2 images, about ")
+    assert f"report: {out / 'index.html'}" == lines[-1]  # a path is never broken
+    assert all(len(line) <= 80 for line in lines[:-1]) and "…" not in result.stdout  # none cut
+    header = next(line for line in lines if "measure" in line)
+    assert [c.strip() for c in header.split("┃")[1:4]] == ["measure", "cam", "gradcam"]
+    rows = {
+        line.split("│")[1].strip(): line
+        for line in lines
+        if line.startswith("│ ") and line.split("│")[1].strip()
+    }
+    assert list(rows) == [
+        "deletion ↓",
+        "average_drop ↓",
+        "increase_in_confidence ↑",
+        "pointing_game ↑",
+    ]
+    cells = [c.strip() for c in rows["pointing_game ↑"].split("│")[2:4]]
+    assert cells == ["50.0%", "50.0%"]  # the peak is on the cat, not on the coffee's box
+    intervals = [line for line in lines if line.startswith("│ ") and not line.split("│")[1].strip()]
+    assert intervals[0].split("│")[2].strip().startswith("[")  # the interval under each mean
+
+
+def test_the_report_page_fits_1400_px_and_shows_its_settings_as_a_table(
+    evaluated: EvalReport, tmp_path: Path
+) -> None:
+    assert evaluated.out_dir is not None
+    text = (evaluated.out_dir / "index.html").read_text()
+    assert "site-packages" not in text and str(Path(sys.prefix)) not in text
+    probe = evaluated.out_dir / "probe.html"  # the page, and a script that measures it after
+    measure = (
+        "<script>const s = document.querySelector('#summary table');"
+        "document.body.dataset.probe = [document.documentElement.scrollWidth,"
+        " document.documentElement.clientWidth, s.offsetWidth].join(' ');</script>"
+    )
+    probe.write_text(text.replace("</body></html>", measure + "</body></html>"))
+    dom = browse(probe, "", tmp_path / "profile", "--window-size=1400,900", "--dump-dom")
+    page_width, view_width, table_width = map(
+        int, dom.split('data-probe="')[1].split('"')[0].split()
+    )
+    assert page_width <= view_width and table_width < view_width  # nothing sticks out
+    tags = elements(dom)
+    assert ("table", [("id", "settings")]) in tags
+    settings = dom.split('id="settings">')[1].split("</table>")[0]
+    assert "<th>weights</th><td>efficientnet-lite0-57934424.pth (installed)</td>" in settings
+    assert "<th>methods</th><td>cam, gradcam</td>" in settings
+    assert "The green box is the ground truth" in dom
+    summary = dom.split('id="summary">')[1].split("</table>")[0]
+    assert "<th>measure</th><th>cam</th><th>gradcam</th>" in summary  # methods are the columns
+    assert 'title="deletion AUC (probability, RISE); lower is better">deletion ↓' in summary
+    assert "pointing_game ↑" in summary
