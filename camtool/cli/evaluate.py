@@ -120,9 +120,8 @@ def evaluate_methods(
     completeness) and, with --boxes, localization; write results.json, results.csv, curve plots
     and index.html into OUT.
 
-    A full run costs hundreds of forward passes per image and method (Score-CAM: one per
-    channel too); for a quick look, one metric with few steps:
-    camtool eval photos/ --metric deletion --steps 16
+    Quick look, one metric in few steps: camtool eval photos/ --metric deletion --steps 16
+    (a full run is hundreds of forward passes per image and method; Score-CAM's maps 1 + C).
 
     Exit code 0 when every image was evaluated, 3 when some failed (each is listed), 130 when
     interrupted (finish with --resume).
