@@ -35,10 +35,11 @@ from camtool.render import (
     labelled_grid,
     normalize_cams,
     overlay,
+    placement,
     scale_range,
     upsample_cams,
 )
-from camtool.settings import DEFAULT_BOX_THRESHOLD
+from camtool.settings import DEFAULT_BOX_THRESHOLD, DEFAULT_UPSAMPLE
 
 #: Maps per row in a comparison sheet; more wrap onto further rows.
 SHEET_MAPS_PER_ROW = 4
@@ -80,7 +81,11 @@ class Explanation:
             maps that do not decompose the logit.
         region: the part of the image the network saw (all of it unless cropped).
         input_hw: (height, width) of the network input.
-        geometry: where the feature cells sit on that input (heatmaps are aligned with it).
+        geometry: where the feature cells sit on that input (heatmaps are aligned with it
+            when ``upsample`` is ``"placed"``).
+        upsample: how the maps were resized to the image: ``"placed"`` (each cell at the centre
+            of its receptive field) or ``"stretch"`` (the grid stretched over the image, as
+            ``cv2.resize`` does); see :func:`camtool.render.upsample_cams`.
     """
 
     source: str
@@ -98,6 +103,7 @@ class Explanation:
     region: Region
     input_hw: tuple[int, int]
     geometry: FeatureGeometry
+    upsample: str = DEFAULT_UPSAMPLE
 
     @property
     def cams(self) -> Tensor:
@@ -246,6 +252,7 @@ class Explanation:
             "identity_residual": self.residual,
             "network_input": {"width": self.input_hw[1], "height": self.input_hw[0]},
             "feature_grid": {"width": int(self.maps.shape[-1]), "height": int(self.maps.shape[-2])},
+            "upsample": self.upsample,
             "predictions": [vars(p) for p in self.predictions],
             "explained": [
                 {**vars(score), "box": list(box) if box else None}
@@ -404,9 +411,11 @@ def build_explanation(
     region: Region,
     top_k: int = 5,
     box_threshold: float = DEFAULT_BOX_THRESHOLD,
+    upsample: str = DEFAULT_UPSAMPLE,
 ) -> Explanation:
     """Turn row ``row`` of a :class:`~camtool.methods.MapBatch` into the :class:`Explanation` of
-    ``image`` (``Tensor[3,H,W]`` uint8): scores, heatmaps at image resolution, boxes."""
+    ``image`` (``Tensor[3,H,W]`` uint8): scores, heatmaps at image resolution (resized as
+    ``upsample`` says, see :func:`camtool.render.upsample_cams`), boxes."""
     input_hw = out.input_hw
     logits = out.logits[row].cpu()
     probs = logits.softmax(-1)
@@ -420,20 +429,18 @@ def build_explanation(
     height, width = image.shape[1:]
     heatmaps = torch.zeros((0, height, width))
     boxes: list[Box | None] = []
+    net_hw = (int(input_hw[0]), int(input_hw[1]))
+    placed = placement(upsample, out.geometry, net_hw, (int(cams.shape[-2]), int(cams.shape[-1])))
     if len(cams):  # a method that could not map this model gives predictions alone
         normalised = normalize_cams(cams)
-        upsampled = upsample_cams(
-            normalised, (input_hw[0], input_hw[1]), (y2 - y1, x2 - x1), out.geometry
-        )
+        upsampled = upsample_cams(normalised, net_hw, (y2 - y1, x2 - x1), placed, "placed")
         if (x1, y1, x2, y2) == (0, 0, width, height):  # the whole image: no copy
             heatmaps = upsampled
         else:
             heatmaps = torch.zeros((cams.shape[0], height, width))
             heatmaps[:, y1:y2, x1:x2] = upsampled[:, : height - y1, : width - x1]
         for cam in normalised:  # the box of each heatmap, from a small map (same box, faster)
-            found = small_map_box(
-                cam, (input_hw[0], input_hw[1]), (y2 - y1, x2 - x1), out.geometry, box_threshold
-            )
+            found = small_map_box(cam, net_hw, (y2 - y1, x2 - x1), placed, box_threshold)
             boxes.append(None if found is None else _moved(found, x1, y1, width, height))
     return Explanation(
         source=source,
@@ -451,4 +458,5 @@ def build_explanation(
         region=region,
         input_hw=(input_hw[0], input_hw[1]),
         geometry=out.geometry,
+        upsample=upsample,
     )

@@ -17,6 +17,7 @@ from torch import Tensor
 from camtool.errors import InvalidArgumentError
 from camtool.geometry import FeatureGeometry
 from camtool.io.opencv import cv2
+from camtool.settings import DEFAULT_UPSAMPLE, check_upsample
 
 #: Colour maps by name: OpenCV's colour map, or None for ``gray`` (black to white). Names are
 #: matched in any case (:func:`colormap_name`).
@@ -111,27 +112,54 @@ def upsample_cams(
     input_hw: tuple[int, int],
     out_hw: tuple[int, int],
     geometry: FeatureGeometry | None = None,
+    upsample: str = DEFAULT_UPSAMPLE,
 ) -> Tensor:
     """Resize maps from feature resolution to the pixels of the image the network saw.
 
-    Each cell's value is placed at the centre of its receptive field (``geometry``, measured
-    while the network ran; by default cells are assumed to tile the input from its top-left).
-    The maps are upsampled over the whole cell grid, shifted to where the grid really lies, and
-    cut to the input's extent, rather than stretched over it.
+    ``upsample="placed"``: each cell's value is placed at the centre of its receptive field
+    (``geometry``, measured while the network ran; by default cells are assumed to tile the
+    input from its top-left). The maps are upsampled over the whole cell grid, shifted to where
+    the grid really lies, and cut to the input's extent, rather than stretched over it.
+    ``upsample="stretch"``: the grid is stretched over the whole image (``geometry`` is not
+    used), exactly as ``cv2.resize(cam, (W, H))`` (bilinear) and
+    ``F.interpolate(cams, (H, W), mode="bilinear", align_corners=False)`` do.
 
     Args:
         cams: ``Tensor[k,h,w]`` float.
         input_hw: (height, width) of the network input the maps come from.
         out_hw: (height, width) in pixels of the image part that input shows.
-        geometry: where the cells sit on the input (see :class:`camtool.heads.FeatureGeometry`).
+        geometry: where the cells sit on the input (see :class:`camtool.geometry.FeatureGeometry`).
+        upsample: ``"placed"`` or ``"stretch"`` (see :data:`camtool.settings.UPSAMPLES`).
 
     Returns:
         ``Tensor[k,*out_hw]`` float32, bilinear, edge values held beyond the outer cell centres.
+
+    Raises:
+        InvalidArgumentError: an unknown ``upsample``.
     """
     feature_hw = (int(cams.shape[-2]), int(cams.shape[-1]))
-    wy, wx = _weight_tensors(feature_hw, tuple(input_hw), tuple(out_hw), geometry)
+    placed = placement(upsample, geometry, (int(input_hw[0]), int(input_hw[1])), feature_hw)
+    wy, wx = _weight_tensors(feature_hw, tuple(input_hw), tuple(out_hw), placed)
     # Separable: mix columns on the small map first, then rows ([k,h,w] -> [k,h,W] -> [k,H,W]).
     return torch.matmul(wy.to(cams.device), cams.float() @ wx.to(cams.device).T)
+
+
+def placement(
+    upsample: str,
+    geometry: FeatureGeometry | None,
+    input_hw: tuple[int, int],
+    feature_hw: tuple[int, int],
+) -> FeatureGeometry | None:
+    """The geometry that upsampling ``upsample`` uses: ``geometry`` itself for ``"placed"``,
+    :meth:`~camtool.geometry.FeatureGeometry.stretched` for ``"stretch"`` (pass it to
+    :func:`upsample_weights` or :func:`camtool.boxes.small_map_box`).
+
+    Raises:
+        InvalidArgumentError: an unknown ``upsample``.
+    """
+    if check_upsample(upsample) == "stretch":
+        return FeatureGeometry.stretched(input_hw, feature_hw)
+    return geometry
 
 
 @lru_cache(maxsize=64)
