@@ -189,9 +189,11 @@ def _image(
     if folder is not None:
         for ex, outputs in zip(results, written, strict=True):
             prefix = f"{stem}_{component(ex.model)}" if several_models else stem
-            for i, score in enumerate(ex.explained):
+            for score in ex.explained:
                 tail = overlay_tail(ex.method, score.index, score.name, rendering.image_format)
-                outputs.append(ex.save(folder / files.claim(prefix, tail), i, **rendering.look()))
+                outputs.append(
+                    ex.save(folder / files.claim(prefix, tail), score, **rendering.look())
+                )
         if sheet:
             picture = comparison_sheet(results, **rendering.look())
             name = files.claim(stem, f"_sheet.{rendering.image_format}")

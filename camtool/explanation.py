@@ -25,13 +25,15 @@ from camtool.image import Region
 from camtool.io.images import (
     save_image,
 )
-from camtool.labels import label_index
+from camtool.labels import map_position
 from camtool.methods.base import MapBatch
 from camtool.models.loading import LoadedModel
 from camtool.picture import Picture, figures_html
 from camtool.render import (
     DEFAULT_SCALE,
     draw_legend,
+    enlarge,
+    enlargement,
     labelled_grid,
     normalize_cams,
     overlay,
@@ -118,15 +120,32 @@ class Explanation:
         _deprecated("Explanation.head", "Explanation.made_from")
         return self.made_from
 
-    def _position(self, which: int | str) -> int:
-        if isinstance(which, str):  # a label as --class takes it: exact, any case, or slug
-            found = label_index(which, [score.name for score in self.explained])
-            if found is None:
-                raise ClassSelectionError(which, "is not one of the explained classes")
-            return found
-        if not -len(self.explained) <= which < len(self.explained):
-            raise ClassSelectionError(which, f"only {len(self.explained)} classes were explained")
-        return which
+    def position(self, which: int | str | ClassScore) -> int:
+        """The position in :attr:`explained` (and ``maps``, ``heatmaps``, ``boxes``) of a map.
+
+        ``which`` is a class of ``explained`` (a :class:`ClassScore` of it, its name as
+        ``--class`` takes it, or its class index), or a position (0: the first map; negative
+        from the end). An integer that is both a position and an explained class's index is
+        one map when they agree; when they name two maps it is refused.
+
+        Raises:
+            ClassSelectionError: a class that has no map; an integer that is neither; an
+                ambiguous integer (the message names both maps).
+        """
+        if isinstance(which, ClassScore):
+            if which not in self.explained:
+                shown = ", ".join(f"{s.index} ({s.name})" for s in self.explained) or "none"
+                raise ClassSelectionError(which.name, f"has no map here (mapped: {shown})")
+            return self.explained.index(which)
+        mapped = [(s.index, s.name) for s in self.explained]
+        return map_position(which, mapped, self.made_from)
+
+    @property
+    def overlay_scale(self) -> int:
+        """How many times overlays are larger than :attr:`image` along each side: 1, or for an
+        image whose shorter side is below :data:`camtool.render.MIN_OVERLAY_SIDE` px, the whole
+        factor that brings it there (:func:`camtool.render.enlargement`)."""
+        return enlargement(int(self.image.shape[1]), int(self.image.shape[2]))
 
     def scaled_heatmaps(self, scale: str = DEFAULT_SCALE) -> Tensor:
         """The heatmaps on one colour scale: ``Tensor[k,H,W]`` float32 in [0, 1].
@@ -153,16 +172,18 @@ class Explanation:
         scaled[:, y1:y2, x1:x2] = (inside * factor + shift).clamp_(0, 1)
         return scaled
 
-    def value_range(self, which: int | str = 0, scale: str = DEFAULT_SCALE) -> tuple[float, float]:
+    def value_range(
+        self, which: int | str | ClassScore = 0, scale: str = DEFAULT_SCALE
+    ) -> tuple[float, float]:
         """The raw map values that the coolest and the hottest colour stand for, in the map's
         units (logit units for decompositions) on ``scale``."""
-        i = self._position(which)
+        i = self.position(which)
         low, high = scale_range(self.maps, scale)
         return float(low[i]), float(high[i])
 
     def overlay(
         self,
-        which: int | str = 0,
+        which: int | str | ClassScore = 0,
         alpha: float = 0.5,
         colormap: str = "jet",
         box: bool = False,
@@ -170,10 +191,13 @@ class Explanation:
         legend: bool = False,
     ) -> Picture:
         """Return the overlay of one explained class, a :class:`~camtool.picture.Picture` that
-        shows itself in Jupyter; its ``tensor`` is ``Tensor[3,H,W]`` uint8 RGB, the image's size.
+        shows itself in Jupyter; its ``tensor`` is ``Tensor[3,H,W]`` uint8 RGB, the image's size
+        (an image whose shorter side is below :data:`camtool.render.MIN_OVERLAY_SIDE` px is
+        enlarged :attr:`overlay_scale` times, each pixel a block, so that it can be seen).
 
         Args:
-            which: position in ``explained`` (0: the first) or the class's name.
+            which: the map: a class of ``explained`` (its ``ClassScore``, name or class index)
+                or a position in it (0: the first); see :meth:`position`.
             alpha: heatmap weight; colormap: a name from ``camtool.render.COLORMAPS``.
             box: draw the CAM box.
             scale: ``"joint"`` (one colour scale for all explained classes of this image) or
@@ -182,34 +206,39 @@ class Explanation:
                 :func:`camtool.render.legend_height`): the class and its probability, a colour
                 bar and what its ends mean (for decompositions, their values in logit units).
         """
-        i = self._position(which)
+        i = self.position(which)
+        height, width = int(self.image.shape[1]), int(self.image.shape[2])
         x1, y1, x2, y2 = self.region.as_ints()
         mask = None
-        if (x1, y1, x2, y2) != (0, 0, self.image.shape[2], self.image.shape[1]):
+        if (x1, y1, x2, y2) != (0, 0, width, height):
             mask = torch.zeros(self.image.shape[1:], dtype=torch.bool)
             mask[y1:y2, x1:x2] = True
         result = overlay(self.image, self.scaled_heatmaps(scale)[i], alpha, colormap, mask)
+        factor = enlargement(height, width)  # a tiny image: every pixel a visible block
+        result = enlarge(result, factor)
         found = self.boxes[i]
         if mask is not None or (box and found is not None):
             canvas = result.permute(1, 2, 0).cpu().numpy()  # a fresh image: draw on it in place
             if not canvas.flags.c_contiguous:
                 canvas = np.ascontiguousarray(canvas)
             if mask is not None:
-                draw_box_in_place(canvas, (x1, y1, x2, y2), (255, 255, 255), 1)
+                draw_box_in_place(canvas, _times((x1, y1, x2, y2), factor), (255, 255, 255), 1)
             if box and found is not None:
-                draw_box_in_place(canvas, found)
+                draw_box_in_place(canvas, _times(found, factor))
             result = torch.from_numpy(canvas).permute(2, 0, 1).to(self.image.device)
         if legend:
-            result = draw_legend(result, colormap, *self.legend_text(i, scale))
+            result = draw_legend(result, colormap, *self.legend_text(self.explained[i], scale))
         return Picture(result)
 
-    def legend_text(self, which: int | str = 0, scale: str = DEFAULT_SCALE) -> tuple[str, ...]:
+    def legend_text(
+        self, which: int | str | ClassScore = 0, scale: str = DEFAULT_SCALE
+    ) -> tuple[str, ...]:
         """``(caption, meaning, low, high)`` of the legend of one overlay (see :meth:`overlay`)."""
-        i = self._position(which)
+        i = self.position(which)
         score = self.explained[i]
         caption = f"{score.name}: probability {score.probability:.2f} ({self.method})"
         if self.residual is not None:  # a decomposition: the colours are logit contributions
-            low, high = self.value_range(i, scale)
+            low, high = self.value_range(score, scale)
             return (
                 caption,
                 f"contribution to {score.name} (logit units)",
@@ -233,7 +262,9 @@ class Explanation:
             [self], alpha=alpha, colormap=colormap, box=box, scale=scale, legend=legend
         )
 
-    def save(self, path: str | os.PathLike[str], which: int | str = 0, **options: Any) -> Path:
+    def save(
+        self, path: str | os.PathLike[str], which: int | str | ClassScore = 0, **options: Any
+    ) -> Path:
         """Write the overlay of one explained class (see :meth:`overlay` for options) to ``path``."""
         return save_image(path, self.overlay(which, **options).tensor)
 
@@ -253,6 +284,7 @@ class Explanation:
             "network_input": {"width": self.input_hw[1], "height": self.input_hw[0]},
             "feature_grid": {"width": int(self.maps.shape[-1]), "height": int(self.maps.shape[-2])},
             "upsample": self.upsample,
+            "overlay_scale": self.overlay_scale,
             "predictions": [vars(p) for p in self.predictions],
             "explained": [
                 {**vars(score), "box": list(box) if box else None}
@@ -282,8 +314,8 @@ class Explanation:
         """The notebook view: each explained class's overlay (with its box) captioned with the
         class and its probability, each picture embedded once; then the top-k table."""
         figures = [
-            (self.overlay(i, box=True), f"{s.index} {s.name} {s.probability:.2f}")
-            for i, s in enumerate(self.explained)
+            (self.overlay(s, box=True), f"{s.index} {s.name} {s.probability:.2f}")
+            for s in self.explained
         ] or [(Picture(self.image), "input (no maps)")]
         rows = "".join(
             f"<tr><td>{p.index}</td><td>{html.escape(p.name)}</td>"
@@ -380,9 +412,9 @@ def comparison_sheet(
         who = ": ".join([ex.model] * models + [ex.method] * methods)
         overlays = [
             ex.overlay(
-                i, alpha=alpha, colormap=colormap, box=box, scale=scale, legend=legend
+                s, alpha=alpha, colormap=colormap, box=box, scale=scale, legend=legend
             ).tensor
-            for i in range(len(ex.explained))
+            for s in ex.explained
         ]
         names = [f"{who}: {s.name} {s.probability:.2f}" if who else f"{s.name} {s.probability:.2f}"
                  for s in ex.explained]  # fmt: skip
@@ -395,6 +427,11 @@ def comparison_sheet(
             tiles += row + [blank] * (1 + per_row - len(row))
             captions += text + [""] * (1 + per_row - len(text))
     return Picture(labelled_grid(tiles, captions, 1 + per_row))
+
+
+def _times(box: Box, factor: int) -> Box:
+    """``box`` in the pixels of an image enlarged ``factor`` times."""
+    return box[0] * factor, box[1] * factor, box[2] * factor, box[3] * factor
 
 
 def _moved(box: Box, dx: int, dy: int, width: int, height: int) -> Box:

@@ -2,20 +2,24 @@
 is in :mod:`camtool.boxes`).
 
 Plain tensors in, plain tensors out: heatmaps are ``Tensor[H,W]`` (or ``[k,H,W]``) float in
-[0, 1]; images and overlays are ``Tensor[3,H,W]`` uint8 RGB. Functions work on any device.
+[0, 1]; images and overlays are ``Tensor[3,H,W]`` uint8 RGB (:func:`overlay` also reads any
+image :func:`camtool.explain` reads). Functions work on any device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache, lru_cache
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from camtool.errors import InvalidArgumentError
+from camtool.errors import ImageReadError, InvalidArgumentError
 from camtool.geometry import FeatureGeometry
+from camtool.image import Layout
+from camtool.io.images import ImageSource, load_image
 from camtool.io.opencv import cv2
 from camtool.settings import DEFAULT_UPSAMPLE, check_upsample
 
@@ -237,34 +241,42 @@ def colorize(heatmap: Tensor, colormap: str = "jet") -> Tensor:
 
 
 def overlay(
-    image: Tensor,
-    heatmap: Tensor,
+    image: ImageSource,
+    heatmap: Tensor | np.ndarray[Any, Any],
     alpha: float = 0.5,
     colormap: str = "jet",
     mask: Tensor | None = None,
+    layout: Layout | None = None,
 ) -> Tensor:
     """Blend a coloured heatmap onto an image.
 
     Args:
-        image: ``Tensor[3,H,W]`` uint8 RGB.
-        heatmap: ``Tensor[H,W]`` float in [0, 1], same height and width.
+        image: what :func:`camtool.explain` takes as one image: a path, a PIL image, or a tensor
+            or numpy array ``[3,H,W]``, ``[H,W,3]`` or ``[H,W]`` (uint8, or float in [0, 1]);
+            read by :func:`camtool.io.images.load_image`.
+        heatmap: ``[h,w]`` (or ``[1,h,w]``) float in [0, 1], a tensor or a numpy array, of any
+            size: a map of another size is stretched over the image (bilinear, as
+            ``cv2.resize`` does; :func:`upsample_cams` with ``upsample="stretch"``).
         alpha: weight of the heatmap, in [0, 1].
         colormap: a name from :data:`COLORMAPS`, in any case.
         mask: optional ``Tensor[H,W]`` bool; outside it the image is left as it is.
+        layout: ``"CHW"`` or ``"HWC"`` for an image whose shape cannot tell (``[3,H,3]``).
 
     Returns:
         ``Tensor[3,H,W]`` uint8 RGB: ``(1 - alpha) * image + alpha * colour``.
+
+    Raises:
+        ImageReadError: an image that cannot be read (named ``image``).
+        InvalidArgumentError: an alpha outside [0, 1]; a heatmap that is no 2-D map; a mask of
+            another size.
     """
     if not 0.0 <= alpha <= 1.0:
         raise InvalidArgumentError(alpha, "alpha must be between 0 and 1")
-    if image.ndim != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
+    image = _image_of(image, layout)
+    heatmap = _heatmap_of(heatmap, (int(image.shape[1]), int(image.shape[2])), image.device)
+    if mask is not None and mask.shape != image.shape[1:]:
         raise InvalidArgumentError(
-            "image", f"expected uint8 [3, H, W], got {image.dtype} {list(image.shape)}"
-        )
-    if heatmap.shape != image.shape[1:]:
-        raise InvalidArgumentError(
-            "heatmap",
-            f"shape {list(heatmap.shape)} does not match the image's {list(image.shape[1:])}",
+            "mask", f"shape {list(mask.shape)} does not match the image's {list(image.shape[1:])}"
         )
     if image.device.type == "cpu" and heatmap.device.type == "cpu":
         blended = _overlay_with_opencv(image, heatmap, alpha, colormap)
@@ -278,6 +290,44 @@ def overlay(
     if mask is not None:
         blended = torch.where(mask, blended, image.float())
     return blended.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _image_of(image: ImageSource, layout: Layout | None) -> Tensor:
+    """``image`` as ``Tensor[3,H,W]`` uint8 (one on any device as it is), read by the rules of
+    :func:`camtool.io.images.load_image`; its errors name the argument ``image``."""
+    if (  # as before: a uint8 [3,H,W] tensor is used as it is, on its device
+        isinstance(image, Tensor) and image.dtype == torch.uint8 and layout != "HWC"
+        and image.ndim == 3 and image.shape[0] == 3
+    ):  # fmt: skip
+        return image
+    try:
+        return load_image(image, layout=layout)
+    except ImageReadError as exc:
+        raise type(exc)("image", exc.problem) from None
+
+
+def _heatmap_of(
+    heatmap: Tensor | np.ndarray[Any, Any], image_hw: tuple[int, int], device: torch.device
+) -> Tensor:
+    """``heatmap`` as ``Tensor[H,W]`` float on ``device``, stretched to ``image_hw`` when its
+    size differs."""
+    if isinstance(heatmap, np.ndarray):
+        if heatmap.dtype.kind not in "biuf":
+            raise InvalidArgumentError("heatmap", f"unsupported type {heatmap.dtype}")
+        heatmap = torch.from_numpy(np.asarray(heatmap, dtype=np.float32))
+    if not isinstance(heatmap, Tensor):
+        raise InvalidArgumentError(
+            "heatmap", f"expected a tensor or numpy array, got {type(heatmap).__name__}"
+        )
+    if heatmap.ndim == 3 and heatmap.shape[0] == 1:
+        heatmap = heatmap[0]
+    if heatmap.ndim != 2 or heatmap.numel() == 0:
+        raise InvalidArgumentError("heatmap", f"expected shape [H, W], got {list(heatmap.shape)}")
+    heatmap = heatmap.detach().to(device)
+    if tuple(heatmap.shape) != image_hw:
+        hw = (int(heatmap.shape[0]), int(heatmap.shape[1]))
+        heatmap = upsample_cams(heatmap[None], hw, image_hw, None, "stretch")[0]
+    return heatmap.float()
 
 
 def _overlay_with_opencv(image: Tensor, heatmap: Tensor, alpha: float, colormap: str) -> Tensor:
@@ -358,6 +408,30 @@ def _fit_text(text: str, width: int, scale: float) -> tuple[str, float]:
     while len(text) > 1 and wide(text, size) > width:
         text = text[:-4] + "..." if len(text) > 4 else text[:-1]
     return text, size
+
+
+#: Overlays of an image whose shorter side is below this many pixels (a 28x28 Fashion-MNIST
+#: digit, say) are enlarged by a whole factor to reach it, so that they and their legends can
+#: be read; never beyond :data:`MAX_ENLARGED_SIDE` pixels on the longer side.
+MIN_OVERLAY_SIDE = 224
+MAX_ENLARGED_SIDE = 4096
+
+
+def enlargement(height: int, width: int) -> int:
+    """The whole factor by which overlays of a ``height`` x ``width`` image are enlarged: the
+    least that brings the shorter side to :data:`MIN_OVERLAY_SIDE` (1 for larger images), held
+    to :data:`MAX_ENLARGED_SIDE` pixels on the longer side."""
+    short, long = max(1, min(height, width)), max(1, height, width)
+    return max(1, min(-(-MIN_OVERLAY_SIDE // short), MAX_ENLARGED_SIDE // long))
+
+
+def enlarge(image: Tensor, factor: int) -> Tensor:
+    """``image`` (``Tensor[3,H,W]`` uint8) enlarged ``factor`` times, nearest neighbour (each
+    pixel becomes a ``factor`` x ``factor`` block, so the pixels stay visible):
+    ``Tensor[3, H * factor, W * factor]``."""
+    if factor == 1:
+        return image
+    return image.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2).contiguous()
 
 
 def legend_height(width: int) -> int:

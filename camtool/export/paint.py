@@ -42,6 +42,7 @@ from camtool.models.loading import LoadedModel
 from camtool.render import (
     colormap_colors,
     draw_legend,
+    enlarge,
     normalize_cams,
     placement,
     upsample_weights,
@@ -332,16 +333,21 @@ def _write(
     overlays = overlays.view(count, 3, height, width)
     grays = painted.buffer[row.heatmaps : row.heatmaps + count * height * width]
     x1, y1, x2, y2 = row.region.as_ints()
+    factor = ex.overlay_scale  # as Explanation.overlay: a tiny image is enlarged
 
     def overlay(i: int) -> Tensor:
-        picture = overlays[i]
+        picture = enlarge(overlays[i], factor)
         if (x1, y1, x2, y2) != (0, 0, width, height):
-            picture = draw_box(picture, (x1, y1, x2, y2), (255, 255, 255), 1)
+            region = (x1 * factor, y1 * factor, x2 * factor, y2 * factor)
+            picture = draw_box(picture, region, (255, 255, 255), 1)
         found = ex.boxes[i]
         if options.box and found is not None:
-            picture = draw_box(picture, found)
+            picture = draw_box(picture, (found[0] * factor, found[1] * factor,
+                                         found[2] * factor, found[3] * factor))  # fmt: skip
         if options.legend:
-            picture = draw_legend(picture, options.colormap, *ex.legend_text(i, options.scale))
+            picture = draw_legend(
+                picture, options.colormap, *ex.legend_text(ex.explained[i], options.scale)
+            )
         return picture
 
     def heatmap(i: int) -> Tensor:

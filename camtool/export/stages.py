@@ -222,7 +222,7 @@ def write_outputs(
     heatmaps = ex.scaled_heatmaps(options.scale) if options.heatmap else None
 
     def overlay(i: int) -> torch.Tensor:
-        return ex.overlay(i, alpha=options.alpha, colormap=options.colormap, box=options.box,
+        return ex.overlay(ex.explained[i], alpha=options.alpha, colormap=options.colormap, box=options.box,
                           scale=options.scale, legend=options.legend).tensor  # fmt: skip
 
     def heatmap(i: int) -> torch.Tensor:
