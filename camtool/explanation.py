@@ -21,7 +21,7 @@ from torch import Tensor
 from camtool.boxes import Box, draw_box_in_place, small_map_box
 from camtool.errors import ClassSelectionError
 from camtool.geometry import FeatureGeometry
-from camtool.image import Region
+from camtool.image import Region, enlarge, enlargement
 from camtool.io.images import (
     save_image,
 )
@@ -32,8 +32,6 @@ from camtool.picture import Picture, figures_html
 from camtool.render import (
     DEFAULT_SCALE,
     draw_legend,
-    enlarge,
-    enlargement,
     labelled_grid,
     normalize_cams,
     overlay,
@@ -143,8 +141,8 @@ class Explanation:
     @property
     def overlay_scale(self) -> int:
         """How many times overlays are larger than :attr:`image` along each side: 1, or for an
-        image whose shorter side is below :data:`camtool.render.MIN_OVERLAY_SIDE` px, the whole
-        factor that brings it there (:func:`camtool.render.enlargement`)."""
+        image whose shorter side is below :data:`camtool.image.MIN_OVERLAY_SIDE` px, the whole
+        factor that brings it there (:func:`camtool.image.enlargement`)."""
         return enlargement(int(self.image.shape[1]), int(self.image.shape[2]))
 
     def scaled_heatmaps(self, scale: str = DEFAULT_SCALE) -> Tensor:
@@ -192,7 +190,7 @@ class Explanation:
     ) -> Picture:
         """Return the overlay of one explained class, a :class:`~camtool.picture.Picture` that
         shows itself in Jupyter; its ``tensor`` is ``Tensor[3,H,W]`` uint8 RGB, the image's size
-        (an image whose shorter side is below :data:`camtool.render.MIN_OVERLAY_SIDE` px is
+        (an image whose shorter side is below :data:`camtool.image.MIN_OVERLAY_SIDE` px is
         enlarged :attr:`overlay_scale` times, each pixel a block, so that it can be seen).
 
         Args:

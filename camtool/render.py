@@ -8,6 +8,7 @@ image :func:`camtool.explain` reads). Functions work on any device.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from functools import cache, lru_cache
 from typing import Any
@@ -293,8 +294,7 @@ def overlay(
 
 
 def _image_of(image: ImageSource, layout: Layout | None) -> Tensor:
-    """``image`` as ``Tensor[3,H,W]`` uint8 (one on any device as it is), read by the rules of
-    :func:`camtool.io.images.load_image`; its errors name the argument ``image``."""
+    """``image`` as ``Tensor[3,H,W]`` uint8 (a uint8 one as it is), by :func:`load_image`."""
     if (  # as before: a uint8 [3,H,W] tensor is used as it is, on its device
         isinstance(image, Tensor) and image.dtype == torch.uint8 and layout != "HWC"
         and image.ndim == 3 and image.shape[0] == 3
@@ -302,7 +302,9 @@ def _image_of(image: ImageSource, layout: Layout | None) -> Tensor:
         return image
     try:
         return load_image(image, layout=layout)
-    except ImageReadError as exc:
+    except ImageReadError as exc:  # a file is named by its path, anything else as the argument
+        if isinstance(image, (str, os.PathLike)):
+            raise
         raise type(exc)("image", exc.problem) from None
 
 
@@ -408,30 +410,6 @@ def _fit_text(text: str, width: int, scale: float) -> tuple[str, float]:
     while len(text) > 1 and wide(text, size) > width:
         text = text[:-4] + "..." if len(text) > 4 else text[:-1]
     return text, size
-
-
-#: Overlays of an image whose shorter side is below this many pixels (a 28x28 Fashion-MNIST
-#: digit, say) are enlarged by a whole factor to reach it, so that they and their legends can
-#: be read; never beyond :data:`MAX_ENLARGED_SIDE` pixels on the longer side.
-MIN_OVERLAY_SIDE = 224
-MAX_ENLARGED_SIDE = 4096
-
-
-def enlargement(height: int, width: int) -> int:
-    """The whole factor by which overlays of a ``height`` x ``width`` image are enlarged: the
-    least that brings the shorter side to :data:`MIN_OVERLAY_SIDE` (1 for larger images), held
-    to :data:`MAX_ENLARGED_SIDE` pixels on the longer side."""
-    short, long = max(1, min(height, width)), max(1, height, width)
-    return max(1, min(-(-MIN_OVERLAY_SIDE // short), MAX_ENLARGED_SIDE // long))
-
-
-def enlarge(image: Tensor, factor: int) -> Tensor:
-    """``image`` (``Tensor[3,H,W]`` uint8) enlarged ``factor`` times, nearest neighbour (each
-    pixel becomes a ``factor`` x ``factor`` block, so the pixels stay visible):
-    ``Tensor[3, H * factor, W * factor]``."""
-    if factor == 1:
-        return image
-    return image.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2).contiguous()
 
 
 def legend_height(width: int) -> int:

@@ -60,7 +60,7 @@ def test_overlay_rejects_bad_arguments_precisely() -> None:
     ):
         camtool.overlay(image, torch.zeros(4, 4), mask=torch.ones(4, 5, dtype=torch.bool))
     with pytest.raises(ImageReadError, match=r"^image: expected a tensor of shape \[3, H, W\]"):
-        camtool.overlay(torch.zeros(2, 4, 4), torch.zeros(4, 4))
+        camtool.overlay(torch.zeros(2, 5, 5), torch.zeros(4, 4))
     with pytest.raises(
         InvalidArgumentError, match=r"^sepia: unknown colour map; choose one of jet, turbo"
     ):

@@ -35,14 +35,13 @@ from camtool.export.stages import (
     written_or_refused,
 )
 from camtool.geometry import FeatureGeometry
-from camtool.image import Region
+from camtool.image import Region, enlarge
 from camtool.inputs import InputItem
 from camtool.methods.base import MapBatch
 from camtool.models.loading import LoadedModel
 from camtool.render import (
     colormap_colors,
     draw_legend,
-    enlarge,
     normalize_cams,
     placement,
     upsample_weights,
