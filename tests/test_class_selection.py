@@ -125,7 +125,7 @@ def test_a_map_is_chosen_by_class_or_position_and_an_ambiguous_integer_is_refuse
     assert torch.equal(ex.overlay(ex.explained[1]).tensor, second)
     assert torch.equal(ex.overlay(-1).tensor, second)
     assert ex.legend_text(281)[0].startswith("tabby: probability")
-    saved = camtool.io.load_image(ex.save(tmp_path / "tabby.png", 281))
+    saved = camtool.load_image(ex.save(tmp_path / "tabby.png", 281))
     assert torch.equal(saved, second)
     with pytest.raises(
         ClassSelectionError,
