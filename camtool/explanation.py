@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from camtool.boxes import Box, draw_box_in_place, small_map_box
+from camtool.boxes import Box, draw_box_in_place, scaled_box, small_map_box
 from camtool.errors import ClassSelectionError
 from camtool.geometry import FeatureGeometry
 from camtool.image import Region, enlarge, enlargement
@@ -118,18 +118,20 @@ class Explanation:
         _deprecated("Explanation.head", "Explanation.made_from")
         return self.made_from
 
-    def position(self, which: int | str | ClassScore) -> int:
+    def position(self, which: int | str | ClassScore | None = None) -> int:
         """The position in :attr:`explained` (and ``maps``, ``heatmaps``, ``boxes``) of a map.
 
         ``which`` is a class of ``explained`` (a :class:`ClassScore` of it, its name as
         ``--class`` takes it, or its class index), or a position (0: the first map; negative
-        from the end). An integer that is both a position and an explained class's index is
-        one map when they agree; when they name two maps it is refused.
+        from the end); None: the first map. An integer that is both a position and an explained
+        class's index is one map when they agree; when they name two maps it is refused.
 
         Raises:
             ClassSelectionError: a class that has no map; an integer that is neither; an
                 ambiguous integer (the message names both maps).
         """
+        if which is None:  # the first map
+            which = self.explained[0] if self.explained else 0
         if isinstance(which, ClassScore):
             if which not in self.explained:
                 shown = ", ".join(f"{s.index} ({s.name})" for s in self.explained) or "none"
@@ -171,7 +173,7 @@ class Explanation:
         return scaled
 
     def value_range(
-        self, which: int | str | ClassScore = 0, scale: str = DEFAULT_SCALE
+        self, which: int | str | ClassScore | None = None, scale: str = DEFAULT_SCALE
     ) -> tuple[float, float]:
         """The raw map values that the coolest and the hottest colour stand for, in the map's
         units (logit units for decompositions) on ``scale``."""
@@ -181,7 +183,7 @@ class Explanation:
 
     def overlay(
         self,
-        which: int | str | ClassScore = 0,
+        which: int | str | ClassScore | None = None,
         alpha: float = 0.5,
         colormap: str = "jet",
         box: bool = False,
@@ -195,7 +197,7 @@ class Explanation:
 
         Args:
             which: the map: a class of ``explained`` (its ``ClassScore``, name or class index)
-                or a position in it (0: the first); see :meth:`position`.
+                or a position in it; default: the first map; see :meth:`position`.
             alpha: heatmap weight; colormap: a name from ``camtool.render.COLORMAPS``.
             box: draw the CAM box.
             scale: ``"joint"`` (one colour scale for all explained classes of this image) or
@@ -220,16 +222,16 @@ class Explanation:
             if not canvas.flags.c_contiguous:
                 canvas = np.ascontiguousarray(canvas)
             if mask is not None:
-                draw_box_in_place(canvas, _times((x1, y1, x2, y2), factor), (255, 255, 255), 1)
+                draw_box_in_place(canvas, scaled_box((x1, y1, x2, y2), factor), (255, 255, 255), 1)
             if box and found is not None:
-                draw_box_in_place(canvas, _times(found, factor))
+                draw_box_in_place(canvas, scaled_box(found, factor))
             result = torch.from_numpy(canvas).permute(2, 0, 1).to(self.image.device)
         if legend:
             result = draw_legend(result, colormap, *self.legend_text(self.explained[i], scale))
         return Picture(result)
 
     def legend_text(
-        self, which: int | str | ClassScore = 0, scale: str = DEFAULT_SCALE
+        self, which: int | str | ClassScore | None = None, scale: str = DEFAULT_SCALE
     ) -> tuple[str, ...]:
         """``(caption, meaning, low, high)`` of the legend of one overlay (see :meth:`overlay`)."""
         i = self.position(which)
@@ -261,7 +263,10 @@ class Explanation:
         )
 
     def save(
-        self, path: str | os.PathLike[str], which: int | str | ClassScore = 0, **options: Any
+        self,
+        path: str | os.PathLike[str],
+        which: int | str | ClassScore | None = None,
+        **options: Any,
     ) -> Path:
         """Write the overlay of one explained class (see :meth:`overlay` for options) to ``path``."""
         return save_image(path, self.overlay(which, **options).tensor)
@@ -425,11 +430,6 @@ def comparison_sheet(
             tiles += row + [blank] * (1 + per_row - len(row))
             captions += text + [""] * (1 + per_row - len(text))
     return Picture(labelled_grid(tiles, captions, 1 + per_row))
-
-
-def _times(box: Box, factor: int) -> Box:
-    """``box`` in the pixels of an image enlarged ``factor`` times."""
-    return box[0] * factor, box[1] * factor, box[2] * factor, box[3] * factor
 
 
 def _moved(box: Box, dx: int, dy: int, width: int, height: int) -> Box:

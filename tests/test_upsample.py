@@ -71,7 +71,14 @@ def test_explain_with_stretch_gives_the_stretched_heatmaps_and_placed_keeps_its_
         normalize_cams(cat_maps.maps), cat_maps.input_hw, (height, width), cat_maps.geometry
     )
     assert torch.equal(cat_maps.heatmaps, placed)  # the default: what camtool always drew
-    assert cat_maps.boxes[0] == (0, 0, 443, 300)
+    # The values camtool drew before the option existed (computed with the previous release).
+    assert cat_maps.boxes == ((0, 0, 443, 300), (0, 0, 442, 300))
+    sums = [float(cat_maps.heatmaps[k].sum()) for k in range(2)]
+    assert sums == pytest.approx([66741.69, 61794.43], abs=0.05)
+    picked = [
+        float(cat_maps.heatmaps[0, y, x]) for y, x in ((0, 0), (150, 200), (299, 450), (40, 300))
+    ]
+    assert picked == pytest.approx([0.0, 0.550772, 0.020239, 0.379832], abs=2e-6)
     stretched = camtool.explain(CAT, classes=[285, 281], device="cpu", upsample="stretch")
     assert torch.equal(stretched.maps, cat_maps.maps)  # the raw maps are the same
     assert stretched.upsample == "stretch" and stretched.to_dict()["upsample"] == "stretch"

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from camtool.boxes import Box, draw_box, small_map_box
+from camtool.boxes import Box, draw_box, scaled_box, small_map_box
 from camtool.explanation import ClassScore, Explanation
 from camtool.export.stages import (
     ExportOptions,
@@ -337,12 +337,10 @@ def _write(
     def overlay(i: int) -> Tensor:
         picture = enlarge(overlays[i], factor)
         if (x1, y1, x2, y2) != (0, 0, width, height):
-            region = (x1 * factor, y1 * factor, x2 * factor, y2 * factor)
-            picture = draw_box(picture, region, (255, 255, 255), 1)
+            picture = draw_box(picture, scaled_box((x1, y1, x2, y2), factor), (255, 255, 255), 1)
         found = ex.boxes[i]
         if options.box and found is not None:
-            picture = draw_box(picture, (found[0] * factor, found[1] * factor,
-                                         found[2] * factor, found[3] * factor))  # fmt: skip
+            picture = draw_box(picture, scaled_box(found, factor))
         if options.legend:
             picture = draw_legend(
                 picture, options.colormap, *ex.legend_text(ex.explained[i], options.scale)
