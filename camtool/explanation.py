@@ -189,6 +189,7 @@ class Explanation:
         box: bool = False,
         scale: str = DEFAULT_SCALE,
         legend: bool = False,
+        enlarge_tiny: bool = True,
     ) -> Picture:
         """Return the overlay of one explained class, a :class:`~camtool.picture.Picture` that
         shows itself in Jupyter; its ``tensor`` is ``Tensor[3,H,W]`` uint8 RGB, the image's size
@@ -205,6 +206,7 @@ class Explanation:
             legend: add a band below the image (``Tensor[3, H + legend_height(W), W]``, see
                 :func:`camtool.render.legend_height`): the class and its probability, a colour
                 bar and what its ends mean (for decompositions, their values in logit units).
+            enlarge_tiny: enlarge a tiny image's overlay (False: the image's size, as videos keep).
         """
         i = self.position(which)
         height, width = int(self.image.shape[1]), int(self.image.shape[2])
@@ -214,7 +216,7 @@ class Explanation:
             mask = torch.zeros(self.image.shape[1:], dtype=torch.bool)
             mask[y1:y2, x1:x2] = True
         result = overlay(self.image, self.scaled_heatmaps(scale)[i], alpha, colormap, mask)
-        factor = enlargement(height, width)  # a tiny image: every pixel a visible block
+        factor = self.overlay_scale if enlarge_tiny else 1  # tiny: every pixel a visible block
         result = enlarge(result, factor)
         found = self.boxes[i]
         if mask is not None or (box and found is not None):

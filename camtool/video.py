@@ -181,8 +181,8 @@ def explain_video(
                                 upsample=upsample)  # fmt: skip
         for ex in stream:
             score = ex.explained[0]
-            frame = draw_label(ex.overlay(0, alpha=alpha, colormap=colormap, box=box).tensor,
-                               f"{score.name} {score.probability:.2f}")  # fmt: skip
+            picture = ex.overlay(alpha=alpha, colormap=colormap, box=box, enlarge_tiny=False)
+            frame = draw_label(picture.tensor, f"{score.name} {score.probability:.2f}")
             writer.write(frame)
             count += 1
             if bar:

@@ -54,3 +54,14 @@ def test_export_enlarges_it_alike(fashion: Path, tmp_path: Path, runner: str) ->
     got = load_image(picture)
     assert got.shape == (3, 266, 224)
     assert int((got.int() - expected.int()).abs().max()) <= 1
+
+
+def test_a_tiny_video_keeps_its_frame_size(tmp_path: Path) -> None:
+    from camtool.io.videos import open_video
+    from tests.test_video import make_clip
+
+    clip = make_clip(tmp_path / "tiny.avi", frames=3, size=(64, 48))
+    report = camtool.explain_video(clip, tmp_path / "tiny_cam.avi", device="cpu")
+    info, frames = open_video(report.output)
+    assert (info.width, info.height, report.frames) == (64, 48, 3)
+    assert [tuple(f.shape) for f in frames] == [(3, 48, 64)] * 3
