@@ -77,6 +77,12 @@ def draw_box_in_place(
     cv2.rectangle(canvas, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), color, width)
 
 
+def scaled_box(box: Box, factor: int) -> Box:
+    """``box`` in the pixels of the image enlarged ``factor`` times (see
+    :func:`camtool.image.enlarge`)."""
+    return box[0] * factor, box[1] * factor, box[2] * factor, box[3] * factor
+
+
 def box_width(height: int, width: int) -> int:
     """The CAM box's line width for an image: ``max(1, round(min(height, width) / 200))`` px
     (1 px up to 299 px, 2 px at 300-499 px, 3 px at 500-699 px, ...)."""

@@ -29,7 +29,9 @@ from camtool.settings import (
     DEFAULT_BOX_THRESHOLD,
     DEFAULT_COLORMAP,
     DEFAULT_IMAGE_FORMAT,
+    DEFAULT_UPSAMPLE,
     check_box_threshold,
+    check_upsample,
 )
 from camtool.video import VideoReport, explain_video
 
@@ -102,6 +104,7 @@ def explain_files(
     top_k: int = 5,
     crop: bool = False,
     box_threshold: float = DEFAULT_BOX_THRESHOLD,
+    upsample: str = DEFAULT_UPSAMPLE,
     rendering: Rendering | None = None,
     sheet: bool = False,
     smooth: int = 1,
@@ -123,7 +126,8 @@ def explain_files(
         inputs: image or video files. models: one or more models.
         method: one method or several (each model is explained by each method: one sheet row
             per model and method, models outermost; videos use the first).
-        classes, maps, top_k, crop, box_threshold, device: as for :func:`camtool.explain`;
+        classes, maps, top_k, crop, box_threshold, upsample, device: as for
+            :func:`camtool.explain`;
             ``model_options`` (weights, labels, dtype, layer, classifier) too. Without
             ``classes``, the first model and method choose each image's top ``maps`` classes,
             and every other model and method maps those same classes (by index when the label
@@ -140,6 +144,7 @@ def explain_files(
     """
     rendering = rendering or Rendering()
     check_box_threshold(box_threshold)
+    check_upsample(upsample)
     methods: list[str | Method] = (
         list(method) if isinstance(method, (list, tuple)) else [cast("str | Method", method)]
     )
@@ -154,13 +159,13 @@ def explain_files(
         try:
             if Path(path).suffix.lower() in VIDEO_SUFFIXES:
                 yield _video(
-                    Path(path), stem, folder, files, bound[0], crop, box_threshold, smooth,
-                    rendering, progress,
+                    Path(path), stem, folder, files, bound[0], crop, (box_threshold, upsample),
+                    smooth, rendering, progress,
                 )  # fmt: skip
             else:
                 yield _image(
-                    Path(path), stem, folder, files, bound, maps, top_k, crop, box_threshold,
-                    sheet, rendering,
+                    Path(path), stem, folder, files, bound, maps, top_k, crop,
+                    (box_threshold, upsample), sheet, rendering,
                 )  # fmt: skip
         except CamtoolError as exc:
             if exc.exit_code != EXIT_ERROR or len(inputs) == 1:
@@ -170,10 +175,12 @@ def explain_files(
 
 def _image(
     path: Path, stem: str, folder: Path | None, files: NameRegistry, bound: Sequence[BoundMethod],
-    maps: int, top_k: int, crop: bool, box_threshold: float, sheet: bool, rendering: Rendering,
+    maps: int, top_k: int, crop: bool, heatmaps: tuple[float, str], sheet: bool,
+    rendering: Rendering,
 ) -> FileResult:  # fmt: skip
     options: dict[str, Any] = {
-        "maps": maps, "top_k": top_k, "crop": crop, "box_threshold": box_threshold,
+        "maps": maps, "top_k": top_k, "crop": crop, "box_threshold": heatmaps[0],
+        "upsample": heatmaps[1],
     }  # fmt: skip
     first = explain(path, bound[0], **options)
     results = [first] + [explain(path, same_classes(first, b), **options) for b in bound[1:]]
@@ -182,9 +189,11 @@ def _image(
     if folder is not None:
         for ex, outputs in zip(results, written, strict=True):
             prefix = f"{stem}_{component(ex.model)}" if several_models else stem
-            for i, score in enumerate(ex.explained):
+            for score in ex.explained:
                 tail = overlay_tail(ex.method, score.index, score.name, rendering.image_format)
-                outputs.append(ex.save(folder / files.claim(prefix, tail), i, **rendering.look()))
+                outputs.append(
+                    ex.save(folder / files.claim(prefix, tail), score, **rendering.look())
+                )
         if sheet:
             picture = comparison_sheet(results, **rendering.look())
             name = files.claim(stem, f"_sheet.{rendering.image_format}")
@@ -215,7 +224,7 @@ def _same_labels(first: Explanation, bound: BoundMethod) -> bool:
 
 def _video(
     path: Path, stem: str, folder: Path | None, files: NameRegistry, bound: BoundMethod,
-    crop: bool, box_threshold: float, smooth: int, rendering: Rendering, progress: bool,
+    crop: bool, heatmaps: tuple[float, str], smooth: int, rendering: Rendering, progress: bool,
 ) -> FileResult:  # fmt: skip
     if folder is None:
         raise CamtoolError(path, "a video needs an output folder (--out) for its overlaid video")
@@ -225,8 +234,8 @@ def _video(
     output = folder / files.claim(stem, video_tail(bound.explainer.method, suffix))
     report = explain_video(
         path, output, bound, crop=crop, smooth=smooth, alpha=rendering.alpha,
-        colormap=rendering.colormap, box=rendering.box, box_threshold=box_threshold,
-        progress=progress,
+        colormap=rendering.colormap, box=rendering.box, box_threshold=heatmaps[0],
+        upsample=heatmaps[1], progress=progress,
     )  # fmt: skip
     error = None
     if report.frames < report.expected_frames - 1:  # containers may count one frame extra

@@ -25,7 +25,13 @@ from camtool.io.images import (
 from camtool.labels import ClassesArg
 from camtool.methods.base import DEFAULT_METHOD, Method
 from camtool.models.loading import DEFAULT_MODEL
-from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold, check_positive_int
+from camtool.settings import (
+    DEFAULT_BOX_THRESHOLD,
+    DEFAULT_UPSAMPLE,
+    check_box_threshold,
+    check_positive_int,
+    check_upsample,
+)
 
 
 class ExplainOptions(TypedDict, total=False):
@@ -47,6 +53,7 @@ class ExplainOptions(TypedDict, total=False):
     box_threshold: float
     layout: Layout | None
     preprocessed: bool
+    upsample: str
 
 
 @overload
@@ -93,6 +100,7 @@ def explain(
     box_threshold: float = DEFAULT_BOX_THRESHOLD,
     layout: Layout | None = None,
     preprocessed: bool = False,
+    upsample: str = DEFAULT_UPSAMPLE,
 ) -> Explanation | list[Explanation]:
     """Explain one image or several: predictions, maps, heatmaps and boxes.
 
@@ -131,6 +139,9 @@ def explain(
             (``model.preprocessing.prepare``). It goes into the network as it is (``crop`` does not
             apply); each explanation's ``image`` and overlays show it de-normalised, at the
             network's resolution.
+        upsample: how maps are resized to the image: ``"placed"`` (each cell at the centre of
+            its receptive field) or ``"stretch"`` (the grid stretched over the image, as
+            ``cv2.resize`` and pytorch-grad-cam do); see :func:`camtool.render.upsample_cams`.
 
     Returns:
         An :class:`Explanation` for one image, else a list in the input order (a batch's order).
@@ -142,6 +153,7 @@ def explain(
             :func:`bind_method`.
     """
     check_box_threshold(box_threshold)
+    check_upsample(upsample)
     check_positive_int(batch_size, "batch_size")
     bound = bind_method(
         model, method, classes, device=device, layer=layer, classifier=classifier,
@@ -174,7 +186,7 @@ def explain(
             for row, i in enumerate(chunk):
                 results[i] = build_explanation(
                     loaded, out, row, inputs[i].name, inputs[i].image, prepared[i][1],
-                    top_k, box_threshold,
+                    top_k, box_threshold, upsample,
                 )  # fmt: skip
     done = [r for r in results if r is not None]
     return done[0] if single else done

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from camtool.boxes import Box, draw_box_in_place, small_map_box
+from camtool.boxes import Box, draw_box_in_place, scaled_box, small_map_box
 from camtool.errors import ClassSelectionError
 from camtool.geometry import FeatureGeometry
-from camtool.image import Region
+from camtool.image import Region, enlarge, enlargement
 from camtool.io.images import (
     save_image,
 )
-from camtool.labels import label_index
+from camtool.labels import map_position
 from camtool.methods.base import MapBatch
 from camtool.models.loading import LoadedModel
 from camtool.picture import Picture, figures_html
@@ -35,10 +35,11 @@ from camtool.render import (
     labelled_grid,
     normalize_cams,
     overlay,
+    placement,
     scale_range,
     upsample_cams,
 )
-from camtool.settings import DEFAULT_BOX_THRESHOLD
+from camtool.settings import DEFAULT_BOX_THRESHOLD, DEFAULT_UPSAMPLE
 
 #: Maps per row in a comparison sheet; more wrap onto further rows.
 SHEET_MAPS_PER_ROW = 4
@@ -80,7 +81,11 @@ class Explanation:
             maps that do not decompose the logit.
         region: the part of the image the network saw (all of it unless cropped).
         input_hw: (height, width) of the network input.
-        geometry: where the feature cells sit on that input (heatmaps are aligned with it).
+        geometry: where the feature cells sit on that input (heatmaps are aligned with it
+            when ``upsample`` is ``"placed"``).
+        upsample: how the maps were resized to the image: ``"placed"`` (each cell at the centre
+            of its receptive field) or ``"stretch"`` (the grid stretched over the image, as
+            ``cv2.resize`` does); see :func:`camtool.render.upsample_cams`.
     """
 
     source: str
@@ -98,6 +103,7 @@ class Explanation:
     region: Region
     input_hw: tuple[int, int]
     geometry: FeatureGeometry
+    upsample: str = DEFAULT_UPSAMPLE
 
     @property
     def cams(self) -> Tensor:
@@ -112,15 +118,34 @@ class Explanation:
         _deprecated("Explanation.head", "Explanation.made_from")
         return self.made_from
 
-    def _position(self, which: int | str) -> int:
-        if isinstance(which, str):  # a label as --class takes it: exact, any case, or slug
-            found = label_index(which, [score.name for score in self.explained])
-            if found is None:
-                raise ClassSelectionError(which, "is not one of the explained classes")
-            return found
-        if not -len(self.explained) <= which < len(self.explained):
-            raise ClassSelectionError(which, f"only {len(self.explained)} classes were explained")
-        return which
+    def position(self, which: int | str | ClassScore | None = None) -> int:
+        """The position in :attr:`explained` (and ``maps``, ``heatmaps``, ``boxes``) of a map.
+
+        ``which`` is a class of ``explained`` (a :class:`ClassScore` of it, its name as
+        ``--class`` takes it, or its class index), or a position (0: the first map; negative
+        from the end); None: the first map. An integer that is both a position and an explained
+        class's index is one map when they agree; when they name two maps it is refused.
+
+        Raises:
+            ClassSelectionError: a class that has no map; an integer that is neither; an
+                ambiguous integer (the message names both maps).
+        """
+        if which is None:  # the first map
+            which = self.explained[0] if self.explained else 0
+        if isinstance(which, ClassScore):
+            if which not in self.explained:
+                shown = ", ".join(f"{s.index} ({s.name})" for s in self.explained) or "none"
+                raise ClassSelectionError(which.name, f"has no map here (mapped: {shown})")
+            return self.explained.index(which)
+        mapped = [(s.index, s.name) for s in self.explained]
+        return map_position(which, mapped, self.made_from)
+
+    @property
+    def overlay_scale(self) -> int:
+        """How many times overlays are larger than :attr:`image` along each side: 1, or for an
+        image whose shorter side is below :data:`camtool.image.MIN_OVERLAY_SIDE` px, the whole
+        factor that brings it there (:func:`camtool.image.enlargement`)."""
+        return enlargement(int(self.image.shape[1]), int(self.image.shape[2]))
 
     def scaled_heatmaps(self, scale: str = DEFAULT_SCALE) -> Tensor:
         """The heatmaps on one colour scale: ``Tensor[k,H,W]`` float32 in [0, 1].
@@ -147,27 +172,33 @@ class Explanation:
         scaled[:, y1:y2, x1:x2] = (inside * factor + shift).clamp_(0, 1)
         return scaled
 
-    def value_range(self, which: int | str = 0, scale: str = DEFAULT_SCALE) -> tuple[float, float]:
+    def value_range(
+        self, which: int | str | ClassScore | None = None, scale: str = DEFAULT_SCALE
+    ) -> tuple[float, float]:
         """The raw map values that the coolest and the hottest colour stand for, in the map's
         units (logit units for decompositions) on ``scale``."""
-        i = self._position(which)
+        i = self.position(which)
         low, high = scale_range(self.maps, scale)
         return float(low[i]), float(high[i])
 
     def overlay(
         self,
-        which: int | str = 0,
+        which: int | str | ClassScore | None = None,
         alpha: float = 0.5,
         colormap: str = "jet",
         box: bool = False,
         scale: str = DEFAULT_SCALE,
         legend: bool = False,
+        enlarge_tiny: bool = True,
     ) -> Picture:
         """Return the overlay of one explained class, a :class:`~camtool.picture.Picture` that
-        shows itself in Jupyter; its ``tensor`` is ``Tensor[3,H,W]`` uint8 RGB, the image's size.
+        shows itself in Jupyter; its ``tensor`` is ``Tensor[3,H,W]`` uint8 RGB, the image's size
+        (an image whose shorter side is below :data:`camtool.image.MIN_OVERLAY_SIDE` px is
+        enlarged :attr:`overlay_scale` times, each pixel a block, so that it can be seen).
 
         Args:
-            which: position in ``explained`` (0: the first) or the class's name.
+            which: the map: a class of ``explained`` (its ``ClassScore``, name or class index)
+                or a position in it; default: the first map; see :meth:`position`.
             alpha: heatmap weight; colormap: a name from ``camtool.render.COLORMAPS``.
             box: draw the CAM box.
             scale: ``"joint"`` (one colour scale for all explained classes of this image) or
@@ -175,35 +206,41 @@ class Explanation:
             legend: add a band below the image (``Tensor[3, H + legend_height(W), W]``, see
                 :func:`camtool.render.legend_height`): the class and its probability, a colour
                 bar and what its ends mean (for decompositions, their values in logit units).
+            enlarge_tiny: enlarge a tiny image's overlay (False: the image's size, as videos keep).
         """
-        i = self._position(which)
+        i = self.position(which)
+        height, width = int(self.image.shape[1]), int(self.image.shape[2])
         x1, y1, x2, y2 = self.region.as_ints()
         mask = None
-        if (x1, y1, x2, y2) != (0, 0, self.image.shape[2], self.image.shape[1]):
+        if (x1, y1, x2, y2) != (0, 0, width, height):
             mask = torch.zeros(self.image.shape[1:], dtype=torch.bool)
             mask[y1:y2, x1:x2] = True
         result = overlay(self.image, self.scaled_heatmaps(scale)[i], alpha, colormap, mask)
+        factor = self.overlay_scale if enlarge_tiny else 1  # tiny: every pixel a visible block
+        result = enlarge(result, factor)
         found = self.boxes[i]
         if mask is not None or (box and found is not None):
             canvas = result.permute(1, 2, 0).cpu().numpy()  # a fresh image: draw on it in place
             if not canvas.flags.c_contiguous:
                 canvas = np.ascontiguousarray(canvas)
             if mask is not None:
-                draw_box_in_place(canvas, (x1, y1, x2, y2), (255, 255, 255), 1)
+                draw_box_in_place(canvas, scaled_box((x1, y1, x2, y2), factor), (255, 255, 255), 1)
             if box and found is not None:
-                draw_box_in_place(canvas, found)
+                draw_box_in_place(canvas, scaled_box(found, factor))
             result = torch.from_numpy(canvas).permute(2, 0, 1).to(self.image.device)
         if legend:
-            result = draw_legend(result, colormap, *self.legend_text(i, scale))
+            result = draw_legend(result, colormap, *self.legend_text(self.explained[i], scale))
         return Picture(result)
 
-    def legend_text(self, which: int | str = 0, scale: str = DEFAULT_SCALE) -> tuple[str, ...]:
+    def legend_text(
+        self, which: int | str | ClassScore | None = None, scale: str = DEFAULT_SCALE
+    ) -> tuple[str, ...]:
         """``(caption, meaning, low, high)`` of the legend of one overlay (see :meth:`overlay`)."""
-        i = self._position(which)
+        i = self.position(which)
         score = self.explained[i]
         caption = f"{score.name}: probability {score.probability:.2f} ({self.method})"
         if self.residual is not None:  # a decomposition: the colours are logit contributions
-            low, high = self.value_range(i, scale)
+            low, high = self.value_range(score, scale)
             return (
                 caption,
                 f"contribution to {score.name} (logit units)",
@@ -227,7 +264,12 @@ class Explanation:
             [self], alpha=alpha, colormap=colormap, box=box, scale=scale, legend=legend
         )
 
-    def save(self, path: str | os.PathLike[str], which: int | str = 0, **options: Any) -> Path:
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        which: int | str | ClassScore | None = None,
+        **options: Any,
+    ) -> Path:
         """Write the overlay of one explained class (see :meth:`overlay` for options) to ``path``."""
         return save_image(path, self.overlay(which, **options).tensor)
 
@@ -246,6 +288,8 @@ class Explanation:
             "identity_residual": self.residual,
             "network_input": {"width": self.input_hw[1], "height": self.input_hw[0]},
             "feature_grid": {"width": int(self.maps.shape[-1]), "height": int(self.maps.shape[-2])},
+            "upsample": self.upsample,
+            "overlay_scale": self.overlay_scale,
             "predictions": [vars(p) for p in self.predictions],
             "explained": [
                 {**vars(score), "box": list(box) if box else None}
@@ -275,8 +319,8 @@ class Explanation:
         """The notebook view: each explained class's overlay (with its box) captioned with the
         class and its probability, each picture embedded once; then the top-k table."""
         figures = [
-            (self.overlay(i, box=True), f"{s.index} {s.name} {s.probability:.2f}")
-            for i, s in enumerate(self.explained)
+            (self.overlay(s, box=True), f"{s.index} {s.name} {s.probability:.2f}")
+            for s in self.explained
         ] or [(Picture(self.image), "input (no maps)")]
         rows = "".join(
             f"<tr><td>{p.index}</td><td>{html.escape(p.name)}</td>"
@@ -373,9 +417,9 @@ def comparison_sheet(
         who = ": ".join([ex.model] * models + [ex.method] * methods)
         overlays = [
             ex.overlay(
-                i, alpha=alpha, colormap=colormap, box=box, scale=scale, legend=legend
+                s, alpha=alpha, colormap=colormap, box=box, scale=scale, legend=legend
             ).tensor
-            for i in range(len(ex.explained))
+            for s in ex.explained
         ]
         names = [f"{who}: {s.name} {s.probability:.2f}" if who else f"{s.name} {s.probability:.2f}"
                  for s in ex.explained]  # fmt: skip
@@ -404,9 +448,11 @@ def build_explanation(
     region: Region,
     top_k: int = 5,
     box_threshold: float = DEFAULT_BOX_THRESHOLD,
+    upsample: str = DEFAULT_UPSAMPLE,
 ) -> Explanation:
     """Turn row ``row`` of a :class:`~camtool.methods.MapBatch` into the :class:`Explanation` of
-    ``image`` (``Tensor[3,H,W]`` uint8): scores, heatmaps at image resolution, boxes."""
+    ``image`` (``Tensor[3,H,W]`` uint8): scores, heatmaps at image resolution (resized as
+    ``upsample`` says, see :func:`camtool.render.upsample_cams`), boxes."""
     input_hw = out.input_hw
     logits = out.logits[row].cpu()
     probs = logits.softmax(-1)
@@ -420,20 +466,18 @@ def build_explanation(
     height, width = image.shape[1:]
     heatmaps = torch.zeros((0, height, width))
     boxes: list[Box | None] = []
+    net_hw = (int(input_hw[0]), int(input_hw[1]))
+    placed = placement(upsample, out.geometry, net_hw, (int(cams.shape[-2]), int(cams.shape[-1])))
     if len(cams):  # a method that could not map this model gives predictions alone
         normalised = normalize_cams(cams)
-        upsampled = upsample_cams(
-            normalised, (input_hw[0], input_hw[1]), (y2 - y1, x2 - x1), out.geometry
-        )
+        upsampled = upsample_cams(normalised, net_hw, (y2 - y1, x2 - x1), placed, "placed")
         if (x1, y1, x2, y2) == (0, 0, width, height):  # the whole image: no copy
             heatmaps = upsampled
         else:
             heatmaps = torch.zeros((cams.shape[0], height, width))
             heatmaps[:, y1:y2, x1:x2] = upsampled[:, : height - y1, : width - x1]
         for cam in normalised:  # the box of each heatmap, from a small map (same box, faster)
-            found = small_map_box(
-                cam, (input_hw[0], input_hw[1]), (y2 - y1, x2 - x1), out.geometry, box_threshold
-            )
+            found = small_map_box(cam, net_hw, (y2 - y1, x2 - x1), placed, box_threshold)
             boxes.append(None if found is None else _moved(found, x1, y1, width, height))
     return Explanation(
         source=source,
@@ -451,4 +495,5 @@ def build_explanation(
         region=region,
         input_hw=(input_hw[0], input_hw[1]),
         geometry=out.geometry,
+        upsample=upsample,
     )

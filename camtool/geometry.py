@@ -38,6 +38,13 @@ class FeatureGeometry:
         sh, sw = (feature_stride(n, f) for n, f in zip(input_hw, feature_hw, strict=True))
         return FeatureGeometry((sh / 2, sw / 2), (sh, sw))
 
+    @staticmethod
+    def stretched(input_hw: tuple[int, int], feature_hw: tuple[int, int]) -> FeatureGeometry:
+        """The grid stretched over the whole input, each cell ``input / cells`` pixels wide: what
+        ``cv2.resize`` and ``F.interpolate(..., align_corners=False)`` assume."""
+        sh, sw = (n / max(f, 1) for n, f in zip(input_hw, feature_hw, strict=True))
+        return FeatureGeometry((sh / 2, sw / 2), (sh, sw))
+
 
 def feature_stride(input_size: int, feature_size: int) -> float:
     """The stride along one axis: the power of two ``s`` with ``ceil(input_size / s) ==

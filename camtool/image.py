@@ -1,5 +1,6 @@
 """Image transforms for the network input: :class:`Preprocessing` (whole image or centre crop),
-the :class:`Region` of the image the network saw, and antialiased uint8 resizing."""
+the :class:`Region` of the image the network saw, antialiased uint8 resizing, and the
+enlargement of tiny images' overlays."""
 
 from __future__ import annotations
 
@@ -303,3 +304,27 @@ def resize_image(image: Tensor, size: tuple[int, int], interpolation: str = "bic
         image[None].float(), size=size, mode=interpolation, antialias=True, align_corners=False
     )
     return resized[0].round_().clamp_(0, 255).to(torch.uint8)
+
+
+#: Overlays of an image whose shorter side is below this many pixels (a 28x28 Fashion-MNIST
+#: digit, say) are enlarged by a whole factor to reach it, so that they and their legends can
+#: be read; never beyond :data:`MAX_ENLARGED_SIDE` pixels on the longer side.
+MIN_OVERLAY_SIDE = 224
+MAX_ENLARGED_SIDE = 4096
+
+
+def enlargement(height: int, width: int) -> int:
+    """The whole factor by which overlays of a ``height`` x ``width`` image are enlarged: the
+    least that brings the shorter side to :data:`MIN_OVERLAY_SIDE` (1 for larger images), held
+    to :data:`MAX_ENLARGED_SIDE` pixels on the longer side."""
+    short, long = max(1, min(height, width)), max(1, height, width)
+    return max(1, min(-(-MIN_OVERLAY_SIDE // short), MAX_ENLARGED_SIDE // long))
+
+
+def enlarge(image: Tensor, factor: int) -> Tensor:
+    """``image`` (``Tensor[3,H,W]`` uint8) enlarged ``factor`` times, nearest neighbour (each
+    pixel becomes a ``factor`` x ``factor`` block, so the pixels stay visible):
+    ``Tensor[3, H * factor, W * factor]``."""
+    if factor == 1:
+        return image
+    return image.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2).contiguous()

@@ -309,6 +309,13 @@ def check_same_settings(path: Path, earlier: dict[str, Any], now: dict[str, Any]
         )
 
 
+def settings_before(run: dict[str, Any]) -> dict[str, Any]:
+    """The settings a journal's ``run`` record holds, with those that camtool recorded only later
+    set to the value every earlier run used (``upsample``: ``"placed"``), so that a run written
+    by an earlier camtool resumes."""
+    return {"upsample": "placed", **(run.get("settings") or {})}
+
+
 def settings_changes(earlier: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """Each setting whose value differs, as ``name: old -> new`` (values in JSON, ``(unset)`` for
     a setting one of the runs did not record), in the order of ``now`` then ``earlier``."""

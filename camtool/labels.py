@@ -168,6 +168,46 @@ def label_index(name: str, labels: Sequence[str]) -> int | None:
     return None
 
 
+def map_position(which: int | str, mapped: Sequence[tuple[int, str]], why_none: str = "") -> int:
+    """The position of one map among maps of the classes ``mapped`` (``(index, name)`` each, in
+    the maps' order), from a class name (as ``--class`` takes it), a class index or a position.
+
+    An integer is a position (0: the first map; negative from the end) or a mapped class's
+    index: when it is both and they name the same map, that map; when they name two maps it is
+    refused, as is an integer that is neither.
+
+    Raises:
+        ClassSelectionError: a name that is not mapped; an integer that is neither a position nor
+            a mapped class, or is ambiguous (the message names both maps); no maps at all
+            (``why_none`` says why).
+    """
+    shown = ", ".join(f"{index} ({name})" for index, name in mapped) or "none"
+    if isinstance(which, str):
+        found = label_index(which, [name for _, name in mapped])
+        if found is None:
+            raise ClassSelectionError(which, f"is not one of the mapped classes: {shown}")
+        return found
+    count = len(mapped)
+    if not count:
+        raise ClassSelectionError(which, f"has no map: {why_none or 'no maps were made'}")
+    same = [i for i, (index, _) in enumerate(mapped) if index == which]
+    if -count <= which < count:
+        here = which % count
+        if same and same[0] != here:
+            raise ClassSelectionError(
+                which,
+                f"is ambiguous: map {here} is class {mapped[here][0]} ({mapped[here][1]}), but "
+                f"class {which} ({mapped[same[0]][1]}) is map {same[0]}; pass the class's name, "
+                f"or explained[{here}] for map {here}",
+            )
+        return here
+    if same:
+        return same[0]
+    raise ClassSelectionError(
+        which, f"is neither a map position (0..{count - 1}) nor a mapped class: {shown}"
+    )
+
+
 def suggest_classes(spec: str, labels: Sequence[str]) -> tuple[list[ClassName], list[ClassName]]:
     """The classes a name that matches none may have meant: those whose label contains it (as a
     whole word first, then anywhere; compared as slugs, so case, blanks and ``_`` do not

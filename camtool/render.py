@@ -2,21 +2,27 @@
 is in :mod:`camtool.boxes`).
 
 Plain tensors in, plain tensors out: heatmaps are ``Tensor[H,W]`` (or ``[k,H,W]``) float in
-[0, 1]; images and overlays are ``Tensor[3,H,W]`` uint8 RGB. Functions work on any device.
+[0, 1]; images and overlays are ``Tensor[3,H,W]`` uint8 RGB (:func:`overlay` also reads any
+image :func:`camtool.explain` reads). Functions work on any device.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from functools import cache, lru_cache
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from camtool.errors import InvalidArgumentError
+from camtool.errors import ImageReadError, InvalidArgumentError
 from camtool.geometry import FeatureGeometry
+from camtool.image import Layout
+from camtool.io.images import ImageSource, load_image
 from camtool.io.opencv import cv2
+from camtool.settings import DEFAULT_UPSAMPLE, check_upsample
 
 #: Colour maps by name: OpenCV's colour map, or None for ``gray`` (black to white). Names are
 #: matched in any case (:func:`colormap_name`).
@@ -111,27 +117,54 @@ def upsample_cams(
     input_hw: tuple[int, int],
     out_hw: tuple[int, int],
     geometry: FeatureGeometry | None = None,
+    upsample: str = DEFAULT_UPSAMPLE,
 ) -> Tensor:
     """Resize maps from feature resolution to the pixels of the image the network saw.
 
-    Each cell's value is placed at the centre of its receptive field (``geometry``, measured
-    while the network ran; by default cells are assumed to tile the input from its top-left).
-    The maps are upsampled over the whole cell grid, shifted to where the grid really lies, and
-    cut to the input's extent, rather than stretched over it.
+    ``upsample="placed"``: each cell's value is placed at the centre of its receptive field
+    (``geometry``, measured while the network ran; by default cells are assumed to tile the
+    input from its top-left). The maps are upsampled over the whole cell grid, shifted to where
+    the grid really lies, and cut to the input's extent, rather than stretched over it.
+    ``upsample="stretch"``: the grid is stretched over the whole image (``geometry`` is not
+    used), exactly as ``cv2.resize(cam, (W, H))`` (bilinear) and
+    ``F.interpolate(cams, (H, W), mode="bilinear", align_corners=False)`` do.
 
     Args:
         cams: ``Tensor[k,h,w]`` float.
         input_hw: (height, width) of the network input the maps come from.
         out_hw: (height, width) in pixels of the image part that input shows.
-        geometry: where the cells sit on the input (see :class:`camtool.heads.FeatureGeometry`).
+        geometry: where the cells sit on the input (see :class:`camtool.geometry.FeatureGeometry`).
+        upsample: ``"placed"`` or ``"stretch"`` (see :data:`camtool.settings.UPSAMPLES`).
 
     Returns:
         ``Tensor[k,*out_hw]`` float32, bilinear, edge values held beyond the outer cell centres.
+
+    Raises:
+        InvalidArgumentError: an unknown ``upsample``.
     """
     feature_hw = (int(cams.shape[-2]), int(cams.shape[-1]))
-    wy, wx = _weight_tensors(feature_hw, tuple(input_hw), tuple(out_hw), geometry)
+    placed = placement(upsample, geometry, (int(input_hw[0]), int(input_hw[1])), feature_hw)
+    wy, wx = _weight_tensors(feature_hw, tuple(input_hw), tuple(out_hw), placed)
     # Separable: mix columns on the small map first, then rows ([k,h,w] -> [k,h,W] -> [k,H,W]).
     return torch.matmul(wy.to(cams.device), cams.float() @ wx.to(cams.device).T)
+
+
+def placement(
+    upsample: str,
+    geometry: FeatureGeometry | None,
+    input_hw: tuple[int, int],
+    feature_hw: tuple[int, int],
+) -> FeatureGeometry | None:
+    """The geometry that upsampling ``upsample`` uses: ``geometry`` itself for ``"placed"``,
+    :meth:`~camtool.geometry.FeatureGeometry.stretched` for ``"stretch"`` (pass it to
+    :func:`upsample_weights` or :func:`camtool.boxes.small_map_box`).
+
+    Raises:
+        InvalidArgumentError: an unknown ``upsample``.
+    """
+    if check_upsample(upsample) == "stretch":
+        return FeatureGeometry.stretched(input_hw, feature_hw)
+    return geometry
 
 
 @lru_cache(maxsize=64)
@@ -209,34 +242,42 @@ def colorize(heatmap: Tensor, colormap: str = "jet") -> Tensor:
 
 
 def overlay(
-    image: Tensor,
-    heatmap: Tensor,
+    image: ImageSource,
+    heatmap: Tensor | np.ndarray[Any, Any],
     alpha: float = 0.5,
     colormap: str = "jet",
     mask: Tensor | None = None,
+    layout: Layout | None = None,
 ) -> Tensor:
     """Blend a coloured heatmap onto an image.
 
     Args:
-        image: ``Tensor[3,H,W]`` uint8 RGB.
-        heatmap: ``Tensor[H,W]`` float in [0, 1], same height and width.
+        image: what :func:`camtool.explain` takes as one image: a path, a PIL image, or a tensor
+            or numpy array ``[3,H,W]``, ``[H,W,3]`` or ``[H,W]`` (uint8, or float in [0, 1]);
+            read by :func:`camtool.io.images.load_image`.
+        heatmap: ``[h,w]`` (or ``[1,h,w]``) float in [0, 1], a tensor or a numpy array, of any
+            size: a map of another size is stretched over the image (bilinear, as
+            ``cv2.resize`` does; :func:`upsample_cams` with ``upsample="stretch"``).
         alpha: weight of the heatmap, in [0, 1].
         colormap: a name from :data:`COLORMAPS`, in any case.
         mask: optional ``Tensor[H,W]`` bool; outside it the image is left as it is.
+        layout: ``"CHW"`` or ``"HWC"`` for an image whose shape cannot tell (``[3,H,3]``).
 
     Returns:
         ``Tensor[3,H,W]`` uint8 RGB: ``(1 - alpha) * image + alpha * colour``.
+
+    Raises:
+        ImageReadError: an image that cannot be read (named ``image``).
+        InvalidArgumentError: an alpha outside [0, 1]; a heatmap that is no 2-D map; a mask of
+            another size.
     """
     if not 0.0 <= alpha <= 1.0:
         raise InvalidArgumentError(alpha, "alpha must be between 0 and 1")
-    if image.ndim != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
+    image = _image_of(image, layout)
+    heatmap = _heatmap_of(heatmap, (int(image.shape[1]), int(image.shape[2])), image.device)
+    if mask is not None and mask.shape != image.shape[1:]:
         raise InvalidArgumentError(
-            "image", f"expected uint8 [3, H, W], got {image.dtype} {list(image.shape)}"
-        )
-    if heatmap.shape != image.shape[1:]:
-        raise InvalidArgumentError(
-            "heatmap",
-            f"shape {list(heatmap.shape)} does not match the image's {list(image.shape[1:])}",
+            "mask", f"shape {list(mask.shape)} does not match the image's {list(image.shape[1:])}"
         )
     if image.device.type == "cpu" and heatmap.device.type == "cpu":
         blended = _overlay_with_opencv(image, heatmap, alpha, colormap)
@@ -250,6 +291,45 @@ def overlay(
     if mask is not None:
         blended = torch.where(mask, blended, image.float())
     return blended.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _image_of(image: ImageSource, layout: Layout | None) -> Tensor:
+    """``image`` as ``Tensor[3,H,W]`` uint8 (a uint8 one as it is), by :func:`load_image`."""
+    if (  # as before: a uint8 [3,H,W] tensor is used as it is, on its device
+        isinstance(image, Tensor) and image.dtype == torch.uint8 and layout != "HWC"
+        and image.ndim == 3 and image.shape[0] == 3
+    ):  # fmt: skip
+        return image
+    try:
+        return load_image(image, layout=layout)
+    except ImageReadError as exc:  # a file is named by its path, anything else as the argument
+        if isinstance(image, (str, os.PathLike)):
+            raise
+        raise type(exc)("image", exc.problem) from None
+
+
+def _heatmap_of(
+    heatmap: Tensor | np.ndarray[Any, Any], image_hw: tuple[int, int], device: torch.device
+) -> Tensor:
+    """``heatmap`` as ``Tensor[H,W]`` float on ``device``, stretched to ``image_hw`` when its
+    size differs."""
+    if isinstance(heatmap, np.ndarray):
+        if heatmap.dtype.kind not in "biuf":
+            raise InvalidArgumentError("heatmap", f"unsupported type {heatmap.dtype}")
+        heatmap = torch.from_numpy(np.asarray(heatmap, dtype=np.float32))
+    if not isinstance(heatmap, Tensor):
+        raise InvalidArgumentError(
+            "heatmap", f"expected a tensor or numpy array, got {type(heatmap).__name__}"
+        )
+    if heatmap.ndim == 3 and heatmap.shape[0] == 1:
+        heatmap = heatmap[0]
+    if heatmap.ndim != 2 or heatmap.numel() == 0:
+        raise InvalidArgumentError("heatmap", f"expected shape [H, W], got {list(heatmap.shape)}")
+    heatmap = heatmap.detach().to(device)
+    if tuple(heatmap.shape) != image_hw:
+        hw = (int(heatmap.shape[0]), int(heatmap.shape[1]))
+        heatmap = upsample_cams(heatmap[None], hw, image_hw, None, "stretch")[0]
+    return heatmap.float()
 
 
 def _overlay_with_opencv(image: Tensor, heatmap: Tensor, alpha: float, colormap: str) -> Tensor:

@@ -29,6 +29,14 @@ DEFAULT_COLORMAP: Final = "jet"
 #: The CAM box keeps pixels at or above this fraction of the map's maximum (the CAM paper's 20%).
 DEFAULT_BOX_THRESHOLD: Final = 0.2
 
+#: How maps at feature resolution are resized to the image (:func:`camtool.render.upsample_cams`):
+#: ``"placed"`` puts each cell's value at the centre of its receptive field (measured while the
+#: network runs: padding can shift a grid by up to half a cell); ``"stretch"`` stretches the grid
+#: over the whole input, as ``cv2.resize`` (and pytorch-grad-cam, torchcam) do. The raw maps are
+#: the same; only where their values land differs.
+UPSAMPLES: Final = ("placed", "stretch")
+DEFAULT_UPSAMPLE: Final = "placed"
+
 #: The device specs camtool takes, as the error messages list them.
 DEVICE_CHOICES: Final = "cpu, cuda, cuda:N (the N-th GPU), mps or auto"
 
@@ -110,6 +118,19 @@ def check_box_threshold(threshold: float) -> float:
             threshold, "the box threshold is a fraction of the map's maximum: 0 < t < 1"
         )
     return float(threshold)
+
+
+def check_upsample(upsample: str) -> str:
+    """Return ``upsample`` if it is one of :data:`UPSAMPLES` (``"placed"`` or ``"stretch"``).
+
+    Raises:
+        InvalidArgumentError: anything else, naming the choices.
+    """
+    if upsample not in UPSAMPLES:
+        raise InvalidArgumentError(
+            upsample, f"unknown upsampling; choose one of {', '.join(UPSAMPLES)}"
+        )
+    return str(upsample)
 
 
 def output_folder(out: str | os.PathLike[str] | None, pictures_wanted: bool = True) -> Path | None:

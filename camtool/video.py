@@ -23,7 +23,13 @@ from camtool.methods.base import DEFAULT_METHOD, Method
 from camtool.models.loading import DEFAULT_MODEL
 from camtool.progress import ProgressBar, current, reporting
 from camtool.render import draw_label
-from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold, check_positive_int
+from camtool.settings import (
+    DEFAULT_BOX_THRESHOLD,
+    DEFAULT_UPSAMPLE,
+    check_box_threshold,
+    check_positive_int,
+    check_upsample,
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ def explain_frames(
     top_k: int = 5,
     source: str = "<frame>",
     box_threshold: float = DEFAULT_BOX_THRESHOLD,
+    upsample: str = DEFAULT_UPSAMPLE,
 ) -> Iterator[Explanation]:
     """Explain a stream of ``Tensor[3,H,W]`` uint8 frames of one size, ``batch_size`` at a time.
 
@@ -68,7 +75,7 @@ def explain_frames(
     first frame's are its own; the window starts again when the top class changes), which
     steadies flickering maps; CAMs, scores and boxes stay the frame's own. ``model`` is a loaded
     model (or any spec :func:`camtool.explain` takes, or a bound method); ``method`` makes the
-    maps; ``box_threshold`` is as for :func:`camtool.explain`.
+    maps; ``box_threshold`` and ``upsample`` are as for :func:`camtool.explain`.
 
     Raises:
         InvalidArgumentError: (when called, before any frame is read) a ``batch_size`` that is no positive integer, a box threshold
@@ -76,12 +83,15 @@ def explain_frames(
         UnsupportedModelError: the method cannot explain the model.
     """
     check_box_threshold(box_threshold)
+    check_upsample(upsample)
     check_positive_int(batch_size, "batch_size")
     bound = model if isinstance(model, BoundMethod) else bind_method(model, method, classes)
     if bound.explainer.method == "none":
         raise UnsupportedModelError(bound.model.name, bound.explainer.describe())
     check_crop(bound.model.preprocessing, crop)
-    return _explained_frames(frames, bound, crop, batch_size, smooth, top_k, source, box_threshold)
+    return _explained_frames(
+        frames, bound, crop, batch_size, smooth, top_k, source, (box_threshold, upsample)
+    )
 
 
 def _explained_frames(
@@ -92,7 +102,7 @@ def _explained_frames(
     smooth: int,
     top_k: int,
     source: str,
-    box_threshold: float,
+    heatmaps: tuple[float, str],
 ) -> Iterator[Explanation]:
     recent: deque[Tensor] = deque(maxlen=max(1, smooth))
     index = 0
@@ -104,7 +114,7 @@ def _explained_frames(
         nonlocal index, shown
         for row, (frame, (_, region)) in enumerate(zip(batch, prepared, strict=True)):
             ex = build_explanation(
-                bound.model, out, row, f"{source}#{index}", frame, region, top_k, box_threshold
+                bound.model, out, row, f"{source}#{index}", frame, region, top_k, *heatmaps
             )
             index += 1
             if shown is not None and ex.explained[0].index != shown:
@@ -139,12 +149,14 @@ def explain_video(
     colormap: str = "jet",
     box: bool = False,
     box_threshold: float = DEFAULT_BOX_THRESHOLD,
+    upsample: str = DEFAULT_UPSAMPLE,
     device: str | None = "auto",
     progress: bool = False,
     **model_options: Any,
 ) -> VideoReport:
     """Write ``output``: the video at ``path`` with the heatmap of each frame's top class (or of
-    ``classes[0]``) blended in and the class written on the frame; same frame rate and size.
+    ``classes[0]``) blended in and the class written on the frame; same frame rate and size
+    (``box_threshold`` and ``upsample`` as for :func:`camtool.explain`).
 
     The file is written under a temporary name and renamed when complete.
 
@@ -155,6 +167,7 @@ def explain_video(
     """
     started = time.perf_counter()
     check_box_threshold(box_threshold)
+    check_upsample(upsample)
     check_positive_int(batch_size, "batch_size")
     bound = bind_method(model, method, classes, device=device, **model_options)
     check_crop(bound.model.preprocessing, crop)
@@ -164,12 +177,13 @@ def explain_video(
     count = 0
     try:
         stream = explain_frames(frames, bound, crop=crop, batch_size=batch_size,
-                                smooth=smooth, source=str(path), box_threshold=box_threshold)  # fmt: skip
+                                smooth=smooth, source=str(path), box_threshold=box_threshold,
+                                upsample=upsample)  # fmt: skip
         with reporting(None if bar else current()):  # one live display: the frames' bar
             for ex in stream:
                 score = ex.explained[0]
-                frame = draw_label(ex.overlay(0, alpha=alpha, colormap=colormap, box=box).tensor,
-                                   f"{score.name} {score.probability:.2f}")  # fmt: skip
+                picture = ex.overlay(alpha=alpha, colormap=colormap, box=box, enlarge_tiny=False)
+                frame = draw_label(picture.tensor, f"{score.name} {score.probability:.2f}")
                 writer.write(frame)
                 count += 1
                 if bar:

@@ -3,6 +3,8 @@ and a typed error that says what was given for anything else (issue 22, item 5).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -109,3 +111,39 @@ def test_explain_maps_the_class_a_string_names_on_the_cat_photo() -> None:
     assert [s.index for s in ex.explained] == [285, 281] and ex.cams.shape[0] == 2
     with pytest.raises(ClassSelectionError, match=r"^\{285\}: classes is a class"):
         camtool.explain(CAT, classes={285}, device="cpu")
+
+
+def test_a_map_is_chosen_by_class_or_position_and_an_ambiguous_integer_is_refused(
+    tmp_path: Path,
+) -> None:
+    ex = camtool.explain(CAT, classes=[285, 281], device="cpu")
+    first, second = ex.overlay(0).tensor, ex.overlay(1).tensor
+    assert not torch.equal(first, second)
+    assert torch.equal(ex.overlay(285).tensor, first)  # class 285 (was "only 2 classes")
+    assert torch.equal(ex.overlay(281).tensor, second)
+    assert torch.equal(ex.overlay("tabby").tensor, second)
+    assert torch.equal(ex.overlay(ex.explained[1]).tensor, second)
+    assert torch.equal(ex.overlay(-1).tensor, second)
+    assert ex.legend_text(281)[0].startswith("tabby: probability")
+    saved = camtool.load_image(ex.save(tmp_path / "tabby.png", 281))
+    assert torch.equal(saved, second)
+    with pytest.raises(
+        ClassSelectionError,
+        match=r"^282: is neither a map position \(0\.\.1\) nor a mapped class: "
+        r"285 \(Egyptian cat\), 281 \(tabby\)$",
+    ):
+        ex.overlay(282)
+    with pytest.raises(ClassSelectionError, match=r"^tiger cat: is not one of the mapped classes"):
+        ex.overlay("tiger cat")
+    # Classes 1 and 0 mapped in that order: 0 is map 0 (goldfish) and class 0 (tench, map 1).
+    fish = camtool.explain(CAT, classes=[1, 0], device="cpu")
+    with pytest.raises(
+        ClassSelectionError,
+        match=r"^0: is ambiguous: map 0 is class 1 \(goldfish\), but class 0 "
+        r"\(tench\) is map 1; pass the class's name, or explained\[0\] for map 0$",
+    ):
+        fish.overlay(0)
+    assert torch.equal(fish.overlay("tench").tensor, fish.overlay(fish.explained[1]).tensor)
+    assert len(fish.sheet().tensor.shape) == 3  # internal callers pass the ClassScore
+    same = camtool.explain(CAT, classes=[0, 1], device="cpu")  # positions and classes agree
+    assert torch.equal(same.overlay(1).tensor, same.overlay("goldfish").tensor)

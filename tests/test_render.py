@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import camtool
-from camtool.errors import InvalidArgumentError
+from camtool.errors import ImageReadError, InvalidArgumentError
 from camtool.geometry import feature_stride
 
 
@@ -52,9 +52,15 @@ def test_overlay_rejects_bad_arguments_precisely() -> None:
     with pytest.raises(InvalidArgumentError, match=r"^1.5: alpha must be between 0 and 1$"):
         camtool.overlay(image, torch.zeros(4, 4), alpha=1.5)
     with pytest.raises(
-        InvalidArgumentError, match=r"shape \[4, 5\] does not match the image's \[4, 4\]"
+        InvalidArgumentError, match=r"^heatmap: expected shape \[H, W\], got \[2, 4, 4\]$"
     ):
-        camtool.overlay(image, torch.zeros(4, 5))
+        camtool.overlay(image, torch.zeros(2, 4, 4))
+    with pytest.raises(
+        InvalidArgumentError, match=r"^mask: shape \[4, 5\] does not match the image's \[4, 4\]$"
+    ):
+        camtool.overlay(image, torch.zeros(4, 4), mask=torch.ones(4, 5, dtype=torch.bool))
+    with pytest.raises(ImageReadError, match=r"^image: expected a tensor of shape \[3, H, W\]"):
+        camtool.overlay(torch.zeros(2, 5, 5), torch.zeros(4, 4))
     with pytest.raises(
         InvalidArgumentError, match=r"^sepia: unknown colour map; choose one of jet, turbo"
     ):

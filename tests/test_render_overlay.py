@@ -124,3 +124,40 @@ def test_boxed_overlay_and_encoding_colours(chelsea: camtool.Explanation) -> Non
     assert bgr.flags.c_contiguous and bgr[y1, (x1 + x2) // 2].tolist() == [0, 255, 0]
     assert bgr[240, 320].tolist() == boxed[:, 240, 320].tolist()[::-1]
     assert np.array_equal(image_to_bgr_array(boxed.contiguous()), bgr)
+
+
+def test_overlay_takes_every_image_explain_takes_and_a_map_of_any_size(
+    chelsea: camtool.Explanation,
+) -> None:
+    from PIL import Image
+
+    image = chelsea.image.contiguous()  # uint8 [3,480,640]
+    heat = chelsea.heatmaps[0]
+    expected = overlay(image, heat)
+    hwc = image.permute(1, 2, 0).numpy()
+    for given in (
+        Image.fromarray(hwc),  # PIL
+        hwc,  # numpy HWC uint8
+        hwc.astype(np.float32) / 255,  # numpy HWC float in [0, 1]
+        image.float() / 255,  # tensor CHW float
+        torch.from_numpy(hwc.copy()),  # tensor HWC uint8
+    ):
+        assert torch.equal(overlay(given, heat.numpy()), expected)
+    # A map of another size (the 7x7 raw map, normalised) is stretched as cv2.resize does.
+    small = camtool.normalize_cams(chelsea.maps)[0]
+    stretched = cv2.resize(small.numpy(), (640, 480), interpolation=cv2.INTER_LINEAR)
+    got = overlay(image, small)
+    assert int((got.int() - overlay(image, torch.from_numpy(stretched)).int()).abs().max()) <= 1
+    assert torch.equal(overlay(hwc, small[None].numpy()), got)  # [1,h,w] too
+
+
+def test_overlay_names_a_bad_image_or_map(tmp_path: Path) -> None:
+    from camtool.errors import ImageReadError, InvalidArgumentError
+
+    heat = torch.zeros(4, 4)
+    with pytest.raises(ImageReadError, match=r"^image: float pixels must lie in \[0, 1\]"):
+        overlay(np.full((5, 6, 3), 200.0), heat)
+    with pytest.raises(ImageReadError, match=r"nothing\.png: no such file$"):
+        overlay(tmp_path / "nothing.png", heat)
+    with pytest.raises(InvalidArgumentError, match=r"^heatmap: expected a tensor or numpy array"):
+        overlay(torch.zeros((3, 4, 4), dtype=torch.uint8), [[0.5]])  # type: ignore[arg-type]

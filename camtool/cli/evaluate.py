@@ -16,9 +16,10 @@ from camtool.cli.options import (
     DtypeOption,
     LabelsOption,
     ModelOption,
+    UpsampleOption,
     WeightsOption,
 )
-from camtool.settings import DEFAULT_BOX_THRESHOLD
+from camtool.settings import DEFAULT_BOX_THRESHOLD, DEFAULT_UPSAMPLE
 
 
 def build_eval_table(report: Any) -> Table:
@@ -106,6 +107,7 @@ def evaluate_methods(
         typer.Option(min=1, help="Deletion/insertion steps [default: 224, the paper's]."),
     ] = None,
     box_threshold: BoxThresholdOption = DEFAULT_BOX_THRESHOLD,
+    upsample: UpsampleOption = DEFAULT_UPSAMPLE,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 8,
     resume: Annotated[
         bool, typer.Option("--resume", help="Skip images results.jsonl lists as done.")
@@ -138,6 +140,7 @@ def evaluate_methods(
                 batch_size=batch_size, device=device, progress=progress or False,
                 weights=str(weights) if weights else None,
                 labels=str(labels) if labels else None, dtype=dtype, rescale_boxes=rescale_boxes,
+                upsample=upsample,
             )  # fmt: skip
         for failure in report.failures[:20]:
             print_error(f"{failure.input}: {failure.error}")

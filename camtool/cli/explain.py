@@ -31,6 +31,7 @@ from camtool.cli.options import (
     ScaleOption,
     TargetOption,
     UnsafePickleOption,
+    UpsampleOption,
     VerboseOption,
     WeightsOption,
     collect_model_options,
@@ -41,6 +42,7 @@ from camtool.settings import (
     DEFAULT_COLORMAP,
     DEFAULT_IMAGE_FORMAT,
     DEFAULT_OUT_DIR,
+    DEFAULT_UPSAMPLE,
     output_folder,
 )
 
@@ -90,6 +92,7 @@ def explain(
     scale: ScaleOption = "joint",
     legend: LegendOption = False,
     box_threshold: BoxThresholdOption = DEFAULT_BOX_THRESHOLD,
+    upsample: UpsampleOption = DEFAULT_UPSAMPLE,
     crop: CropOption = False,
     device: DeviceOption = "auto",
     weights: WeightsOption = None,
@@ -169,6 +172,7 @@ def explain(
                 "scale": scale,
                 "legend": legend,
                 "box": box,
+                "upsample": upsample,
             },
             "images": [],
             "errors": [],
@@ -176,7 +180,7 @@ def explain(
         folder = output_folder(out, pictures_wanted=sheet or not as_json)
         results = explain_files(
             images, folder, bound, maps=maps, top_k=top_k, crop=crop, box_threshold=box_threshold,
-            rendering=rendering, sheet=sheet, smooth=smooth, progress=not as_json,
+            upsample=upsample, rendering=rendering, sheet=sheet, smooth=smooth, progress=not as_json,
         )  # fmt: skip
         with shown_progress(not as_json):  # Score-CAM's forward passes, say
             for result in results:

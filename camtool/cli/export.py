@@ -34,6 +34,7 @@ from camtool.cli.options import (
     ScaleOption,
     TargetOption,
     UnsafePickleOption,
+    UpsampleOption,
     WeightsOption,
     collect_model_options,
 )
@@ -44,6 +45,7 @@ from camtool.settings import (
     DEFAULT_COLORMAP,
     DEFAULT_IMAGE_FORMAT,
     DEFAULT_OUT_DIR,
+    DEFAULT_UPSAMPLE,
     DTYPE_CHOICES,
     parse_dtype,
 )
@@ -98,6 +100,7 @@ def export(
     scale: ScaleOption = "joint",
     legend: LegendOption = False,
     box_threshold: BoxThresholdOption = DEFAULT_BOX_THRESHOLD,
+    upsample: UpsampleOption = DEFAULT_UPSAMPLE,
     heatmap: Annotated[
         bool, typer.Option("--heatmap", help="Also write the bare heatmap (8-bit PNG).")
     ] = False,
@@ -186,6 +189,7 @@ def export(
             image_format=image_format, quality=quality, alpha=alpha, colormap=colormap,
             box=box, heatmap=heatmap, raw=raw, raw_dtype=raw_dtype,
             top_k=top_k, scale=scale, legend=legend, box_threshold=box_threshold,
+            upsample=upsample,
         )  # fmt: skip
         report = export_images(
             inputs, out, (model or [DEFAULT_MODEL])[0], method=(method or ["auto"])[0], classes=classes, maps=maps, crop=crop, options=options, resume=resume,

@@ -32,6 +32,7 @@ RawDtype = Literal["float16", "float32"]
 DecoderKind = Literal["threads", "processes"]
 ExportRunner = Literal["auto", "local", "device"]
 Scale = Literal["joint", "per-map"]
+Upsample = Literal["placed", "stretch"]  # settings.UPSAMPLES
 
 
 def refuse_repeats(value: list[str] | None) -> list[str] | None:
@@ -154,6 +155,14 @@ ScaleOption = Annotated[
     typer.Option(
         help="Colour scale: joint (one scale for all maps of an image, so a weak class looks "
         "weak; logit units for exact CAM) or per-map (each map stretched to the full range)."
+    ),
+]
+UpsampleOption = Annotated[
+    Upsample,
+    typer.Option(
+        help="How maps are resized to the image: placed (each cell at the centre of its "
+        "receptive field) or stretch (the grid stretched over the image, as cv2.resize and "
+        "pytorch-grad-cam do)."
     ),
 ]
 LegendOption = Annotated[

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from camtool.boxes import Box, draw_box, small_map_box
+from camtool.boxes import Box, draw_box, scaled_box, small_map_box
 from camtool.explanation import ClassScore, Explanation
 from camtool.export.stages import (
     ExportOptions,
@@ -35,12 +35,18 @@ from camtool.export.stages import (
     written_or_refused,
 )
 from camtool.geometry import FeatureGeometry
-from camtool.image import Region
+from camtool.image import Region, enlarge
 from camtool.inputs import InputItem
 from camtool.methods.base import MapBatch
 from camtool.models.loading import LoadedModel
-from camtool.render import colormap_colors, draw_legend, normalize_cams, upsample_weights
-from camtool.settings import DEFAULT_BOX_THRESHOLD
+from camtool.render import (
+    colormap_colors,
+    draw_legend,
+    normalize_cams,
+    placement,
+    upsample_weights,
+)
+from camtool.settings import DEFAULT_BOX_THRESHOLD, DEFAULT_UPSAMPLE
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class Painted:
     input_hw: tuple[int, int]
     rows: tuple[PaintedRow, ...]
     ready: Any = None  # a torch.cuda.Event recorded after the copy, or None
+    upsample: str = DEFAULT_UPSAMPLE  # how the maps were resized (ExportOptions.upsample)
 
     def wait(self) -> None:
         """Block until the copy to the host has finished."""
@@ -131,7 +138,7 @@ def paint(
     assert buffer is not None and logits is not None and classes is not None and cams is not None
     return Painted(
         buffer, logits, classes, cams, bias, residual, out.method, out.summary,
-        out.geometry, out.input_hw, tuple(placed), ready,
+        out.geometry, out.input_hw, tuple(placed), ready, options.upsample,
     )  # fmt: skip
 
 
@@ -149,7 +156,7 @@ def _paint_group(
     x1, y1, x2, y2 = box
     heat = torch.zeros((n, count, height, width), device=cams.device)
     if count:  # as build_explanation: each map normalised, upsampled into the region
-        up = _upsampled(normalize_cams(cams), out, (y2 - y1, x2 - x1))
+        up = _upsampled(normalize_cams(cams), out, (y2 - y1, x2 - x1), options.upsample)
         heat[..., y1:y2, x1:x2] = up[..., : height - y1, : width - x1]
     scaled = _scaled(heat, cams, box, options.scale)
     levels = (scaled.clamp(0, 1) * 255).round_().long()
@@ -178,13 +185,14 @@ def _weights(
     return torch.from_numpy(wy).to(device), torch.from_numpy(wx).to(device)
 
 
-def _upsampled(normalised: Tensor, out: MapBatch, out_hw: tuple[int, int]) -> Tensor:
+def _upsampled(normalised: Tensor, out: MapBatch, out_hw: tuple[int, int], upsample: str) -> Tensor:
     """:func:`~camtool.render.upsample_cams` of ``Tensor[n,k,h,w]`` maps -> ``[n,k,*out_hw]``
     float32: ``Wy @ map @ Wx.T`` with the weights kept on the device. On the CPU image by image,
     so the sums run in the order :func:`~camtool.explanation.build_explanation` runs them and
     the values are the same to the bit; elsewhere all maps at once."""
     feature_hw = (int(normalised.shape[-2]), int(normalised.shape[-1]))
-    wy, wx = _weights(feature_hw, out.input_hw, out_hw, out.geometry, normalised.device)
+    geometry = placement(upsample, out.geometry, out.input_hw, feature_hw) or out.geometry
+    wy, wx = _weights(feature_hw, out.input_hw, out_hw, geometry, normalised.device)
     if normalised.device.type == "cpu":
         return torch.stack([torch.matmul(wy, maps.float() @ wx.T) for maps in normalised])
     return torch.matmul(wy, normalised.float() @ wx.T)
@@ -237,10 +245,10 @@ def _boxes(
         return ()
     x1, y1, x2, y2 = row.region.as_ints()
     boxes: list[Box | None] = []
+    feature_hw = (int(cams.shape[-2]), int(cams.shape[-1]))
+    geometry = placement(painted.upsample, painted.geometry, painted.input_hw, feature_hw)
     for cam in normalize_cams(cams):
-        found = small_map_box(
-            cam, painted.input_hw, (y2 - y1, x2 - x1), painted.geometry, threshold
-        )
+        found = small_map_box(cam, painted.input_hw, (y2 - y1, x2 - x1), geometry, threshold)
         boxes.append(
             None
             if found is None
@@ -286,6 +294,7 @@ def explanation_of(
         region=row.region,
         input_hw=(painted.input_hw[0], painted.input_hw[1]),
         geometry=painted.geometry,
+        upsample=painted.upsample,
     )
 
 
@@ -323,16 +332,19 @@ def _write(
     overlays = overlays.view(count, 3, height, width)
     grays = painted.buffer[row.heatmaps : row.heatmaps + count * height * width]
     x1, y1, x2, y2 = row.region.as_ints()
+    factor = ex.overlay_scale  # as Explanation.overlay: a tiny image is enlarged
 
     def overlay(i: int) -> Tensor:
-        picture = overlays[i]
+        picture = enlarge(overlays[i], factor)
         if (x1, y1, x2, y2) != (0, 0, width, height):
-            picture = draw_box(picture, (x1, y1, x2, y2), (255, 255, 255), 1)
+            picture = draw_box(picture, scaled_box((x1, y1, x2, y2), factor), (255, 255, 255), 1)
         found = ex.boxes[i]
         if options.box and found is not None:
-            picture = draw_box(picture, found)
+            picture = draw_box(picture, scaled_box(found, factor))
         if options.legend:
-            picture = draw_legend(picture, options.colormap, *ex.legend_text(i, options.scale))
+            picture = draw_legend(
+                picture, options.colormap, *ex.legend_text(ex.explained[i], options.scale)
+            )
         return picture
 
     def heatmap(i: int) -> Tensor:

@@ -44,6 +44,7 @@ from camtool.journal import (
     image_record,
     now,
     run_record,
+    settings_before,
     split_resumed,
     writing_record,
 )
@@ -189,7 +190,7 @@ def plan_run(job: ExportJob) -> Plan:
     resumed = earlier if job.resume else None
     previous, runs = (resumed.by_path, resumed.runs) if resumed else ({}, [])
     if runs:
-        check_same_settings(out / MANIFEST, runs[-1].get("settings") or {}, settings)
+        check_same_settings(out / MANIFEST, settings_before(runs[-1]), settings)
     removed = remove_unfinished(out, earlier)
     items = restore_stems(items, previous)
     todo, carried = split_resumed(items, resumed)

@@ -46,7 +46,13 @@ from camtool.journal import (
 from camtool.labels import ClassesArg
 from camtool.methods.base import DEFAULT_METHOD, Method
 from camtool.models.loading import DEFAULT_MODEL
-from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold, check_positive_int
+from camtool.settings import (
+    DEFAULT_BOX_THRESHOLD,
+    DEFAULT_UPSAMPLE,
+    check_box_threshold,
+    check_positive_int,
+    check_upsample,
+)
 
 
 def explain_iter(
@@ -62,6 +68,7 @@ def explain_iter(
     batch_size: int = 32,
     workers: int | None = None,
     box_threshold: float = DEFAULT_BOX_THRESHOLD,
+    upsample: str = DEFAULT_UPSAMPLE,
     **model_options: Any,
 ) -> Iterator[Explanation | ExportFailure]:
     """Explain many images lazily: yield an :class:`Explanation` (or :class:`ExportFailure`) per
@@ -71,6 +78,7 @@ def explain_iter(
     """
     keep_freed_memory()
     check_box_threshold(box_threshold)
+    check_upsample(upsample)
     check_positive_int(batch_size, "batch_size")
     bound = bind_method(model, method, classes, device=device, **model_options)
     loaded = bound.model
@@ -93,6 +101,7 @@ def explain_iter(
                 result.region,
                 top_k,
                 box_threshold,
+                upsample,
             )
 
 

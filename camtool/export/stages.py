@@ -39,7 +39,9 @@ from camtool.settings import (
     DEFAULT_BOX_THRESHOLD,
     DEFAULT_COLORMAP,
     DEFAULT_IMAGE_FORMAT,
+    DEFAULT_UPSAMPLE,
     check_box_threshold,
+    check_upsample,
 )
 
 
@@ -186,6 +188,7 @@ class ExportOptions:
     box_threshold: float = DEFAULT_BOX_THRESHOLD
     scale: str = DEFAULT_SCALE
     legend: bool = False
+    upsample: str = DEFAULT_UPSAMPLE
 
 
 def output_path(out_dir: Path, stem: PurePosixPath, suffix: str) -> Path:
@@ -219,7 +222,7 @@ def write_outputs(
     heatmaps = ex.scaled_heatmaps(options.scale) if options.heatmap else None
 
     def overlay(i: int) -> torch.Tensor:
-        return ex.overlay(i, alpha=options.alpha, colormap=options.colormap, box=options.box,
+        return ex.overlay(ex.explained[i], alpha=options.alpha, colormap=options.colormap, box=options.box,
                           scale=options.scale, legend=options.legend).tensor  # fmt: skip
 
     def heatmap(i: int) -> torch.Tensor:
@@ -318,7 +321,7 @@ def render_and_write(
     def write() -> tuple[Explanation, list[Path]]:
         ex = build_explanation(
             model, out, result.row, str(item.path), image, region, options.top_k,
-            options.box_threshold,
+            options.box_threshold, options.upsample,
         )  # fmt: skip
         return ex, write_outputs(ex, item.stem, out_dir, options, announce, writer)
 
@@ -379,7 +382,8 @@ def check_options(options: ExportOptions) -> ExportOptions:
     """Return ``options`` with the colour map's name in its canonical case (``JET`` -> ``jet``).
 
     Raises:
-        InvalidArgumentError: a format, colour map, alpha or box threshold camtool cannot use.
+        InvalidArgumentError: a format, colour map, alpha, box threshold or upsampling camtool
+            cannot use.
     """
     if options.image_format not in ("jpg", "png"):
         raise InvalidArgumentError(options.image_format, "image format must be jpg or png")
@@ -389,4 +393,5 @@ def check_options(options: ExportOptions) -> ExportOptions:
     if not 0 <= options.alpha <= 1:
         raise InvalidArgumentError(options.alpha, "alpha must be between 0 and 1")
     check_box_threshold(options.box_threshold)
+    check_upsample(options.upsample)
     return replace(options, colormap=colormap_name(options.colormap))

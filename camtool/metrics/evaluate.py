@@ -48,6 +48,7 @@ from camtool.journal import (
     interrupt_flag,
     locked_output,
     run_record,
+    settings_before,
     split_resumed,
 )
 from camtool.metrics.annotations import match_images, resolve_boxes
@@ -57,7 +58,13 @@ from camtool.metrics.measuring import EvalRun, forward_passes_per_image, measure
 from camtool.metrics.summaries import Summary
 from camtool.models.loading import DEFAULT_MODEL
 from camtool.progress import Meter, ProgressCallback, Work, WorkBars, current, reporting
-from camtool.settings import DEFAULT_BOX_THRESHOLD, check_box_threshold, check_positive_int
+from camtool.settings import (
+    DEFAULT_BOX_THRESHOLD,
+    DEFAULT_UPSAMPLE,
+    check_box_threshold,
+    check_positive_int,
+    check_upsample,
+)
 
 RESULTS = "results.jsonl"
 
@@ -175,6 +182,7 @@ def evaluate(
     progress: bool | ProgressCallback = False,
     report: bool = True,
     rescale_boxes: bool = False,
+    upsample: str = DEFAULT_UPSAMPLE,
     **model_options: Any,
 ) -> EvalReport:
     """Measure how faithful (and, with boxes, how well localized) each method's maps are.
@@ -204,6 +212,8 @@ def evaluate(
         rescale_boxes: scale the boxes of an image whose size is not the one its VOC or COCO
             file declares (drawn on a resized copy) to the real size, and say so in its record
             (``boxes_rescaled``) and the settings; by default such an image fails.
+        upsample: how maps are resized to the image before they are measured, ``"placed"`` or
+            ``"stretch"`` (see :func:`camtool.render.upsample_cams`).
 
     Returns:
         :class:`EvalReport` (exit code 0, or 3 when some inputs failed).
@@ -219,6 +229,7 @@ def evaluate(
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     check_box_threshold(box_threshold)
+    check_upsample(upsample)
     check_positive_int(batch_size, "batch_size")  # -1 ran no batch at all and said nothing
     if steps is not None and (isinstance(steps, bool) or steps < 1):
         raise InvalidArgumentError(steps, "steps must be at least 1")
@@ -234,11 +245,11 @@ def evaluate(
     check_input_size(size)
     sources = {}
     for name in dict.fromkeys(methods):
-        source = method_maps(loaded, name)
+        source = method_maps(loaded, name, upsample=upsample)
         sources[source.method] = source
     run = EvalRun(loaded, list(sources), chosen, size, steps, tuple(road_percentages),
                box_threshold, batch_size, sources=sources,
-               rescale_boxes=bool(rescale_boxes))  # fmt: skip
+               rescale_boxes=bool(rescale_boxes), upsample=upsample)  # fmt: skip
     items, failures = collect_inputs(images, exclude=out)
     unmatched: list[str] = []
     if annotations is not None:
@@ -295,6 +306,7 @@ def _settings(run: EvalRun, boxes: str | os.PathLike[str] | None) -> dict[str, A
         "boxes": None if boxes is None else os.path.abspath(boxes), "boxes_sha256": digest,
         "class": "the annotated class where an image has boxes, else the top-1 prediction",
         "score": "softmax probability of the class",
+        "upsample": run.upsample,
         **rescale,
     }  # fmt: skip
 
@@ -319,7 +331,7 @@ def _evaluate(
         earlier = earlier_journal(out / RESULTS, resume)
         resumed = earlier if resume else None
         if resumed is not None and resumed.runs:
-            check_same_settings(out / RESULTS, resumed.runs[-1].get("settings") or {}, settings)
+            check_same_settings(out / RESULTS, settings_before(resumed.runs[-1]), settings)
         todo, carried = split_resumed(items, resumed)
         if resumed is not None:
             wanted = {i.resolved for i in items}

@@ -29,7 +29,7 @@ from camtool.metrics.checks import (
     check_classes,
     check_images,
 )
-from camtool.settings import check_positive_int
+from camtool.settings import DEFAULT_UPSAMPLE, check_positive_int, check_upsample
 
 if TYPE_CHECKING:
     from camtool.methods.base import Method
@@ -131,10 +131,16 @@ class MethodMaps:
     """A registered method bound to one model, as a :class:`MapSource` (see :func:`method_maps`)."""
 
     def __init__(
-        self, model: LoadedModel, method: str | Method, classes_per_call: int, **options: Any
+        self,
+        model: LoadedModel,
+        method: str | Method,
+        classes_per_call: int,
+        upsample: str = DEFAULT_UPSAMPLE,
+        **options: Any,
     ) -> None:
         from camtool.methods.base import bind
 
+        self.upsample = check_upsample(upsample)
         self.model = model
         self.explainer = bind(method, model, **options)
         self.method = self.explainer.method
@@ -186,7 +192,7 @@ class MethodMaps:
             position = {c: j for j, c in enumerate(wanted)}
             columns = torch.tensor([position[int(classes[i])] for i in rows])
             picked = out.maps.detach().float().cpu()[torch.arange(len(rows)), columns]
-            up = upsample_cams(picked, out.input_hw, (height, width), out.geometry)
+            up = upsample_cams(picked, out.input_hw, (height, width), out.geometry, self.upsample)
             all_logits = out.logits.detach().float().cpu()
             if every is None:
                 every = torch.empty((n, int(all_logits.shape[1])), dtype=torch.float32)
@@ -222,6 +228,7 @@ def method_maps(
     layer: str | None = None,
     classifier: str | None = None,
     target: str | None = None,
+    upsample: str = DEFAULT_UPSAMPLE,
 ) -> MethodMaps:
     """Bind ``method`` (a name from :func:`camtool.methods.method_names`: ``cam``, ``gradcam``,
     ``gradcam++``, ``scorecam``, ``eigencam``, ...) to ``model`` and return it as a
@@ -230,14 +237,15 @@ def method_maps(
     ``source(images, classes)`` takes pixel images ``Tensor[N,3,H,W]`` float32 in [0, 1] (fed to
     the network at that size: no resize) and ``classes`` ``Tensor[N]`` int64 (one class per
     image), and returns :class:`MapsWithFacts`: ``maps`` ``Tensor[N,H,W]`` float32 at the images'
-    resolution (raw values, upsampled as camtool renders them), ``cells`` at the method's
+    resolution (raw values, upsampled as camtool renders them, see ``upsample`` and
+    :func:`camtool.render.upsample_cams`), ``cells`` at the method's
     resolution, the class ``logits`` ``Tensor[N]``, and ``bias`` ``Tensor[N]`` for
     decompositions (None otherwise). ``layer``/``classifier``/``target`` are as for
     :func:`camtool.methods.bind`.
 
     Raises:
-        InvalidArgumentError: an unknown method.
+        InvalidArgumentError: an unknown method or ``upsample``.
         UnsupportedModelError: the method cannot explain this model (the message says why).
     """
     options = {"layer": layer, "classifier": classifier, "target": target}
-    return MethodMaps(model, method, classes_per_call, **options)
+    return MethodMaps(model, method, classes_per_call, upsample, **options)

@@ -43,6 +43,7 @@ class EvalRun:
     boxes: dict[str, list[GroundTruthBox]] = field(default_factory=dict)
     sources: dict[str, Any] = field(default_factory=dict)
     rescale_boxes: bool = False
+    upsample: str = "placed"
     #: {resolved image path: {"from": declared [w, h], "to": real [w, h]}} of rescaled images.
     rescaled: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
