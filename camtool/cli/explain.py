@@ -40,6 +40,7 @@ from camtool.settings import (
     DEFAULT_BOX_THRESHOLD,
     DEFAULT_COLORMAP,
     DEFAULT_IMAGE_FORMAT,
+    DEFAULT_MODEL,
     DEFAULT_OUT_DIR,
     output_folder,
 )
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from camtool.video import VideoReport
 
 
-@app.command()
+@app.command(short_help="Classify images and write a CAM overlay per image and class.")
 def explain(
     images: Annotated[
         list[Path],
@@ -67,6 +68,7 @@ def explain(
             help="Model: a name from `camtool models`, a card file, a torchvision name with --weights, "
             "NAME:WEIGHTS, timm:NAME (pretrained: from the Hugging Face cache), hf:FOLDER (transformers), "
             "or a TorchScript file. Repeat to compare models (with --sheet).",
+            show_default=DEFAULT_MODEL,
         ),
     ] = None,
     methods: Annotated[
@@ -75,8 +77,9 @@ def explain(
             "--method",
             help="How maps are made: cam (exact Class Activation Maps); gradcam, gradcam++, "
             "xgradcam, layercam, hirescam, scorecam, eigencam (maps of one layer, --layer; not "
-            "decompositions); or auto (the default: the first method that can explain the model; "
-            "predictions alone when none can). Repeat to compare methods (with --sheet).",
+            "decompositions); or auto (the first method that can explain the model; predictions "
+            "alone when none can). Repeat to compare methods (with --sheet).",
+            show_default="auto",
         ),
     ] = None,
     classes: ClassesOption = None,
@@ -104,9 +107,9 @@ def explain(
         typer.Option(
             "--out",
             "-o",
-            help=f"Folder for the pictures (default: {DEFAULT_OUT_DIR}; with --json, none "
-            "are written unless --out or --sheet is given).",
-            show_default=False,
+            help="Folder for the pictures (with --json, none are written unless --out or --sheet "
+            "is given).",
+            show_default=f"{DEFAULT_OUT_DIR}; none with --json",
         ),
     ] = None,
     image_format: Annotated[
