@@ -21,7 +21,7 @@ from torch import Tensor
 from camtool.boxes import Box, draw_box_in_place, small_map_box
 from camtool.errors import ClassSelectionError
 from camtool.geometry import FeatureGeometry
-from camtool.image import Region
+from camtool.image import Region, resize_image
 from camtool.io.images import (
     save_image,
 )
@@ -42,6 +42,9 @@ from camtool.settings import DEFAULT_BOX_THRESHOLD
 
 #: Maps per row in a comparison sheet; more wrap onto further rows.
 SHEET_MAPS_PER_ROW = 4
+
+#: The longer side of a comparison sheet's cells at most, in pixels (larger images shrink).
+SHEET_CELL_SIDE = 800
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,8 @@ class Explanation:
         region: the part of the image the network saw (all of it unless cropped).
         input_hw: (height, width) of the network input.
         geometry: where the feature cells sit on that input (heatmaps are aligned with it).
+        class_agnostic: the method gives every class the same map (Eigen-CAM); every view of
+            the maps says so.
     """
 
     source: str
@@ -98,6 +103,7 @@ class Explanation:
     region: Region
     input_hw: tuple[int, int]
     geometry: FeatureGeometry
+    class_agnostic: bool = False
 
     @property
     def cams(self) -> Tensor:
@@ -211,6 +217,13 @@ class Explanation:
                 f"{high:.2f}",
             )
         shared = " with the other maps" if scale == "joint" and len(self.explained) > 1 else ""
+        if self.class_agnostic:
+            return (
+                caption,
+                f"{self.method} map, class-agnostic (any class), normalised",
+                "low",
+                "high",
+            )
         return caption, f"{self.method} map of {score.name}, normalised{shared}", "low", "high"
 
     def sheet(
@@ -241,6 +254,7 @@ class Explanation:
             "height": int(self.image.shape[1]),
             "model": self.model,
             "method": self.method,
+            "class_agnostic": self.class_agnostic,
             "made_from": self.made_from,
             "head": self.made_from,  # the old key, kept for one release
             "identity_residual": self.residual,
@@ -325,10 +339,13 @@ def describe_maps(ex: Explanation, verbose: bool = False) -> list[str]:
         if ex.residual is not None
         else "not a decomposition of the class score"
     )
-    noun = "Map" if len(ex.explained) == 1 else "Maps"
+    subject = f"{'Map' if len(ex.explained) == 1 else 'Maps'} of {names}"
+    if ex.class_agnostic:  # the same map for every class: say so
+        verb = "gets" if len(ex.explained) == 1 else "get"
+        subject = f"One map for every class (class-agnostic: {names} {verb} the same map)"
     lines = [
-        f"{noun} of {names} made by {ex.method} ({kind}) on a grid of {grid_w}x{grid_h} "
-        f"feature cells, upsampled to the image."
+        f"{subject} made by {ex.method} ({kind}) on a grid of {grid_w}x{grid_h} feature "
+        "cells, upsampled to the image."
     ]
     if verbose:
         lines.append(f"  method: {ex.method}: {ex.made_from}")
@@ -357,37 +374,57 @@ def comparison_sheet(
     scale: str = DEFAULT_SCALE,
     legend: bool = False,
 ) -> Picture:
-    """One row per explanation (per model or per method, say), each the input and its classes'
-    overlays; an explanation with more than :data:`SHEET_MAPS_PER_ROW` maps wraps onto further
-    rows (under a blank cell where the input is).
+    """The input once, then one row per explanation (per model or per method, say) of its
+    classes' overlays; an explanation with more than :data:`SHEET_MAPS_PER_ROW` maps wraps onto
+    further rows. The first column holds the input in the first row and names each later row.
 
-    Captions name the model and the method (when they differ between rows), the class and its
-    probability. ``scale`` and ``legend`` are as for :meth:`Explanation.overlay`.
+    A class-agnostic explanation (Eigen-CAM) shows its one map once, captioned so. Cells are at
+    most :data:`SHEET_CELL_SIDE` pixels on their longer side (larger images are shrunk), so a
+    sheet of a large photo stays a sensible size. Captions name the model and the method (when
+    they differ between rows), the class and its probability. ``scale`` and ``legend`` are as
+    for :meth:`Explanation.overlay`. Returns a picture whose ``tensor`` is ``Tensor[3,H,W]``
+    uint8 RGB.
     """
     models = len({ex.model for ex in explanations}) > 1
     methods = len({ex.method for ex in explanations}) > 1
     tiles: list[Tensor] = []
     captions: list[str] = []
-    per_row = min(SHEET_MAPS_PER_ROW, max(len(ex.explained) for ex in explanations))
-    for ex in explanations:
+    shown = [1 if ex.class_agnostic and ex.explained else len(ex.explained) for ex in explanations]
+    per_row = max(1, min(SHEET_MAPS_PER_ROW, max(shown)))
+    first = explanations[0]
+    blank = torch.full_like(_sheet_cell(first.image), 255)
+    for number, (ex, count) in enumerate(zip(explanations, shown, strict=True)):
         who = ": ".join([ex.model] * models + [ex.method] * methods)
         overlays = [
-            ex.overlay(
-                i, alpha=alpha, colormap=colormap, box=box, scale=scale, legend=legend
-            ).tensor
-            for i in range(len(ex.explained))
+            _sheet_cell(ex.overlay(i, alpha, colormap, box, scale, legend).tensor)
+            for i in range(count)
         ]
-        names = [f"{who}: {s.name} {s.probability:.2f}" if who else f"{s.name} {s.probability:.2f}"
-                 for s in ex.explained]  # fmt: skip
-        blank = torch.full_like(ex.image, 255)
-        for start in range(0, max(1, len(overlays)), max(1, per_row)):
-            first = start == 0
-            row = [ex.image if first else blank, *overlays[start : start + per_row]]
-            text = [(f"{who}: input" if who else Path(ex.source).name) if first else ""]
-            text += names[start : start + per_row]
+        if ex.class_agnostic:
+            names = [f"{who or ex.method}: class-agnostic (any class)"] * count
+        else:
+            names = [f"{who}: {s.name} {s.probability:.2f}" if who else f"{s.name} {s.probability:.2f}"
+                     for s in ex.explained]  # fmt: skip
+        for start in range(0, max(1, count), per_row):
+            if start == 0 and number == 0:
+                head, text = _sheet_cell(ex.image), Path(ex.source).name
+            else:
+                head, text = blank, (who if start == 0 else "")
+            row = [head, *overlays[start : start + per_row]]
             tiles += row + [blank] * (1 + per_row - len(row))
-            captions += text + [""] * (1 + per_row - len(text))
+            captions += [text, *names[start : start + per_row]]
+            captions += [""] * (1 + per_row - len(row))
     return Picture(labelled_grid(tiles, captions, 1 + per_row))
+
+
+def _sheet_cell(tile: Tensor) -> Tensor:
+    """``tile`` (``Tensor[3,H,W]`` uint8) shrunk to at most :data:`SHEET_CELL_SIDE` px on its
+    longer side (as it is when it fits)."""
+    height, width = int(tile.shape[1]), int(tile.shape[2])
+    factor = SHEET_CELL_SIDE / max(height, width)
+    if factor >= 1:
+        return tile
+    size = (max(1, round(height * factor)), max(1, round(width * factor)))
+    return resize_image(tile, size, "bilinear")
 
 
 def _moved(box: Box, dx: int, dy: int, width: int, height: int) -> Box:
@@ -451,4 +488,5 @@ def build_explanation(
         region=region,
         input_hw=(input_hw[0], input_hw[1]),
         geometry=out.geometry,
+        class_agnostic=out.class_agnostic,
     )

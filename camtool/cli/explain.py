@@ -159,6 +159,7 @@ def explain(
                 {
                     "model": b.model.name,
                     "method": b.explainer.method,
+                    "class_agnostic": bool(b.explainer.as_dict().get("class_agnostic", False)),
                     "made_from": b.explainer.describe(),
                     "head": b.explainer.describe(),  # the old key, kept for one release
                     "head_detail": b.explainer.as_dict(),
@@ -187,10 +188,12 @@ def explain(
                 doc["errors"].append({"input": result.input, "error": result.error})
             if result.video is not None:
                 doc.setdefault("videos", []).append(summarize_video(result.video, not as_json))
+            shown: set[str] = set()  # the models whose top-k table this image has printed
             for ex, outputs in zip(result.explanations, result.outputs, strict=True):
                 doc["images"].append({**ex.to_dict(), "outputs": [str(o) for o in outputs]})
                 if not as_json:
-                    print_explanation(ex, list(outputs), verbose)
+                    print_explanation(ex, list(outputs), verbose, table=ex.model not in shown)
+                    shown.add(ex.model)
         if as_json:
             sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         raise typer.Exit(report.exit_code)
@@ -218,8 +221,9 @@ def build_predictions_table(ex: Explanation) -> Table:
     table.add_column("probability", justify="right")
     table.add_column("logit", justify="right")
     explained = {s.index for s in ex.explained}
+    agnostic = " (class-agnostic)" if ex.class_agnostic else ""
     for rank, p in enumerate(ex.predictions, 1):
-        mark = " [bold green]◀ map[/]" if p.index in explained else ""
+        mark = f" [bold green]◀ map{agnostic}[/]" if p.index in explained else ""
         table.add_row(
             str(rank),
             f"{escape(p.name)}{mark}",
@@ -230,15 +234,19 @@ def build_predictions_table(ex: Explanation) -> Table:
     return table
 
 
-def print_explanation(ex: Explanation, outputs: list[Path], verbose: bool = False) -> None:
-    """Print one explained image: a heading, the top-k table, what the maps are in plain words
-    (``verbose``: also the head, residuals and network input), and the files written, one per
-    line and never wrapped inside a name."""
+def print_explanation(
+    ex: Explanation, outputs: list[Path], verbose: bool = False, table: bool = True
+) -> None:
+    """Print one explained image: a heading and the top-k table (``table``: once per image and
+    model, however many methods map it), what the maps are in plain words (``verbose``: also
+    the head, residuals and network input), and the files written, one per line and never
+    wrapped inside a name."""
     from camtool.explanation import describe_maps
 
-    height, width = int(ex.image.shape[1]), int(ex.image.shape[2])
-    say(f"{ex.source} ({width}x{height} px), {ex.model}", whole=True)
-    console.print(build_predictions_table(ex))
+    if table:
+        height, width = int(ex.image.shape[1]), int(ex.image.shape[2])
+        say(f"{ex.source} ({width}x{height} px), {ex.model}", whole=True)
+        console.print(build_predictions_table(ex))
     for line in describe_maps(ex, verbose):
         say(line)
     if outputs:

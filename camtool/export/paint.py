@@ -73,6 +73,7 @@ class Painted:
     input_hw: tuple[int, int]
     rows: tuple[PaintedRow, ...]
     ready: Any = None  # a torch.cuda.Event recorded after the copy, or None
+    class_agnostic: bool = False  # the method gives every class the same map
 
     def wait(self) -> None:
         """Block until the copy to the host has finished."""
@@ -131,7 +132,7 @@ def paint(
     assert buffer is not None and logits is not None and classes is not None and cams is not None
     return Painted(
         buffer, logits, classes, cams, bias, residual, out.method, out.summary,
-        out.geometry, out.input_hw, tuple(placed), ready,
+        out.geometry, out.input_hw, tuple(placed), ready, out.class_agnostic,
     )  # fmt: skip
 
 
@@ -286,6 +287,7 @@ def explanation_of(
         region=row.region,
         input_hw=(painted.input_hw[0], painted.input_hw[1]),
         geometry=painted.geometry,
+        class_agnostic=painted.class_agnostic,
     )
 
 
