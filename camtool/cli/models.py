@@ -197,9 +197,16 @@ def list_classes(
     """List a model's classes, index and label: what --class takes (an index, the label in any
     case, or its file-name form: egyptian_cat)."""
     with errors_to_exit_codes():
-        from camtool.binding import class_names
+        from camtool.labels import match_classes
+        from camtool.models.cards import labels_without_network
 
-        found = class_names(model, query, labels=labels, weights=weights)
+        names = labels_without_network(model, labels, weights)  # a card's: no torch, no network
+        if names is None:
+            from camtool.binding import class_names
+
+            found = class_names(model, query, labels=labels, weights=weights)
+        else:
+            found = match_classes(names, query)
         if as_json:
             doc = [{"index": c.index, "name": c.name} for c in found]
             text = json.dumps(doc, indent=2, ensure_ascii=False)  # control characters: \uXXXX
