@@ -21,7 +21,7 @@ from torch import Tensor
 from camtool.boxes import Box, draw_box_in_place, small_map_box
 from camtool.errors import ClassSelectionError
 from camtool.geometry import FeatureGeometry
-from camtool.image import Region, resize_image
+from camtool.image import Region
 from camtool.io.images import (
     save_image,
 )
@@ -32,6 +32,7 @@ from camtool.picture import Picture, figures_html
 from camtool.render import (
     DEFAULT_SCALE,
     draw_legend,
+    fit_within,
     labelled_grid,
     normalize_cams,
     overlay,
@@ -376,7 +377,8 @@ def comparison_sheet(
 ) -> Picture:
     """The input once, then one row per explanation (per model or per method, say) of its
     classes' overlays; an explanation with more than :data:`SHEET_MAPS_PER_ROW` maps wraps onto
-    further rows. The first column holds the input in the first row and names each later row.
+    further rows. The first column holds the input in the first row and names each later row
+    (a row of another image shows that image there).
 
     A class-agnostic explanation (Eigen-CAM) shows its one map once, captioned so. Cells are at
     most :data:`SHEET_CELL_SIDE` pixels on their longer side (larger images are shrunk), so a
@@ -392,11 +394,11 @@ def comparison_sheet(
     shown = [1 if ex.class_agnostic and ex.explained else len(ex.explained) for ex in explanations]
     per_row = max(1, min(SHEET_MAPS_PER_ROW, max(shown)))
     first = explanations[0]
-    blank = torch.full_like(_sheet_cell(first.image), 255)
+    blank = torch.full_like(fit_within(first.image, SHEET_CELL_SIDE), 255)
     for number, (ex, count) in enumerate(zip(explanations, shown, strict=True)):
         who = ": ".join([ex.model] * models + [ex.method] * methods)
         overlays = [
-            _sheet_cell(ex.overlay(i, alpha, colormap, box, scale, legend).tensor)
+            fit_within(ex.overlay(i, alpha, colormap, box, scale, legend).tensor, SHEET_CELL_SIDE)
             for i in range(count)
         ]
         if ex.class_agnostic:
@@ -405,8 +407,12 @@ def comparison_sheet(
             names = [f"{who}: {s.name} {s.probability:.2f}" if who else f"{s.name} {s.probability:.2f}"
                      for s in ex.explained]  # fmt: skip
         for start in range(0, max(1, count), per_row):
-            if start == 0 and number == 0:
-                head, text = _sheet_cell(ex.image), Path(ex.source).name
+            own_input = number == 0 or (ex.source, ex.image.shape) != (
+                first.source,
+                first.image.shape,
+            )
+            if start == 0 and own_input:
+                head, text = fit_within(ex.image, SHEET_CELL_SIDE), Path(ex.source).name
             else:
                 head, text = blank, (who if start == 0 else "")
             row = [head, *overlays[start : start + per_row]]
@@ -414,17 +420,6 @@ def comparison_sheet(
             captions += [text, *names[start : start + per_row]]
             captions += [""] * (1 + per_row - len(row))
     return Picture(labelled_grid(tiles, captions, 1 + per_row))
-
-
-def _sheet_cell(tile: Tensor) -> Tensor:
-    """``tile`` (``Tensor[3,H,W]`` uint8) shrunk to at most :data:`SHEET_CELL_SIDE` px on its
-    longer side (as it is when it fits)."""
-    height, width = int(tile.shape[1]), int(tile.shape[2])
-    factor = SHEET_CELL_SIDE / max(height, width)
-    if factor >= 1:
-        return tile
-    size = (max(1, round(height * factor)), max(1, round(width * factor)))
-    return resize_image(tile, size, "bilinear")
 
 
 def _moved(box: Box, dx: int, dy: int, width: int, height: int) -> Box:

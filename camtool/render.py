@@ -16,6 +16,7 @@ from torch import Tensor
 
 from camtool.errors import InvalidArgumentError
 from camtool.geometry import FeatureGeometry
+from camtool.image import resize_image
 from camtool.io.opencv import cv2
 
 #: Colour maps by name: OpenCV's colour map, or None for ``gray`` (black to white). Names are
@@ -272,6 +273,17 @@ def _overlay_with_opencv(image: Tensor, heatmap: Tensor, alpha: float, colormap:
 def _colormap_table_rgb(name: str) -> np.ndarray:
     """:func:`_colormap_table` in RGB order: ``uint8 [256, 1, 3]``."""
     return np.ascontiguousarray(_colormap_table(name)[:, :, ::-1])
+
+
+def fit_within(tile: Tensor, side: int) -> Tensor:
+    """``tile`` (``Tensor[3,H,W]`` uint8) shrunk, antialiased, to at most ``side`` px on its
+    longer side; returned as it is when it fits."""
+    height, width = int(tile.shape[1]), int(tile.shape[2])
+    factor = side / max(height, width)
+    if factor >= 1:
+        return tile
+    size = (max(1, round(height * factor)), max(1, round(width * factor)))
+    return resize_image(tile, size, "bilinear")
 
 
 def labelled_grid(

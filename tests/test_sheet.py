@@ -109,3 +109,11 @@ def test_a_sheet_of_four_methods_is_a_jpeg_of_a_sensible_size(tmp_path: Path) ->
     assert 200_000 < sheet.stat().st_size < 1_000_000  # was 5.1 MB: PNG, the input in every row
     assert Image.open(sheet).size == (3 * 600 + 4 * 6, 4 * (400 + 33) + 5 * 6)
     assert (tmp_path / "coffee_eigencam_967_espresso.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_row_of_another_image_shows_that_image() -> None:
+    cat, coffee = camtool.explain(CAT), camtool.explain(COFFEE)
+    sheet = camtool.comparison_sheet([cat, coffee]).tensor
+    band = max(20, 400 // 12)  # cells as large as the largest tile: 600x400
+    top = 6 + 400 + band + 6 + band
+    assert torch.equal(sheet[:, top : top + 400, 6 : 6 + 600], camtool.load_image(COFFEE))
