@@ -167,8 +167,9 @@ def explain_video(
                                 smooth=smooth, source=str(path), box_threshold=box_threshold)  # fmt: skip
         for ex in stream:
             score = ex.explained[0]
+            agnostic = f" ({ex.method} map: class-agnostic)" if ex.class_agnostic else ""
             frame = draw_label(ex.overlay(0, alpha=alpha, colormap=colormap, box=box).tensor,
-                               f"{score.name} {score.probability:.2f}")  # fmt: skip
+                               f"{score.name} {score.probability:.2f}{agnostic}")  # fmt: skip
             writer.write(frame)
             count += 1
             if bar:
