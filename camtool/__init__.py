@@ -23,7 +23,7 @@ _EXPORTS = {
     "explain": "camtool.explaining",
     "Explanation": "camtool.explanation",
     "ClassScore": "camtool.explanation",
-    "comparison_sheet": "camtool.explanation",
+    "comparison_sheet": "camtool.sheet",
     "Picture": "camtool.picture",
     "export": "camtool.export",
     "fit": "camtool.training",
@@ -155,7 +155,7 @@ if TYPE_CHECKING:
         WeightsHashError,
     )
     from camtool.explaining import explain
-    from camtool.explanation import ClassScore, Explanation, comparison_sheet
+    from camtool.explanation import ClassScore, Explanation
     from camtool.export import (
         ExportFailure,
         ExportInterrupted,
@@ -189,6 +189,7 @@ if TYPE_CHECKING:
         overlay,
         upsample_cams,
     )
+    from camtool.sheet import comparison_sheet
     from camtool.training import (
         FitReport,
         fit,

@@ -15,7 +15,13 @@ from torch import Tensor, nn
 
 from camtool.labels import ClassesArg, ClassName, match_classes, resolve_classes
 from camtool.methods.base import DEFAULT_METHOD, Explainer, MapBatch, Method, bind
-from camtool.models.cards import ModelCard, find_card, is_card_name, load_labels
+from camtool.models.cards import (
+    ModelCard,
+    find_card,
+    is_card_name,
+    labels_without_network,
+    load_labels,
+)
 from camtool.models.loading import DEFAULT_MODEL, LoadedModel, load_model
 
 ModelSpec = str | ModelCard | nn.Module | LoadedModel
@@ -124,13 +130,7 @@ def class_names(
         names = load_labels(labels)
     elif isinstance(model, LoadedModel):
         names = model.labels
-    elif (
-        isinstance(model, str)
-        and weights is None
-        and (model.endswith(".toml") or is_card_name(model))
-    ):
-        card = find_card(model)
-        names = load_labels(card.labels, card.path.parent if card.path else None)
     else:
-        names = load_model(model, device="cpu", weights=weights, random_weights=True).labels
+        read = labels_without_network(model, weights=weights) if isinstance(model, str) else None
+        names = read or load_model(model, device="cpu", weights=weights, random_weights=True).labels
     return match_classes(names, query)

@@ -9,15 +9,16 @@ bad input is recorded and the others go on; a usage error, or a single input, st
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from camtool.binding import BoundMethod, ModelSpec, bind_method
-from camtool.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, CamtoolError
+from camtool.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, CamtoolError, ImageReadError
 from camtool.explaining import explain
-from camtool.explanation import Explanation, comparison_sheet
+from camtool.explanation import Explanation
 from camtool.io.videos import VIDEO_SUFFIXES, video_info
 from camtool.labels import ClassesArg, resolve_class
 from camtool.methods.base import DEFAULT_METHOD, Method
@@ -33,7 +34,21 @@ from camtool.settings import (
     check_box_threshold,
     check_upsample,
 )
+from camtool.sheet import comparison_sheet
 from camtool.video import VideoReport, explain_video
+
+
+def folder_problem(folder: str | os.PathLike[str]) -> str:
+    """What an input that is a folder is told: explain takes files; export takes folders."""
+    return (
+        "is a folder; explain takes image and video files: `camtool export "
+        f"{shlex.quote(str(folder))}` (camtool.export in Python) explains every image in it"
+    )
+
+
+#: The comparison sheet's file format and JPEG quality.
+SHEET_FORMAT = "jpg"
+SHEET_QUALITY = 90
 
 
 @dataclass(frozen=True)
@@ -117,7 +132,8 @@ def explain_files(
 
     Overlays are ``<stem>_<method>_<index>_<class>.<format>`` (``<stem>_cam_285_...``,
     ``<stem>_gradcam_285_...``; ``<stem>_<model>_<method>_...`` when several models are
-    compared), sheets ``<stem>_sheet.<format>``, videos ``<stem>_<method>.mp4`` (``.avi`` for
+    compared), sheets ``<stem>_sheet.jpg`` (JPEG whatever the overlays' format: a sheet of
+    photos is for looking at, and PNG would make it megabytes), videos ``<stem>_<method>.mp4`` (``.avi`` for
     .avi inputs and odd frame sizes, which MPEG-4 cannot hold). Stems are unique in
     the folder by construction (``a.png a.jpg`` -> ``a``, ``a_2``). ``out=None`` writes nothing
     for images (predictions and maps only; videos need a folder).
@@ -134,12 +150,13 @@ def explain_files(
             sets are the same, else by name).
         rendering: overlay look and file format. sheet: also write the comparison sheet
             (input beside exactly the maps asked for; one row per model and method, wrapping
-            after :data:`camtool.explanation.SHEET_MAPS_PER_ROW` maps). smooth: videos only, see
+            after :data:`camtool.sheet.SHEET_MAPS_PER_ROW` maps). smooth: videos only, see
             :func:`camtool.explain_video`. progress: videos show a progress bar.
 
     Raises:
         CamtoolError: a usage error (an unknown model, method or class; a model the method
-            cannot explain), or any error when there is a single input. Other errors of one
+            cannot explain), or any error when there is a single input (a folder is an
+            ``ImageReadError`` that points to :func:`camtool.export`). Other errors of one
             input are yielded as its ``FileResult.error`` and the run goes on.
     """
     rendering = rendering or Rendering()
@@ -157,6 +174,8 @@ def explain_files(
     files = NameRegistry()  # every file this run writes: no result overwrites another
     for path, stem in zip(inputs, input_stems(inputs), strict=True):
         try:
+            if Path(path).is_dir():
+                raise ImageReadError(path, folder_problem(path))
             if Path(path).suffix.lower() in VIDEO_SUFFIXES:
                 yield _video(
                     Path(path), stem, folder, files, bound[0], crop, (box_threshold, upsample),
@@ -194,10 +213,10 @@ def _image(
                 outputs.append(
                     ex.save(folder / files.claim(prefix, tail), score, **rendering.look())
                 )
-        if sheet:
+        if sheet:  # a picture to look at, of photos: JPEG (the overlays keep their format)
             picture = comparison_sheet(results, **rendering.look())
-            name = files.claim(stem, f"_sheet.{rendering.image_format}")
-            written[0].append(picture.save(folder / name))
+            name = files.claim(stem, f"_sheet.{SHEET_FORMAT}")
+            written[0].append(picture.save(folder / name, quality=SHEET_QUALITY))
     return FileResult(str(path), tuple(results), tuple(tuple(w) for w in written))
 
 

@@ -1,7 +1,7 @@
 """The result of explaining one image, whatever the method: :class:`Explanation` (predictions, raw
 maps, heatmaps at the image's resolution, boxes; it shows itself in a notebook and saves its
 overlays), built from a method's :class:`~camtool.methods.MapBatch` by
-:func:`build_explanation`; and the comparison sheet of several.
+:func:`build_explanation` (the comparison sheet of several is :mod:`camtool.sheet`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 import os
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ from camtool.picture import Picture, figures_html
 from camtool.render import (
     DEFAULT_SCALE,
     draw_legend,
-    labelled_grid,
     normalize_cams,
     overlay,
     placement,
@@ -40,9 +38,7 @@ from camtool.render import (
     upsample_cams,
 )
 from camtool.settings import DEFAULT_BOX_THRESHOLD, DEFAULT_UPSAMPLE
-
-#: Maps per row in a comparison sheet; more wrap onto further rows.
-SHEET_MAPS_PER_ROW = 4
+from camtool.sheet import comparison_sheet
 
 
 @dataclass(frozen=True)
@@ -86,6 +82,8 @@ class Explanation:
         upsample: how the maps were resized to the image: ``"placed"`` (each cell at the centre
             of its receptive field) or ``"stretch"`` (the grid stretched over the image, as
             ``cv2.resize`` does); see :func:`camtool.render.upsample_cams`.
+        class_agnostic: the method gives every class the same map (Eigen-CAM); every view of
+            the maps says so.
     """
 
     source: str
@@ -104,6 +102,7 @@ class Explanation:
     input_hw: tuple[int, int]
     geometry: FeatureGeometry
     upsample: str = DEFAULT_UPSAMPLE
+    class_agnostic: bool = False
 
     @property
     def cams(self) -> Tensor:
@@ -248,6 +247,13 @@ class Explanation:
                 f"{high:.2f}",
             )
         shared = " with the other maps" if scale == "joint" and len(self.explained) > 1 else ""
+        if self.class_agnostic:
+            return (
+                caption,
+                f"{self.method} map, class-agnostic (any class), normalised",
+                "low",
+                "high",
+            )
         return caption, f"{self.method} map of {score.name}, normalised{shared}", "low", "high"
 
     def sheet(
@@ -283,6 +289,7 @@ class Explanation:
             "height": int(self.image.shape[1]),
             "model": self.model,
             "method": self.method,
+            "class_agnostic": self.class_agnostic,
             "made_from": self.made_from,
             "head": self.made_from,  # the old key, kept for one release
             "identity_residual": self.residual,
@@ -369,10 +376,13 @@ def describe_maps(ex: Explanation, verbose: bool = False) -> list[str]:
         if ex.residual is not None
         else "not a decomposition of the class score"
     )
-    noun = "Map" if len(ex.explained) == 1 else "Maps"
+    subject = f"{'Map' if len(ex.explained) == 1 else 'Maps'} of {names}"
+    if ex.class_agnostic:  # the same map for every class: say so
+        verb = "gets" if len(ex.explained) == 1 else "get"
+        subject = f"One map for every class (class-agnostic: {names} {verb} the same map)"
     lines = [
-        f"{noun} of {names} made by {ex.method} ({kind}) on a grid of {grid_w}x{grid_h} "
-        f"feature cells, upsampled to the image."
+        f"{subject} made by {ex.method} ({kind}) on a grid of {grid_w}x{grid_h} feature "
+        "cells, upsampled to the image."
     ]
     if verbose:
         lines.append(f"  method: {ex.method}: {ex.made_from}")
@@ -391,47 +401,6 @@ def describe_maps(ex: Explanation, verbose: bool = False) -> list[str]:
 def residual_text(residual: float | None) -> str:
     """``", identity residual 1.2e-06"`` for decompositions, ``""`` for other maps."""
     return "" if residual is None else f", identity residual {residual:.1e}"
-
-
-def comparison_sheet(
-    explanations: Sequence[Explanation],
-    alpha: float = 0.5,
-    colormap: str = "jet",
-    box: bool = False,
-    scale: str = DEFAULT_SCALE,
-    legend: bool = False,
-) -> Picture:
-    """One row per explanation (per model or per method, say), each the input and its classes'
-    overlays; an explanation with more than :data:`SHEET_MAPS_PER_ROW` maps wraps onto further
-    rows (under a blank cell where the input is).
-
-    Captions name the model and the method (when they differ between rows), the class and its
-    probability. ``scale`` and ``legend`` are as for :meth:`Explanation.overlay`.
-    """
-    models = len({ex.model for ex in explanations}) > 1
-    methods = len({ex.method for ex in explanations}) > 1
-    tiles: list[Tensor] = []
-    captions: list[str] = []
-    per_row = min(SHEET_MAPS_PER_ROW, max(len(ex.explained) for ex in explanations))
-    for ex in explanations:
-        who = ": ".join([ex.model] * models + [ex.method] * methods)
-        overlays = [
-            ex.overlay(
-                s, alpha=alpha, colormap=colormap, box=box, scale=scale, legend=legend
-            ).tensor
-            for s in ex.explained
-        ]
-        names = [f"{who}: {s.name} {s.probability:.2f}" if who else f"{s.name} {s.probability:.2f}"
-                 for s in ex.explained]  # fmt: skip
-        blank = torch.full_like(ex.image, 255)
-        for start in range(0, max(1, len(overlays)), max(1, per_row)):
-            first = start == 0
-            row = [ex.image if first else blank, *overlays[start : start + per_row]]
-            text = [(f"{who}: input" if who else Path(ex.source).name) if first else ""]
-            text += names[start : start + per_row]
-            tiles += row + [blank] * (1 + per_row - len(row))
-            captions += text + [""] * (1 + per_row - len(text))
-    return Picture(labelled_grid(tiles, captions, 1 + per_row))
 
 
 def _moved(box: Box, dx: int, dy: int, width: int, height: int) -> Box:
@@ -496,4 +465,5 @@ def build_explanation(
         input_hw=(input_hw[0], input_hw[1]),
         geometry=out.geometry,
         upsample=upsample,
+        class_agnostic=out.class_agnostic,
     )

@@ -1,17 +1,19 @@
 """Image transforms for the network input: :class:`Preprocessing` (whole image or centre crop),
 the :class:`Region` of the image the network saw, antialiased uint8 resizing, and the
-enlargement of tiny images' overlays."""
+enlargement of tiny images' overlays.
+
+Importing this module imports no torch (a model card holds a :class:`Preprocessing`, and
+``camtool classes`` reads cards without torch); the functions that touch pixels import it."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, cast, get_args
+from typing import TYPE_CHECKING, Literal, cast, get_args
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+if TYPE_CHECKING:  # torch is imported where pixels are touched: reading a card needs none
+    from torch import Tensor
 
 #: The longest side of the network input, in multiples of the model's input size.
 MAX_ASPECT = 8
@@ -134,6 +136,8 @@ class Preprocessing:
 
     def normalize(self, pixels: Tensor) -> Tensor:
         """Map uint8 pixels ``Tensor[..., 3, h, w]`` to the network's float32 input."""
+        import torch
+
         mean = torch.tensor(self.mean, device=pixels.device).mul_(255).view(3, 1, 1)
         std = torch.tensor(self.std, device=pixels.device).mul_(255).view(3, 1, 1)
         # a fresh buffer (never the caller's), normalised in place: one buffer, not three
@@ -142,6 +146,8 @@ class Preprocessing:
     def denormalize(self, batch: Tensor) -> Tensor:
         """Undo :meth:`normalize`: the network's input ``Tensor[..., 3, h, w]`` (any float dtype)
         back to uint8 pixels of the same shape, on the CPU (rounded, clipped to 0..255)."""
+        import torch
+
         batch = batch.detach().float().cpu()
         mean = torch.tensor(self.mean).mul_(255).view(3, 1, 1)
         std = torch.tensor(self.std).mul_(255).view(3, 1, 1)
@@ -294,6 +300,9 @@ def resize_image(image: Tensor, size: tuple[int, int], interpolation: str = "bic
     On the CPU torch resizes uint8 images natively (5x faster than through float32, and the
     same result as torchvision's ``resize``); elsewhere through float32, rounded.
     """
+    import torch
+    import torch.nn.functional as F
+
     if tuple(image.shape[-2:]) == size:
         return image
     if image.device.type == "cpu":

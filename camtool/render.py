@@ -19,7 +19,7 @@ from torch import Tensor
 
 from camtool.errors import ImageReadError, InvalidArgumentError
 from camtool.geometry import FeatureGeometry
-from camtool.image import Layout
+from camtool.image import Layout, resize_image
 from camtool.io.images import ImageSource, load_image
 from camtool.io.opencv import cv2
 from camtool.settings import DEFAULT_UPSAMPLE, check_upsample
@@ -352,6 +352,17 @@ def _overlay_with_opencv(image: Tensor, heatmap: Tensor, alpha: float, colormap:
 def _colormap_table_rgb(name: str) -> np.ndarray:
     """:func:`_colormap_table` in RGB order: ``uint8 [256, 1, 3]``."""
     return np.ascontiguousarray(_colormap_table(name)[:, :, ::-1])
+
+
+def fit_within(tile: Tensor, side: int) -> Tensor:
+    """``tile`` (``Tensor[3,H,W]`` uint8) shrunk, antialiased, to at most ``side`` px on its
+    longer side; returned as it is when it fits."""
+    height, width = int(tile.shape[1]), int(tile.shape[2])
+    factor = side / max(height, width)
+    if factor >= 1:
+        return tile
+    size = (max(1, round(height * factor)), max(1, round(width * factor)))
+    return resize_image(tile, size, "bilinear")
 
 
 def labelled_grid(

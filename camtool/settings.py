@@ -19,6 +19,9 @@ from camtool.errors import InvalidArgumentError
 #: Format of overlay pictures (``explain`` and ``export``): PNG, lossless.
 DEFAULT_IMAGE_FORMAT: Final[Literal["png", "jpg"]] = "png"
 
+#: The model every entry point uses when none is named (a built-in card).
+DEFAULT_MODEL: Final = "efficientnet_lite0"
+
 #: Folder that ``camtool explain`` and ``camtool export`` write into when ``--out`` is not given.
 DEFAULT_OUT_DIR: Final = "camtool_out"
 

@@ -182,8 +182,11 @@ def explain_video(
         with reporting(None if bar else current()):  # one live display: the frames' bar
             for ex in stream:
                 score = ex.explained[0]
+                agnostic = f" ({ex.method} map: class-agnostic)" if ex.class_agnostic else ""
                 picture = ex.overlay(alpha=alpha, colormap=colormap, box=box, enlarge_tiny=False)
-                frame = draw_label(picture.tensor, f"{score.name} {score.probability:.2f}")
+                frame = draw_label(
+                    picture.tensor, f"{score.name} {score.probability:.2f}{agnostic}"
+                )
                 writer.write(frame)
                 count += 1
                 if bar:

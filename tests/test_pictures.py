@@ -120,7 +120,7 @@ def test_a_sheet_wraps_after_4_maps_and_follows_maps(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     (image,) = json.loads(result.stdout)["images"]
     assert len(image["explained"]) == 6
-    sheet = camtool.load_image(tmp_path / "chelsea_sheet.png")
+    sheet = camtool.load_image(tmp_path / "chelsea_sheet.jpg")
     # input + 4 maps per row, 2 rows of 451x300 cells under 25-px captions, 6-px gaps
     assert sheet.shape == (3, 2 * (300 + 25) + 3 * 6, 5 * 451 + 6 * 6)
 
@@ -128,7 +128,7 @@ def test_a_sheet_wraps_after_4_maps_and_follows_maps(tmp_path: Path) -> None:
         app, ["explain", str(CAT), "--maps", "2", "-k", "5", "--sheet", "-o", str(tmp_path / "b")]
     )
     assert result.exit_code == 0, result.stderr
-    assert camtool.load_image(tmp_path / "b" / "chelsea_sheet.png").shape == (
+    assert camtool.load_image(tmp_path / "b" / "chelsea_sheet.jpg").shape == (
         3,
         337,
         3 * 451 + 4 * 6,
@@ -147,7 +147,7 @@ def test_a_sheet_with_a_row_per_method(tmp_path: Path) -> None:
     names = sorted(p.name for p in tmp_path.iterdir())
     assert len([n for n in names if n.startswith("chelsea_cam_")]) == 2
     assert len([n for n in names if n.startswith("chelsea_gradcam_")]) == 2
-    sheet = camtool.load_image(tmp_path / "chelsea_sheet.png")
+    sheet = camtool.load_image(tmp_path / "chelsea_sheet.jpg")
     assert sheet.shape == (3, 2 * (300 + 25) + 3 * 6, 3 * 451 + 4 * 6)
 
 

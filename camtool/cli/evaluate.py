@@ -58,7 +58,7 @@ def _number(value: float, summary: Any) -> str:
     return f"{value:.1f}" if summary.unit == "%" else f"{value:.3f}"
 
 
-@app.command("eval")
+@app.command("eval", short_help="Measure the maps: faithfulness, and localization with --boxes.")
 def evaluate_methods(
     images: Annotated[
         list[str],
@@ -73,6 +73,7 @@ def evaluate_methods(
             "--boxes",
             help="Ground-truth boxes: Pascal VOC XML (a file or folder), COCO JSON, or CSV "
             "(file,class,x1,y1,x2,y2). Without them only the faithfulness metrics run.",
+            show_default="none",
         ),
     ] = None,
     rescale_boxes: Annotated[
@@ -85,26 +86,29 @@ def evaluate_methods(
     ] = False,
     method: Annotated[
         list[str] | None,
-        typer.Option("--method", help="Method to evaluate (repeatable). [default: cam]"),
+        typer.Option("--method", help="Method to evaluate (repeatable).", show_default="cam"),
     ] = None,
     metric: Annotated[
         list[str] | None,
         typer.Option(
             "--metric",
             help="Metric (repeatable): deletion, insertion, road, average_drop, completeness, "
-            "pointing_game, localization, max_box_acc. [default: all that apply]",
+            "pointing_game, localization, max_box_acc.",
+            show_default="all that apply",
         ),
     ] = None,
     model: ModelOption = None,
     size: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Square network input every image is squeezed to [default: the model's]."
+            min=1,
+            help="Square network input every image is squeezed to.",
+            show_default="the model's input size",
         ),
     ] = None,
     steps: Annotated[
         int | None,
-        typer.Option(min=1, help="Deletion/insertion steps [default: 224, the paper's]."),
+        typer.Option(min=1, help="Deletion/insertion steps.", show_default="224, the paper's"),
     ] = None,
     box_threshold: BoxThresholdOption = DEFAULT_BOX_THRESHOLD,
     upsample: UpsampleOption = DEFAULT_UPSAMPLE,

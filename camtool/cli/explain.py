@@ -41,6 +41,7 @@ from camtool.settings import (
     DEFAULT_BOX_THRESHOLD,
     DEFAULT_COLORMAP,
     DEFAULT_IMAGE_FORMAT,
+    DEFAULT_MODEL,
     DEFAULT_OUT_DIR,
     DEFAULT_UPSAMPLE,
     output_folder,
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from camtool.video import VideoReport
 
 
-@app.command()
+@app.command(short_help="Classify images and write a CAM overlay per image and class.")
 def explain(
     images: Annotated[
         list[Path],
@@ -69,6 +70,7 @@ def explain(
             help="Model: a name from `camtool models`, a card file, a torchvision name with --weights, "
             "NAME:WEIGHTS, timm:NAME (pretrained: from the Hugging Face cache), hf:FOLDER (transformers), "
             "or a TorchScript file. Repeat to compare models (with --sheet).",
+            show_default=DEFAULT_MODEL,
         ),
     ] = None,
     methods: Annotated[
@@ -77,8 +79,9 @@ def explain(
             "--method",
             help="How maps are made: cam (exact Class Activation Maps); gradcam, gradcam++, "
             "xgradcam, layercam, hirescam, scorecam, eigencam (maps of one layer, --layer; not "
-            "decompositions); or auto (the default: the first method that can explain the model; "
-            "predictions alone when none can). Repeat to compare methods (with --sheet).",
+            "decompositions); or auto (the first method that can explain the model; predictions "
+            "alone when none can). Repeat to compare methods (with --sheet).",
+            show_default="auto",
         ),
     ] = None,
     classes: ClassesOption = None,
@@ -107,9 +110,9 @@ def explain(
         typer.Option(
             "--out",
             "-o",
-            help=f"Folder for the pictures (default: {DEFAULT_OUT_DIR}; with --json, none "
-            "are written unless --out or --sheet is given).",
-            show_default=False,
+            help="Folder for the pictures (with --json, none are written unless --out or --sheet "
+            "is given).",
+            show_default=f"{DEFAULT_OUT_DIR}; none with --json",
         ),
     ] = None,
     image_format: Annotated[
@@ -160,6 +163,7 @@ def explain(
                 {
                     "model": b.model.name,
                     "method": b.explainer.method,
+                    "class_agnostic": bool(b.explainer.as_dict().get("class_agnostic", False)),
                     "made_from": b.explainer.describe(),
                     "head": b.explainer.describe(),  # the old key, kept for one release
                     "head_detail": b.explainer.as_dict(),
@@ -190,10 +194,12 @@ def explain(
                     doc["errors"].append({"input": result.input, "error": result.error})
                 if result.video is not None:
                     doc.setdefault("videos", []).append(summarize_video(result.video, not as_json))
+                shown: set[str] = set()  # the models whose top-k table this image has printed
                 for ex, outputs in zip(result.explanations, result.outputs, strict=True):
                     doc["images"].append({**ex.to_dict(), "outputs": [str(o) for o in outputs]})
                     if not as_json:
-                        print_explanation(ex, list(outputs), verbose)
+                        print_explanation(ex, list(outputs), verbose, table=ex.model not in shown)
+                        shown.add(ex.model)
         if as_json:
             sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         raise typer.Exit(report.exit_code)
@@ -221,8 +227,9 @@ def build_predictions_table(ex: Explanation) -> Table:
     table.add_column("probability", justify="right")
     table.add_column("logit", justify="right")
     explained = {s.index for s in ex.explained}
+    agnostic = " (class-agnostic)" if ex.class_agnostic else ""
     for rank, p in enumerate(ex.predictions, 1):
-        mark = " [bold green]◀ map[/]" if p.index in explained else ""
+        mark = f" [bold green]◀ map{agnostic}[/]" if p.index in explained else ""
         table.add_row(
             str(rank),
             f"{escape(p.name)}{mark}",
@@ -233,15 +240,19 @@ def build_predictions_table(ex: Explanation) -> Table:
     return table
 
 
-def print_explanation(ex: Explanation, outputs: list[Path], verbose: bool = False) -> None:
-    """Print one explained image: a heading, the top-k table, what the maps are in plain words
-    (``verbose``: also the head, residuals and network input), and the files written, one per
-    line and never wrapped inside a name."""
+def print_explanation(
+    ex: Explanation, outputs: list[Path], verbose: bool = False, table: bool = True
+) -> None:
+    """Print one explained image: a heading and the top-k table (``table``: once per image and
+    model, however many methods map it), what the maps are in plain words (``verbose``: also
+    the head, residuals and network input), and the files written, one per line and never
+    wrapped inside a name."""
     from camtool.explanation import describe_maps
 
-    height, width = int(ex.image.shape[1]), int(ex.image.shape[2])
-    say(f"{ex.source} ({width}x{height} px), {ex.model}", whole=True)
-    console.print(build_predictions_table(ex))
+    if table:
+        height, width = int(ex.image.shape[1]), int(ex.image.shape[2])
+        say(f"{ex.source} ({width}x{height} px), {ex.model}", whole=True)
+        console.print(build_predictions_table(ex))
     for line in describe_maps(ex, verbose):
         say(line)
     if outputs:

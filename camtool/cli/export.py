@@ -71,7 +71,10 @@ class _OptionalRayValue(TyperCommand):
         return super().parse_args(ctx, args)
 
 
-@app.command(cls=_OptionalRayValue)
+@app.command(
+    cls=_OptionalRayValue,
+    short_help="Explain many images into a folder of overlays and a manifest.",
+)
 def export(
     inputs: Annotated[
         list[str],
@@ -105,7 +108,8 @@ def export(
         bool, typer.Option("--heatmap", help="Also write the bare heatmap (8-bit PNG).")
     ] = False,
     raw: Annotated[
-        RawFormat | None, typer.Option(help="Also write the raw CAMs at feature resolution.")
+        RawFormat | None,
+        typer.Option(help="Also write the raw CAMs at feature resolution.", show_default="none"),
     ] = None,
     raw_dtype: Annotated[RawDtype, typer.Option(help="dtype of the raw CAMs.")] = "float16",
     crop: CropOption = False,
@@ -114,10 +118,11 @@ def export(
     ] = False,
     batch_size: Annotated[
         int | None,
-        typer.Option(min=1, help="Images per forward pass (default: 16 on CPU, 64 on GPU)."),
+        typer.Option(min=1, help="Images per forward pass.", show_default="16 on CPU, 64 on GPU"),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=0, help="Decoding workers (default: CPUs - 1, at most 8).")
+        int | None,
+        typer.Option(min=0, help="Decoding workers.", show_default="CPUs - 1, at most 8"),
     ] = None,
     decoder: Annotated[
         DecoderKind,
@@ -140,8 +145,8 @@ def export(
     dtype: Annotated[
         str | None,
         typer.Option(
-            help=f"One of {DTYPE_CHOICES} (autocast; the identity check adapts). Default: "
-            "bfloat16 for the device runner on CUDA, else float32.",
+            help=f"One of {DTYPE_CHOICES} (autocast; the identity check adapts).",
+            show_default="bfloat16 for the device runner on CUDA, else float32",
             callback=check_with(parse_dtype),
         ),
     ] = None,
@@ -162,11 +167,12 @@ def export(
             metavar="[ADDRESS]",
             help="Run on a Ray cluster (needs camtool's ray extra): ADDRESS of a running one "
             "(auto, HOST:PORT, ray://HOST:PORT), or alone for a local one.",
+            show_default="no Ray: this machine",
         ),
     ] = None,
     ray_actors: Annotated[
         int | None,
-        typer.Option(min=1, help="Ray actors (default: one per GPU, else one per CPU)."),
+        typer.Option(min=1, help="Ray actors.", show_default="one per GPU, else one per CPU"),
     ] = None,
 ) -> None:
     """Explain every image of folders, globs or lists and write overlays plus a manifest.
@@ -251,7 +257,7 @@ def print_export_summary(report: ExportReport) -> None:
     )
 
 
-@app.command("gallery")
+@app.command("gallery", short_help="Write the HTML gallery of an export (opens from file://).")
 def write_export_gallery(
     export_dir: Annotated[
         Path, typer.Argument(help="The output folder of a `camtool export` run.")

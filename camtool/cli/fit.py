@@ -12,7 +12,7 @@ from camtool.cli.console import console, err_console, errors_to_exit_codes
 from camtool.cli.options import DeviceOption
 
 
-@app.command()
+@app.command(short_help="Train a head for your own classes on a pretrained backbone.")
 def fit(
     data: Annotated[
         Path, typer.Argument(help="Folder of class folders, or a CSV of file,label rows.")
@@ -27,13 +27,16 @@ def fit(
     ] = "gap",
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs (the best is kept).")] = 30,
     val: Annotated[
-        Path | None, typer.Option(help="Validation folder or CSV (default: a held-out part).")
+        Path | None,
+        typer.Option(
+            help="Validation folder or CSV.", show_default="a held-out part, --val-fraction"
+        ),
     ] = None,
     val_fraction: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Part of each class held out without --val.")
     ] = 0.2,
     input_size: Annotated[
-        int | None, typer.Option(help="Input size in px (default: the model's).")
+        int | None, typer.Option(help="Input size in px.", show_default="the model's")
     ] = None,
     finetune: Annotated[
         int, typer.Option(min=0, help="Also train the backbone's last N stages (a GPU helps).")
@@ -45,12 +48,18 @@ def fit(
         bool, typer.Option("--no-flips", help="Do not train on flipped copies.")
     ] = False,
     cache: Annotated[
-        Path | None, typer.Option(help="Feature cache folder (default ~/.cache/camtool/fit).")
+        Path | None,
+        typer.Option(
+            help="Feature cache folder.",
+            show_default="$CAMTOOL_CACHE/fit, else ~/.cache/camtool/fit",
+        ),
     ] = None,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Neither read nor write it.")
     ] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty model folder.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a non-empty model folder.")
+    ] = False,
     device: DeviceOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:

@@ -29,7 +29,9 @@ from camtool.errors import EXIT_ERROR
 from camtool.naming import INVISIBLE, visible
 
 
-@app.command("inspect")
+@app.command(
+    "inspect", short_help="Show a model: preprocessing, labels, and which methods explain it."
+)
 def inspect_model(
     model: Annotated[str, typer.Argument(help="Model spec, as for --model of `explain`.")],
     weights: WeightsOption = None,
@@ -39,7 +41,8 @@ def inspect_model(
     classifier: ClassifierOption = None,
     dtype: DtypeOption = "float32",
     input_size: Annotated[
-        int | None, typer.Option(min=16, help="Probe image size (default: the model's).")
+        int | None,
+        typer.Option(min=16, help="Probe image size.", show_default="the model's input size"),
     ] = None,
     device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -131,7 +134,7 @@ def build_inspect_table(info: dict[str, Any], verbose: bool = False) -> Table:
     return table
 
 
-@app.command("models")
+@app.command("models", short_help="List the named models and whether their weights are installed.")
 def list_models(verbose: VerboseOption = False) -> None:
     """List the named models (built-in and from CAMTOOL_MODELS) and whether their weights are installed."""
     with errors_to_exit_codes():
@@ -174,7 +177,7 @@ def list_models(verbose: VerboseOption = False) -> None:
             say(line, whole=True)
 
 
-@app.command("classes")
+@app.command("classes", short_help="List a model's classes: what --class takes.")
 def list_classes(
     model: Annotated[
         str, typer.Argument(help="Model spec, as for --model of `explain`.")
@@ -184,7 +187,7 @@ def list_classes(
         typer.Argument(
             help="Show only the classes whose label contains this (any case; egyptian_cat "
             "finds 'Egyptian cat'), or this index.",
-            show_default=False,
+            show_default="all classes",
         ),
     ] = None,
     labels: LabelsOption = None,
@@ -194,9 +197,16 @@ def list_classes(
     """List a model's classes, index and label: what --class takes (an index, the label in any
     case, or its file-name form: egyptian_cat)."""
     with errors_to_exit_codes():
-        from camtool.binding import class_names
+        from camtool.labels import match_classes
+        from camtool.models.cards import labels_without_network
 
-        found = class_names(model, query, labels=labels, weights=weights)
+        names = labels_without_network(model, labels, weights)  # a card's: no torch, no network
+        if names is None:
+            from camtool.binding import class_names
+
+            found = class_names(model, query, labels=labels, weights=weights)
+        else:
+            found = match_classes(names, query)
         if as_json:
             doc = [{"index": c.index, "name": c.name} for c in found]
             text = json.dumps(doc, indent=2, ensure_ascii=False)  # control characters: \uXXXX

@@ -14,6 +14,7 @@ import typer
 
 from camtool.cli.usage import check_with
 from camtool.settings import (
+    DEFAULT_MODEL,
     DEVICE_CHOICES,
     DTYPE_CHOICES,
     check_box_threshold,
@@ -51,16 +52,22 @@ ModelOption = Annotated[
         "-m",
         help="Model: a name from `camtool models`, a card file, a torchvision name with --weights, "
         "NAME:WEIGHTS (e.g. resnet50:IMAGENET1K_V2), timm:NAME (pretrained: from the Hugging Face cache), "
-        "hf:FOLDER (transformers), or a TorchScript file. [default: efficientnet_lite0]",
+        "hf:FOLDER (transformers), or a TorchScript file.",
         callback=refuse_repeats,
-        show_default=False,
+        show_default=DEFAULT_MODEL,
     ),
 ]
 WeightsOption = Annotated[
     Path | None,
-    typer.Option(help="State dict (.pth/.pt read with weights_only=True, or .safetensors)."),
+    typer.Option(
+        help="State dict (.pth/.pt read with weights_only=True, or .safetensors).",
+        show_default="the model's own",
+    ),
 ]
-LabelsOption = Annotated[Path | None, typer.Option(help="Label file, one class name per line.")]
+LabelsOption = Annotated[
+    Path | None,
+    typer.Option(help="Label file, one class name per line.", show_default="the model's"),
+]
 UnsafePickleOption = Annotated[
     bool,
     typer.Option(
@@ -85,10 +92,10 @@ MethodOption = Annotated[
         "--method",
         help="How maps are made: cam (exact Class Activation Maps); gradcam, gradcam++, xgradcam, "
         "layercam, hirescam, scorecam, eigencam (maps of one layer, --layer; not decompositions); "
-        "or auto (the default: cam, else integrated-head, else gradcam: exact methods first; "
-        "predictions alone when none can).",
+        "or auto (cam, else integrated-head, else gradcam: exact methods first; predictions "
+        "alone when none can).",
         callback=refuse_repeats,
-        show_default=False,
+        show_default="auto",
     ),
 ]
 LayerOption = Annotated[
@@ -96,6 +103,7 @@ LayerOption = Annotated[
     typer.Option(
         help="Feature layer (a module name); overrides discovery.",
         callback=refuse_empty_module_name,
+        show_default="discovered",
     ),
 ]
 ClassifierOption = Annotated[
@@ -103,13 +111,15 @@ ClassifierOption = Annotated[
     typer.Option(
         help="Classifier layer (a module name); overrides discovery.",
         callback=refuse_empty_module_name,
+        show_default="discovered",
     ),
 ]
 TargetOption = Annotated[
     str | None,
     typer.Option(
-        help="Score the maps explain: logit or probability (default: the class logit; Score-CAM: "
-        "the probability, as its paper). cam and integrated-head decompose the logit only.",
+        help="Score the maps explain: logit or probability (Score-CAM: the probability, as "
+        "its paper). cam and integrated-head decompose the logit only.",
+        show_default="logit; Score-CAM: probability",
     ),
 ]
 
@@ -129,7 +139,10 @@ DtypeOption = Annotated[
 ClassesOption = Annotated[
     list[str] | None,
     typer.Option(
-        "--class", "-c", help="Class to map, by name or index; repeatable. Default: the top class."
+        "--class",
+        "-c",
+        help="Class to map, by name or index; repeatable.",
+        show_default="the top class",
     ),
 ]
 MapsOption = Annotated[

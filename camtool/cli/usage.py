@@ -1,7 +1,10 @@
 """How the ``camtool`` command reads its arguments: the Click group behind the Typer app.
 
 - Flags are shown as flags: ``--box``, not ``--box <bool>`` (typer's rich help labels every
-  option with its type, a flag's included).
+  option with its type, a flag's included); a repeatable option shows the type of one value
+  (``--model <str>``, not ``<list[str]>``).
+- Help text is shown as written: square brackets are not read as rich markup (a hand-written
+  ``[default: x]`` would vanish), and a docstring's line breaks inside a paragraph are not kept.
 - A word like ``true`` right after a flag (``--box true``) is a usage error that says the flag
   takes no value, instead of being read as an input file.
 - Usage errors (a bad option value, a missing argument, an unknown option) are one line,
@@ -14,6 +17,7 @@ No torch here: ``camtool --help`` must stay fast.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 import re
@@ -29,6 +33,8 @@ try:
     from typer._click import exceptions as click_errors  # typer releases that vendor Click
 except ImportError:  # pragma: no cover - older typer, on Click itself
     from click import exceptions as click_errors  # type: ignore[no-redef]
+
+from rich.markup import escape
 
 from camtool.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CamtoolError
 from camtool.naming import visible
@@ -79,6 +85,45 @@ def _hide_flag_metavars(params: Sequence[Any]) -> None:
     for param in _find_flags(params).values():
         if param.metavar is None:
             param.metavar = ""  # no "<bool>" beside a flag in the help
+
+
+def _show_one_value_type(params: Sequence[Any]) -> None:
+    """Show a repeatable option with the type of one value: ``<str>``, not ``<list[str]>``."""
+    for param in params:
+        repeated = getattr(param, "multiple", False) or param.nargs == -1
+        if not repeated or param.metavar is not None or not hasattr(param, "bare_type"):
+            continue
+        one = "<" + re.sub(r"^list\[(.*)\]$", r"\1", param.bare_type()).lower() + ">"
+        if param.param_type_name == "argument":  # an argument's metavar would replace its name
+            param.display_type_rich = lambda ctx, shown=one: shown
+        else:
+            param.metavar = one
+
+
+def _as_written(text: str | None) -> str | None:
+    """Help text shown as written: rich markup escaped, each paragraph's line breaks joined
+    (a paragraph that starts with Click's ``\\b`` keeps them)."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    joined = [p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs]
+    return escape("\n\n".join(joined))
+
+
+def prepare_help(command: Any, ctx: Any) -> None:
+    """Make ``command``'s help show what was written (once per command object): flags without a
+    value, repeatable options with one value's type, no text read as rich markup."""
+    params = command.get_params(ctx)
+    _hide_flag_metavars(params)
+    _show_one_value_type(params)
+    if getattr(command, "_help_as_written", False):
+        return
+    command.help = _as_written(command.help)
+    command.short_help = _as_written(command.short_help)
+    for param in params:
+        if getattr(param, "help", None):
+            param.help = _as_written(param.help)
+    command._help_as_written = True
 
 
 def _rephrase(text: str) -> str:
@@ -135,11 +180,18 @@ class CamtoolGroup(typer.core.TyperGroup):
         _hide_flag_metavars(params)
         return params
 
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        """The group's help, its own text shown as written (see :func:`prepare_help`)."""
+        if not getattr(self, "_help_as_written", False):
+            self.help = _as_written(self.help)
+            self._help_as_written = True
+        super().format_help(ctx, formatter)
+
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
-        """The command named ``cmd_name`` (or None), its flags shown without a value."""
+        """The command named ``cmd_name`` (or None), its help prepared (:func:`prepare_help`)."""
         command = super().get_command(ctx, cmd_name)
         if command is not None:
-            _hide_flag_metavars(command.get_params(ctx))
+            prepare_help(command, ctx)
         return command
 
     def find_stray_flag_value(self, args: Sequence[str]) -> str | None:

@@ -80,6 +80,7 @@ class Painted:
     rows: tuple[PaintedRow, ...]
     ready: Any = None  # a torch.cuda.Event recorded after the copy, or None
     upsample: str = DEFAULT_UPSAMPLE  # how the maps were resized (ExportOptions.upsample)
+    class_agnostic: bool = False  # the method gives every class the same map
 
     def wait(self) -> None:
         """Block until the copy to the host has finished."""
@@ -138,7 +139,7 @@ def paint(
     assert buffer is not None and logits is not None and classes is not None and cams is not None
     return Painted(
         buffer, logits, classes, cams, bias, residual, out.method, out.summary,
-        out.geometry, out.input_hw, tuple(placed), ready, options.upsample,
+        out.geometry, out.input_hw, tuple(placed), ready, options.upsample, out.class_agnostic,
     )  # fmt: skip
 
 
@@ -295,6 +296,7 @@ def explanation_of(
         input_hw=(painted.input_hw[0], painted.input_hw[1]),
         geometry=painted.geometry,
         upsample=painted.upsample,
+        class_agnostic=painted.class_agnostic,
     )
 
 

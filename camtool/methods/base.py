@@ -69,10 +69,12 @@ def check_target(target: str) -> Target:
 
 
 class Method(Protocol):
-    """A way of making maps: its name, a one-line summary, and how it binds to a model."""
+    """A way of making maps: its name, a one-line summary, whether it gives every class the
+    same map (``class_agnostic``: Eigen-CAM), and how it binds to a model."""
 
     name: str
     summary: str
+    class_agnostic: bool
 
     def bind(
         self, model: LoadedModel, *, layer: str | None = None, classifier: str | None = None

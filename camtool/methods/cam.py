@@ -196,6 +196,7 @@ class Cam:
     """
 
     name = "cam"
+    class_agnostic = False
     summary = (
         "Class Activation Maps: exact decomposition of the logit (global average pooling, then "
         "affine layers and at most one LayerNorm, folded into the classifier)"

@@ -86,6 +86,7 @@ class EigenCam:
     """
 
     name: str = "eigencam"
+    class_agnostic = True  # every class gets the same map
     summary: str = "Eigen-CAM (Muhammad & Yeasin 2020): first principal component of a layer's activations, class-agnostic; not a decomposition"
 
     def bind(

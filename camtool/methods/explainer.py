@@ -34,6 +34,7 @@ class MapBatch:
         residual: ``Tensor[N]`` float32, per image the largest ``|mean(map) + bias - logit|``
             over all K classes (decompositions only), else None.
         details: JSON-ready facts about how the maps were made (the head or layer used).
+        class_agnostic: True when the method gives every class the same map (Eigen-CAM).
     """
 
     method: str
@@ -47,6 +48,7 @@ class MapBatch:
     bias: Tensor | None = None
     residual: Tensor | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    class_agnostic: bool = False
 
     @property
     def probabilities(self) -> Tensor:

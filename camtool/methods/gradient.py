@@ -298,6 +298,7 @@ class GradientMethod:
     summary: str
     formula: Formula
     target: Target = "logit"
+    class_agnostic = False  # each class's own gradient
 
     def with_target(self, target: str) -> GradientMethod:
         """This method for ``target`` (``"logit"`` or ``"probability"``)."""

@@ -415,6 +415,7 @@ class IntegratedHead:
     """
 
     name = "integrated-head"
+    class_agnostic = False
     summary = (
         "Integrated head: path-integrated gradients of the head after the pooling, a "
         "decomposition of logit - logit(baseline) up to a measured quadrature residual"

@@ -421,6 +421,7 @@ class LayerExplainer:
             "kind": self.method,
             **self.target.as_dict(),
             "score": None if self.class_agnostic else self.score,
+            "class_agnostic": self.class_agnostic,
             "decomposition": False,
         }
 
@@ -479,4 +480,5 @@ class LayerExplainer:
             input_hw=input_hw,
             features_shape=(channels, grid_hw[0], grid_hw[1]),
             details={"layer": self.target.name, "layer_detail": self.as_dict()},
+            class_agnostic=self.class_agnostic,
         )

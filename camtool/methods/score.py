@@ -214,6 +214,7 @@ class ScoreCam:
     """
 
     name: str = "scorecam"
+    class_agnostic = False
     summary: str = "Score-CAM (Wang et al. 2020): channels weighted by the class's score on masked inputs; not a decomposition"
     target: Target = "probability"
     batch_size: int = 64

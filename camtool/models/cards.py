@@ -293,6 +293,27 @@ def load_labels(spec: str | os.PathLike[str], base: Path | None = None) -> tuple
     return names
 
 
+def labels_without_network(
+    model: str,
+    labels: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+) -> tuple[str, ...] | None:
+    """The class names of the model spec ``model`` when they can be read without building the
+    network (or importing torch): the ``labels`` file, else the labels of a named model's card
+    or of a card file (``.toml``) when no other ``weights`` are given. None when only the
+    network can tell (a torchvision name, a TorchScript file, a card with other weights).
+
+    Raises:
+        UnknownModelError, ModelLoadError: the card or a label file cannot be read.
+    """
+    if labels is not None:
+        return load_labels(labels)
+    if weights is None and (model.endswith(".toml") or is_card_name(model)):
+        card = find_card(model)
+        return load_labels(card.labels, card.path.parent if card.path else None)
+    return None
+
+
 def is_card_name(name: str) -> bool:
     """True for the name of a card, or the file stem of a user card that cannot be read."""
     broken: list[ModelLoadError] = []

@@ -28,9 +28,7 @@ from camtool.models.network import (
     resolve_device,
     resolve_dtype,
 )
-
-DEFAULT_MODEL = "efficientnet_lite0"
-
+from camtool.settings import DEFAULT_MODEL
 
 # --------------------------------------------------------------------------------------------
 # Loading

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 import camtool
 from camtool.cli import app
+from camtool.explain_to_folder import folder_problem
 from camtool.models.cards import find_card
 from camtool.models.downloads import weights_path
 from tests.conftest import CAT, COFFEE, make_bad_inputs, make_odd_inputs
@@ -85,6 +86,11 @@ def test_odd_layouts_explain_fine(tmp_path: Path) -> None:
 )
 def test_bad_input_gives_the_exact_error_line_and_no_file(tmp_path: Path, case: str) -> None:
     path, problem = make_bad_inputs(tmp_path / "in")[case]
+    if case == "directory":  # explain sends a folder to export
+        problem = folder_problem(path)
+        assert problem.endswith(
+            f"`camtool export {path}` (camtool.export in Python) explains every image in it"
+        )
     out_dir = tmp_path / "out"
     code, _out, err = run("explain", str(path), "--out", str(out_dir))
     assert code == 1

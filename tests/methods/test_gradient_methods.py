@@ -321,7 +321,7 @@ def test_cli_explain_with_a_gradient_method(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert report["method"] == "layercam" and "_blocks.15" in report["head"]
     assert report["images"][0]["identity_residual"] is None
-    assert any(p.name.endswith("_sheet.png") for p in tmp_path.iterdir())
+    assert any(p.name.endswith("_sheet.jpg") for p in tmp_path.iterdir())
 
 
 def test_cli_refuses_classifier_for_a_layer_method(tmp_path: Path) -> None:

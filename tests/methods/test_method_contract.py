@@ -136,6 +136,16 @@ def test_maps_are_float32_n_k_h_w(
 
 
 @pytest.mark.parametrize("name", METHODS)
+def test_a_class_agnostic_method_says_so_and_only_it_maps_every_class_alike(
+    model: camtool.LoadedModel, photos: torch.Tensor, name: str
+) -> None:
+    out = bind(name, model)(photos, classes=[3, 7])
+    same = torch.equal(out.maps[:, 0], out.maps[:, 1])
+    assert get_method(name).class_agnostic is out.class_agnostic is same, name
+    assert name != "eigencam" or out.class_agnostic  # Eigen-CAM: the first principal component
+
+
+@pytest.mark.parametrize("name", METHODS)
 def test_a_batch_of_two_equals_two_single_calls(
     model: camtool.LoadedModel, photos: torch.Tensor, name: str
 ) -> None:
