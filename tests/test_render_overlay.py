@@ -75,7 +75,7 @@ def test_overlays_match_the_previous_float_tensor_path_on_real_maps(
     # The previous path: F.interpolate + replicate padding for the heatmap, float tensors for
     # the colour and the blend. Heatmaps agree to float rounding; overlays then differ only where
     # a level sits on a rounding edge: by one step of the colour table times alpha at most.
-    cams = camtool.normalize_cams(chelsea.cams)
+    cams = camtool.normalize_cams(chelsea.maps)
     input_hw, geometry = chelsea.input_hw, chelsea.geometry
     scale = [480 / input_hw[0], 640 / input_hw[1]]
     grid = [max(1, round(cams.shape[1 + a] * geometry.stride[a] * scale[a])) for a in (0, 1)]
