@@ -33,6 +33,7 @@ from camtool.settings import check_positive_int
 
 if TYPE_CHECKING:
     from camtool.methods.base import Method
+    from camtool.methods.tree import ModuleArg
     from camtool.models.loading import LoadedModel
 
 #: ``forward(images) -> logits``: pixel images ``Tensor[N,3,H,W]`` float32 RGB in [0, 1] (before
@@ -219,8 +220,8 @@ def method_maps(
     method: str | Method,
     *,
     classes_per_call: int = 16,
-    layer: str | None = None,
-    classifier: str | None = None,
+    layer: ModuleArg = None,
+    classifier: ModuleArg = None,
     target: str | None = None,
 ) -> MethodMaps:
     """Bind ``method`` (a name from :func:`camtool.methods.method_names`: ``cam``, ``gradcam``,
