@@ -14,7 +14,8 @@ the input's size, torchcam's at the layer's), so they do less work per call than
 two warm-up calls per implementation, ``--rounds`` rounds give every photo to every implementation
 (interleaved, their order rotated each round, so that a busy machine slows them alike); the table shows the
 median and the quartiles of the per-call times. "re-loaded every call" passes
-``camtool.load_model(net)`` afresh each time: what the plain loop cost before the cache (one round).
+``camtool.load_model(net)`` afresh each time: what the plain loop cost before the cache (one round);
+"bare forward pass" is the floor: the same preprocessing and a forward pass without autograd.
 
 ``--swin`` adds timm's Swin-T (random weights) with ``method="auto"`` (no exact method applies:
 the refusals are remembered after the first call) against ``method="gradcam"``.
@@ -60,6 +61,12 @@ def peers(net: torch.nn.Module, prepare: Callable[[Any], torch.Tensor]) -> dict[
         return extractor(class_idx=int(scores.argmax()), scores=scores)
 
     return {"pytorch-grad-cam GradCAM (held)": pgc, "torchcam GradCAM (held)": torchcam}
+
+
+def forward(net: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """The floor: camtool's preprocessing and a forward pass without autograd."""
+    with torch.inference_mode():
+        return net(batch)
 
 
 def measure(calls: dict[str, Callable[[Any], Any]], images: list[Any], rounds: int) -> dict:
@@ -111,6 +118,9 @@ def main() -> None:
             image, net, method="gradcam", layer=net.layer4
         ),
         **peers(net, lambda image: prepare(image)[0]),
+        "bare forward pass (preprocessed, no map)": lambda image: forward(
+            net, prepare(image)[0][None]
+        ),
     }
     times = measure(calls, images, args.rounds)
     reloaded = measure(
@@ -125,7 +135,8 @@ def main() -> None:
     sizes = ", ".join(f"{img.shape[2]}x{img.shape[1]}" for img in images)
     print(
         f"resnet18 (random weights), Grad-CAM at layer4, photos {sizes}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({platform.processor() or '?'})"
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({platform.machine()}), "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     print(f"{'per call, one photo':44} {'median':>8} {'q1':>8} {'q3':>8} {'/held':>7} {'calls':>5}")
     print(f"{'':44} {'ms':>8} {'ms':>8} {'ms':>8}")
