@@ -72,6 +72,9 @@ class _Tethered(LoadedModel):
     def module(self, value: nn.Module) -> None:
         self.__dict__["module_ref"] = weakref.ref(value)
 
+    def __repr__(self) -> str:  # what the user sees is a LoadedModel
+        return "LoadedModel" + super().__repr__().removeprefix(type(self).__qualname__)
+
 
 @dataclass
 class _ModuleEntry:
