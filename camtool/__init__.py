@@ -21,6 +21,7 @@ from camtool._version import __version__
 
 _EXPORTS = {
     "explain": "camtool.explaining",
+    "Explainer": "camtool.held",
     "Explanation": "camtool.explanation",
     "ClassScore": "camtool.explanation",
     "comparison_sheet": "camtool.sheet",
@@ -75,6 +76,7 @@ __all__ = [
     "ClassScore",
     "ClassSelectionError",
     "EvalReport",
+    "Explainer",
     "Explanation",
     "ExportFailure",
     "ExportInterrupted",
@@ -167,6 +169,7 @@ if TYPE_CHECKING:
     from camtool.gallery import (
         write_gallery,
     )
+    from camtool.held import Explainer
     from camtool.image import (
         Preprocessing,
         Region,

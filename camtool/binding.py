@@ -1,20 +1,26 @@
 """A model spec and a method -> a bound explainer (:class:`BoundMethod`), with the classes to map
-resolved to indices; loaded models cached per name (:func:`get_model`); a model's class names
-(:func:`class_names`). Every entry point (explain, export, video, eval) starts here.
+resolved to indices; loaded models cached per name (:func:`get_model`) and per module object
+(what a loop of ``camtool.explain(image, net)`` over a plain ``nn.Module`` reuses, see
+:mod:`camtool.held`); a model's class names (:func:`class_names`). Every entry point (explain,
+export, video, eval) starts here.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
+from camtool.errors import InvalidArgumentError, ModelLoadError
 from camtool.labels import ClassesArg, ClassName, match_classes, resolve_classes
 from camtool.methods.base import DEFAULT_METHOD, Explainer, MapBatch, Method, bind
+from camtool.methods.tree import ModuleArg, module_name
 from camtool.models.cards import (
     ModelCard,
     find_card,
@@ -55,14 +61,104 @@ def get_model(model: ModelSpec, device: str | None = "auto", **options: Any) -> 
     return _cached_model(model, stamps, key)
 
 
+class _Tethered(LoadedModel):
+    """A loaded ``nn.Module`` as the per-module cache keeps it: the module held weakly, so that
+    neither this object nor the explainers bound to it keep a network alive that its owner has
+    dropped (whoever is handed one holds the module itself: :class:`BoundMethod`'s ``anchor``)."""
+
+    @property
+    def module(self) -> nn.Module:
+        """The network (while it lives)."""
+        found: nn.Module | None = self.__dict__["module_ref"]()
+        if found is None:
+            raise ModelLoadError(self.name, "the network was deleted; load it again")
+        return found
+
+    @module.setter
+    def module(self, value: nn.Module) -> None:
+        self.__dict__["module_ref"] = weakref.ref(value)
+
+    def __repr__(self) -> str:  # what the user sees is a LoadedModel
+        return "LoadedModel" + super().__repr__().removeprefix(type(self).__qualname__)
+
+
+@dataclass
+class _ModuleEntry:
+    """What the cache holds for one module: its fingerprint when loaded, and its loaded forms
+    by load options (their memos hold the bound explainers)."""
+
+    fingerprint: tuple[Any, ...]
+    loaded: dict[tuple[Any, ...], _Tethered]
+
+
+#: Per caller's module (weakly: an entry goes when its module goes).
+_BY_MODULE: weakref.WeakKeyDictionary[nn.Module, _ModuleEntry] = weakref.WeakKeyDictionary()
+
+
+def fingerprint(module: nn.Module) -> tuple[Any, ...]:
+    """What changes when a network's weights or structure change: the identity of every
+    submodule (a replaced layer), and per parameter and buffer its identity, storage address,
+    version counter (bumped by in-place updates: ``load_state_dict``, an optimizer step), shape,
+    dtype and device (``.to()`` and ``.half()`` move or convert). Cheap: no tensor is read."""
+    marks: list[Any] = []
+    for sub in module.modules():  # one walk: the tree and each module's own tensors
+        marks.append(id(sub))
+        for tensor in (*sub._parameters.values(), *sub._buffers.values()):
+            if tensor is None:
+                continue
+            try:
+                version = tensor._version
+            except RuntimeError:  # an inference tensor keeps no version counter
+                version = -1
+            marks.append(
+                (id(tensor), tensor.data_ptr(), version, tensor.shape, tensor.dtype, tensor.device)
+            )
+    return tuple(marks)
+
+
+def _options_key(options: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The load options as a cache key (those given: None is each one's default; with the label
+    file's modification time), None when an option cannot be a key."""
+    given = sorted((name, value) for name, value in options.items() if value is not None)
+    key = (*given, ("labels mtime", _file_stamp(options.get("labels"))))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _loaded_module(module: nn.Module, options: dict[str, Any]) -> LoadedModel:
+    """``module`` loaded (``load_model``'s checks run once), cached while it lives and its
+    fingerprint holds; the explainers bound to the result are cached with it."""
+    key = _options_key(options)
+    if key is None or isinstance(module, torch.jit.ScriptModule):
+        return load_model(module, **options)
+    print_ = fingerprint(module)
+    entry = _BY_MODULE.get(module)
+    if entry is None or entry.fingerprint != print_:
+        entry = _BY_MODULE[module] = _ModuleEntry(print_, {})
+    if key not in entry.loaded:
+        loaded = load_model(module, **options)
+        values = {f.name: getattr(loaded, f.name) for f in fields(loaded) if f.init}
+        entry.loaded[key] = _Tethered(**values)
+    return entry.loaded[key]
+
+
 @dataclass(frozen=True, eq=False)
 class BoundMethod:
     """What every entry point starts from: a loaded model, a method bound to it, and the classes
-    to map resolved to indices (None: each image's top predictions)."""
+    to map resolved to indices (None: each image's top predictions).
+
+    Attributes:
+        model: the loaded model; explainer: the method bound to it; classes: the class indices.
+        anchor: the caller's network, held here when the cache holds it only weakly.
+    """
 
     model: LoadedModel
     explainer: Explainer
     classes: list[int] | None
+    anchor: nn.Module | None = None
 
     def __call__(self, batch: Tensor, maps: int = 1) -> MapBatch:
         """Map a preprocessed ``Tensor[N,3,h,w]`` batch: the fixed classes, else the top ``maps``."""
@@ -75,29 +171,68 @@ def bind_method(
     classes: ClassesArg = None,
     *,
     device: str | None = "auto",
-    layer: str | None = None,
-    classifier: str | None = None,
+    layer: ModuleArg = None,
+    classifier: ModuleArg = None,
     target: str | None = None,
     **load_options: Any,
 ) -> BoundMethod:
     """Load ``model`` (cached, see :func:`get_model`), resolve ``classes`` against its labels and
-    bind ``method`` to it (``layer``/``classifier`` override the method's discovery; ``target``
-    is the score explained, see :func:`camtool.methods.bind`). A :class:`BoundMethod` is
-    returned as it is (the other arguments are then ignored).
+    bind ``method`` to it (``layer``/``classifier`` override the method's discovery: module names
+    or module objects; ``target`` is the score explained, see :func:`camtool.methods.bind`). A
+    :class:`BoundMethod` is returned as it is (the other arguments are then ignored).
+
+    An ``nn.Module`` is loaded and bound once per module object and options: the next call with
+    the same module reuses both, until the module's weights or structure change (see
+    :func:`fingerprint`); the cache holds the module weakly, never keeping it alive.
 
     Raises:
         UnknownModelError: an unknown model name.
         ModelLoadError: a model that cannot be loaded.
-        InvalidArgumentError: an unknown method.
+        InvalidArgumentError: an unknown method, or a layer module that is not in the model.
         ClassSelectionError: an unknown class.
         UnsupportedModelError: a model the method cannot explain, with the reason.
     """
     if isinstance(model, BoundMethod):
         return model
-    loaded = get_model(model, device, **load_options)
+    anchor = model if isinstance(model, nn.Module) else None
+    if anchor is not None:
+        loaded = _loaded_module(anchor, load_options)
+    else:
+        loaded = get_model(model, device, **load_options)
     wanted = resolve_classes(classes, loaded.labels)
     explainer = bind(method, loaded, layer=layer, classifier=classifier, target=target)
-    return BoundMethod(loaded, explainer, wanted)
+    return BoundMethod(loaded, explainer, wanted, anchor)
+
+
+def with_layer_names(model: ModelSpec | BoundMethod, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with module objects given for ``layer`` or ``classifier`` turned into their
+    names in ``model``, for the runs that record or ship their options (export's manifest, its
+    worker processes); names, and options without those keys, are kept as they are.
+
+    Raises:
+        InvalidArgumentError: a module that is not inside the model, or a module object given
+            with a model named by a string (load the model first, or name the layer).
+    """
+    out = dict(options)
+    for what in ("layer", "classifier"):
+        value = options.get(what)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if all(v is None or isinstance(v, str) for v in items):
+            continue
+        if isinstance(model, BoundMethod):
+            network: nn.Module = model.model.module
+        elif isinstance(model, LoadedModel):
+            network = model.module
+        elif isinstance(model, nn.Module):
+            network = model
+        else:
+            raise InvalidArgumentError(
+                what,
+                f"a module object names a layer of a network you hold; with the model named "
+                f"{model!r}, name the layer ({what}='layer4') or pass camtool.load_model(...)",
+            )
+        out[what] = module_name(network, value, what)
+    return out
 
 
 def class_names(

@@ -1,5 +1,6 @@
 """``camtool.explain``: one image, a list or a batch -> :class:`~camtool.explanation.Explanation`
-objects, through the bound method's one seam.
+objects, through a :class:`~camtool.held.Explainer` made for the call (the loaded model and the
+bound method are cached, so a loop over images pays for them once).
 """
 
 from __future__ import annotations
@@ -7,30 +8,20 @@ from __future__ import annotations
 from typing import Any, TypedDict, Unpack, overload
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from camtool.binding import BoundMethod, ModelSpec, bind_method
-from camtool.errors import InvalidArgumentError
-from camtool.explanation import Explanation, build_explanation
-from camtool.image import Layout, Region, check_crop
-from camtool.io.images import (
-    Images,
-    ImageSource,
-    NamedImage,
-    gather_images,
-    preprocessed_batch,
-    source_name,
-)
+from camtool.binding import BoundMethod, ModelSpec
+from camtool.explanation import Explanation
+from camtool.held import Explainer
+from camtool.image import Layout
+from camtool.io.images import Images, ImageSource
 from camtool.labels import ClassesArg
 from camtool.methods.base import DEFAULT_METHOD, Method
+from camtool.methods.tree import ModuleArg
 from camtool.models.loading import DEFAULT_MODEL
 from camtool.settings import (
     DEFAULT_BOX_THRESHOLD,
     DEFAULT_UPSAMPLE,
-    check_box_threshold,
-    check_positive_int,
-    check_upsample,
 )
 
 
@@ -45,8 +36,8 @@ class ExplainOptions(TypedDict, total=False):
     device: str | None
     labels: str | None
     weights: str | None
-    layer: str | None
-    classifier: str | None
+    layer: ModuleArg
+    classifier: ModuleArg
     target: str | None
     dtype: str | None
     batch_size: int
@@ -59,7 +50,7 @@ class ExplainOptions(TypedDict, total=False):
 @overload
 def explain(
     images: list[ImageSource] | tuple[ImageSource, ...],
-    model: ModelSpec | BoundMethod = ...,
+    model: ModelSpec | BoundMethod | Explainer = ...,
     **options: Unpack[ExplainOptions],
 ) -> list[Explanation]: ...
 
@@ -67,7 +58,7 @@ def explain(
 @overload
 def explain(
     images: Tensor | np.ndarray[Any, Any],
-    model: ModelSpec | BoundMethod = ...,
+    model: ModelSpec | BoundMethod | Explainer = ...,
     **options: Unpack[ExplainOptions],
 ) -> Any: ...  # one image: an Explanation; a batch: a list of them
 
@@ -75,14 +66,14 @@ def explain(
 @overload
 def explain(
     images: ImageSource,
-    model: ModelSpec | BoundMethod = ...,
+    model: ModelSpec | BoundMethod | Explainer = ...,
     **options: Unpack[ExplainOptions],
 ) -> Explanation: ...
 
 
 def explain(
     images: Images,
-    model: ModelSpec | BoundMethod = DEFAULT_MODEL,
+    model: ModelSpec | BoundMethod | Explainer = DEFAULT_MODEL,
     *,
     method: str | Method = DEFAULT_METHOD,
     classes: ClassesArg = None,
@@ -92,8 +83,8 @@ def explain(
     device: str | None = "auto",
     labels: str | None = None,
     weights: str | None = None,
-    layer: str | None = None,
-    classifier: str | None = None,
+    layer: ModuleArg = None,
+    classifier: ModuleArg = None,
     target: str | None = None,
     dtype: str | None = None,
     batch_size: int = 16,
@@ -109,8 +100,11 @@ def explain(
             ``[H,W,3]`` or ``[H,W]`` (uint8, or float in [0, 1]); a list of images; or a batch,
             ``Tensor[N,3,H,W]`` or ``[N,H,W,3]`` (tensor or array), whose images are explained
             together (one forward pass per ``batch_size`` images).
-        model: a model name (default: ``efficientnet_lite0``), card, ``nn.Module``, loaded model
-            or :class:`BoundMethod` (which fixes method, classes and layers too).
+        model: a model name (default: ``efficientnet_lite0``), card, ``nn.Module``, loaded model,
+            :class:`BoundMethod` or :class:`~camtool.held.Explainer` (the last two fix method,
+            classes and layers too). A module is loaded and bound once and cached while it lives
+            and its weights stay the same, so a loop of calls costs what
+            :class:`~camtool.held.Explainer` calls do.
         method: the method that makes the maps (``camtool.methods.method_names()``; default
             ``"auto"``: the first that can explain the model, exact methods first).
         classes: the classes to map: one class (an index, any integer-like, or a name) or several
@@ -122,8 +116,9 @@ def explain(
         device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``.
         labels: a label file overriding the model's class names.
         weights: a weights file, as for :func:`camtool.load_model`.
-        layer: a module name that overrides the method's choice of layer.
-        classifier: a module name that overrides CAM's choice of classifier.
+        layer: a module name (``"layer4"``), the module itself (``net.layer4``) or a list of one
+            of them: overrides the method's choice of layer.
+        classifier: a module name or object that overrides CAM's choice of classifier.
         dtype: the compute dtype, as for :func:`camtool.load_model`.
         target: the score the maps explain, ``"logit"`` or ``"probability"`` (default: the
             method's own, the class logit except for Score-CAM; the exact methods decompose
@@ -152,41 +147,15 @@ def explain(
             a ``preprocessed`` batch of the wrong shape or dtype; and the errors of
             :func:`bind_method`.
     """
-    check_box_threshold(box_threshold)
-    check_upsample(upsample)
-    check_positive_int(batch_size, "batch_size")
-    bound = bind_method(
-        model, method, classes, device=device, layer=layer, classifier=classifier,
-        target=target, labels=labels, weights=weights, dtype=dtype,
+    held = (
+        model
+        if isinstance(model, Explainer)
+        else Explainer(
+            model, method, classes, layer=layer, classifier=classifier, target=target,
+            device=device, labels=labels, weights=weights, dtype=dtype,
+        )
     )  # fmt: skip
-    loaded = bound.model
-    if preprocessed:
-        if crop:
-            raise InvalidArgumentError("crop", "a preprocessed batch goes in as it is: no crop")
-        batch, single = preprocessed_batch(images, loaded.preprocessing)
-        name = source_name(images)
-        height, width = batch.shape[2:]
-        inputs = [
-            NamedImage(name if single else f"{name}[{i}]", loaded.preprocessing.denormalize(x))
-            for i, x in enumerate(batch)
-        ]
-        prepared = [(x, Region(0.0, 0.0, float(width), float(height))) for x in batch]
-    else:
-        check_crop(loaded.preprocessing, crop)  # once, before any image is read
-        inputs, single = gather_images(images, layout)
-        prepared = [loaded.preprocessing.prepare(item.image, crop) for item in inputs]
-    results: list[Explanation | None] = [None] * len(inputs)
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, (tensor, _) in enumerate(prepared):
-        groups.setdefault(tuple(tensor.shape), []).append(i)
-    for members in groups.values():
-        for start in range(0, len(members), batch_size):
-            chunk = members[start : start + batch_size]
-            out = bound(torch.stack([prepared[i][0] for i in chunk]), maps)
-            for row, i in enumerate(chunk):
-                results[i] = build_explanation(
-                    loaded, out, row, inputs[i].name, inputs[i].image, prepared[i][1],
-                    top_k, box_threshold, upsample,
-                )  # fmt: skip
-    done = [r for r in results if r is not None]
-    return done[0] if single else done
+    return held(
+        images, maps=maps, top_k=top_k, crop=crop, batch_size=batch_size,
+        box_threshold=box_threshold, layout=layout, preprocessed=preprocessed, upsample=upsample,
+    )  # fmt: skip

@@ -59,8 +59,12 @@ def _capture(module: nn.Module, output: bool) -> Iterator[Captured]:
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule of ``model`` in eval mode; restore each one's ``training`` flag after."""
+    """Put every submodule of ``model`` in eval mode; restore each one's ``training`` flag after
+    (a model already all in eval mode is left alone: setting the flags costs milliseconds)."""
     flags = [(m, m.training) for m in model.modules()]
+    if not any(training for _, training in flags):
+        yield model
+        return
     try:
         model.eval()
         yield model

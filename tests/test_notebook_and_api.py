@@ -128,7 +128,7 @@ def test_public_api_is_pinned() -> None:
     # The public face is small (the seam issue): lower-level names live in namespaces.
     assert sorted(camtool.__all__) == sorted([
         "__version__", "methods", "metrics",
-        "explain", "Explanation", "ClassScore", "comparison_sheet", "Picture",
+        "explain", "Explainer", "Explanation", "ClassScore", "comparison_sheet", "Picture",
         "export", "explain_iter", "ExportOptions", "ExportReport", "ExportFailure", "ExportInterrupted",
         "fit", "FitReport",
         "explain_video", "VideoReport", "write_gallery", "evaluate", "EvalReport",

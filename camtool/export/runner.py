@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from camtool.allocator import keep_freed_memory
-from camtool.binding import ModelSpec, bind_method
+from camtool.binding import ModelSpec, bind_method, with_layer_names
 from camtool.explanation import Explanation, build_explanation
 from camtool.export.device import (
     CUDA_BATCH_SIZE,
@@ -187,7 +187,8 @@ def export(
     with locked_output(out):
         job = ExportJob(
             inputs, out, model, method, classes, maps, crop, options, resume, device, batch_size,
-            workers, decoder, writers, progress, dict(model_options), started, ray, runner,
+            workers, decoder, writers, progress, with_layer_names(model, model_options), started,
+            ray, runner,
         )  # fmt: skip
         return _export_locked(job)
 

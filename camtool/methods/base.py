@@ -15,15 +15,15 @@ registry first. This module imports no method module.
 
 from __future__ import annotations
 
-import weakref
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
+
+from torch import nn
 
 from camtool.errors import InvalidArgumentError, UnsupportedModelError
 from camtool.methods.explainer import Explainer, MapBatch
 from camtool.methods.fallback import PredictionsOnly, Substitute
-
-if TYPE_CHECKING:
-    from camtool.models.loading import LoadedModel
+from camtool.methods.tree import ModuleArg, module_name
+from camtool.models.loading import LoadedModel, load_model
 
 __all__ = [
     "AUTO_ORDER",
@@ -85,11 +85,6 @@ class Method(Protocol):
 
 
 _REGISTRY: dict[str, Method] = {}
-#: Bound explainers per model, keyed by (method, layer, classifier); a method object is its own
-#: key, so the same method configured differently (a gradient method's target) binds apart.
-_BOUND: weakref.WeakKeyDictionary[Any, dict[tuple[Any, str | None, str | None], Explainer]] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 def register(method: Method) -> Method:
@@ -121,10 +116,10 @@ def get_method(name: str | Method) -> Method:
 
 def bind(
     method: str | Method,
-    model: LoadedModel,
+    model: LoadedModel | nn.Module | str,
     *,
-    layer: str | None = None,
-    classifier: str | None = None,
+    layer: ModuleArg = None,
+    classifier: ModuleArg = None,
     target: str | None = None,
 ) -> Explainer:
     """Bind ``method`` to ``model`` (once: the explainer is kept while the model lives).
@@ -136,10 +131,28 @@ def bind(
     The exact methods decompose the logit, so they refuse ``"probability"`` (and ``"auto"``
     skips them for it).
 
+    A refusal is remembered as well: binding the same method with the same options to the same
+    loaded model again raises the same :class:`UnsupportedModelError` without searching again
+    (so ``"auto"`` does not retry the exact methods on every call).
+
+    Args:
+        method: a registered method's name (or ``"auto"``), or a :class:`Method`.
+        model: a loaded model; an ``nn.Module`` or a model name is loaded first, as by
+            :func:`camtool.load_model` (the explainer keeps it alive).
+        layer: the layer a layer-reading method reads (or CAM's feature layer): a module name
+            (``"layer4"``), the module itself (``net.layer4``) or a list of one of them.
+        classifier: CAM's classifier, likewise.
+        target: the score explained, ``"logit"`` or ``"probability"``.
+
     Raises:
-        InvalidArgumentError: an unknown method name or target, or a target the method does not
-        explain; ``UnsupportedModelError``: the method cannot explain this model (it says why).
+        InvalidArgumentError: an unknown method name or target, a target the method does not
+            explain, or a layer module that is not inside the model.
+        UnsupportedModelError: the method cannot explain this model (it says why).
     """
+    if not isinstance(model, LoadedModel):
+        model = load_model(model)
+    layer = module_name(model.module, layer, "layer")
+    classifier = module_name(model.module, classifier, "classifier")
     if target is not None:
         target = check_target(target)
     if method == "auto":
@@ -148,11 +161,26 @@ def bind(
     for option, value in (("layer", layer), ("classifier", classifier)):
         if value is not None and not value.strip():
             raise InvalidArgumentError(option, "an empty module name names no module; leave it out")
-    known = _BOUND.setdefault(model, {})
+    known, refused = _memo(model)
     key = (chosen, layer, classifier)
+    if key in refused:
+        raise UnsupportedModelError(*refused[key])
     if key not in known:
-        known[key] = chosen.bind(model, layer=layer, classifier=classifier)
+        try:
+            known[key] = chosen.bind(model, layer=layer, classifier=classifier)
+        except UnsupportedModelError as exc:
+            refused[key] = (exc.subject, exc.problem)
+            raise
     return known[key]
+
+
+def _memo(
+    model: LoadedModel,
+) -> tuple[dict[Any, Explainer], dict[Any, tuple[str | None, str]]]:
+    """The explainers bound to ``model`` and the refusals (subject, problem) met, by key; kept in
+    the model's own ``memo``, so that they go with it (a global table keyed by the model would
+    keep it alive through its explainers)."""
+    return model.memo.setdefault("bound", {}), model.memo.setdefault("refused", {})
 
 
 def with_target(method: Method, target: Target | None) -> Method:
@@ -197,11 +225,11 @@ def _bind_auto(
         if name in EXACT_METHODS:
             return explainer
         key: tuple[Any, str | None, str | None] = (("auto", name, target), layer, classifier)
-        known = _BOUND.setdefault(model, {})
+        known = _memo(model)[0]
         if key not in known:
             known[key] = Substitute(explainer, reasons)
         return known[key]
-    known = _BOUND.setdefault(model, {})
+    known = _memo(model)[0]
     key = ("none", layer, classifier)
     if key not in known:
         known[key] = PredictionsOnly(model, reasons)

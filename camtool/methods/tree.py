@@ -9,10 +9,16 @@ them.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 
 from torch import nn
 
-from camtool.errors import UnsupportedModelError
+from camtool.errors import InvalidArgumentError, UnsupportedModelError
+
+#: A layer (or classifier) as the caller names it: a module name (``"layer4"``), the module
+#: object itself (``model.layer4``), or a list of one of them (pytorch-grad-cam's
+#: ``target_layers=[model.layer4[-1]]``); None: the method's own choice.
+ModuleArg = str | nn.Module | Sequence[str | nn.Module] | None
 
 
 def is_global_avg_pool(module: nn.Module) -> bool:
@@ -65,3 +71,40 @@ def lookup(model: nn.Module, name: str, what: str) -> nn.Module:
             name, f"no {what} module of that name in {type(model).__name__}{hint}"
         )
     return modules[name]
+
+
+def module_name(model: nn.Module, module: ModuleArg, what: str) -> str | None:
+    """The name (as in ``model.named_modules()``) of a layer given as a name or a module object.
+
+    Args:
+        model: the network the module must sit in.
+        module: a module name (returned as it is), a module object, a list or tuple of one of
+            them, or None (returned as it is).
+        what: the argument's name (``"layer"``, ``"classifier"``), for the message.
+
+    Raises:
+        InvalidArgumentError: a module that is not inside ``model`` (or is ``model`` itself), a
+            list of several (every method reads one layer), or a value that is neither.
+    """
+    if isinstance(module, (list, tuple)):
+        if len(module) != 1:
+            raise InvalidArgumentError(
+                what, f"got {len(module)} modules; camtool's methods read one layer: give one"
+            )
+        module = module[0]
+    if module is None or isinstance(module, str):
+        return module
+    if not isinstance(module, nn.Module):
+        raise InvalidArgumentError(
+            what, f"got a {type(module).__name__}; give a module name or a module of the model"
+        )
+    if module is model:
+        raise InvalidArgumentError(what, "got the model itself; give one of its modules")
+    found = next((name for name, m in model.named_modules() if m is module), None)
+    if found is None:
+        raise InvalidArgumentError(
+            what,
+            f"the {type(module).__name__} module given is not inside the model "
+            f"({type(model).__name__}); give a module of the network being explained",
+        )
+    return found

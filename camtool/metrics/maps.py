@@ -33,6 +33,7 @@ from camtool.settings import DEFAULT_UPSAMPLE, check_positive_int, check_upsampl
 
 if TYPE_CHECKING:
     from camtool.methods.base import Method
+    from camtool.methods.tree import ModuleArg
     from camtool.models.loading import LoadedModel
 
 #: ``forward(images) -> logits``: pixel images ``Tensor[N,3,H,W]`` float32 RGB in [0, 1] (before
@@ -225,8 +226,8 @@ def method_maps(
     method: str | Method,
     *,
     classes_per_call: int = 16,
-    layer: str | None = None,
-    classifier: str | None = None,
+    layer: ModuleArg = None,
+    classifier: ModuleArg = None,
     target: str | None = None,
     upsample: str = DEFAULT_UPSAMPLE,
 ) -> MethodMaps:

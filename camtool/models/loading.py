@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ class LoadedModel:
         preprocessing_source: where ``preprocessing`` came from (a card, timm's pretrained_cfg,
             torchvision's weights, the caller, or ImageNet defaults).
         labels_source: where ``labels`` came from.
+        memo: what the methods bound to this model keep (their explainers, their refusals),
+            so that binding twice costs nothing; it lives and dies with this object.
     """
 
     name: str
@@ -60,6 +62,7 @@ class LoadedModel:
     channels_last: bool = False
     preprocessing_source: str = "ImageNet defaults"
     labels_source: str = ""
+    memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:
