@@ -4,18 +4,19 @@ Set up once:  bash benchmarks/setup.sh          (adds pytorch-grad-cam and torch
 Run:          .venv-bench/bin/python benchmarks/export_throughput.py [--images 1000 --scale 10000]
 
 On the same JPEG photos (the bundled and foolbox photos, resized to a mix of sizes, mostly
-640x480; with --photos uniform all 640x480, the common case), the same network (EfficientNet-Lite0) and the same batch size, each in its own process:
+640x480; with --photos uniform all 640x480, the common case), the same network
+(EfficientNet-Lite0) and the same batch size, each in its own process:
 
   forward      bare forward passes over already-preprocessed tensors (the ceiling): the network
                as camtool runs it (on the CPU the built-in EfficientNet-Lite's fused inference
                path, camtool.efficientnet_fused)
   forward-unfused  the same through the network's modules (fuse_inference off)
-  forward-passive  the same with OMP_WAIT_POLICY=PASSIVE: OpenMP threads that wait sleep at once
+  forward-passive  `forward` with OMP_WAIT_POLICY=PASSIVE: OpenMP threads that wait sleep at once
                instead of spinning first (GOMP_SPINCOUNT 0 instead of 300000)
   camtool      `camtool export DIR -o OUT -q --format jpg`: files in, overlay JPEGs out (whole image, no crop)
   camtool-     the same with glibc's default malloc thresholds (CAMTOOL_DEFAULT_MALLOC=1)
   camtool-crop the same with --crop: 224x224 network inputs, as the peers below use
-  camtool-passive  the same with OMP_WAIT_POLICY=PASSIVE
+  camtool-passive  `camtool` with OMP_WAIT_POLICY=PASSIVE
   camtool-device, camtool-local   `camtool export` with --runner device or local
   (the peers get the network as a user has it: weights in the default memory format, its
   modules run as they are, never the fused path)
