@@ -4,15 +4,19 @@ Set up once:  bash benchmarks/setup.sh          (adds pytorch-grad-cam and torch
 Run:          .venv-bench/bin/python benchmarks/export_throughput.py [--images 1000 --scale 10000]
 
 On the same JPEG photos (the bundled and foolbox photos, resized to a mix of sizes, mostly
-640x480), the same network (EfficientNet-Lite0) and the same batch size, each in its own process:
+640x480; with --photos uniform all 640x480, the common case), the same network
+(EfficientNet-Lite0) and the same batch size, each in its own process:
 
   forward      bare forward passes over already-preprocessed tensors (the ceiling): the network
                as camtool runs it (on the CPU the built-in EfficientNet-Lite's fused inference
                path, camtool.efficientnet_fused)
   forward-unfused  the same through the network's modules (fuse_inference off)
+  forward-passive  `forward` with OMP_WAIT_POLICY=PASSIVE: OpenMP threads that wait sleep at once
+               instead of spinning first (GOMP_SPINCOUNT 0 instead of 300000)
   camtool      `camtool export DIR -o OUT -q --format jpg`: files in, overlay JPEGs out (whole image, no crop)
   camtool-     the same with glibc's default malloc thresholds (CAMTOOL_DEFAULT_MALLOC=1)
   camtool-crop the same with --crop: 224x224 network inputs, as the peers below use
+  camtool-passive  `camtool` with OMP_WAIT_POLICY=PASSIVE
   camtool-device, camtool-local   `camtool export` with --runner device or local
   (the peers get the network as a user has it: weights in the default memory format, its
   modules run as they are, never the fused path)
@@ -71,23 +75,40 @@ def source_photos() -> list[Path]:
     return photos
 
 
-def make_dataset(folder: Path, count: int) -> list[Path]:
-    """``count`` JPEGs (quality 90) of mixed sizes, cycling through the source photos."""
+def make_dataset(folder: Path, count: int, photos: str = "mixed") -> list[Path]:
+    """``count`` JPEGs (quality 90), cycling through the source photos: ``photos="mixed"``
+    resized to a mix of sizes (``SIZES``, mostly 640x480, under ``folder``); ``"uniform"`` all
+    640x480, each source centre-cropped to 4:3 first so nothing is stretched (under
+    ``folder``-640x480)."""
     import cv2
 
+    if photos == "uniform":
+        folder = folder.with_name(folder.name + "-640x480")
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{i // 1000:03d}" / f"photo_{i:06d}.jpg" for i in range(count)]
     missing = [(i, p) for i, p in enumerate(paths) if not p.exists()]
     if missing:
         sources = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in source_photos()]
+        if photos == "uniform":
+            sources = [_crop_to(image, 4 / 3) for image in sources]
         for i, path in missing:
             path.parent.mkdir(exist_ok=True)
-            width, height = SIZES[i % len(SIZES)]
+            width, height = (640, 480) if photos == "uniform" else SIZES[i % len(SIZES)]
             image = cv2.resize(
                 sources[i % len(sources)], (width, height), interpolation=cv2.INTER_AREA
             )
             cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
     return paths
+
+
+def _crop_to(image, aspect: float):  # type: ignore[no-untyped-def]
+    """The centre of ``image`` (an HxWx3 array) with width / height = ``aspect``."""
+    height, width = image.shape[:2]
+    if width / height > aspect:
+        keep = round(height * aspect)
+        return image[:, (width - keep) // 2 : (width - keep) // 2 + keep]
+    keep = round(width / aspect)
+    return image[(height - keep) // 2 : (height - keep) // 2 + keep]
 
 
 def photo_sizes(paths: list[Path]) -> str:
@@ -323,6 +344,7 @@ def run_camtool(
     default_malloc: bool = False,
     crop: bool = False,
     runner: str = "local",
+    passive: bool = False,
 ) -> dict[str, float]:
     listing = work / "list.txt"
     listing.write_text("\n".join(str(p) for p in paths) + "\n")
@@ -333,6 +355,8 @@ def run_camtool(
     env = dict(os.environ)
     if default_malloc:
         env["CAMTOOL_DEFAULT_MALLOC"] = "1"
+    if passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     exe = str(Path(sys.executable).parent / "camtool")
     if not Path(exe).exists():
         exe = str(ROOT / ".venv" / "bin" / "camtool")
@@ -357,6 +381,10 @@ def run_camtool(
 
 
 def run_worker(method: str, paths: list[Path], batch_size: int, work: Path) -> dict[str, float]:
+    env = dict(os.environ)
+    if method.endswith("-passive"):
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+        method = method.removesuffix("-passive")
     out = work / method
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -365,7 +393,7 @@ def run_worker(method: str, paths: list[Path], batch_size: int, work: Path) -> d
     command = [sys.executable, __file__, "--worker", method, "--list", str(listing), "--out", str(out),
                "--batch-size", str(batch_size or 16), "--device", MODEL["device"],
                "--model", MODEL["name"], *(["--weights", MODEL["weights"]] if MODEL["weights"] else [])]  # fmt: skip
-    wall, peak, stdout = measure(command, dict(os.environ))
+    wall, peak, stdout = measure(command, env)
     seconds, gpu_mb = (float(v) for v in stdout.strip().splitlines()[-1].split())
     return {
         "seconds": seconds,
@@ -480,6 +508,10 @@ def main() -> None:
     )
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "camtool-bench")
     parser.add_argument(
+        "--photos", choices=["mixed", "uniform"], default="mixed",
+        help="mixed: a mix of sizes, mostly 640x480; uniform: every photo 640x480",
+    )  # fmt: skip
+    parser.add_argument(
         "--engine", choices=["peers", "ray"], default="peers",
         help="peers: the side-by-side table; ray: the local runner versus a local Ray cluster",
     )  # fmt: skip
@@ -504,7 +536,7 @@ def main() -> None:
     import torch
 
     largest = max([args.images, *args.scale])
-    all_paths = make_dataset(args.data / "images", largest)
+    all_paths = make_dataset(args.data / "images", largest, args.photos)
     paths = all_paths[: args.images]
     work = args.data / "runs"
     work.mkdir(parents=True, exist_ok=True)
@@ -516,7 +548,10 @@ def main() -> None:
                 runner = {"camtool-device": "device", "camtool-local": "local"}.get(
                     method, args.runner
                 )
-                run = run_camtool(paths, args.batch_size, work, default_malloc, crop, runner)
+                passive = method == "camtool-passive"
+                run = run_camtool(
+                    paths, args.batch_size, work, default_malloc, crop, runner, passive
+                )
             else:
                 run = run_worker(method, paths, args.batch_size, work)
             if method not in results or run["seconds"] < results[method]["seconds"]:
