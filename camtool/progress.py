@@ -2,13 +2,13 @@
 
 The seam: a computation that runs many forward passes (Score-CAM's masked inputs, the
 perturbation steps of ``camtool.evaluate``) says what it is about to do as a :class:`Work` (a
-task, a unit, a total) and how far it got, by calling the current :data:`ProgressCallback` with
+name, a unit, a total) and how far it got, by calling the current :data:`ProgressCallback` with
 ``(work, done)``. Nobody listening costs nothing and prints nothing. A caller listens by passing
 its own callback to :func:`camtool.evaluate` (``progress=``) or, for anything else
 (:func:`camtool.explain`, an explainer called directly), inside :func:`reporting`::
 
     def show(work, done):
-        print(f"{work.task}: {done}/{work.total} {work.unit}")
+        print(f"{work.name}: {done}/{work.total} {work.unit}")
 
     with camtool.progress.reporting(show):
         camtool.explain("cat.jpg", method="scorecam")
@@ -38,17 +38,17 @@ class Work:
     """What a long computation is about to do.
 
     Attributes:
-        task: who does it, as a person reads it (``"Score-CAM"``, ``"eval"``).
+        name: who does it, as a person reads it (``"Score-CAM"``, ``"eval"``).
         unit: what is counted, plural (``"forward passes"``: one image through the network).
         total: how many units in all (an estimate until the work is done).
         per_image: units per image (None when the work has no images).
         images: the images the work covers.
         seconds: the estimated wall time of the whole work (None until a rate was measured).
         detail: a short note that changes as the work goes on (``"3/4 images, 0 failed"``).
-        serial: tells runs of the same task apart (a new :class:`Meter` gets a new number).
+        serial: tells runs of the same work apart (a new :class:`Meter` gets a new number).
     """
 
-    task: str
+    name: str
     unit: str
     total: int
     per_image: int | None = None
@@ -172,13 +172,13 @@ def cost_text(work: Work) -> str:
     9 s"`` (the images and the total when there are several images)."""
     if work.per_image is not None and work.images > 1:
         text = (
-            f"{work.task}: {work.per_image:,} {work.unit} per image, "
+            f"{work.name}: {work.per_image:,} {work.unit} per image, "
             f"{work.total:,} for {work.images:,} images"
         )
     elif work.per_image is not None:
-        text = f"{work.task}: {work.per_image:,} {work.unit} per image"
+        text = f"{work.name}: {work.per_image:,} {work.unit} per image"
     else:
-        text = f"{work.task}: {work.total:,} {work.unit}"
+        text = f"{work.name}: {work.total:,} {work.unit}"
     return text if work.seconds is None else f"{text}, about {duration(work.seconds)}"
 
 
@@ -187,10 +187,10 @@ COST_LINE_SECONDS = 3.0
 
 
 class WorkBars:
-    """A :data:`ProgressCallback` that draws each task as a rich progress bar, in its unit
+    """A :data:`ProgressCallback` that draws each piece of work as a rich progress bar, in its unit
     (``Score-CAM ━━━━ 412/1,281 passes 380 passes/s 0:00:01 ETA 0:00:02``), and prints the
-    task's :func:`cost_text` once, above the bars, when its estimated wall time passes
-    :data:`COST_LINE_SECONDS` (``cost_lines=False``: never). Runs of the same task (one per
+    work's :func:`cost_text` once, above the bars, when its estimated wall time passes
+    :data:`COST_LINE_SECONDS` (``cost_lines=False``: never). Runs of the same work (one per
     image) add up on one bar. As a context manager, it stops the bars' live display at the end.
     """
 
@@ -222,17 +222,17 @@ class WorkBars:
 
     def __call__(self, work: Work, done: int) -> None:
         """Show that ``done`` of ``work.total`` units are finished."""
-        state = self.tasks.get(work.task)
+        state = self.tasks.get(work.name)
         if state is None:
             if not self.started:
                 self.progress.start()
                 self.started = True
-            task = self.progress.add_task(work.task, total=work.total, rate="", detail="")
-            state = self.tasks[work.task] = {
+            task = self.progress.add_task(work.name, total=work.total, rate="", detail="")
+            state = self.tasks[work.name] = {
                 "task": task, "serial": work.serial, "base_total": 0, "base_done": 0,
                 "total": 0, "done": 0, "cost": False, "clock": time.perf_counter(),
             }  # fmt: skip
-        elif work.serial != state["serial"]:  # the next run of the task: add it on
+        elif work.serial != state["serial"]:  # the next run of the same work: add it on
             state["base_total"] += state["total"]
             state["base_done"] += state["done"]
             state["serial"] = work.serial

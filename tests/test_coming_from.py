@@ -17,7 +17,6 @@ import torch
 import torchvision
 from PIL import Image
 
-import camtool
 from tests.conftest import CAT, ROOT
 
 PAGE = ROOT / "docs" / "coming-from.md"
@@ -46,13 +45,8 @@ def test_every_snippet_of_the_page_runs(tmp_path: Path, monkeypatch: pytest.Monk
     }
     found = snippets()
     assert len(found) >= 12
-    ran = 0
     for code in found:
-        if "camtool.Explainer" in code and not hasattr(camtool, "Explainer"):
-            continue  # camtool.Explainer is not in this build yet
         exec(compile(code, f"{PAGE.name} snippet", "exec"), space)
-        ran += 1
-    assert ran >= len(found) - 1
     assert os.path.isfile("cat_gradcam.png")
     picture = space["picture"]
     assert picture.shape == (3, 300, 451) and picture.dtype == torch.uint8

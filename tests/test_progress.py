@@ -50,7 +50,7 @@ def test_scorecam_reports_its_forward_passes_and_their_count_is_what_ran(
     finally:
         handle.remove()
     first, last = events[0], events[-1]
-    assert first[1] == 0 and first[0].task == "Score-CAM" and first[0].unit == "forward passes"
+    assert first[1] == 0 and first[0].name == "Score-CAM" and first[0].unit == "forward passes"
     assert (first[0].total, first[0].per_image, first[0].images) == (1 + 1280 + 1, 1281, 1)
     dones = [done for _, done in events]
     assert dones == sorted(dones)  # it only moves forward

@@ -1,5 +1,5 @@
-"""The library's progress (:mod:`camtool.progress`) on the terminal: a rich bar per long task,
-in its own unit, and the task's cost line when it will take more than a few seconds."""
+"""The library's progress (:mod:`camtool.progress`) on the terminal: a rich bar per long computation,
+in its own unit, and its cost line when it will take more than a few seconds."""
 
 from __future__ import annotations
 

@@ -341,7 +341,7 @@ def test_eval_counts_its_forward_passes_and_the_report_maps_no_image_again(
         handle.remove()
     first, last = events[0], events[-1]
     # per image: the image; CAM's map and deletion's 4 steps; Score-CAM's 1 + 1280 and 4 steps
-    assert (first[0].task, first[0].unit, first[0].per_image) == ("eval", "forward passes", 1291)
+    assert (first[0].name, first[0].unit, first[0].per_image) == ("eval", "forward passes", 1291)
     assert first[1] == 0 and first[0].total == 2 * 1291
     assert [d for _, d in events] == sorted(d for _, d in events)
     assert last[0].detail == "2/2 img, 0 failed"
