@@ -41,7 +41,8 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   echo "torch: $plan" >&2
   if [ "${plan%% *}" = "cpu" ]; then
     # the pinned versions (constraints.txt's torch==X matches X+cpu); the configured index stays
-    pip install -c constraints.txt --extra-index-url "$CPU_INDEX" torch torchvision
+    pip install -c constraints.txt --extra-index-url "$CPU_INDEX" torch torchvision ||
+      echo "torch: the CPU build did not install; the default build instead" >&2
   fi
 fi
 extras=""
