@@ -127,6 +127,8 @@ def build_inspect_table(info: dict[str, Any], verbose: bool = False) -> Table:
             text = f"yes: {escape(verdict['uses'])}"
         else:
             text = "yes, exact" if verdict["decomposition"] else "yes, not a decomposition"
+            if (verdict.get("detail") or {}).get("class_agnostic"):
+                text += ", class-agnostic"
         rows.append((f"method {name}", text))
     rows.append(("method auto", f"uses {info['auto']}"))
     for field, value in rows:

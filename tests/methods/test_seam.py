@@ -124,8 +124,13 @@ def test_inspect_shows_preprocessing_labels_and_methods() -> None:
     assert info["labels_source"] == "imagenet1k"
     assert info["methods"]["cam"]["explains"] is True
     assert info["methods"]["cam"]["uses"].startswith("forward_features -> _fc (1000x1280)")
+    assert info["methods"]["eigencam"]["detail"]["class_agnostic"] is True
+    assert info["methods"]["gradcam"]["detail"]["class_agnostic"] is False
     code, out, err = run("inspect", "efficientnet_lite0")
     assert code == 0 and "model card efficientnet_lite0" in out and "method cam" in out
+    rows = {" ".join(line.split()[:2]): line for line in out.splitlines() if " method " in line}
+    assert "class-agnostic" in rows["method eigencam"], out
+    assert "class-agnostic" not in rows["method gradcam"] + rows["method cam"]
 
 
 def test_methods_are_found_by_name_and_bound_once(lite0: camtool.LoadedModel) -> None:
