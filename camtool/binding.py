@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from camtool.errors import InvalidArgumentError, ModelLoadError
+from camtool.hooks import network_lock
 from camtool.labels import ClassesArg, ClassName, match_classes, resolve_classes
 from camtool.methods.base import DEFAULT_METHOD, Explainer, MapBatch, Method, bind
 from camtool.methods.tree import ModuleArg, module_name
@@ -134,15 +135,36 @@ def _loaded_module(module: nn.Module, options: dict[str, Any]) -> LoadedModel:
     key = _options_key(options)
     if key is None or isinstance(module, torch.jit.ScriptModule):
         return load_model(module, **options)
-    print_ = fingerprint(module)
-    entry = _BY_MODULE.get(module)
-    if entry is None or entry.fingerprint != print_:
-        entry = _BY_MODULE[module] = _ModuleEntry(print_, {})
-    if key not in entry.loaded:
-        loaded = load_model(module, **options)
-        values = {f.name: getattr(loaded, f.name) for f in fields(loaded) if f.init}
-        entry.loaded[key] = _Tethered(**values)
-    return entry.loaded[key]
+    with network_lock(module):  # threads loading one module at once share one entry
+        print_ = fingerprint(module)
+        entry = _BY_MODULE.get(module)
+        if entry is None or entry.fingerprint != print_:
+            entry = _BY_MODULE[module] = _ModuleEntry(print_, {})
+        if key not in entry.loaded:
+            loaded = load_model(module, **options)
+            values = {f.name: getattr(loaded, f.name) for f in fields(loaded) if f.init}
+            entry.loaded[key] = _Tethered(**values)
+        return entry.loaded[key]
+
+
+def _handle(loaded: LoadedModel) -> LoadedModel:
+    """``loaded`` as a caller is handed it: for a cached ``_Tethered``, a plain
+    :class:`LoadedModel` holding the network strongly (so ``Explainer(net).model`` works for as
+    long as the caller keeps it, whoever else dropped the network), sharing the cached one's
+    ``memo`` (its bound explainers); one handle per cached model while any caller holds it.
+    :func:`camtool.methods.bind` given a handle binds to the cached model it came from."""
+    if not isinstance(loaded, _Tethered):
+        return loaded
+    with network_lock(loaded.module):
+        ref = loaded.memo.get("handle")
+        handle = ref() if ref is not None else None
+        if handle is None:
+            values = {f.name: getattr(loaded, f.name) for f in fields(loaded) if f.init}
+            handle = LoadedModel(**values)
+            object.__setattr__(handle, "memo", loaded.memo)  # a frozen dataclass
+            loaded.memo["handle"] = weakref.ref(handle)
+            loaded.memo["cached"] = weakref.ref(loaded)
+        return handle
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,7 +174,7 @@ class BoundMethod:
 
     Attributes:
         model: the loaded model; explainer: the method bound to it; classes: the class indices.
-        anchor: the caller's network, held here when the cache holds it only weakly.
+        anchor: the caller's network (also held by ``model``, which the cache holds weakly).
     """
 
     model: LoadedModel
@@ -161,8 +183,13 @@ class BoundMethod:
     anchor: nn.Module | None = None
 
     def __call__(self, batch: Tensor, maps: int = 1) -> MapBatch:
-        """Map a preprocessed ``Tensor[N,3,h,w]`` batch: the fixed classes, else the top ``maps``."""
-        return self.explainer(batch, self.classes, maps=maps)
+        """Map a preprocessed ``Tensor[N,3,h,w]`` batch: the fixed classes, else the top ``maps``.
+
+        Threads calling explainers of one network take turns (hooks are per-network state, see
+        :func:`camtool.hooks.network_lock`).
+        """
+        with network_lock(self.model.module):
+            return self.explainer(batch, self.classes, maps=maps)
 
 
 def bind_method(
@@ -201,7 +228,7 @@ def bind_method(
         loaded = get_model(model, device, **load_options)
     wanted = resolve_classes(classes, loaded.labels)
     explainer = bind(method, loaded, layer=layer, classifier=classifier, target=target)
-    return BoundMethod(loaded, explainer, wanted, anchor)
+    return BoundMethod(_handle(loaded), explainer, wanted, anchor)
 
 
 def with_layer_names(model: ModelSpec | BoundMethod, options: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from camtool.models.loading import DEFAULT_MODEL
 from camtool.settings import (
     DEFAULT_BOX_THRESHOLD,
     DEFAULT_UPSAMPLE,
+    check_positive_int,
 )
 
 
@@ -147,6 +148,8 @@ def explain(
             a ``preprocessed`` batch of the wrong shape or dtype; and the errors of
             :func:`bind_method`.
     """
+    for value, name in ((maps, "maps"), (top_k, "top_k"), (batch_size, "batch_size")):
+        check_positive_int(value, name)  # before any model is loaded
     held = (
         model
         if isinstance(model, Explainer)

@@ -202,6 +202,8 @@ class Explainer:
         check_box_threshold(box_threshold)
         check_upsample(upsample)
         check_positive_int(batch_size, "batch_size")
+        check_positive_int(maps, "maps")
+        check_positive_int(top_k, "top_k")
         bound = self.bound
         loaded = bound.model
         if classes is not None:

@@ -6,12 +6,34 @@ Nothing here changes a caller's model for longer than a ``with`` block: hooks ar
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
+
+#: One lock per network (held weakly: an entry goes when its network goes).
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def network_lock(module: nn.Module) -> threading.RLock:
+    """The lock that serializes camtool's work on ``module``: binding a method (its probe
+    passes), explaining a batch, loading it into the per-module cache.
+
+    Hooks are per-network state: two threads running hooked passes on one network at once see
+    each other's calls (a layer "ran 3 times", a refusal caused by the race). Every thread that
+    binds or explains through camtool holds this lock while it does, so concurrent calls on one
+    network run one after the other. Re-entrant: a bind may bind another method inside.
+    """
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(module)
+        if lock is None:
+            lock = _LOCKS[module] = threading.RLock()
+        return lock
 
 
 @dataclass

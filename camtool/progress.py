@@ -7,10 +7,12 @@ name, a unit, a total) and how far it got, by calling the current :data:`Progres
 its own callback to :func:`camtool.evaluate` (``progress=``) or, for anything else
 (:func:`camtool.explain`, an explainer called directly), inside :func:`reporting`::
 
+    from camtool.progress import reporting
+
     def show(work, done):
         print(f"{work.name}: {done}/{work.total} {work.unit}")
 
-    with camtool.progress.reporting(show):
+    with reporting(show):
         camtool.explain("cat.jpg", method="scorecam")
 
 The first call of a work has ``done == 0``; ``done`` only grows; the last call has ``done ==
@@ -31,6 +33,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from itertools import count
 from typing import Any
+
+from camtool.errors import InvalidArgumentError
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,16 @@ _CURRENT: ContextVar[ProgressCallback | None] = ContextVar("camtool_progress", d
 @contextmanager
 def reporting(callback: ProgressCallback | None) -> Iterator[None]:
     """Send the progress of the long computations inside the block to ``callback`` (None: to
-    nobody, also when an outer block listens)."""
+    nobody, also when an outer block listens).
+
+    Raises:
+        InvalidArgumentError: ``callback`` is neither callable nor None (refused at once, not at
+            the first report).
+    """
+    if callback is not None and not callable(callback):
+        raise InvalidArgumentError(
+            "callback", f"got {callback!r}; give a function of (work, done), or None"
+        )
     token = _CURRENT.set(callback)
     try:
         yield

@@ -85,6 +85,7 @@ def explain_frames(
     check_box_threshold(box_threshold)
     check_upsample(upsample)
     check_positive_int(batch_size, "batch_size")
+    check_positive_int(top_k, "top_k")
     bound = model if isinstance(model, BoundMethod) else bind_method(model, method, classes)
     if bound.explainer.method == "none":
         raise UnsupportedModelError(bound.model.name, bound.explainer.describe())

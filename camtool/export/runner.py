@@ -80,6 +80,8 @@ def explain_iter(
     check_box_threshold(box_threshold)
     check_upsample(upsample)
     check_positive_int(batch_size, "batch_size")
+    check_positive_int(maps, "maps")
+    check_positive_int(top_k, "top_k")
     bound = bind_method(model, method, classes, device=device, **model_options)
     loaded = bound.model
     check_crop(loaded.preprocessing, crop)  # once, not per image
@@ -182,6 +184,7 @@ def export(
     options = check_options(options or ExportOptions())
     if batch_size is not None:
         check_positive_int(batch_size, "batch_size")
+    check_positive_int(maps, "maps")
     ray = check_engine(engine, ray_address, ray_actors)
     out = Path(out_dir)
     with locked_output(out):

@@ -20,9 +20,10 @@ from typing import Any, Literal, Protocol
 from torch import nn
 
 from camtool.errors import InvalidArgumentError, UnsupportedModelError
+from camtool.hooks import network_lock
 from camtool.methods.explainer import Explainer, MapBatch
 from camtool.methods.fallback import PredictionsOnly, Substitute
-from camtool.methods.tree import ModuleArg, module_name
+from camtool.methods.tree import ModuleArg, check_module_name, module_name
 from camtool.models.loading import LoadedModel, load_model
 
 __all__ = [
@@ -106,6 +107,10 @@ def get_method(name: str | Method) -> Method:
         InvalidArgumentError: no method of that name (a usage error; the message lists them).
     """
     if not isinstance(name, str):
+        if not callable(getattr(name, "bind", None)):
+            raise InvalidArgumentError(
+                "method", f"got {name!r}; give a method name ({', '.join(_REGISTRY)} or auto)"
+            )
         return name
     if name not in _REGISTRY:
         raise InvalidArgumentError(
@@ -133,7 +138,9 @@ def bind(
 
     A refusal is remembered as well: binding the same method with the same options to the same
     loaded model again raises the same :class:`UnsupportedModelError` without searching again
-    (so ``"auto"`` does not retry the exact methods on every call).
+    (so ``"auto"`` does not retry the exact methods on every call). Binding holds the network's
+    lock (:func:`camtool.hooks.network_lock`), so threads binding to one network at once take
+    turns and none sees another's probe pass: a refusal remembered is the model's, never a race's.
 
     Args:
         method: a registered method's name (or ``"auto"``), or a :class:`Method`.
@@ -146,32 +153,46 @@ def bind(
 
     Raises:
         InvalidArgumentError: an unknown method name or target, a target the method does not
-            explain, or a layer module that is not inside the model.
+            explain, a layer module that is not inside the model, or a layer or classifier name
+            that names no module of it (also for ``"auto"``).
         UnsupportedModelError: the method cannot explain this model (it says why).
     """
     if not isinstance(model, LoadedModel):
         model = load_model(model)
+    model = _cached_form(model)
     layer = module_name(model.module, layer, "layer")
     classifier = module_name(model.module, classifier, "classifier")
     if target is not None:
         target = check_target(target)
-    if method == "auto":
-        return _bind_auto(model, layer, classifier, target)
-    chosen = with_target(get_method(method), target)
     for option, value in (("layer", layer), ("classifier", classifier)):
         if value is not None and not value.strip():
             raise InvalidArgumentError(option, "an empty module name names no module; leave it out")
-    known, refused = _memo(model)
-    key = (chosen, layer, classifier)
-    if key in refused:
-        raise UnsupportedModelError(*refused[key])
-    if key not in known:
-        try:
-            known[key] = chosen.bind(model, layer=layer, classifier=classifier)
-        except UnsupportedModelError as exc:
-            refused[key] = (exc.subject, exc.problem)
-            raise
-    return known[key]
+        if value is not None:
+            check_module_name(model.module, value, option)
+    with network_lock(model.module):  # the probe passes hook the network: one thread at a time
+        if method == "auto":
+            return _bind_auto(model, layer, classifier, target)
+        chosen = with_target(get_method(method), target)
+        known, refused = _memo(model)
+        key = (chosen, layer, classifier)
+        if key in refused:
+            raise UnsupportedModelError(*refused[key])
+        if key not in known:
+            try:
+                known[key] = chosen.bind(model, layer=layer, classifier=classifier)
+            except UnsupportedModelError as exc:
+                refused[key] = (exc.subject, exc.problem)
+                raise
+        return known[key]
+
+
+def _cached_form(model: LoadedModel) -> LoadedModel:
+    """The loaded model the explainers are bound to: a caller's handle on a cached model
+    (``memo["cached"]``, see :mod:`camtool.binding`) gives the cached one, so that no explainer
+    kept in the cache refers to the handle (which holds its network strongly)."""
+    ref = model.memo.get("cached")
+    found = ref() if ref is not None else None
+    return found if isinstance(found, LoadedModel) else model
 
 
 def _memo(

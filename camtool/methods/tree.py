@@ -73,6 +73,20 @@ def lookup(model: nn.Module, name: str, what: str) -> nn.Module:
     return modules[name]
 
 
+def check_module_name(model: nn.Module, name: str, what: str) -> str:
+    """Return ``name`` when it names a module of ``model`` (as ``lookup`` finds them).
+
+    Raises:
+        InvalidArgumentError: no module of that name (a usage error, whatever the method); the
+            message suggests close names.
+    """
+    try:
+        lookup(model, name, what)
+    except UnsupportedModelError as exc:
+        raise InvalidArgumentError(exc.subject, exc.problem) from None
+    return name
+
+
 def module_name(model: nn.Module, module: ModuleArg, what: str) -> str | None:
     """The name (as in ``model.named_modules()``) of a layer given as a name or a module object.
 

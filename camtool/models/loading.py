@@ -153,9 +153,18 @@ def load_model(
         UnknownModelError: a name that is no card, architecture or file.
         ModelLoadError: a model that cannot be built, or weights that cannot be loaded.
         WeightsHashError: a weights file whose sha256 is not the card's.
+        InvalidArgumentError: ``spec`` is none of the above (a number, None).
     """
     if isinstance(spec, LoadedModel):
         return spec
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, (str, ModelCard, nn.Module)):
+        raise InvalidArgumentError(
+            "model",
+            f"got {spec!r} of type {type(spec).__name__}; give a model name, a card or weights file, "
+            "an nn.Module or a loaded model",
+        )
     compute_dtype = resolve_dtype(dtype)
     if isinstance(spec, nn.Module):
         module, name, card, source = spec, type(spec).__name__, None, "caller's module"

@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 import camtool
-from camtool.errors import ModelLoadError, UnsupportedModelError
+from camtool.errors import InvalidArgumentError, ModelLoadError, UnsupportedModelError
 from camtool.methods.cam import compute
 from tests.conftest import cam_head
 
@@ -171,8 +171,8 @@ def test_explicit_layer_and_classifier_win_and_are_checked() -> None:
         UnsupportedModelError, match=r"^layer3: gives 256 channels but classifier 'fc' takes 512$"
     ):
         cam_head(model, layer="layer3", classifier="fc")
-    with pytest.raises(
-        UnsupportedModelError,
+    with pytest.raises(  # a misspelled name is a usage error, whatever the method
+        InvalidArgumentError,
         match=r"^layer9: no layer module of that name in ResNet; did you mean",
     ):
         cam_head(model, layer="layer9")

@@ -20,7 +20,7 @@ import torchvision
 from torch import nn
 
 import camtool
-from camtool.errors import UnsupportedModelError
+from camtool.errors import InvalidArgumentError, UnsupportedModelError
 from camtool.image import Preprocessing
 from camtool.methods import MethodVerdict, bind, get_method, method_names, survey
 from tests.conftest import CAT, COFFEE
@@ -214,7 +214,10 @@ def test_a_model_the_method_cannot_explain_is_refused_with_a_reason(name: str) -
 
 @pytest.mark.parametrize("name", METHODS)
 def test_an_unknown_layer_is_refused_with_a_reason(model: camtool.LoadedModel, name: str) -> None:
-    with pytest.raises(UnsupportedModelError, match="no layer module of that name"):
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"^layer9: no layer module of that name in Sequential; did you mean layer2",
+    ):
         bind(name, model, layer="layer9")
 
 
