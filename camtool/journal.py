@@ -224,6 +224,8 @@ def locked_output(out: Path, command: str = "export") -> Iterator[None]:
     """Hold ``out``'s lock (an OS file lock on ``out/.camtool-export.lock``) for the block; the
     lock file is removed at the end. The OS drops the lock when the process ends, however it ends.
     The lock file holds ``<pid> <command>`` (``export``, ``eval``): a second run names the holder.
+    A folder the block created is removed again when it ends empty (a run refused before it wrote
+    anything leaves nothing behind).
 
     Raises:
         OutputBusyError: another process holds the lock (naming its command and pid).
@@ -237,6 +239,7 @@ def locked_output(out: Path, command: str = "export") -> Iterator[None]:
         yield
         return
     path = out / LOCK
+    created = not out.exists()  # a folder this run made is removed again if it stays empty
     try:
         out.mkdir(parents=True, exist_ok=True)
         while True:
@@ -267,6 +270,9 @@ def locked_output(out: Path, command: str = "export") -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.close(fd)
+        if created:  # refused before writing anything (a bad layer, say): leave no empty folder
+            with contextlib.suppress(OSError):
+                out.rmdir()
 
 
 def _lock_holder(content: bytes) -> str:

@@ -113,7 +113,11 @@ def test_cli_refuses_a_misspelled_layer_under_auto(tmp_path: Path) -> None:
     out = tmp_path / "out"
     exported = camtool_cli("export", str(CAT), "--layer", "_block.3", "-o", str(out))
     assert (exported.returncode, exported.stdout, exported.stderr) == (2, "", error)
-    assert not out.exists() or list(out.iterdir()) == []
+    assert not out.exists()  # the folder the refused run made is gone again
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    exported = camtool_cli("export", str(CAT), "--layer", "_block.3", "-o", str(kept))
+    assert exported.returncode == 2 and kept.is_dir() and list(kept.iterdir()) == []
 
 
 @pytest.mark.parametrize("option", ["maps", "top_k"])
