@@ -32,6 +32,8 @@ from dataclasses import dataclass, replace
 from itertools import count
 from typing import Any
 
+from camtool.errors import InvalidArgumentError
+
 
 @dataclass(frozen=True)
 class Work:
@@ -67,7 +69,16 @@ _CURRENT: ContextVar[ProgressCallback | None] = ContextVar("camtool_progress", d
 @contextmanager
 def reporting(callback: ProgressCallback | None) -> Iterator[None]:
     """Send the progress of the long computations inside the block to ``callback`` (None: to
-    nobody, also when an outer block listens)."""
+    nobody, also when an outer block listens).
+
+    Raises:
+        InvalidArgumentError: a ``callback`` that is neither callable nor None (on entry, not at
+            the first report).
+    """
+    if callback is not None and not callable(callback):
+        raise InvalidArgumentError(
+            "callback", f"expected a callable(work, done) or None, got {type(callback).__name__}"
+        )
     token = _CURRENT.set(callback)
     try:
         yield
