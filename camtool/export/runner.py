@@ -78,7 +78,7 @@ def explain_iter(
     """
     keep_freed_memory()
     check_box_threshold(box_threshold)
-    check_upsample(upsample)
+    upsample = check_upsample(upsample)
     check_positive_int(batch_size, "batch_size")
     bound = bind_method(model, method, classes, device=device, **model_options)
     loaded = bound.model
