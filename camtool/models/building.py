@@ -170,7 +170,7 @@ def build_network(
             "is a weights file, not a model: name the architecture and pass this file as weights (--model resnet50 --weights FILE)",
         )
     if _names_a_path(spec) and not Path(spec).exists():
-        raise ModelLoadError(spec, "no such file")
+        raise UnknownModelError(spec, "no such file")  # a usage error (exit 2), as a bad name
     architecture, _, weight_name = (
         spec.partition(":") if not spec.startswith(("timm:", "torchvision:")) else (spec, "", "")
     )

@@ -63,7 +63,7 @@ def test_a_missing_model_file_and_a_text_file_are_named_for_what_they_are(
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80"}
     run = [sys.executable, "-m", "camtool.cli", "classes"]
     done = subprocess.run([*run, str(missing)], capture_output=True, text=True, env=env)
-    assert (done.returncode, done.stderr) == (1, f"Error: {missing}: no such file\n")
+    assert (done.returncode, done.stderr) == (2, f"Error: {missing}: no such file\n")
     names = tmp_path / "labels.txt"
     names.write_text("cat\ndog\n")
     done = subprocess.run([*run, str(names)], capture_output=True, text=True, env=env)
