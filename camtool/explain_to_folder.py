@@ -161,7 +161,7 @@ def explain_files(
     """
     rendering = rendering or Rendering()
     check_box_threshold(box_threshold)
-    check_upsample(upsample)
+    upsample = check_upsample(upsample)
     methods: list[str | Method] = (
         list(method) if isinstance(method, (list, tuple)) else [cast("str | Method", method)]
     )

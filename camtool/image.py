@@ -337,3 +337,37 @@ def enlarge(image: Tensor, factor: int) -> Tensor:
     if factor == 1:
         return image
     return image.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2).contiguous()
+
+
+def check_mask(mask: object, image_hw: tuple[int, int]) -> Tensor:
+    """Return ``mask`` as ``Tensor[H,W]`` bool (on the device it came on; CPU for an array).
+
+    Args:
+        mask: a tensor or numpy array of the image's size ``image_hw``, bool or of 0s and 1s.
+        image_hw: (height, width) of the image.
+
+    Raises:
+        InvalidArgumentError: anything else, naming the argument ``mask``.
+    """
+    import numpy as np
+    import torch
+
+    from camtool.errors import InvalidArgumentError
+
+    if isinstance(mask, np.ndarray):
+        if mask.dtype.kind not in "biuf":
+            raise InvalidArgumentError("mask", f"unsupported type {mask.dtype}")
+        mask = torch.from_numpy(np.ascontiguousarray(mask))
+    if not isinstance(mask, torch.Tensor):
+        raise InvalidArgumentError(
+            "mask", f"expected a tensor or numpy array [H, W], got {type(mask).__name__}"
+        )
+    if tuple(mask.shape) != image_hw:
+        raise InvalidArgumentError(
+            "mask", f"shape {list(mask.shape)} does not match the image's {list(image_hw)}"
+        )
+    if mask.dtype != torch.bool:
+        if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+            raise InvalidArgumentError("mask", "expected bools or 0s and 1s")
+        mask = mask != 0
+    return mask.detach()

@@ -76,7 +76,8 @@ def resolve_classes(classes: ClassesArg | object, labels: Sequence[str]) -> list
     ``classes`` is one class (an ``int``, a ``str``, a numpy or torch integer scalar, a 0-d
     integer array or tensor) or several (a list, tuple or range of them, or a 1-D integer numpy
     array or tensor); each is resolved by :func:`resolve_class`. A string is one class, never a
-    sequence of characters (``"285"`` is class 285). None or an empty collection (an empty
+    sequence of characters (``"285"`` is class 285). A class asked for twice (by name and by
+    index, say) is mapped once, where it first appears. None or an empty collection (an empty
     array or tensor of any dtype too): None (each image's top predictions).
 
     Raises:
@@ -92,7 +93,7 @@ def resolve_classes(classes: ClassesArg | object, labels: Sequence[str]) -> list
     if shape is not None and hasattr(classes, "dtype"):  # a numpy array or a torch tensor
         return _resolve_array(classes, tuple(shape), labels)
     if isinstance(classes, (list, tuple, range)):
-        return [resolve_class(c, labels) for c in classes] or None
+        return list(dict.fromkeys(resolve_class(c, labels) for c in classes)) or None
     if isinstance(classes, (bytes, bytearray, set, frozenset, dict)) or not hasattr(
         classes, "__index__"
     ):
@@ -121,7 +122,8 @@ def _resolve_array(
         )
     _check_has_values(array, shape)
     values = array.tolist()  # type: ignore[attr-defined]  # numpy and torch both have it
-    return [_checked_index(v, int(v), labels) for v in (values if shape else [values])] or None
+    found = (_checked_index(v, int(v), labels) for v in (values if shape else [values]))
+    return list(dict.fromkeys(found)) or None
 
 
 def _check_has_values(value: object, shape: tuple[int, ...]) -> None:
@@ -158,7 +160,7 @@ def label_index(name: str, labels: Sequence[str]) -> int | None:
     for form in (_exact, str.lower, _slug):
         key = form(wanted)
         found = [i for i, label in enumerate(labels) if key and form(label) == key]
-        if len(found) == 1 or (found and form is _exact):
+        if len(found) == 1:
             return found[0]
         if found:
             listed = ", ".join(f"{i} {labels[i]!r}" for i in found)
@@ -174,19 +176,38 @@ def map_position(which: int | str, mapped: Sequence[tuple[int, str]], why_none: 
 
     An integer is a position (0: the first map; negative from the end) or a mapped class's
     index: when it is both and they name the same map, that map; when they name two maps it is
-    refused, as is an integer that is neither.
+    refused, as is an integer that is neither. A string of digits is a class index (``"2"`` is
+    class 2, as ``--class 2`` takes it), never a position.
 
     Raises:
-        ClassSelectionError: a name that is not mapped; an integer that is neither a position nor
+        ClassSelectionError: a name that is not mapped; a float, a boolean or anything else that
+            is neither a string nor an integer; an integer that is neither a position nor
             a mapped class, or is ambiguous (the message names both maps); no maps at all
             (``why_none`` says why).
     """
     shown = ", ".join(f"{index} ({name})" for index, name in mapped) or "none"
+    if isinstance(which, str) and which.strip().isdecimal():  # "2" is class 2, as --class takes it
+        wanted = int(which.strip()) if len(which.strip()) <= 30 else -1
+        found = next((i for i, (index, _) in enumerate(mapped) if index == wanted), None)
+        if found is None:
+            raise ClassSelectionError(which, f"is not one of the mapped classes: {shown}")
+        return found
     if isinstance(which, str):
         found = label_index(which, [name for _, name in mapped])
         if found is None:
             raise ClassSelectionError(which, f"is not one of the mapped classes: {shown}")
         return found
+    if (
+        isinstance(which, bool)
+        or type(which).__name__ == "bool_"
+        or not hasattr(which, "__index__")
+    ):
+        raise ClassSelectionError(
+            _shown(which),
+            "a map is a class (its name or index) or a position, an integer; "
+            f"not {type(which).__name__}",
+        )
+    which = operator.index(which)
     count = len(mapped)
     if not count:
         raise ClassSelectionError(which, f"has no map: {why_none or 'no maps were made'}")

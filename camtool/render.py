@@ -19,10 +19,10 @@ from torch import Tensor
 
 from camtool.errors import ImageReadError, InvalidArgumentError
 from camtool.geometry import FeatureGeometry
-from camtool.image import Layout, resize_image
+from camtool.image import Layout, check_mask, resize_image
 from camtool.io.images import ImageSource, load_image
 from camtool.io.opencv import cv2
-from camtool.settings import DEFAULT_UPSAMPLE, check_upsample
+from camtool.settings import DEFAULT_UPSAMPLE, check_alpha, check_upsample
 
 #: Colour maps by name: OpenCV's colour map, or None for ``gray`` (black to white). Names are
 #: matched in any case (:func:`colormap_name`).
@@ -232,10 +232,21 @@ def colormap_colors(name: str, count: int = 16) -> list[tuple[int, int, int]]:
     return [(int(r), int(g), int(b)) for r, g, b in lut[picks].tolist()]
 
 
+def _check_finite(heatmap: Tensor) -> None:
+    """Refuse a heatmap with NaN or infinite values (they have no colour)."""
+    if heatmap.is_floating_point() and not bool(torch.isfinite(heatmap).all()):
+        raise InvalidArgumentError("heatmap", "has NaN or infinite values")
+
+
 def colorize(heatmap: Tensor, colormap: str = "jet") -> Tensor:
-    """Colour a ``Tensor[H,W]`` heatmap in [0, 1] with a colour map: ``Tensor[3,H,W]`` uint8 RGB."""
+    """Colour a ``Tensor[H,W]`` heatmap in [0, 1] with a colour map: ``Tensor[3,H,W]`` uint8 RGB.
+
+    Raises:
+        InvalidArgumentError: a heatmap that is not 2-D, or holds NaN or infinite values.
+    """
     if heatmap.ndim != 2:
         raise InvalidArgumentError("heatmap", f"expected shape [H, W], got {list(heatmap.shape)}")
+    _check_finite(heatmap)
     lut = _colormap_lut(colormap).to(heatmap.device)
     index = (heatmap.float().clamp(0, 1) * 255).round().long()
     return lut[index].permute(2, 0, 1)
@@ -260,7 +271,8 @@ def overlay(
             ``cv2.resize`` does; :func:`upsample_cams` with ``upsample="stretch"``).
         alpha: weight of the heatmap, in [0, 1].
         colormap: a name from :data:`COLORMAPS`, in any case.
-        mask: optional ``Tensor[H,W]`` bool; outside it the image is left as it is.
+        mask: optional ``[H,W]`` tensor or numpy array, bool or of 0s and 1s; outside it (0,
+            False) the image is left as it is.
         layout: ``"CHW"`` or ``"HWC"`` for an image whose shape cannot tell (``[3,H,3]``).
 
     Returns:
@@ -268,17 +280,14 @@ def overlay(
 
     Raises:
         ImageReadError: an image that cannot be read (named ``image``).
-        InvalidArgumentError: an alpha outside [0, 1]; a heatmap that is no 2-D map; a mask of
-            another size.
+        InvalidArgumentError: an alpha that is no number in [0, 1]; a heatmap that is no 2-D
+            map or holds NaN or infinite values; a mask of another size, or not of 0s and 1s.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise InvalidArgumentError(alpha, "alpha must be between 0 and 1")
+    alpha = check_alpha(alpha)
     image = _image_of(image, layout)
     heatmap = _heatmap_of(heatmap, (int(image.shape[1]), int(image.shape[2])), image.device)
-    if mask is not None and mask.shape != image.shape[1:]:
-        raise InvalidArgumentError(
-            "mask", f"shape {list(mask.shape)} does not match the image's {list(image.shape[1:])}"
-        )
+    if mask is not None:
+        mask = check_mask(mask, (int(image.shape[1]), int(image.shape[2])))
     if image.device.type == "cpu" and heatmap.device.type == "cpu":
         blended = _overlay_with_opencv(image, heatmap, alpha, colormap)
         if mask is not None:
@@ -289,7 +298,7 @@ def overlay(
     colour = colorize(heatmap, colormap).float()
     blended = image.float() * (1 - alpha) + colour * alpha
     if mask is not None:
-        blended = torch.where(mask, blended, image.float())
+        blended = torch.where(mask.to(blended.device), blended, image.float())
     return blended.round_().clamp_(0, 255).to(torch.uint8)
 
 
@@ -325,6 +334,7 @@ def _heatmap_of(
         heatmap = heatmap[0]
     if heatmap.ndim != 2 or heatmap.numel() == 0:
         raise InvalidArgumentError("heatmap", f"expected shape [H, W], got {list(heatmap.shape)}")
+    _check_finite(heatmap)
     heatmap = heatmap.detach().to(device)
     if tuple(heatmap.shape) != image_hw:
         hw = (int(heatmap.shape[0]), int(heatmap.shape[1]))

@@ -8,6 +8,7 @@ torch here: the command line checks its options with these functions before any 
 
 from __future__ import annotations
 
+import numbers
 import operator
 import os
 import re
@@ -110,6 +111,19 @@ def check_positive_int(value: object, name: str) -> int:
     return number
 
 
+def check_alpha(alpha: float) -> float:
+    """Return ``alpha`` (a heatmap's opacity) as a float if it is a number in [0, 1].
+
+    Raises:
+        InvalidArgumentError: a value outside [0, 1], NaN, or no number (a string, a bool).
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise InvalidArgumentError("alpha", f"expected a number in [0, 1], got {alpha!r}")
+    if not 0.0 <= alpha <= 1.0:  # False for NaN too
+        raise InvalidArgumentError(alpha, "alpha must be between 0 and 1")
+    return float(alpha)
+
+
 def check_box_threshold(threshold: float) -> float:
     """Return ``threshold`` if it lies strictly between 0 and 1 (a fraction of the map's maximum).
 
@@ -124,16 +138,18 @@ def check_box_threshold(threshold: float) -> float:
 
 
 def check_upsample(upsample: str) -> str:
-    """Return ``upsample`` if it is one of :data:`UPSAMPLES` (``"placed"`` or ``"stretch"``).
+    """Return ``upsample`` as one of :data:`UPSAMPLES` (``"placed"`` or ``"stretch"``), in any
+    case (``"STRETCH"`` is ``"stretch"``, as colour map names are taken).
 
     Raises:
         InvalidArgumentError: anything else, naming the choices.
     """
-    if upsample not in UPSAMPLES:
+    name = upsample.lower() if isinstance(upsample, str) else upsample
+    if name not in UPSAMPLES:
         raise InvalidArgumentError(
             upsample, f"unknown upsampling; choose one of {', '.join(UPSAMPLES)}"
         )
-    return str(upsample)
+    return str(name)
 
 
 def output_folder(out: str | os.PathLike[str] | None, pictures_wanted: bool = True) -> Path | None:

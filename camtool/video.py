@@ -83,7 +83,7 @@ def explain_frames(
         UnsupportedModelError: the method cannot explain the model.
     """
     check_box_threshold(box_threshold)
-    check_upsample(upsample)
+    upsample = check_upsample(upsample)
     check_positive_int(batch_size, "batch_size")
     check_positive_int(top_k, "top_k")
     bound = model if isinstance(model, BoundMethod) else bind_method(model, method, classes)
@@ -168,7 +168,7 @@ def explain_video(
     """
     started = time.perf_counter()
     check_box_threshold(box_threshold)
-    check_upsample(upsample)
+    upsample = check_upsample(upsample)
     check_positive_int(batch_size, "batch_size")
     bound = bind_method(model, method, classes, device=device, **model_options)
     check_crop(bound.model.preprocessing, crop)

@@ -12,7 +12,7 @@ import torch
 import camtool
 from camtool.binding import bind_method
 from camtool.errors import ClassSelectionError
-from camtool.labels import resolve_classes
+from camtool.labels import map_position, resolve_class, resolve_classes
 from tests.conftest import CAT
 
 LABELS = camtool.class_names()  # the default model's 1,000 ImageNet classes
@@ -147,3 +147,37 @@ def test_a_map_is_chosen_by_class_or_position_and_an_ambiguous_integer_is_refuse
     assert len(fish.sheet().tensor.shape) == 3  # internal callers pass the ClassScore
     same = camtool.explain(CAT, classes=[0, 1], device="cpu")  # positions and classes agree
     assert torch.equal(same.overlay(1).tensor, same.overlay("goldfish").tensor)
+
+
+def test_a_name_several_labels_share_exactly_is_refused_as_ambiguous() -> None:
+    labels = ["crane", "Cat", "cat", "crane"]  # the attack's label file
+    with pytest.raises(
+        ClassSelectionError,
+        match=r"^crane: ambiguous class name: 0 'crane', 3 'crane'; give the index or the exact",
+    ):
+        resolve_class("crane", labels)
+    assert resolve_class("cat", labels) == 2  # one exact match still wins over case
+    assert resolve_class("3", labels) == 3
+    mapped = [(0, "crane"), (3, "crane")]
+    with pytest.raises(ClassSelectionError, match=r"^crane: ambiguous class name: 0 'crane'"):
+        map_position("crane", mapped)
+
+
+def test_a_class_asked_for_twice_is_mapped_once_in_first_order() -> None:
+    assert resolve_classes(["tabby", 285, 281, "285"], NAMES) == [281, 285]
+    assert resolve_classes(np.array([285, 285, 7]), NAMES) == [285, 7]
+    ex = camtool.explain(CAT, classes=["Egyptian cat", 285, "tabby"], device="cpu")
+    assert [s.index for s in ex.explained] == [285, 281] and ex.maps.shape[0] == 2
+
+
+def test_position_takes_a_string_of_digits_as_a_class_and_refuses_other_types() -> None:
+    ex = camtool.explain(CAT, classes=[285, 281], device="cpu")
+    assert ex.position("281") == 1 and ex.position(" 285 ") == 0  # as --class "281" takes it
+    assert ex.position(np.int64(1)) == 1  # an integer-like value is a position, as an int is
+    with pytest.raises(ClassSelectionError, match=r"^1: is not one of the mapped classes: 285 \("):
+        ex.position("1")  # digits are a class, never a position (was refused as a name too)
+    for bad, kind in [(1.0, "float"), (True, "bool"), ([1], "list")]:
+        with pytest.raises(ClassSelectionError, match=rf"or a position, an integer; not {kind}$"):
+            ex.position(bad)  # type: ignore[arg-type]
+        with pytest.raises(ClassSelectionError, match=rf"not {kind}$"):
+            ex.overlay(bad)  # type: ignore[arg-type]

@@ -109,3 +109,10 @@ def test_explain_scorecam_prints_its_cost_and_draws_its_passes_at_80_columns(
     assert " 26/26 " in bar and "passes/s" in bar and len(bar.rstrip()) <= 80
     as_json = runner.invoke(app, [*args, "--json"], env={"COLUMNS": "80"})
     assert as_json.exit_code == 0 and json.loads(as_json.stdout)["method"] == "scorecam"
+
+
+def test_reporting_refuses_a_callback_that_cannot_be_called_on_entry() -> None:
+    with pytest.raises(camtool.InvalidArgumentError) as caught:  # was a TypeError at 1st report
+        reporting(42).__enter__()  # type: ignore[arg-type]
+    assert str(caught.value) == "callback: got 42; give a function of (work, done), or None"
+    assert camtool.progress.current() is None

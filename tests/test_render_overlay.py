@@ -161,3 +161,53 @@ def test_overlay_names_a_bad_image_or_map(tmp_path: Path) -> None:
         overlay(tmp_path / "nothing.png", heat)
     with pytest.raises(InvalidArgumentError, match=r"^heatmap: expected a tensor or numpy array"):
         overlay(torch.zeros((3, 4, 4), dtype=torch.uint8), [[0.5]])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_a_heatmap_with_nan_or_infinite_values_is_refused(value: float) -> None:
+    from camtool.errors import InvalidArgumentError
+    from camtool.render import colorize
+
+    image = _photo(36, 28)
+    heat = np.random.default_rng(0).random((7, 9))
+    heat[3, 4] = value
+    message = r"^heatmap: has NaN or infinite values$"
+    with pytest.raises(InvalidArgumentError, match=message):
+        overlay(image, heat)  # stretched to the image: was drawn as the coolest colour
+    with pytest.raises(InvalidArgumentError, match=message):
+        overlay(image, np.full((28, 36), value))  # the image's size: no upsampling
+    with pytest.raises(InvalidArgumentError, match=message):
+        colorize(torch.full((4, 4), value))
+
+
+def test_a_mask_may_be_a_bool_or_0_1_tensor_or_array_and_alpha_must_be_a_number() -> None:
+    from camtool.errors import InvalidArgumentError
+
+    image = _photo(40, 30)
+    heat = torch.rand(5, 5, generator=torch.Generator().manual_seed(0))
+    inside = np.zeros((30, 40), dtype=bool)
+    inside[5:20, 10:30] = True
+    expected = overlay(image, heat, mask=torch.from_numpy(inside))
+    assert torch.equal(expected[:, ~torch.from_numpy(inside)], image[:, ~torch.from_numpy(inside)])
+    assert not torch.equal(expected, image)
+    for mask in (inside, inside.astype(np.uint8), torch.from_numpy(inside).float()):
+        assert torch.equal(overlay(image, heat, mask=mask), expected)  # was a TypeError
+    assert torch.equal(overlay(image, heat, mask=torch.ones(30, 40)), overlay(image, heat))
+    with pytest.raises(InvalidArgumentError, match=r"^mask: expected bools or 0s and 1s$"):
+        overlay(image, heat, mask=np.full((30, 40), 2))
+    with pytest.raises(InvalidArgumentError, match=r"^mask: shape \[40, 30\] does not match"):
+        overlay(image, heat, mask=inside.T)
+    with pytest.raises(InvalidArgumentError, match=r"^mask: expected a tensor or numpy array"):
+        overlay(image, heat, mask=[[True]])  # type: ignore[arg-type]
+    with pytest.raises(
+        InvalidArgumentError, match=r"^alpha: expected a number in \[0, 1\], got '0.5'$"
+    ):
+        overlay(image, heat, alpha="0.5")  # type: ignore[arg-type]
+    assert torch.equal(overlay(image, heat, alpha=np.float32(0.25)), overlay(image, heat, 0.25))
+
+
+def test_explanation_overlay_refuses_a_string_alpha(chelsea: camtool.Explanation) -> None:
+    from camtool.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=r"^alpha: expected a number"):
+        chelsea.overlay(0, alpha="0.5")  # type: ignore[arg-type]

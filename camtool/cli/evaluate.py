@@ -158,6 +158,9 @@ def evaluate_methods(
             page = next((f for f in report.files if f.name == "index.html"), None)
             if page is not None:
                 say(f"report: {page}", whole=True)
+        for measure, skipped in report.not_applicable.items():  # shown even with --quiet
+            names = ", ".join(skipped)
+            say(f"{measure}: not measured for {names}: no exact decomposition of the logit")
         if report.rescaled:  # shown even with --quiet: camtool changed the boxes
             count = len(report.rescaled)
             console.print(

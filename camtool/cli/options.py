@@ -173,9 +173,10 @@ ScaleOption = Annotated[
 UpsampleOption = Annotated[
     Upsample,
     typer.Option(
-        help="How maps are resized to the image: placed (each cell at the centre of its "
-        "receptive field) or stretch (the grid stretched over the image, as cv2.resize and "
-        "pytorch-grad-cam do)."
+        case_sensitive=False,
+        help="How maps are resized to the image (any case): placed (each cell at the centre of "
+        "its receptive field) or stretch (the grid stretched over the image, as cv2.resize and "
+        "pytorch-grad-cam do).",
     ),
 ]
 LegendOption = Annotated[

@@ -78,7 +78,7 @@ def explain_iter(
     """
     keep_freed_memory()
     check_box_threshold(box_threshold)
-    check_upsample(upsample)
+    upsample = check_upsample(upsample)
     check_positive_int(batch_size, "batch_size")
     check_positive_int(maps, "maps")
     check_positive_int(top_k, "top_k")

@@ -40,6 +40,7 @@ from camtool.settings import (
     DEFAULT_COLORMAP,
     DEFAULT_IMAGE_FORMAT,
     DEFAULT_UPSAMPLE,
+    check_alpha,
     check_box_threshold,
     check_upsample,
 )
@@ -390,8 +391,7 @@ def check_options(options: ExportOptions) -> ExportOptions:
     if options.raw not in (None, "npy", "npz"):
         raise InvalidArgumentError(options.raw, "raw format must be npy or npz")
     check_scale(options.scale)
-    if not 0 <= options.alpha <= 1:
-        raise InvalidArgumentError(options.alpha, "alpha must be between 0 and 1")
+    check_alpha(options.alpha)
     check_box_threshold(options.box_threshold)
-    check_upsample(options.upsample)
-    return replace(options, colormap=colormap_name(options.colormap))
+    upsample = check_upsample(options.upsample)
+    return replace(options, colormap=colormap_name(options.colormap), upsample=upsample)

@@ -108,8 +108,9 @@ def load_image(
 
     Args:
         source: a file path; a tensor or a numpy array holding one RGB image, channels first
-            (``[3,H,W]``) or last (``[H,W,3]``), or a gray ``[H,W]`` one (uint8, uint16, or float
-            in [0, 1]; a fourth channel, alpha, is dropped); or a PIL image of any mode (modes
+            (``[3,H,W]``) or last (``[H,W,3]``), or a gray ``[H,W]`` one (uint8, uint16 divided
+            by 257, float in [0, 1], or another integer type whose values lie in 0..255; booleans
+            are refused; a fourth channel, alpha, is dropped); or a PIL image of any mode (modes
             ``I`` and ``F`` carry no range: it is taken from the values, see
             :func:`_pil_to_image`). NaN or infinite pixels are refused.
         max_pixels: refuse images with more pixels (default: :func:`max_pixels_limit`).
@@ -282,10 +283,17 @@ def _array_to_image(array: np.ndarray[Any, Any], name: str, layout: str | None =
 
 
 def _to_uint8(t: Tensor, name: str) -> Tensor:
+    """Pixels as uint8: uint8 as they are, uint16 divided by 257, floats in [0, 1] times 255,
+    other integers when they lie in 0..255; booleans, and other integers outside 0..255, are
+    refused (no silent clamping or wrapping)."""
     if t.dtype == torch.uint8:
         return t
-    if t.dtype == torch.uint16 or (t.dtype == torch.int32 and int(t.max()) > 255):
+    if t.dtype == torch.uint16:
         return (t.to(torch.int32) // 257).to(torch.uint8)
+    if t.dtype == torch.bool:
+        raise ImageReadError(
+            name, "bool pixels are no image: pass uint8 (0..255), uint16, or float in [0, 1]"
+        )
     if t.is_floating_point():
         if t.numel() and not bool(torch.isfinite(t).all()):
             raise ImageReadError(name, "image has NaN or infinite pixels")
@@ -294,9 +302,18 @@ def _to_uint8(t: Tensor, name: str) -> Tensor:
                 name, "float pixels must lie in [0, 1] (divide 0..255 values by 255)"
             )
         return (t.float().clamp(0, 1) * 255).round().to(torch.uint8)
-    if t.dtype in (torch.int16, torch.int32, torch.int64, torch.bool):
-        return t.clamp(0, 255).to(torch.uint8)
-    raise ImageReadError(name, f"unsupported pixel type {t.dtype}")
+    dtype = str(t.dtype).removeprefix("torch.")
+    if t.is_complex() or not dtype.startswith(("int", "uint")):
+        raise ImageReadError(name, f"unsupported pixel type {dtype}")
+    wide = t.double() if dtype in ("uint32", "uint64") else t  # torch has no min of those
+    low, high = (int(wide.min()), int(wide.max())) if t.numel() else (0, 0)
+    if low < 0 or high > 255:
+        raise ImageReadError(
+            name,
+            f"{dtype} pixels must lie in 0..255, found {low}..{high} (pass uint8, uint16 for "
+            "16-bit, or float in [0, 1])",
+        )
+    return t.to(torch.uint8)
 
 
 def image_to_bgr_array(image: Tensor) -> np.ndarray[Any, Any]:

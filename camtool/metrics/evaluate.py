@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from camtool.errors import (
     EXIT_INTERRUPTED,
     CamtoolError,
     InvalidArgumentError,
+    NotDecompositionError,
     run_exit_code,
 )
 from camtool.inputs import ExportFailure, InputItem, collect_inputs
@@ -95,6 +96,8 @@ class EvalReport:
             (resume); could not be evaluated (with ``failures``).
         settings: every protocol setting of the run (JSON-ready).
         seconds: wall time; interrupted: stopped by Ctrl-C.
+        not_applicable: the metrics that did not apply to some methods, with those methods
+            (``{"completeness": ("gradcam",)}``: Grad-CAM's maps decompose no logit).
     """
 
     out_dir: Path | None
@@ -110,6 +113,7 @@ class EvalReport:
     files: tuple[Path, ...] = ()
     interrupted: bool = False
     unmatched_boxes: tuple[str, ...] = ()
+    not_applicable: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def rescaled(self) -> tuple[str, ...]:
@@ -189,10 +193,12 @@ def evaluate(
 
     Args:
         images: files, folders, globs, ``@list.txt`` (as :func:`camtool.export`).
-        methods: method names (``cam``, ``gradcam``, ...), each bound to the model.
+        methods: method names (``cam``, ``gradcam``, ...), each bound to the model; a string
+            is one name.
         boxes: ground-truth boxes, a Pascal VOC XML file or folder, a COCO JSON or a CSV
             (:mod:`camtool.metrics.annotations`); without them only the faithfulness metrics run.
-        metrics: names from :data:`METRICS` (default: all that apply).
+        metrics: names from :data:`METRICS`, a string being one name (default: all that
+            apply; completeness applies to exact methods only).
         model: as for :func:`camtool.explain`; ``model_options`` (weights, labels, dtype) too.
         size: the square network input every image is squeezed to (default: the model's).
         out: the report folder (``results.jsonl``, ``results.json``, ``results.csv``, plots,
@@ -221,22 +227,35 @@ def evaluate(
     Raises:
         AnnotationError: a bad annotation file (before anything is written).
         InvalidArgumentError: an unknown metric or method; a box metric without boxes; a
-            ``batch_size`` that is no positive integer; resuming with other settings. OutputBusyError: another run writes into ``out``.
+            ``batch_size`` or ``size`` that is no positive integer; a ``progress`` that is no
+            bool or callable; ``images`` that are no paths; resuming with other settings.
+        NotDecompositionError: ``completeness`` named with no exact method (cam,
+            integrated-head) to apply to; with some, it applies to those (see
+            ``EvalReport.not_applicable``).
+        OutputBusyError: another run writes into ``out``.
         EvalInterrupted: Ctrl-C (every finished image is kept; resume to finish).
     """
     started = time.perf_counter()
     keep_freed_memory()
-    if isinstance(images, (str, os.PathLike)):
-        images = [images]
+    images = _image_paths(images)
+    methods = [methods] if isinstance(methods, str) else methods  # one name, as --method takes
+    metrics = [metrics] if isinstance(metrics, str) else metrics
     check_box_threshold(box_threshold)
-    check_upsample(upsample)
+    upsample = check_upsample(upsample)
     check_positive_int(batch_size, "batch_size")  # -1 ran no batch at all and said nothing
+    if size is not None:
+        check_positive_int(size, "size")  # 0 fell back to the model's size and said nothing
     if steps is not None and (isinstance(steps, bool) or steps < 1):
         raise InvalidArgumentError(steps, "steps must be at least 1")
+    if not isinstance(progress, bool) and not callable(progress):
+        raise InvalidArgumentError(
+            "progress", f"expected True, False or a callable(work, done), got {progress!r}"
+        )
     if not methods:
         raise InvalidArgumentError("methods", "name at least one method (cam, gradcam, ...)")
     annotations = read_annotations(boxes) if boxes is not None else None
     chosen = check_metrics(metrics, annotations is not None)
+    chosen, _ = _completeness_applies(chosen, list(methods), bool(metrics))  # before the model
     loaded = get_model(model, device, **model_options)
     size = int(size or loaded.preprocessing.input_size)
     from camtool.image import check_input_size
@@ -247,6 +266,7 @@ def evaluate(
     for name in dict.fromkeys(methods):
         source = method_maps(loaded, name, upsample=upsample)
         sources[source.method] = source
+    chosen, not_applicable = _completeness_applies(chosen, list(sources), bool(metrics))
     run = EvalRun(loaded, list(sources), chosen, size, steps, tuple(road_percentages),
                box_threshold, batch_size, sources=sources,
                rescale_boxes=bool(rescale_boxes), upsample=upsample)  # fmt: skip
@@ -258,11 +278,60 @@ def evaluate(
     settings = _settings(run, boxes)
     if out is None:
         return _evaluate(run, items, failures, None, settings, False, progress, report,
-                         unmatched, started)  # fmt: skip
+                         unmatched, started, not_applicable)  # fmt: skip
     folder = Path(out)
     with locked_output(folder, "eval"):
         return _evaluate(run, items, failures, folder, settings, resume, progress, report,
-                         unmatched, started)  # fmt: skip
+                         unmatched, started, not_applicable)  # fmt: skip
+
+
+def _image_paths(images: object) -> list[str | os.PathLike[str]]:
+    """``images`` as a list of paths, folders, globs or ``@list.txt`` names.
+
+    Raises:
+        InvalidArgumentError: anything else (an in-memory image, say), naming ``images``.
+    """
+    if isinstance(images, (str, os.PathLike)):
+        return [images]
+    if isinstance(images, (list, tuple)) and all(isinstance(i, (str, os.PathLike)) for i in images):
+        return list(images)
+    what = type(images).__name__ if not isinstance(images, (list, tuple)) else "a list of those"
+    raise InvalidArgumentError(
+        "images",
+        f"expected files, folders, globs or @list.txt names, got {what}; explain in-memory "
+        "images with camtool.explain",
+    )
+
+
+def _completeness_applies(
+    chosen: list[str], methods: Sequence[object], asked: bool
+) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """Completeness holds for the exact methods only (their maps decompose the logit). Return
+    the metrics to run and ``{"completeness": (methods it does not apply to,)}`` (empty when it
+    applies to all or is not run). A method given as an object, or ``"auto"``, is judged once
+    bound (its registry name).
+
+    Raises:
+        NotDecompositionError: completeness asked for (``asked``: metrics were named) with no
+            method it applies to.
+    """
+    from camtool.methods.base import EXACT_METHODS
+
+    if "completeness" not in chosen:
+        return chosen, {}
+    names = [m for m in methods if isinstance(m, str) and m != "auto"]
+    inexact = tuple(m for m in names if m not in EXACT_METHODS)
+    if not inexact or len(names) < len(methods):
+        return chosen, {}
+    if len(inexact) < len(methods):
+        return chosen, {"completeness": inexact}
+    if not asked:  # "all that apply": it applies to none
+        return [m for m in chosen if m != "completeness"], {}
+    raise NotDecompositionError(
+        "completeness",
+        f"applies only to exact methods ({', '.join(EXACT_METHODS)}), whose maps decompose the "
+        f"logit; the maps of {', '.join(inexact)} do not: add --method cam or drop the metric",
+    )
 
 
 def _images_note(done: int, total: int, failed: int) -> str:
@@ -322,6 +391,7 @@ def _evaluate(
     write_report: bool,
     unmatched: list[str],
     started: float,
+    not_applicable: dict[str, tuple[str, ...]] | None = None,
 ) -> EvalReport:
     records: list[dict[str, Any]] = []
     writer = None
@@ -403,6 +473,7 @@ def _evaluate(
         out, tuple(summaries), tuple(records), len(items), evaluated,
         len(items) - len(todo) - len(carried), len(failed), settings,
         time.perf_counter() - started, tuple(failed), (), bool(interrupted), tuple(unmatched),
+        dict(not_applicable or {}),
     )  # fmt: skip
     if out is not None and write_report and not interrupted:
         files = write_report_files(report, run.model, run.sources, kept.maps)

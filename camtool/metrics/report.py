@@ -79,6 +79,7 @@ def _write_json(report: EvalReport, out: Path) -> Path:
         "failed": report.failed, "failures": [{"input": f.input, "error": f.error} for f in report.failures],
         "boxes_without_an_input": list(report.unmatched_boxes),
         "boxes_rescaled": list(report.rescaled),
+        "not_applicable": {k: list(v) for k, v in report.not_applicable.items()},
     }  # fmt: skip
     results: dict[str, dict[str, Any]] = {}
     data["results"] = results

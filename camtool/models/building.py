@@ -159,10 +159,18 @@ def build_network(
         classes = pickled_model_classes(spec)
         if classes:
             raise ModelLoadError(spec, pickled_model_refusal(spec, classes))
+        if not _is_weights_file(Path(spec)):
+            raise ModelLoadError(
+                spec,
+                "is not a model: expected a model name (camtool models), a TorchScript file, or "
+                "an architecture with a weights file (--model resnet50 --weights FILE)",
+            )
         raise ModelLoadError(
             spec,
             "is a weights file, not a model: name the architecture and pass this file as weights (--model resnet50 --weights FILE)",
         )
+    if _names_a_path(spec) and not Path(spec).exists():
+        raise UnknownModelError(spec, "no such file")  # a usage error (exit 2), as a bad name
     architecture, _, weight_name = (
         spec.partition(":") if not spec.startswith(("timm:", "torchvision:")) else (spec, "", "")
     )
@@ -208,6 +216,26 @@ def _is_torchscript(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
+def _is_weights_file(path: Path) -> bool:
+    """Whether ``path`` starts like a file ``torch.save`` writes (a zip archive or a pickle) or
+    a safetensors file (an 8-byte header length, then JSON)."""
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    return head.startswith((b"PK\x03\x04", b"\x80")) or head[8:9] == b"{"
+
+
+#: Suffixes that make a model spec a file name rather than a model name.
+MODEL_FILE_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".bin", ".ckpt", ".safetensors", ".pkl")
+
+
+def _names_a_path(spec: str) -> bool:
+    """Whether a model spec can only be a file's path: a folder separator or a model file's
+    suffix, and no library prefix (``timm:``, ``torchvision:``)."""
+    if ":" in spec.split("/")[0] and not os.path.isabs(spec):
+        return False
+    return "/" in spec or os.sep in spec or spec.lower().endswith(MODEL_FILE_SUFFIXES)
 
 
 def architecture_name(name: str) -> str:

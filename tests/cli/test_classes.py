@@ -54,3 +54,21 @@ def test_a_card_file_and_a_label_file_are_read_without_torch(tmp_path: Path) -> 
         "2  hot dog",
         "exit 0 torch imported: False",
     ]
+
+
+def test_a_missing_model_file_and_a_text_file_are_named_for_what_they_are(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "nonexist.pt"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80"}
+    run = [sys.executable, "-m", "camtool.cli", "classes"]
+    done = subprocess.run([*run, str(missing)], capture_output=True, text=True, env=env)
+    assert (done.returncode, done.stderr) == (2, f"Error: {missing}: no such file\n")
+    names = tmp_path / "labels.txt"
+    names.write_text("cat\ndog\n")
+    done = subprocess.run([*run, str(names)], capture_output=True, text=True, env=env)
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"Error: {names}: is not a model: expected a model name (camtool models), a TorchScript "
+        "file, or an architecture with a weights file (--model resnet50 --weights FILE)\n"
+    )  # was "is a weights file"

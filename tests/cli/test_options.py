@@ -316,3 +316,31 @@ def test_usage_errors_from_a_real_process(tmp_path: Path, args: list[str], line:
     result = subprocess.run([*CAMTOOL, *args], capture_output=True, text=True, cwd=tmp_path)
     assert (result.returncode, result.stderr) == (2, line)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_upsample_in_any_case_in_the_cli_and_the_library(tmp_path: Path) -> None:
+    from camtool.settings import check_upsample
+
+    assert [check_upsample(u) for u in ("STRETCH", "Placed", "stretch")] == [
+        "stretch", "placed", "stretch",
+    ]  # fmt: skip
+    pictures = {}
+    for name in ("stretch", "STRETCH"):
+        code, _, err = run("explain", str(CAT), "-o", str(tmp_path / name), "--upsample", name)
+        assert code == 0, err  # was "Error: --upsample: 'STRETCH' is not one of ..."
+        (written,) = (tmp_path / name).iterdir()
+        pictures[name] = np.asarray(Image.open(written))
+    assert (pictures["STRETCH"] == pictures["stretch"]).all()
+    ex = camtool.explain(CAT, upsample="Stretch")
+    assert torch.equal(ex.maps, camtool.explain(CAT, upsample="stretch").maps)
+
+
+def test_a_class_given_twice_by_name_and_index_is_mapped_once(tmp_path: Path) -> None:
+    code, out, err = run("explain", str(CAT), "-c", "Egyptian cat", "-c", "285", "-c", "tabby",
+                         "-c", "egyptian_cat", "--json", "-o", str(tmp_path))  # fmt: skip
+    assert code == 0, err
+    image = json.loads(out)["images"][0]
+    assert [e["index"] for e in image["explained"]] == [285, 281]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "chelsea_cam_281_tabby.png", "chelsea_cam_285_egyptian_cat.png",
+    ]  # fmt: skip

@@ -323,3 +323,38 @@ def test_a_folder_of_gif_and_avif_is_exported(tmp_path: Path, lite0: camtool.Loa
     report = camtool.export([folder], tmp_path / "out", lite0, workers=0)
     assert (report.exported, report.failed) == (2, 0), report.failures
     assert {".gif", ".avif", ".png", ".jpg", ".webp"} <= image_suffixes()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value", "found"),
+    [
+        (np.int64, 40000, "40000..40000"),  # was clamped to 255
+        (np.int32, 40000, "40000..40000"),  # was divided by 257: int64 and int32 disagreed
+        (np.int32, 70000, "70000..70000"),  # was wrapped to 16
+        (np.int16, -5, "-5..-5"),  # was clamped to 0
+        (np.uint32, 300, "300..300"),
+    ],
+)
+def test_integer_pixels_outside_0_255_are_refused_naming_the_argument_dtype_and_range(
+    dtype: type, value: int, found: str
+) -> None:
+    pixels = np.full((20, 20, 3), value, dtype)
+    name = np.dtype(dtype).name
+    message = rf"^image: {name} pixels must lie in 0\.\.255, found {found} \(pass uint8"
+    with pytest.raises(ImageReadError, match=message):
+        camtool.overlay(pixels, np.zeros((2, 2)), alpha=0)
+    with pytest.raises(ImageReadError, match=rf"^images: {name} pixels must lie in 0\.\.255"):
+        camtool.explain(pixels, "efficientnet_lite0", device="cpu")
+
+
+def test_bool_pixels_are_refused_and_in_range_integers_uint16_and_floats_are_read() -> None:
+    with pytest.raises(ImageReadError, match=r"^image: bool pixels are no image: pass uint8"):
+        camtool.overlay(np.full((20, 20, 3), True), np.zeros((2, 2)), alpha=0)  # was black
+    with pytest.raises(ImageReadError, match=r"^images\[0\]: bool pixels are no image"):
+        camtool.explain([torch.ones(3, 20, 20, dtype=torch.bool)], "efficientnet_lite0")
+    gray = np.asarray(Image.open(CAT).convert("L"))
+    expected = camtool.load_image(gray)
+    for dtype in (np.int8 if gray.max() < 128 else np.int16, np.int32, np.int64, np.uint32):
+        assert torch.equal(camtool.load_image(gray.astype(dtype)), expected)
+    assert torch.equal(camtool.load_image(gray.astype(np.uint16) * 257), expected)
+    assert torch.equal(camtool.load_image(gray.astype(np.float32) / 255), expected)

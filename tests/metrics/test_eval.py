@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 import camtool
 import camtool.progress
 from camtool.cli import app
-from camtool.errors import InvalidArgumentError, OutputBusyError
+from camtool.errors import InvalidArgumentError, NotDecompositionError, OutputBusyError
 from camtool.metrics.evaluate import METRICS, EvalReport, evaluate
 from camtool.metrics.kept_maps import KeptMaps
 from camtool.progress import Work
@@ -431,3 +431,73 @@ def test_the_report_page_fits_1400_px_and_shows_its_settings_as_a_table(
     assert "<th>measure</th><th>cam</th><th>gradcam</th>" in summary  # methods are the columns
     assert 'title="deletion AUC (probability, RISE); lower is better">deletion ↓' in summary
     assert "pointing_game ↑" in summary
+
+
+def test_completeness_with_no_exact_method_is_refused_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    with pytest.raises(NotDecompositionError) as caught:
+        evaluate([CAT], ["gradcam"], metrics=["completeness"], out=out, **CHEAP)
+    assert str(caught.value) == (
+        "completeness: applies only to exact methods (cam, integrated-head), whose maps "
+        "decompose the logit; the maps of gradcam do not: add --method cam or drop the metric"
+    )
+    assert not out.exists()  # was an empty table, "evaluated 1" and a blank results.csv
+    base = ["eval", str(CAT), "--size", "64", "--steps", "2", "-o", str(out)]
+    result = runner.invoke(app, [*base, "--metric", "completeness", "--method", "gradcam"])
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr == f"Error: {caught.value}\n" and not out.exists()
+    # "All that apply" with no exact method: completeness is not run, nothing is refused.
+    found = evaluate([CAT], ["gradcam"], metrics=None, **CHEAP)
+    assert "completeness" not in found.settings["metrics"] and found.not_applicable == {}
+
+
+def test_completeness_with_exact_and_other_methods_says_where_it_does_not_apply(
+    tmp_path: Path,
+) -> None:
+    found = evaluate([CAT], ["gradcam", "cam"], metrics="completeness", out=tmp_path / "r", **CHEAP)
+    assert [(s.method, s.measure) for s in found.summaries] == [("cam", "completeness")]
+    assert found.summaries[0].mean < 1e-4
+    assert found.not_applicable == {"completeness": ("gradcam",)}
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert data["not_applicable"] == {"completeness": ["gradcam"]}
+    base = ["eval", str(CAT), "--size", "64", "--steps", "2", "-q", "-o", str(tmp_path / "c")]
+    result = runner.invoke(
+        app, [*base, "--metric", "completeness", "--method", "gradcam", "--method", "cam"],
+        env={"COLUMNS": "80"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == (
+        "completeness: not measured for gradcam: no exact decomposition of the logit\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"size": 0}, "size: expected a positive integer, got 0"),  # fell back to the default
+        ({"size": -3}, "size: expected a positive integer, got -3"),
+        ({"progress": 42}, "progress: expected True, False or a callable(work, done), got 42"),
+    ],
+)
+def test_a_size_or_progress_of_the_wrong_kind_is_refused(
+    options: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        evaluate([CAT], ["cam"], out=tmp_path / "out", **{"steps": 2, **options})
+    assert str(caught.value) == message
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_metric_or_method_may_be_a_string_and_in_memory_images_are_refused() -> None:
+    found = evaluate(CAT, "cam", metrics="deletion", **CHEAP)  # was "d: unknown metric"
+    assert found.settings["metrics"] == ["deletion"] and found.settings["methods"] == ["cam"]
+    assert [(s.method, s.measure) for s in found.summaries] == [("cam", "deletion")]
+    pixels = cv2.imread(str(CAT))
+    with pytest.raises(InvalidArgumentError) as caught:
+        evaluate(pixels, ["cam"], metrics=["deletion"], **CHEAP)  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "images: expected files, folders, globs or @list.txt names, got ndarray; explain "
+        "in-memory images with camtool.explain"
+    )
+    with pytest.raises(InvalidArgumentError, match=r"^images: .*, got a list of those; expl"):
+        evaluate([CAT, pixels], ["cam"], metrics=["deletion"], **CHEAP)  # type: ignore[list-item]
