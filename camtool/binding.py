@@ -141,10 +141,13 @@ def _loaded_module(module: nn.Module, options: dict[str, Any]) -> LoadedModel:
         if entry is None or entry.fingerprint != print_:
             entry = _BY_MODULE[module] = _ModuleEntry(print_, {})
         if key not in entry.loaded:
-            loaded = load_model(module, **options)
-            values = {f.name: getattr(loaded, f.name) for f in fields(loaded) if f.init}
-            entry.loaded[key] = _Tethered(**values)
+            entry.loaded[key] = _Tethered(**_init_fields(load_model(module, **options)))
         return entry.loaded[key]
+
+
+def _init_fields(loaded: LoadedModel) -> dict[str, Any]:
+    """``loaded``'s fields as its constructor takes them (to copy it as another class)."""
+    return {f.name: getattr(loaded, f.name) for f in fields(loaded) if f.init}
 
 
 def _handle(loaded: LoadedModel) -> LoadedModel:
@@ -159,8 +162,7 @@ def _handle(loaded: LoadedModel) -> LoadedModel:
         ref = loaded.memo.get("handle")
         handle = ref() if ref is not None else None
         if handle is None:
-            values = {f.name: getattr(loaded, f.name) for f in fields(loaded) if f.init}
-            handle = LoadedModel(**values)
+            handle = LoadedModel(**_init_fields(loaded))
             object.__setattr__(handle, "memo", loaded.memo)  # a frozen dataclass
             loaded.memo["handle"] = weakref.ref(handle)
             loaded.memo["cached"] = weakref.ref(loaded)

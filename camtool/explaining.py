@@ -12,7 +12,7 @@ from torch import Tensor
 
 from camtool.binding import BoundMethod, ModelSpec
 from camtool.explanation import Explanation
-from camtool.held import Explainer
+from camtool.held import Explainer, check_call_options
 from camtool.image import Layout
 from camtool.io.images import Images, ImageSource
 from camtool.labels import ClassesArg
@@ -22,7 +22,6 @@ from camtool.models.loading import DEFAULT_MODEL
 from camtool.settings import (
     DEFAULT_BOX_THRESHOLD,
     DEFAULT_UPSAMPLE,
-    check_positive_int,
 )
 
 
@@ -148,8 +147,7 @@ def explain(
             a ``preprocessed`` batch of the wrong shape or dtype; and the errors of
             :func:`bind_method`.
     """
-    for value, name in ((maps, "maps"), (top_k, "top_k"), (batch_size, "batch_size")):
-        check_positive_int(value, name)  # before any model is loaded
+    check_call_options(maps, top_k, batch_size, box_threshold, upsample)  # before any loading
     held = (
         model
         if isinstance(model, Explainer)

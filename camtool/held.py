@@ -55,6 +55,22 @@ class CallOptions(TypedDict, total=False):
     upsample: str
 
 
+def check_call_options(
+    maps: int, top_k: int, batch_size: int, box_threshold: float, upsample: str
+) -> None:
+    """Check the options of a call (of :class:`Explainer` or :func:`camtool.explain`, which
+    checks them before it loads any model).
+
+    Raises:
+        InvalidArgumentError: a count that is not a positive integer, a box threshold outside
+            (0, 1), or an unknown upsampling.
+    """
+    for value, name in ((maps, "maps"), (top_k, "top_k"), (batch_size, "batch_size")):
+        check_positive_int(value, name)
+    check_box_threshold(box_threshold)
+    check_upsample(upsample)
+
+
 class Explainer:
     """A model with a method bound to it, kept across calls: ``cam = Explainer(net, "gradcam")``,
     then ``cam(image)`` for each image, as :func:`camtool.explain` (which builds one per call)
@@ -199,11 +215,7 @@ class Explainer:
             InvalidArgumentError: the explainer was closed, or a bad option; ImageReadError: an
                 image that cannot be read; ClassSelectionError: an unknown class.
         """
-        check_box_threshold(box_threshold)
-        check_upsample(upsample)
-        check_positive_int(batch_size, "batch_size")
-        check_positive_int(maps, "maps")
-        check_positive_int(top_k, "top_k")
+        check_call_options(maps, top_k, batch_size, box_threshold, upsample)
         bound = self.bound
         loaded = bound.model
         if classes is not None:

@@ -71,11 +71,8 @@ def comparison_sheet(
         else:
             names = [f"{who}: {s.name} {s.probability:.2f}" if who else f"{s.name} {s.probability:.2f}"
                      for s in ex.explained]  # fmt: skip
+        own_input = number == 0 or (ex.source, ex.image.shape) != (first.source, first.image.shape)
         for start in range(0, max(1, count), per_row):
-            own_input = number == 0 or (ex.source, ex.image.shape) != (
-                first.source,
-                first.image.shape,
-            )
             if start == 0 and own_input:
                 head, text = fit_within(ex.image, SHEET_CELL_SIDE), Path(ex.source).name
             else:
